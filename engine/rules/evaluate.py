@@ -1,0 +1,178 @@
+"""One lead, one event → what the ruleset does: the forward-chaining loop around durable-rules.
+
+Pure: the caller passes the lead's state and history and gets an :class:`Outcome` back (new
+state, ledger rows, stage changes, recorded intents); writing it anywhere is the caller's job.
+
+Each round asserts the current state as one fact and asks the engine which rules match. Rules
+that have not fired yet in this evaluation fire in file order; a rule whose conditions read
+something an earlier rule changed in the same round waits for the next round, where it is
+matched again against the new state. Evaluation ends when a round fires nothing. A rule fires
+at most once per evaluation, and a chain longer than ``max_chain`` rounds is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from engine.rules import spec
+from engine.rules.compile import CompiledRuleset, History
+
+
+class ChainError(Exception):
+    """Rules kept enabling each other for more rounds than the ruleset's ``max_chain``."""
+
+    def __init__(self, rules: list[str], limit: int) -> None:
+        super().__init__(
+            f"runaway chain: rules kept firing for more than {limit} rounds "
+            f"({' → '.join(rules)}); raise max_chain or break the cycle"
+        )
+        self.rules = rules
+
+
+@dataclass
+class LeadState:
+    attributes: dict[str, Any]
+    scores: dict[str, int]
+    stage: str
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def score(self) -> int:
+        return sum(self.scores.values())
+
+    def copy(self) -> LeadState:
+        return replace(
+            self, attributes=dict(self.attributes), scores=dict(self.scores), tags=list(self.tags)
+        )
+
+
+def new_lead(ruleset: spec.Ruleset, attributes: Mapping[str, Any]) -> LeadState:
+    """A lead as it enters: the first stage, each component at 0 (or its nearest bound)."""
+    scores = {c.name: min(max(0, c.min), c.max) for c in ruleset.components.values()}
+    return LeadState(dict(attributes), scores, ruleset.stages[0])
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    occurred_at: datetime
+    properties: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScoreChange:
+    rule: str
+    component: str
+    delta: int
+    score_after: int  # the lead's total after this change
+
+
+@dataclass(frozen=True)
+class StageChange:
+    rule: str
+    from_stage: str
+    to_stage: str
+
+
+@dataclass(frozen=True)
+class Intent:
+    """An alert, enrollment or exit a rule asked for: recorded now, acted on by the scheduler."""
+
+    rule: str
+    kind: spec.ActionKind
+    target: str
+
+
+@dataclass
+class Outcome:
+    state: LeadState
+    fired: list[str] = field(default_factory=list)
+    score_changes: list[ScoreChange] = field(default_factory=list)
+    stage_changes: list[StageChange] = field(default_factory=list)
+    intents: list[Intent] = field(default_factory=list)
+
+
+def state_fields(ruleset: spec.Ruleset, state: LeadState, event_type: str) -> dict[str, Any]:
+    """The ``lead.*`` view rules read, temperature derived from the score at once."""
+    fields: dict[str, Any] = dict(state.attributes)
+    fields.update(
+        score=state.score,
+        scores=state.scores,
+        temperature=ruleset.band(state.score),
+        stage=state.stage,
+        tags=state.tags,
+    )
+    fields["event.type"] = event_type
+    return fields
+
+
+def evaluate(
+    compiled: CompiledRuleset, state: LeadState, event: Event, history: History
+) -> Outcome:
+    ruleset = compiled.ruleset
+    outcome = Outcome(state.copy())
+    fixed = compiled.history_fields(history, event.occurred_at)
+    fields = state_fields(ruleset, outcome.state, event.type)
+    compiled.encode(fields, event.properties, compiled.event_paths, fixed)
+    fired: set[int] = set()
+    rounds = 0
+    while True:
+        fact = dict(fixed)
+        compiled.encode(fields, event.properties, compiled.lead_paths, fact)
+        matched = [i for i in compiled.match(fact) if i not in fired]
+        if not matched:
+            return outcome
+        rounds += 1
+        if rounds > ruleset.max_chain:
+            names = outcome.fired + [compiled.rules[i].rule.name for i in matched]
+            raise ChainError(names, ruleset.max_chain)
+        changed: set[str] = set()
+        for index in matched:
+            compiled_rule = compiled.rules[index]
+            if compiled_rule.reads & changed:
+                continue
+            fired.add(index)
+            outcome.fired.append(compiled_rule.rule.name)
+            changed |= apply(ruleset, compiled_rule.rule, outcome)
+        fields = state_fields(ruleset, outcome.state, event.type)
+
+
+def apply(ruleset: spec.Ruleset, rule: spec.Rule, outcome: Outcome) -> set[str]:
+    """Apply one rule's ``then`` to the outcome; return the state tokens it actually changed."""
+    state, then, changed = outcome.state, rule.then, set()
+    for name, points in then.score:
+        component = ruleset.components[name]
+        before_total = state.score
+        value = state.scores[name]
+        after = min(max(value + points, component.min), component.max)
+        if after == value:
+            continue
+        state.scores[name] = after
+        outcome.score_changes.append(ScoreChange(rule.name, name, after - value, state.score))
+        changed |= {f"scores.{name}", "score"}
+        if ruleset.band(before_total) != ruleset.band(state.score):
+            changed.add("temperature")
+    if then.stage is not None and then.stage != state.stage:
+        outcome.stage_changes.append(StageChange(rule.name, state.stage, then.stage))
+        state.stage = then.stage
+        changed.add("stage")
+    for attribute, new in then.set:
+        if state.attributes.get(attribute) != new:
+            state.attributes[attribute] = new
+            changed.add(attribute)
+    for tag in then.tags:
+        if tag not in state.tags:
+            state.tags.append(tag)
+            changed.add("tags")
+    intents: tuple[tuple[spec.ActionKind, tuple[str, ...]], ...] = (
+        ("alert", then.alert),
+        ("enroll", then.enroll),
+        ("exit", then.exit),
+    )
+    for kind, targets in intents:
+        outcome.intents.extend(Intent(rule.name, kind, target) for target in targets)
+    return changed

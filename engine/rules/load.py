@@ -1,0 +1,476 @@
+"""YAML → :class:`~engine.rules.spec.Ruleset`, or every problem found, each with file and line.
+
+A ruleset with any problem is rejected as a whole: callers keep the ruleset in force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from engine.rules import spec
+from engine.timeutil import parse_duration
+
+DEFAULT_STAGES = ("subscriber", "lead", "mql", "sql", "opportunity", "customer")
+DEFAULT_EXITS = ("disqualified", "unsubscribed")
+LEAD_FIELDS = ("score", "temperature", "stage", "tags")
+# Attributes a `set:` may not overwrite: they are computed or identify the lead.
+RESERVED_ATTRIBUTES = ("email", "score", "scores", "temperature", "stage", "tags")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class RulesetError(Exception):
+    """One or more problems; ``str()`` lists them one per line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def read_yaml(text: str, path: str) -> Any:
+    """Round-trip YAML so mappings remember their line numbers; syntax errors become Problems."""
+    try:
+        return YAML(typ="rt").load(text)
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        reason = error.problem or error.context or "invalid YAML"
+        raise RulesetError([Problem(path, line, f"YAML syntax: {reason}")]) from None
+    except YAMLError as error:
+        raise RulesetError([Problem(path, 1, f"YAML syntax: {error}")]) from None
+
+
+def key_line(node: Any, key: object, default: int) -> int:
+    """1-based line of ``key`` in a round-trip mapping (or of item ``key`` in a sequence)."""
+    try:
+        if isinstance(node, CommentedMap):
+            return int(node.lc.key(key)[0]) + 1
+        if isinstance(node, CommentedSeq) and isinstance(key, int):
+            return int(node.lc.item(key)[0]) + 1
+    except (KeyError, IndexError, TypeError, AttributeError):
+        pass
+    return default
+
+
+def node_line(node: Any, default: int) -> int:
+    line = getattr(getattr(node, "lc", None), "line", None)
+    return int(line) + 1 if isinstance(line, int) else default
+
+
+class _Parser:
+    """Walks one ruleset document, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+        self.components: dict[str, spec.Component] = {}
+        self.stages: tuple[str, ...] = DEFAULT_STAGES
+        self.exits: tuple[str, ...] = DEFAULT_EXITS
+        self.bands: tuple[tuple[str, int], ...] = (("cold", 0), ("warm", 40), ("hot", 70))
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append(Problem(self.path, line, message))
+
+    # -- top level ---------------------------------------------------------------------------
+    def ruleset(self, doc: Any, text: str) -> spec.Ruleset | None:
+        if not isinstance(doc, CommentedMap):
+            self.problem(1, "a ruleset is a mapping with keys ruleset, components, rules")
+            return None
+        known = {"ruleset", "components", "temperature", "stages", "exits", "rules", "max_chain"}
+        for key in doc:
+            if key not in known:
+                self.problem(
+                    key_line(doc, key, 1),
+                    f"unknown key {key!r}; a ruleset has {', '.join(sorted(known))}",
+                )
+        name = doc.get("ruleset")
+        if not isinstance(name, str) or not _NAME.match(name):
+            self.problem(key_line(doc, "ruleset", 1), "`ruleset:` must name the ruleset")
+            name = "unnamed"
+        self.parse_components(doc)
+        self.parse_bands(doc)
+        self.parse_stages(doc)
+        max_chain = doc.get("max_chain", 20)
+        if not isinstance(max_chain, int) or isinstance(max_chain, bool) or max_chain < 1:
+            self.problem(key_line(doc, "max_chain", 1), "max_chain must be a positive integer")
+            max_chain = 20
+        rules = self.parse_rules(doc)
+        if self.problems:
+            return None
+        return spec.Ruleset(
+            name=name,
+            version=hashlib.sha256(text.encode()).hexdigest()[:12],
+            path=self.path,
+            components=self.components,
+            temperature=self.bands,
+            stages=self.stages,
+            exits=self.exits,
+            rules=tuple(rules),
+            max_chain=max_chain,
+            source=text,
+        )
+
+    def parse_components(self, doc: CommentedMap) -> None:
+        node = doc.get("components")
+        line = key_line(doc, "components", 1)
+        if not isinstance(node, CommentedMap) or not node:
+            self.problem(line, "`components:` must map each score component to {min, max}")
+            return
+        for name, body in node.items():
+            at = key_line(node, name, line)
+            if not isinstance(body, CommentedMap):
+                self.problem(at, f"component {name!r} needs {{min: N, max: N}}")
+                continue
+            low, high = body.get("min", 0), body.get("max")
+            if not _is_int(low) or not _is_int(high) or high < low:
+                self.problem(at, f"component {name!r}: min and max must be integers, min ≤ max")
+                continue
+            unknown = set(body) - {"min", "max", "decay"}
+            if unknown:
+                self.problem(at, f"component {name!r}: unknown key {sorted(unknown)[0]!r}")
+            decay = self.parse_decay(body.get("decay"), key_line(body, "decay", at), name)
+            self.components[str(name)] = spec.Component(str(name), low, high, decay)
+
+    def parse_decay(
+        self, node: Any, line: int, component: str
+    ) -> spec.PointsDecay | spec.HalfLifeDecay | None:
+        if node is None:
+            return None
+        try:
+            if isinstance(node, CommentedMap) and set(node) == {"points", "every"}:
+                if not _is_int(node["points"]) or node["points"] <= 0:
+                    raise ValueError("decay points must be a positive integer")
+                return spec.PointsDecay(node["points"], parse_duration(node["every"]))
+            if isinstance(node, CommentedMap) and set(node) == {"half_life"}:
+                return spec.HalfLifeDecay(parse_duration(node["half_life"]))
+            raise ValueError("decay is {points: P, every: 7d} or {half_life: 30d}")
+        except ValueError as error:
+            self.problem(line, f"component {component!r}: {error}")
+            return None
+
+    def parse_bands(self, doc: CommentedMap) -> None:
+        if "temperature" not in doc:
+            return
+        node, line = doc["temperature"], key_line(doc, "temperature", 1)
+        if not isinstance(node, CommentedMap) or not node:
+            self.problem(line, "`temperature:` maps each band to its lower bound, e.g. {warm: 40}")
+            return
+        bands = []
+        for band, lower in node.items():
+            if not _is_int(lower):
+                self.problem(key_line(node, band, line), f"band {band!r}: lower bound must be int")
+            else:
+                bands.append((str(band), int(lower)))
+        self.bands = tuple(sorted(bands, key=lambda b: b[1]))
+
+    def parse_stages(self, doc: CommentedMap) -> None:
+        for key in ("stages", "exits"):
+            if key not in doc:
+                continue
+            node = doc[key]
+            if not isinstance(node, list) or not all(isinstance(s, str) for s in node):
+                self.problem(key_line(doc, key, 1), f"`{key}:` must be a list of stage names")
+                continue
+            if key == "stages":
+                if not node:
+                    self.problem(key_line(doc, key, 1), "`stages:` needs at least one stage")
+                    continue
+                self.stages = tuple(node)
+            else:
+                self.exits = tuple(node)
+        for stage in set(self.stages) & set(self.exits):
+            self.problem(key_line(doc, "exits", 1), f"{stage!r} is both a stage and an exit")
+
+    # -- rules -------------------------------------------------------------------------------
+    def parse_rules(self, doc: CommentedMap) -> list[spec.Rule]:
+        node, line = doc.get("rules"), key_line(doc, "rules", 1)
+        if not isinstance(node, CommentedSeq):
+            self.problem(line, "`rules:` must be a list of rules")
+            return []
+        rules, seen = [], set()
+        for index, body in enumerate(node):
+            at = key_line(node, index, line)
+            if not isinstance(body, CommentedMap):
+                self.problem(at, "a rule is a mapping with name, when, then")
+                continue
+            at = node_line(body, at)
+            name = body.get("name")
+            if not isinstance(name, str) or not _NAME.match(name):
+                self.problem(at, "rule needs a `name:` (letters, digits, - _ .)")
+                name = f"rule-{index + 1}"
+            elif name in seen:
+                self.problem(at, f"rule name {name!r} is used twice")
+            seen.add(name)
+            for key in body:
+                if key not in ("name", "when", "then", "limit"):
+                    self.problem(key_line(body, key, at), f"rule {name!r}: unknown key {key!r}")
+            if not isinstance(body.get("when"), CommentedMap) or not body["when"]:
+                self.problem(at, f"rule {name!r}: `when:` must be a mapping of conditions")
+                continue
+            when = self.condition(body["when"], key_line(body, "when", at), name)
+            then = self.effects(body.get("then"), key_line(body, "then", at), name)
+            limit = self.limit(body.get("limit"), key_line(body, "limit", at), name)
+            rules.append(spec.Rule(name, when, then, limit, at))
+        if len(rules) > 400:
+            self.problem(line, f"{len(rules)} rules: durable-rules hangs at 512; split the ruleset")
+        return rules
+
+    def condition(self, node: Any, line: int, rule: str) -> spec.Condition:
+        if not isinstance(node, CommentedMap) or not node:
+            self.problem(line, f"rule {rule!r}: a condition is a non-empty mapping")
+            return spec.All(())
+        items: list[spec.Condition] = []
+        for key, value in node.items():
+            at = key_line(node, key, line)
+            if key in ("any", "all"):
+                if not isinstance(value, list) or not value:
+                    self.problem(at, f"rule {rule!r}: `{key}:` needs a list of conditions")
+                    continue
+                parts = tuple(
+                    self.condition(item, key_line(value, i, at), rule)
+                    for i, item in enumerate(value)
+                )
+                items.append(spec.AnyOf(parts) if key == "any" else spec.All(parts))
+            elif key == "not":
+                items.append(spec.Not(self.condition(value, at, rule)))
+            elif key == "count":
+                items.append(self.count(value, at, rule))
+            else:
+                items.extend(self.tests(str(key), value, at, rule))
+        return items[0] if len(items) == 1 else spec.All(tuple(items))
+
+    def count(self, node: Any, line: int, rule: str) -> spec.Count:
+        bad = spec.Count("?", parse_duration("1d"), 1, None, line)
+        if not isinstance(node, CommentedMap) or not isinstance(node.get("type"), str):
+            self.problem(line, f"rule {rule!r}: count needs {{type, within, at_least}}")
+            return bad
+        unknown = set(node) - {"type", "within", "at_least", "at_most"}
+        if unknown:
+            self.problem(line, f"rule {rule!r}: count has unknown key {sorted(unknown)[0]!r}")
+        try:
+            within = parse_duration(node.get("within"))
+        except ValueError as error:
+            self.problem(line, f"rule {rule!r}: {error}")
+            return bad
+        at_least, at_most = node.get("at_least"), node.get("at_most")
+        if (at_least is None and at_most is None) or not all(
+            v is None or (_is_int(v) and v >= 0) for v in (at_least, at_most)
+        ):
+            self.problem(line, f"rule {rule!r}: count needs at_least and/or at_most (integers)")
+            return bad
+        return spec.Count(node["type"], within, at_least, at_most, line)
+
+    def tests(self, path: str, value: Any, line: int, rule: str) -> list[spec.Condition]:
+        problem = self.check_path(path)
+        if problem:
+            self.problem(line, f"rule {rule!r}: {problem}")
+            return []
+        if not isinstance(value, CommentedMap):
+            value = {"eq": value}
+        out: list[spec.Condition] = []
+        for op, operand in value.items():
+            if op not in spec.OPERATORS:
+                self.problem(
+                    line,
+                    f"rule {rule!r}: unknown operator {op!r} on {path}; "
+                    f"use one of {', '.join(spec.OPERATORS)}",
+                )
+                continue
+            problem = self.check_operand(path, op, operand)
+            if problem:
+                self.problem(line, f"rule {rule!r}: {path} {op}: {problem}")
+                continue
+            out.append(spec.Test(path, op, _plain(operand), line))
+        return out
+
+    def check_path(self, path: str) -> str | None:
+        parts = path.split(".")
+        if parts[0] == "event" and (
+            path == "event.type" or (len(parts) > 2 and parts[1] == "properties")
+        ):
+            return None
+        if parts[0] == "lead" and len(parts) == 3 and parts[1] == "scores":
+            if parts[2] not in self.components:
+                return f"unknown score component {parts[2]!r} in {path}"
+            return None
+        if parts[0] == "lead" and len(parts) == 2 and parts[1] and parts[1] != "scores":
+            return None
+        return (
+            f"unknown field {path!r}: use lead.<attribute>, lead.score, lead.scores.<component>, "
+            "lead.temperature, lead.stage, lead.tags, event.type or event.properties.<key>"
+        )
+
+    def check_operand(self, path: str, op: str, operand: Any) -> str | None:
+        if op in spec.NUMERIC_OPERATORS and not _is_number(operand):
+            return f"needs a number, got {operand!r}"
+        if op in ("in", "not_in") and (not isinstance(operand, list) or not operand):
+            return "needs a list of values"
+        if op == "exists" and not isinstance(operand, bool):
+            return "needs true or false"
+        if op in ("contains", "matches") and not isinstance(operand, str):
+            return "needs a string"
+        if op == "matches":
+            try:
+                re.compile(operand)
+            except re.error as error:
+                return f"invalid regex {operand!r}: {error}"
+        values = operand if isinstance(operand, list) else [operand]
+        if op in ("eq", "ne", "in", "not_in") and any(isinstance(v, dict | list) for v in values):
+            return "compare with a scalar (text, number, true/false)"
+        if path == "lead.stage" and op in ("eq", "ne", "in", "not_in"):
+            for stage in values:
+                if stage not in self.stages and stage not in self.exits:
+                    return self.unknown_stage(stage)
+        if path == "lead.temperature" and op in ("eq", "ne", "in", "not_in"):
+            names = [band for band, _ in self.bands]
+            for band in values:
+                if band not in names:
+                    return f"unknown temperature {band!r}; bands are {', '.join(names)}"
+        return None
+
+    def unknown_stage(self, stage: object) -> str:
+        return f"unknown stage {stage!r}; stages are {', '.join(self.stages + self.exits)}"
+
+    def effects(self, node: Any, line: int, rule: str) -> spec.Effects:
+        if not isinstance(node, CommentedMap) or not node:
+            self.problem(line, f"rule {rule!r}: `then:` must be a mapping of actions")
+            return spec.Effects()
+        score: list[tuple[str, int]] = []
+        stage: str | None = None
+        sets: list[tuple[str, object]] = []
+        lists: dict[str, tuple[str, ...]] = {}
+        for key, value in node.items():
+            at = key_line(node, key, line)
+            if key == "score":
+                if not isinstance(value, CommentedMap) or not value:
+                    self.problem(at, f"rule {rule!r}: score needs {{component: points}}")
+                    continue
+                for component, points in value.items():
+                    if component not in self.components:
+                        self.problem(at, f"rule {rule!r}: unknown score component {component!r}")
+                    elif not _is_int(points):
+                        self.problem(at, f"rule {rule!r}: points must be integers, got {points!r}")
+                    else:
+                        score.append((str(component), int(points)))
+            elif key == "stage":
+                if value not in self.stages and value not in self.exits:
+                    self.problem(at, f"rule {rule!r}: {self.unknown_stage(value)}")
+                else:
+                    stage = str(value)
+            elif key == "set":
+                if not isinstance(value, CommentedMap) or not value:
+                    self.problem(at, f"rule {rule!r}: set needs {{attribute: value}}")
+                    continue
+                for attribute, new in value.items():
+                    if attribute in RESERVED_ATTRIBUTES:
+                        self.problem(at, f"rule {rule!r}: {attribute!r} cannot be set by a rule")
+                    elif isinstance(new, dict | list):
+                        self.problem(at, f"rule {rule!r}: set {attribute!r} to a scalar")
+                    else:
+                        sets.append((str(attribute), _plain(new)))
+            elif key in ("tag", "alert", "enroll", "exit"):
+                names = value if isinstance(value, list) else [value]
+                if not names or not all(isinstance(n, str) and n for n in names):
+                    self.problem(at, f"rule {rule!r}: {key} needs a name or a list of names")
+                    continue
+                lists[key] = tuple(names)
+            else:
+                self.problem(
+                    at,
+                    f"rule {rule!r}: unknown action {key!r}; "
+                    "use score, stage, set, tag, alert, enroll, exit",
+                )
+        return spec.Effects(
+            score=tuple(score),
+            stage=stage,
+            set=tuple(sets),
+            tags=lists.get("tag", ()),
+            alert=lists.get("alert", ()),
+            enroll=lists.get("enroll", ()),
+            exit=lists.get("exit", ()),
+        )
+
+    def limit(self, node: Any, line: int, rule: str) -> spec.Limit | None:
+        if node is None:
+            return None
+        if node == "once":
+            return spec.Limit(1, None)
+        if isinstance(node, CommentedMap) and set(node) == {"times", "per"}:
+            if not _is_int(node["times"]) or node["times"] < 1:
+                self.problem(line, f"rule {rule!r}: limit times must be a positive integer")
+                return None
+            try:
+                return spec.Limit(node["times"], parse_duration(node["per"]))
+            except ValueError as error:
+                self.problem(line, f"rule {rule!r}: limit: {error}")
+                return None
+        self.problem(line, f"rule {rule!r}: limit is `once` or {{times: N, per: 30d}}")
+        return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _plain(value: Any) -> Any:
+    """ruamel's scalar subclasses → plain Python values (they must JSON-encode cleanly)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_ruleset(text: str, path: str = "<ruleset>") -> spec.Ruleset:
+    doc = read_yaml(text, path)
+    parser = _Parser(path)
+    ruleset = parser.ruleset(doc, text)
+    if ruleset is None:
+        raise RulesetError(parser.problems)
+    return ruleset
+
+
+def load_ruleset(path: Path) -> spec.Ruleset:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RulesetError([Problem(str(path), 1, f"cannot read: {error}")]) from None
+    return parse_ruleset(text, str(path))
+
+
+def ruleset_files(path: Path) -> Iterator[Path]:
+    """The ruleset files under PATH (a file, or a folder's *.yaml/*.yml without tests/)."""
+    if path.is_file():
+        yield path
+        return
+    for candidate in sorted(path.glob("*.y*ml")):
+        if candidate.suffix in (".yaml", ".yml"):
+            yield candidate

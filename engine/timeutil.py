@@ -1,0 +1,62 @@
+"""Durations and instants as rulesets and records write them ("7d", ISO 8601), all in UTC."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: object) -> timedelta:
+    """``"7d"`` → 7 days. Raises ValueError with a sentence a marketer can act on."""
+    match = _DURATION.match(str(text)) if isinstance(text, str | int) else None
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(
+            f"bad window {text!r}: write a whole number and a unit (s, m, h, d, w), e.g. 7d"
+        )
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def format_duration(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def parse_instant(value: object) -> datetime:
+    """An ISO 8601 time (a trailing Z allowed; no zone means UTC) → naive UTC datetime.
+
+    Naive UTC is what the database columns hold on SQLite and PostgreSQL alike.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"not an ISO 8601 time: {value!r}") from None
+    else:
+        raise ValueError(f"not an ISO 8601 time: {value!r}")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def epoch(moment: datetime) -> int:
+    """Whole seconds since 1970 for a naive UTC datetime (used in set-based decay SQL)."""
+    return int(moment.replace(tzinfo=UTC).timestamp())
+
+
+def isoformat(moment: datetime) -> str:
+    return moment.isoformat() + "Z"
