@@ -28,10 +28,7 @@ def format_duration(span: timedelta) -> str:
 
 
 def parse_instant(value: object) -> datetime:
-    """An ISO 8601 time (a trailing Z allowed; no zone means UTC) → naive UTC datetime.
-
-    Naive UTC is what the database columns hold on SQLite and PostgreSQL alike.
-    """
+    """An ISO 8601 time (a trailing Z allowed; no zone means UTC) → an aware UTC datetime."""
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str) and value.strip():
@@ -44,19 +41,19 @@ def parse_instant(value: object) -> datetime:
             raise ValueError(f"not an ISO 8601 time: {value!r}") from None
     else:
         raise ValueError(f"not an ISO 8601 time: {value!r}")
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 def epoch(moment: datetime) -> int:
-    """Whole seconds since 1970 for a naive UTC datetime (used in set-based decay SQL)."""
-    return int(moment.replace(tzinfo=UTC).timestamp())
+    """Whole seconds since 1970 (decay SQL does its arithmetic on these)."""
+    return int(moment.timestamp())
 
 
 def isoformat(moment: datetime) -> str:
-    return moment.isoformat() + "Z"
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

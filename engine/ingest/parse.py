@@ -1,0 +1,226 @@
+"""JSON Lines and CSV → validated lead and event records, or a rejection naming line and field.
+
+Pure: no database. A bad line never stops the good ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+from engine.timeutil import parse_instant
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Profile fields the ruleset computes; an import may not overwrite them.
+COMPUTED = frozenset({"score", "scores", "temperature", "stage", "tags", "ledger", "stage_history"})
+EVENT_KEYS = frozenset({"id", "email", "type", "occurred_at", "properties", "lead"})
+MAX_TYPE_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class LeadRecord:
+    """A profile upsert. It is scored as a ``profile_update`` event with id ``id``."""
+
+    line: int
+    email: str
+    attributes: dict[str, Any]
+    id: str
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    line: int
+    email: str
+    id: str
+    type: str
+    occurred_at: datetime | None
+    properties: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)  # the optional nested `lead`
+
+
+@dataclass(frozen=True)
+class Rejection:
+    line: int
+    error: str
+
+
+Record = LeadRecord | EventRecord
+Parsed = LeadRecord | EventRecord | Rejection
+
+
+class InvalidRecord(ValueError):
+    pass
+
+
+def normalise_email(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRecord("email: missing")
+    email = value.strip().lower()
+    if len(email) > 320 or not _EMAIL.match(email):
+        raise InvalidRecord("email: not an email address")
+    return email
+
+
+def _derived_id(kind: str, body: Mapping[str, Any]) -> str:
+    """Records without an id get one from their content, so a re-run of a file is idempotent."""
+    canonical = json.dumps([kind, body], sort_keys=True, default=str, separators=(",", ":"))
+    return f"{kind}:{hashlib.sha256(canonical.encode()).hexdigest()[:32]}"
+
+
+def _time(value: object) -> datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as error:
+        raise InvalidRecord(f"occurred_at: {error}") from None
+
+
+def _attributes(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in COMPUTED:
+            raise InvalidRecord(f"{where}{key}: computed by the ruleset, cannot be imported")
+        if isinstance(value, dict | list):
+            raise InvalidRecord(f"{where}{key}: must be text, a number or true/false")
+        attributes[str(key)] = value
+    if "subscribed" in attributes and not isinstance(attributes["subscribed"], bool):
+        raise InvalidRecord(f"{where}subscribed: must be true or false")
+    return attributes
+
+
+def record(line: int, raw: object) -> Record:
+    """One decoded object → a record, or InvalidRecord naming the field."""
+    if not isinstance(raw, dict):
+        raise InvalidRecord("a record must be a JSON object")
+    email = normalise_email(raw.get("email"))
+    if raw.get("type") in (None, ""):
+        body = {k: v for k, v in raw.items() if k not in ("id", "email", "occurred_at")}
+        attributes = _attributes(body, "")
+        occurred_at = _time(raw.get("occurred_at"))
+        key = raw.get("id") or _derived_id("profile", {"email": email, **raw})
+        return LeadRecord(line, email, attributes, str(key), occurred_at)
+    kind = raw["type"]
+    if not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_TYPE_LENGTH:
+        raise InvalidRecord(f"type: must be a name of at most {MAX_TYPE_LENGTH} characters")
+    unknown = set(raw) - EVENT_KEYS
+    if unknown:
+        raise InvalidRecord(
+            f"{sorted(unknown)[0]}: unknown field; event properties go under `properties`"
+        )
+    properties = raw.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise InvalidRecord("properties: must be an object")
+    lead = raw.get("lead") or {}
+    if not isinstance(lead, dict):
+        raise InvalidRecord("lead: must be an object of profile attributes")
+    occurred_at = _time(raw.get("occurred_at"))
+    event_id = raw.get("id")
+    if event_id in (None, ""):
+        event_id = _derived_id("event", raw)
+    elif (
+        not isinstance(event_id, str | int)
+        or isinstance(event_id, bool)
+        or len(str(event_id)) > 200
+    ):
+        raise InvalidRecord("id: must be text or a number, at most 200 characters")
+    return EventRecord(
+        line,
+        email,
+        str(event_id),
+        kind.strip(),
+        occurred_at,
+        properties,
+        _attributes(lead, "lead."),
+    )
+
+
+def parse_jsonl(lines: Iterable[str]) -> Iterator[Parsed]:
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            yield record(number, json.loads(text))
+        except json.JSONDecodeError as error:
+            yield Rejection(number, f"not valid JSON: {error.msg} (column {error.colno})")
+        except InvalidRecord as error:
+            yield Rejection(number, str(error))
+
+
+def _csv_value(text: str) -> Any:
+    """CSV cells are text; a cell that reads back as the same number becomes that number."""
+    text = text.strip()
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            number = cast(text)
+        except ValueError:
+            continue
+        if str(number) == text:
+            return number
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_csv(stream: Iterable[str]) -> Iterator[Parsed]:
+    reader = csv.DictReader(stream)
+    for row in reader:
+        number = reader.line_num
+        if None in row:
+            yield Rejection(number, "more cells than the header has columns")
+            continue
+        cells = {k.strip(): _csv_value(v or "") for k, v in row.items() if k}
+        raw: dict[str, Any] = {}
+        properties: dict[str, Any] = {}
+        is_event = cells.get("type") not in (None, "")
+        for key, value in cells.items():
+            if value is None:
+                continue
+            if key.startswith("properties."):
+                properties[key.removeprefix("properties.")] = value
+            elif is_event and key not in EVENT_KEYS:
+                properties[key] = value
+            else:
+                raw[key] = value
+        if "id" in raw:
+            raw["id"] = str(raw["id"])
+        if "occurred_at" in raw:
+            raw["occurred_at"] = str(raw["occurred_at"])
+        if is_event and properties:
+            raw["properties"] = properties
+        try:
+            yield record(number, raw)
+        except InvalidRecord as error:
+            yield Rejection(number, str(error))
+
+
+def sniff_format(name: str, head: str) -> str:
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    return "jsonl" if head.lstrip().startswith("{") else "csv"
+
+
+def parse_stream(stream: TextIO, name: str = "-") -> Iterator[Parsed]:
+    """Records from an open text stream, its format told by name or by its first character."""
+    head = stream.read(1)
+    body = _rejoined(head, stream)
+    return parse_csv(body) if sniff_format(name, head) == "csv" else parse_jsonl(body)
+
+
+def _rejoined(head: str, stream: TextIO) -> Iterator[str]:
+    """The lines of ``stream`` with the already-read first character put back."""
+    first = head + stream.readline() if head else ""
+    if first:
+        yield first
+    yield from stream

@@ -1,0 +1,135 @@
+"""The tables. The database is the source of truth; the rules engine holds nothing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from engine.timeutil import utcnow
+
+
+class Lead(SQLModel, table=True):
+    __tablename__ = "lead"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    score: int = Field(default=0, index=True)
+    temperature: str = Field(max_length=32, index=True)
+    stage: str = Field(max_length=64, index=True)
+    stage_entered_at: datetime
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    subscribed: bool = True
+    # Bumped by every write; a write that finds another version lost a race and is retried.
+    version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class LeadScore(SQLModel, table=True):
+    """One score component of one lead, with what decay needs to age it set-based."""
+
+    __tablename__ = "lead_score"
+
+    lead_id: int = Field(foreign_key="lead.id", primary_key=True)
+    component: str = Field(max_length=64, primary_key=True)
+    value: int = 0
+    # When the component last rose (epoch seconds: portable arithmetic in decay SQL).
+    rose_at: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    peak: int = 0  # value right after that rise; half-life decays from it
+    decay_steps: int = 0  # whole `every` periods already taken off since that rise
+
+
+class EventRecord(SQLModel, table=True):
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_lead_type_time", "lead_id", "type", "occurred_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=200, unique=True)
+    lead_id: int = Field(foreign_key="lead.id")
+    type: str = Field(max_length=64)
+    occurred_at: datetime
+    properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class LedgerEntry(SQLModel, table=True):
+    """One score change. A lead's ledger sums to its score."""
+
+    __tablename__ = "score_ledger"
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    component: str = Field(max_length=64)
+    delta: int
+    score_after: int  # the lead's total score after this change
+    rule: str = Field(max_length=200)
+    ruleset_version: str = Field(max_length=64)
+    event_id: str | None = Field(default=None, max_length=200)
+    at: datetime
+
+
+class StageHistory(SQLModel, table=True):
+    __tablename__ = "stage_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    from_stage: str | None = Field(default=None, max_length=64)
+    to_stage: str = Field(max_length=64, index=True)
+    rule: str = Field(max_length=200)
+    event_id: str | None = Field(default=None, max_length=200)
+    at: datetime
+
+
+class RuleFiring(SQLModel, table=True):
+    """Every rule firing: limits count these, and alerts cite them as reasons."""
+
+    __tablename__ = "rule_firing"
+    __table_args__ = (Index("ix_rule_firing_lead_rule_at", "lead_id", "rule", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id")
+    rule: str = Field(max_length=200)
+    event_id: str | None = Field(default=None, max_length=200)
+    at: datetime
+
+
+class LeadAction(SQLModel, table=True):
+    """An alert, enrollment or exit a rule asked for; the scheduler acts on pending ones."""
+
+    __tablename__ = "lead_action"
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    kind: str = Field(max_length=16)
+    target: str = Field(max_length=200)
+    rule: str = Field(max_length=200)
+    event_id: str | None = Field(default=None, max_length=200)
+    at: datetime
+    status: str = Field(default="pending", max_length=16, index=True)
+
+
+class RulesetVersion(SQLModel, table=True):
+    """Each ruleset version that passed its checks: the one in force survives a broken edit."""
+
+    __tablename__ = "ruleset_version"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, index=True)
+    version: str = Field(max_length=64)
+    path: str = Field(max_length=1000)
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    loaded_at: datetime = Field(default_factory=utcnow)
+
+
+class DecayRun(SQLModel, table=True):
+    """The instant decay last ran for: ``tick`` at an earlier or equal time is a no-op."""
+
+    __tablename__ = "decay_run"
+
+    component: str = Field(max_length=64, primary_key=True)
+    ran_at: datetime
