@@ -365,10 +365,10 @@ _BOUNCES = (
 
 # Rough mix of the events a lead does on its own (unsubscribe and bounce are drawn per lead).
 _PAGE_VIEW, _OPEN, _CLICK, _DOWNLOAD, _FORM, _WEBINAR, _DEMO, _TRIAL = EVENT_TYPES[:8]
-_BASE_WEIGHTS = (55.0, 15.0, 8.0, 6.0, 4.0, 3.0, 1.5, 1.5)
-_DEMO_SCALE = 1.6  # calibrated so demo_request / trial_signup come to ~1.5 % of all events
+_BASE_WEIGHTS = (45.0, 15.0, 8.0, 6.0, 4.0, 3.0, 1.5, 1.5)
+_DEMO_SCALE = 5.0  # calibrated so demo_request / trial_signup come to ~1.5 % of all events
 _MAX_CONVERSIONS = 2  # demo requests (and trial signups) per lead; more become pricing views
-_SIGMA = 1.25  # spread of the log-normal activity: the top 1 % do ~8x the mean
+_SIGMA = 1.5  # spread of the log-normal activity: the top 1 % do ~8x the mean
 
 
 @dataclass(slots=True)
@@ -436,24 +436,27 @@ def _make_lead(rng: random.Random, seed: int, index: int, pool: int) -> _Lead:
     fit = seniority + (0.25 if company.industry in ("software", "saas", "fintech") else 0.0)
     if free_mail:
         fit -= 0.4
-    z = 1.1 * math.log(activity) + fit + rng.gauss(0.0, 0.7)
-    intent = 1.0 / (1.0 + math.exp(-(z - 1.0)))
+    z = 0.6 * math.log(activity) + fit + rng.gauss(0.0, 0.8)
+    intent = 1.0 / (1.0 + math.exp(-2.0 * (z - 1.0)))
     return _Lead(index, email, profile, offset, activity, intent, student, competitor)
 
 
 class _Clock:
     """Event times for one lead, in whole seconds since 1970: sessions in business hours."""
 
-    __slots__ = ("end", "first", "lead", "rng", "start")
+    __slots__ = ("end", "first", "last", "lead", "rng", "start")
 
     def __init__(self, rng: random.Random, lead: _Lead, start: int, end: int) -> None:
         self.rng, self.lead, self.start, self.end = rng, lead, start, end
-        # When the lead first showed up; sessions fall between then and `end`, skewed towards
-        # `end` the more the lead wants to buy (a ramp-up before a demo request).
+        # The lead is active from `first` to `last`: many went quiet before `end`, fewer the
+        # more they want to buy, and sessions lean towards `last` with that wish (a ramp-up).
         self.first = start + int((end - start) * 0.9 * rng.random())
+        self.last = end
+        if rng.random() > 0.15 + 0.7 * lead.intent:
+            self.last = self.first + int((end - self.first) * rng.random())
 
     def session(self, late: bool = False) -> int:
-        rng, span = self.rng, self.end - self.first
+        rng, span = self.rng, self.last - self.first
         u = rng.random() ** (1.0 / (1.0 + 1.5 * self.lead.intent))
         if late:
             u = max(u, rng.random())
@@ -480,7 +483,7 @@ _Event = tuple[int, int, int, str, dict[str, object]]  # time, lead in chunk, se
 def _lead_events(
     rng: random.Random, slot: int, lead: _Lead, mean: float, start: int, end: int
 ) -> list[_Event]:
-    cap = int(mean * 40) + 1
+    cap = int(mean * 60) + 1
     count = min(cap, int(mean * lead.activity + rng.random()))
     if count == 0:
         return []
@@ -493,7 +496,7 @@ def _lead_events(
 
     # Terminal email events are drawn per lead: cold leads unsubscribe more, engaged ones less.
     stop_email = end
-    if rng.random() < min(0.6, 0.0098 * mean / (0.4 + 0.6 * math.sqrt(lead.activity))):
+    if rng.random() < min(0.6, 0.006 * mean / (0.4 + 0.6 * math.sqrt(lead.activity))):
         moment = clock.session()
         add(
             moment,

@@ -124,12 +124,3 @@ class RulesetVersion(SQLModel, table=True):
     path: str = Field(max_length=1000)
     source: str = Field(sa_column=Column(Text, nullable=False))
     loaded_at: datetime = Field(default_factory=utcnow)
-
-
-class DecayRun(SQLModel, table=True):
-    """The instant decay last ran for: ``tick`` at an earlier or equal time is a no-op."""
-
-    __tablename__ = "decay_run"
-
-    component: str = Field(max_length=64, primary_key=True)
-    ran_at: datetime

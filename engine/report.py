@@ -1,0 +1,156 @@
+"""Reading leads back: one lead with its ledger and stage history, lists, the funnel, and the
+reasons behind a score. Shapes follow DESIGN.md's JSON section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from engine.ingest.parse import normalise_email
+from engine.rules import spec
+from engine.store.scoring import EVENTS, LEADS, LEDGER, SCORES, STAGES
+from engine.timeutil import isoformat
+
+
+def _summary(row: Any, scores: dict[str, int]) -> dict[str, Any]:
+    return {
+        "email": row["email"],
+        "score": row["score"],
+        "scores": scores,
+        "temperature": row["temperature"],
+        "stage": row["stage"],
+        "stage_entered_at": isoformat(row["stage_entered_at"]),
+        "subscribed": row["subscribed"],
+        "tags": list(row["tags"]),
+        "attributes": dict(row["attributes"]),
+    }
+
+
+def lead_detail(db: Engine, email: str) -> dict[str, Any] | None:
+    with db.connect() as conn:
+        row = (
+            conn.execute(select(LEADS).where(LEADS.c.email == normalise_email(email)))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        lead_id = row["id"]
+        scores = dict(
+            conn.execute(
+                select(SCORES.c.component, SCORES.c.value).where(SCORES.c.lead_id == lead_id)
+            ).all()
+        )
+        ledger = conn.execute(
+            select(LEDGER).where(LEDGER.c.lead_id == lead_id).order_by(LEDGER.c.at, LEDGER.c.id)
+        ).mappings()
+        stages = conn.execute(
+            select(STAGES).where(STAGES.c.lead_id == lead_id).order_by(STAGES.c.at, STAGES.c.id)
+        ).mappings()
+        events = conn.execute(
+            select(EVENTS.c.event_id, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties)
+            .where(EVENTS.c.lead_id == lead_id)
+            .order_by(EVENTS.c.occurred_at.desc(), EVENTS.c.id.desc())
+            .limit(20)
+        ).mappings()
+        detail = _summary(row, scores)
+        detail["ledger"] = [
+            {
+                "rule": r["rule"],
+                "component": r["component"],
+                "delta": r["delta"],
+                "score_after": r["score_after"],
+                "event_id": r["event_id"],
+                "at": isoformat(r["at"]),
+            }
+            for r in ledger
+        ]
+        detail["stage_history"] = [
+            {
+                "from": r["from_stage"],
+                "to": r["to_stage"],
+                "rule": r["rule"],
+                "at": isoformat(r["at"]),
+            }
+            for r in stages
+        ]
+        detail["recent_events"] = [
+            {
+                "id": r["event_id"],
+                "type": r["type"],
+                "occurred_at": isoformat(r["occurred_at"]),
+                "properties": r["properties"],
+            }
+            for r in events
+        ]
+        detail["reasons"] = top_reasons(detail["ledger"])
+        return detail
+
+
+def top_reasons(ledger: list[dict[str, Any]], limit: int = 3) -> list[dict[str, Any]]:
+    """The rules that contributed most to the score, net of decay and negative signals."""
+    totals: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    for row in ledger:
+        totals[row["rule"]] = totals.get(row["rule"], 0) + row["delta"]
+        counts[row["rule"]] = counts.get(row["rule"], 0) + 1
+    ranked = sorted((r for r in totals if totals[r] > 0), key=lambda r: -totals[r])
+    return [{"rule": r, "points": totals[r], "times": counts[r]} for r in ranked[:limit]]
+
+
+def list_leads(
+    db: Engine, temperature: str | None = None, stage: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    query = select(LEADS).order_by(LEADS.c.score.desc(), LEADS.c.id).limit(limit)
+    if temperature:
+        query = query.where(LEADS.c.temperature == temperature)
+    if stage:
+        query = query.where(LEADS.c.stage == stage)
+    with db.connect() as conn:
+        rows = list(conn.execute(query).mappings())
+        scores: dict[int, dict[str, int]] = {row["id"]: {} for row in rows}
+        for lead_id, component, value in conn.execute(
+            select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value).where(
+                SCORES.c.lead_id.in_(list(scores))
+            )
+        ):
+            scores[lead_id][component] = value
+    return [_summary(row, scores[row["id"]]) for row in rows]
+
+
+def reasons_for(db: Engine, emails: list[str], limit: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """Top reasons for several leads in one query."""
+    query = (
+        select(LEADS.c.email, LEDGER.c.rule, func.sum(LEDGER.c.delta), func.count())
+        .join(LEDGER, LEDGER.c.lead_id == LEADS.c.id)
+        .where(LEADS.c.email.in_(emails))
+        .group_by(LEADS.c.email, LEDGER.c.rule)
+    )
+    found: dict[str, list[dict[str, Any]]] = {email: [] for email in emails}
+    with db.connect() as conn:
+        for email, rule, points, times in conn.execute(query):
+            if points > 0:
+                found[email].append({"rule": rule, "points": int(points), "times": int(times)})
+    return {
+        email: sorted(rows, key=lambda r: -r["points"])[:limit] for email, rows in found.items()
+    }
+
+
+def funnel(db: Engine, ruleset: spec.Ruleset) -> dict[str, Any]:
+    """Leads per stage now, in funnel order with exits last, and per temperature band."""
+    with db.connect() as conn:
+        by_stage: dict[str, int] = {
+            s: int(n)
+            for s, n in conn.execute(select(LEADS.c.stage, func.count()).group_by(LEADS.c.stage))
+        }
+        by_band: dict[str, int] = {
+            t: int(n)
+            for t, n in conn.execute(
+                select(LEADS.c.temperature, func.count()).group_by(LEADS.c.temperature)
+            )
+        }
+    stages = [{"stage": s, "leads": by_stage.pop(s, 0)} for s in ruleset.all_stages]
+    stages += [{"stage": s, "leads": n} for s, n in sorted(by_stage.items())]
+    bands = {band: by_band.get(band, 0) for band, _ in ruleset.temperature}
+    return {"stages": stages, "temperatures": bands}

@@ -1,0 +1,149 @@
+"""Ruleset tests (``rulesets/tests/*.yaml``): each case scores one lead in memory and compares
+what the marketer expected with what the rules did. No database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from engine.rules.compile import CompiledRuleset
+from engine.rules.evaluate import ChainError, Event, LeadState, evaluate, new_lead
+from engine.rules.history import MemoryHistory
+from engine.rules.load import Problem, RulesetError, key_line, read_yaml
+from engine.timeutil import parse_instant
+
+START = datetime.fromisoformat("2026-01-05T10:00:00+00:00")
+EXPECT_KEYS = (
+    "score",
+    "scores",
+    "temperature",
+    "stage",
+    "tags",
+    "fired",
+    "not_fired",
+    "attributes",
+)
+
+
+@dataclass
+class CaseResult:
+    name: str
+    file: str
+    line: int
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class Case:
+    name: str
+    file: str
+    line: int
+    lead: dict[str, Any]
+    events: list[dict[str, Any]]
+    expect: dict[str, Any]
+
+
+def load_cases(path: Path) -> list[Case]:
+    text = path.read_text(encoding="utf-8")
+    doc = read_yaml(text, str(path))
+    if not isinstance(doc, CommentedSeq):
+        raise RulesetError([Problem(str(path), 1, "a test file is a list of cases")])
+    cases, problems = [], []
+    for index, body in enumerate(doc):
+        line = key_line(doc, index, 1)
+        if not isinstance(body, CommentedMap) or not isinstance(body.get("name"), str):
+            problems.append(Problem(str(path), line, "a case needs name, lead, events, expect"))
+            continue
+        expect = body.get("expect")
+        unknown = set(expect or {}) - set(EXPECT_KEYS)
+        if not isinstance(expect, CommentedMap) or unknown:
+            problems.append(
+                Problem(
+                    str(path), line, f"case {body['name']!r}: expect takes {', '.join(EXPECT_KEYS)}"
+                )
+            )
+            continue
+        events = body.get("events") or []
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            problems.append(Problem(str(path), line, f"case {body['name']!r}: events is a list"))
+            continue
+        cases.append(
+            Case(body["name"], str(path), line, dict(body.get("lead") or {}), events, dict(expect))
+        )
+    if problems:
+        raise RulesetError(problems)
+    return cases
+
+
+def run_case(compiled: CompiledRuleset, case: Case) -> CaseResult:
+    """Profile first (as a profile_update), then each event, one minute apart by default."""
+    result = CaseResult(case.name, case.file, case.line)
+    history = MemoryHistory()
+    ruleset = compiled.ruleset
+    state: LeadState = new_lead(ruleset, case.lead)
+    if "email" in case.lead:
+        state.attributes.setdefault("domain", str(case.lead["email"]).rsplit("@", 1)[-1])
+    times = [START + timedelta(minutes=i) for i in range(len(case.events))]
+    for i, raw in enumerate(case.events):
+        if raw.get("occurred_at"):
+            times[i] = parse_instant(raw["occurred_at"])
+    events = [Event("profile", "profile_update", min([START, *times]) - timedelta(minutes=1))]
+    events += [
+        Event(f"e{i}", str(raw.get("type")), times[i], dict(raw.get("properties") or {}))
+        for i, raw in enumerate(case.events)
+    ]
+    fired: list[str] = []
+    for event in events:
+        history.add_event(event.type, event.occurred_at)
+        try:
+            outcome = evaluate(compiled, state, event, history)
+        except ChainError as error:
+            result.failures.append(str(error))
+            return result
+        for rule in outcome.fired:
+            history.add_firing(rule, event.occurred_at)
+        fired += outcome.fired
+        state = outcome.state
+    result.failures = compare(case.expect, state, ruleset.band(state.score), fired)
+    return result
+
+
+def compare(
+    expect: dict[str, Any], state: LeadState, temperature: str, fired: list[str]
+) -> list[str]:
+    failures = []
+    actual: dict[str, Any] = {
+        "score": state.score,
+        "temperature": temperature,
+        "stage": state.stage,
+    }
+    for key in ("score", "temperature", "stage"):
+        if key in expect and expect[key] != actual[key]:
+            failures.append(f"{key}: expected {expect[key]!r}, got {actual[key]!r}")
+    for component, points in (expect.get("scores") or {}).items():
+        got = state.scores.get(component)
+        if got != points:
+            failures.append(f"scores.{component}: expected {points!r}, got {got!r}")
+    for tag in expect.get("tags") or []:
+        if tag not in state.tags:
+            failures.append(f"tags: expected {tag!r} among {state.tags}")
+    for rule in expect.get("fired") or []:
+        if rule not in fired:
+            failures.append(f"fired: expected {rule!r} to fire; fired {fired}")
+    for rule in expect.get("not_fired") or []:
+        if rule in fired:
+            failures.append(f"not_fired: {rule!r} fired")
+    for name, value in (expect.get("attributes") or {}).items():
+        if state.attributes.get(name) != value:
+            failures.append(
+                f"attributes.{name}: expected {value!r}, got {state.attributes.get(name)!r}"
+            )
+    return failures

@@ -1,0 +1,455 @@
+"""Records → rules → effects in SQL, a batch per transaction.
+
+For each batch: create unknown leads, lock the batch's leads (``FOR UPDATE`` on PostgreSQL;
+``BEGIN IMMEDIATE`` already holds SQLite's write lock), drop events already stored, load the
+state and history the rules need in a few set-based queries, evaluate every record in file order
+in memory, then write events, ledger, stage history, firings, intents and lead state with
+``executemany``. An event and all its effects commit together; a crash loses at most the
+uncommitted batch, which a re-run scores again (event ids make it idempotent).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
+from engine.rules.compile import CompiledRuleset, longest_window
+from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, evaluate, new_lead
+from engine.rules.history import MemoryHistory
+from engine.store import schema
+from engine.timeutil import epoch, utcnow
+
+LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
+SCORES: Table = schema.LeadScore.__table__  # type: ignore[attr-defined]
+EVENTS: Table = schema.EventRecord.__table__  # type: ignore[attr-defined]
+LEDGER: Table = schema.LedgerEntry.__table__  # type: ignore[attr-defined]
+STAGES: Table = schema.StageHistory.__table__  # type: ignore[attr-defined]
+FIRINGS: Table = schema.RuleFiring.__table__  # type: ignore[attr-defined]
+ACTIONS: Table = schema.LeadAction.__table__  # type: ignore[attr-defined]
+
+# Event types that withdraw consent whatever the ruleset says.
+OPT_OUTS = frozenset({"unsubscribe", "spam_report"})
+RETRIES = 5
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def as_json(self, position: str = "line") -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [{position: r.line, "error": r.error} for r in self.rejected],
+        }
+
+
+class ConflictError(Exception):
+    """A lead's version moved under the batch; the batch is retried."""
+
+
+@dataclass
+class _Lead:
+    id: int
+    email: str
+    version: int
+    state: LeadState
+    subscribed: bool
+    stage_entered_at: datetime
+    decay: dict[str, list[int | None]]  # component → [rose_at, peak, decay_steps]
+    new: bool
+    created_at: datetime  # when its first record happened
+    history: MemoryHistory = field(default_factory=MemoryHistory)
+
+
+def ingest(
+    db: Engine,
+    compiled: CompiledRuleset,
+    parsed: Iterable[Parsed],
+    batch_size: int = 2000,
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestResult:
+    """Score every record; rejections (parse errors, runaway chains) are reported, not fatal."""
+    result = IngestResult()
+    for chunk in _batches(parsed, batch_size):
+        records = [item for item in chunk if not isinstance(item, Rejection)]
+        result.rejected.extend(item for item in chunk if isinstance(item, Rejection))
+        if records:
+            batch = _apply_with_retries(db, compiled, records)
+            result.accepted += batch.accepted
+            result.duplicates += batch.duplicates
+            result.rejected.extend(batch.rejected)
+        if on_progress:
+            on_progress(len(chunk))
+    result.rejected.sort(key=lambda r: r.line)
+    return result
+
+
+def _batches(items: Iterable[Parsed], size: int) -> Iterator[list[Parsed]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _apply_with_retries(
+    db: Engine, compiled: CompiledRuleset, records: list[Record]
+) -> IngestResult:
+    for attempt in range(RETRIES):
+        try:
+            with db.begin() as connection:
+                return _Batch(connection, compiled).run(records)
+        except (ConflictError, IntegrityError, OperationalError):
+            # Lost a race (another writer stored the same event or lead, or a deadlock /
+            # lock timeout): the transaction rolled back, so running the batch again is safe.
+            if attempt == RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _Batch:
+    def __init__(self, connection: Connection, compiled: CompiledRuleset) -> None:
+        self.conn = connection
+        self.compiled = compiled
+        self.ruleset = compiled.ruleset
+        self.now = utcnow()
+        self.result = IngestResult()
+        self.rows: dict[str, list[dict[str, Any]]] = {
+            "events": [],
+            "ledger": [],
+            "stages": [],
+            "firings": [],
+            "actions": [],
+        }
+
+    # -- load -----------------------------------------------------------------------------
+    def run(self, records: list[Record]) -> IngestResult:
+        first_seen: dict[str, datetime] = {}
+        for record in records:
+            first_seen.setdefault(record.email, record.occurred_at or self.now)
+        self._create_missing(first_seen)
+        leads = self._lock(list(first_seen))
+        seen = self._stored_ids([r.id for r in records])
+        fresh: list[Record] = []
+        for record in records:
+            if record.id in seen:
+                self.result.duplicates += 1
+            else:
+                seen.add(record.id)
+                fresh.append(record)
+        if fresh:
+            self._load_scores(leads)
+            self._load_history(leads, fresh)
+            touched = set()
+            for record in fresh:
+                lead = leads[record.email]
+                if self._score(lead, record):
+                    touched.add(lead.email)
+            self._write([leads[email] for email in touched])
+        return self.result
+
+    def _create_missing(self, first_seen: dict[str, datetime]) -> None:
+        start = self.ruleset.stages[0]
+        rows = [
+            {
+                "email": email,
+                "attributes": {},
+                "score": 0,
+                "temperature": self.ruleset.band(0),
+                "stage": start,
+                "stage_entered_at": at,
+                "tags": [],
+                "subscribed": True,
+                "version": 0,
+                "created_at": self.now,
+                "updated_at": self.now,
+            }
+            for email, at in first_seen.items()
+        ]
+        insert = pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert
+        self.conn.execute(insert(LEADS).on_conflict_do_nothing(index_elements=["email"]), rows)
+
+    def _lock(self, emails: list[str]) -> dict[str, _Lead]:
+        query = select(LEADS).where(LEADS.c.email.in_(emails)).order_by(LEADS.c.id)
+        if self.conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        leads = {}
+        for row in self.conn.execute(query).mappings():
+            attributes = dict(row["attributes"])
+            attributes["email"] = row["email"]
+            if row["version"] == 0:
+                attributes.setdefault("domain", row["email"].rsplit("@", 1)[1])
+            state = LeadState(attributes, {}, row["stage"], list(row["tags"]))
+            leads[row["email"]] = _Lead(
+                row["id"],
+                row["email"],
+                row["version"],
+                state,
+                row["subscribed"],
+                row["stage_entered_at"],
+                {},
+                new=row["version"] == 0,
+                created_at=row["stage_entered_at"],
+            )
+        return leads
+
+    def _stored_ids(self, ids: list[str]) -> set[str]:
+        query = select(EVENTS.c.event_id).where(EVENTS.c.event_id.in_(ids))
+        return set(self.conn.execute(query).scalars())
+
+    def _load_scores(self, leads: dict[str, _Lead]) -> None:
+        by_id = {lead.id: lead for lead in leads.values()}
+        query = select(SCORES).where(SCORES.c.lead_id.in_(list(by_id)))
+        for row in self.conn.execute(query).mappings():
+            lead = by_id[row["lead_id"]]
+            lead.state.scores[row["component"]] = row["value"]
+            lead.decay[row["component"]] = [row["rose_at"], row["peak"], row["decay_steps"]]
+        for lead in leads.values():
+            # Components a lead has not scored on yet (new lead, or new in this ruleset).
+            for name, value in new_lead(self.ruleset, {}).scores.items():
+                lead.state.scores.setdefault(name, value)
+            lead.state.scores = {name: lead.state.scores[name] for name in self.ruleset.components}
+
+    def _load_history(self, leads: dict[str, _Lead], records: list[Record]) -> None:
+        counts = self.compiled.count_windows
+        limited = self.compiled.limited_rules
+        if not counts and not limited:
+            return
+        times = [r.occurred_at or self.now for r in records]
+        since = min(times) - longest_window(self.compiled)
+        by_id = {lead.id: lead for lead in leads.values()}
+        ids = list(by_id)
+        if counts:
+            query = select(EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at).where(
+                EVENTS.c.lead_id.in_(ids),
+                EVENTS.c.type.in_({c.type for c in counts}),
+                EVENTS.c.occurred_at > since,
+            )
+            for lead_id, kind, at in self.conn.execute(query):
+                by_id[lead_id].history.add_event(kind, at)
+        if limited:
+            ever = [r.name for r in limited if r.limit and r.limit.per is None]
+            query = select(FIRINGS.c.lead_id, FIRINGS.c.rule, FIRINGS.c.at).where(
+                FIRINGS.c.lead_id.in_(ids),
+                FIRINGS.c.rule.in_([r.name for r in limited]),
+                (FIRINGS.c.at > since) | FIRINGS.c.rule.in_(ever),
+            )
+            for lead_id, rule, at in self.conn.execute(query):
+                by_id[lead_id].history.add_firing(rule, at)
+
+    # -- evaluate -------------------------------------------------------------------------
+    def _score(self, lead: _Lead, record: Record) -> bool:
+        """Evaluate one record against its lead; False when it was rejected."""
+        at = record.occurred_at or self.now
+        before = lead.state.copy()
+        if isinstance(record, LeadRecord):
+            attributes, event = record.attributes, Event(record.id, "profile_update", at)
+        else:
+            attributes = record.attributes
+            event = Event(record.id, record.type, at, record.properties)
+        attributes = dict(attributes)
+        subscribed = attributes.pop("subscribed", None)
+        lead.state.attributes.update(attributes)
+        tracked = event.type in {c.type for c in self.compiled.count_windows}
+        if tracked:
+            lead.history.add_event(event.type, at)
+        try:
+            outcome = evaluate(self.compiled, lead.state, event, lead.history)
+        except ChainError as error:
+            lead.state = before
+            if tracked:
+                lead.history.events[event.type].remove(at)
+            self.result.rejected.append(Rejection(record.line, str(error)))
+            return False
+        self.result.accepted += 1
+        if isinstance(subscribed, bool):
+            lead.subscribed = subscribed
+        if event.type in OPT_OUTS:
+            lead.subscribed = False
+        self._record(lead, event, outcome)
+        return True
+
+    def _record(self, lead: _Lead, event: Event, outcome: Outcome) -> None:
+        at, version = event.occurred_at, self.ruleset.version
+        rows = self.rows
+        rows["events"].append(
+            {
+                "event_id": event.id,
+                "lead_id": lead.id,
+                "type": event.type,
+                "occurred_at": at,
+                "properties": dict(event.properties),
+                "received_at": self.now,
+            }
+        )
+        for change in outcome.score_changes:
+            rows["ledger"].append(
+                {
+                    "lead_id": lead.id,
+                    "component": change.component,
+                    "delta": change.delta,
+                    "score_after": change.score_after,
+                    "rule": change.rule,
+                    "ruleset_version": version,
+                    "event_id": event.id,
+                    "at": at,
+                }
+            )
+            if change.delta > 0:
+                rose_at = lead.decay.get(change.component, [None, 0, 0])[0]
+                if rose_at is None or epoch(at) >= rose_at:
+                    value = outcome.state.scores[change.component]
+                    lead.decay[change.component] = [epoch(at), value, 0]
+        for stage in outcome.stage_changes:
+            rows["stages"].append(
+                {
+                    "lead_id": lead.id,
+                    "from_stage": stage.from_stage,
+                    "to_stage": stage.to_stage,
+                    "rule": stage.rule,
+                    "event_id": event.id,
+                    "at": at,
+                }
+            )
+            lead.stage_entered_at = at
+        for rule in outcome.fired:
+            rows["firings"].append(
+                {"lead_id": lead.id, "rule": rule, "event_id": event.id, "at": at}
+            )
+            lead.history.add_firing(rule, at)
+        for intent in outcome.intents:
+            rows["actions"].append(
+                {
+                    "lead_id": lead.id,
+                    "kind": intent.kind,
+                    "target": intent.target,
+                    "rule": intent.rule,
+                    "event_id": event.id,
+                    "at": at,
+                    "status": "pending",
+                }
+            )
+        lead.state = outcome.state
+
+    # -- write ----------------------------------------------------------------------------
+    def _write(self, leads: list[_Lead]) -> None:
+        conn, rows = self.conn, self.rows
+        # A new lead's first stage is history too: pipeline reports count entries from it.
+        rows["stages"][:0] = [
+            {
+                "lead_id": lead.id,
+                "from_stage": None,
+                "to_stage": self.ruleset.stages[0],
+                "rule": "new-lead",
+                "event_id": None,
+                "at": lead.created_at,
+            }
+            for lead in leads
+            if lead.new
+        ]
+        for table, key in (
+            (EVENTS, "events"),
+            (LEDGER, "ledger"),
+            (STAGES, "stages"),
+            (FIRINGS, "firings"),
+            (ACTIONS, "actions"),
+        ):
+            if rows[key]:
+                conn.execute(table.insert(), rows[key])
+        if not leads:
+            return
+        updated = conn.execute(
+            update(LEADS)
+            .where(LEADS.c.id == bindparam("b_id"), LEADS.c.version == bindparam("b_version"))
+            .values(
+                attributes=bindparam("b_attributes"),
+                score=bindparam("b_score"),
+                temperature=bindparam("b_temperature"),
+                stage=bindparam("b_stage"),
+                stage_entered_at=bindparam("b_entered"),
+                tags=bindparam("b_tags"),
+                subscribed=bindparam("b_subscribed"),
+                version=LEADS.c.version + 1,
+                updated_at=self.now,
+            ),
+            [
+                {
+                    "b_id": lead.id,
+                    "b_version": lead.version,
+                    "b_attributes": {
+                        k: v for k, v in lead.state.attributes.items() if k != "email"
+                    },
+                    "b_score": lead.state.score,
+                    "b_temperature": self.ruleset.band(lead.state.score),
+                    "b_stage": lead.state.stage,
+                    "b_entered": lead.stage_entered_at,
+                    "b_tags": lead.state.tags,
+                    "b_subscribed": lead.subscribed,
+                }
+                for lead in leads
+            ],
+        )
+        if updated.rowcount != len(leads):
+            raise ConflictError("a lead changed during the batch")
+        score_rows = [
+            {
+                "b_lead": lead.id,
+                "b_component": name,
+                "b_value": value,
+                "b_rose_at": lead.decay.get(name, [None, 0, 0])[0],
+                "b_peak": lead.decay.get(name, [None, 0, 0])[1] or 0,
+                "b_steps": lead.decay.get(name, [None, 0, 0])[2] or 0,
+                "new": lead.new or name not in lead.decay,
+            }
+            for lead in leads
+            for name, value in lead.state.scores.items()
+        ]
+        inserts = [r for r in score_rows if r["new"]]
+        updates = [r for r in score_rows if not r["new"]]
+        if inserts:
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            statement = insert(SCORES).values(
+                lead_id=bindparam("b_lead"),
+                component=bindparam("b_component"),
+                value=bindparam("b_value"),
+                rose_at=bindparam("b_rose_at"),
+                peak=bindparam("b_peak"),
+                decay_steps=bindparam("b_steps"),
+            )
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["lead_id", "component"],
+                    set_={
+                        "value": statement.excluded.value,
+                        "rose_at": statement.excluded.rose_at,
+                        "peak": statement.excluded.peak,
+                        "decay_steps": statement.excluded.decay_steps,
+                    },
+                ),
+                inserts,
+            )
+        if updates:
+            conn.execute(
+                update(SCORES)
+                .where(
+                    SCORES.c.lead_id == bindparam("b_lead"),
+                    SCORES.c.component == bindparam("b_component"),
+                )
+                .values(
+                    value=bindparam("b_value"),
+                    rose_at=bindparam("b_rose_at"),
+                    peak=bindparam("b_peak"),
+                    decay_steps=bindparam("b_steps"),
+                ),
+                updates,
+            )
