@@ -368,7 +368,7 @@ _PAGE_VIEW, _OPEN, _CLICK, _DOWNLOAD, _FORM, _WEBINAR, _DEMO, _TRIAL = EVENT_TYP
 _BASE_WEIGHTS = (45.0, 15.0, 8.0, 6.0, 4.0, 3.0, 1.5, 1.5)
 _DEMO_SCALE = 5.0  # calibrated so demo_request / trial_signup come to ~1.5 % of all events
 _MAX_CONVERSIONS = 2  # demo requests (and trial signups) per lead; more become pricing views
-_SIGMA = 1.5  # spread of the log-normal activity: the top 1 % do ~8x the mean
+_SIGMA = 1.5  # spread of the log-normal activity: the top 1 % of leads do 10x the mean or more
 
 
 @dataclass(slots=True)
@@ -620,7 +620,8 @@ def _generate(
         chunk = [_make_lead(rng, seed, i, pool) for i in range(first, min(leads, first + CHUNK))]
         events: list[_Event] = []
         for slot, lead in enumerate(chunk):
-            yield lead.profile
+            # Profiles carry a time so fit rules land in the ledger before the behaviour.
+            yield {**lead.profile, "occurred_at": _iso(start_ts)}
             events.extend(_lead_events(rng, slot, lead, mean, start_ts, end_ts))
         events.sort(key=lambda e: (e[0], e[1], e[2]))
         for moment, slot, _, etype, props in events:

@@ -136,7 +136,8 @@ class _Batch:
     def run(self, records: list[Record]) -> IngestResult:
         first_seen: dict[str, datetime] = {}
         for record in records:
-            first_seen.setdefault(record.email, record.occurred_at or self.now)
+            at = record.occurred_at or self.now
+            first_seen[record.email] = min(first_seen.get(record.email, at), at)
         self._create_missing(first_seen)
         leads = self._lock(list(first_seen))
         seen = self._stored_ids([r.id for r in records])

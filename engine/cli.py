@@ -1,0 +1,338 @@
+"""The ``nurture`` command: the edge where people meet the flow. Each command reads settings,
+opens the database (migrating it first), and calls the layer that does the work."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import Engine
+
+from engine import report
+from engine.decay import decay
+from engine.ingest.parse import parse_stream
+from engine.rules.load import Problem, RulesetError, ruleset_files
+from engine.rules.testing import CaseResult, load_cases, run_case
+from engine.settings import Settings, get_settings
+from engine.store import db as database
+from engine.store.rulesets import InForce, NoRuleset, compile_checked, ruleset_in_force
+from engine.store.scoring import IngestResult, ingest
+from engine.timeutil import isoformat, parse_instant, utcnow
+
+app = typer.Typer(help="Rules-engine lead scoring and nurturing.", no_args_is_help=True)
+rules_app = typer.Typer(help="Check and test rulesets.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+app.add_typer(db_app, name="db")
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(1)
+
+
+def open_db(settings: Settings) -> Engine:
+    database.upgrade(settings.database_url)
+    return database.connect(settings.database_url)
+
+
+def in_force(db: Engine, settings: Settings) -> InForce:
+    try:
+        active = ruleset_in_force(db, settings)
+    except NoRuleset as error:
+        raise fail(str(error)) from None
+    except RulesetError as error:
+        raise fail(f"the ruleset has errors and no earlier version is in force:\n{error}") from None
+    if active.problems:
+        version = active.compiled.ruleset.version
+        err.print(
+            f"[yellow]warning:[/yellow] the ruleset file has errors; version {version} stays "
+            "in force:\n" + "\n".join(str(p) for p in active.problems),
+            highlight=False,
+        )
+    return active
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def progress_bar(total: int | None, enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    columns = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("scoring", total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+def print_ingest(result: IngestResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(result.as_json())
+        return
+    for rejection in result.rejected[:50]:
+        err.print(f"line {rejection.line}: {rejection.error}", highlight=False, markup=False)
+    if len(result.rejected) > 50:
+        err.print(f"... and {len(result.rejected) - 50} more rejected lines")
+    out.print(
+        f"accepted {result.accepted}, duplicates {result.duplicates}, "
+        f"rejected {len(result.rejected)}"
+    )
+
+
+@app.command("ingest")
+def ingest_command(
+    file: Annotated[str, typer.Argument(help="JSON Lines or CSV of events or leads; - for stdin.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Score events and lead profiles. Idempotent by event id; bad lines are reported."""
+    settings = get_settings()
+    db = open_db(settings)
+    active = in_force(db, settings)
+    if file == "-":
+        stream, total = sys.stdin, None
+    else:
+        path = Path(file)
+        if not path.is_file():
+            raise fail(f"{file}: no such file")
+        stream, total = path.open(encoding="utf-8", newline=""), _count_lines(path)
+    with stream, progress_bar(total, err.is_terminal and not as_json) as advance:
+        result = ingest(
+            db,
+            active.compiled,
+            parse_stream(stream, file),
+            batch_size=settings.batch_size,
+            on_progress=advance,
+        )
+    print_ingest(result, as_json)
+    if result.rejected:
+        raise typer.Exit(1)
+
+
+@app.command("lead")
+def lead_command(email: str, as_json: JsonFlag = False) -> None:
+    """One lead: scores, temperature, stage, the ledger and stage history."""
+    settings = get_settings()
+    try:
+        detail = report.lead_detail(open_db(settings), email)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    if detail is None:
+        raise fail(f"no lead {email}")
+    if as_json:
+        emit_json(detail)
+        return
+    out.print(
+        f"[bold]{detail['email']}[/bold]  score {detail['score']}  "
+        f"{detail['temperature']}  stage {detail['stage']}",
+        highlight=False,
+    )
+    scores = "  ".join(f"{name} {value}" for name, value in detail["scores"].items())
+    out.print(f"scores: {scores}", highlight=False)
+    if detail["tags"]:
+        out.print(f"tags: {', '.join(detail['tags'])}", highlight=False)
+    ledger = Table("at", "rule", "component", "delta", "score after", "event", title="ledger")
+    for row in detail["ledger"]:
+        ledger.add_row(
+            row["at"],
+            row["rule"],
+            row["component"],
+            f"{row['delta']:+d}",
+            str(row["score_after"]),
+            row["event_id"] or "",
+        )
+    out.print(ledger)
+    stages = Table("at", "from", "to", "rule", title="stage history")
+    for row in detail["stage_history"]:
+        stages.add_row(row["at"], row["from"] or "", row["to"], row["rule"])
+    out.print(stages)
+
+
+@app.command("leads")
+def leads_command(
+    temperature: Annotated[str | None, typer.Option(help="cold, warm, hot, ...")] = None,
+    stage: Annotated[str | None, typer.Option(help="A funnel stage, e.g. mql.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, highest score first.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Leads by score, filtered by temperature and stage."""
+    rows = report.list_leads(open_db(get_settings()), temperature, stage, limit)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("email", "score", "temperature", "stage", "company", "title")
+    for row in rows:
+        attributes = row["attributes"]
+        table.add_row(
+            row["email"],
+            str(row["score"]),
+            row["temperature"],
+            row["stage"],
+            str(attributes.get("company", "")),
+            str(attributes.get("job_title", "")),
+        )
+    out.print(table)
+
+
+@app.command("tick")
+def tick_command(
+    now: Annotated[
+        str | None, typer.Option(help="ISO time to run as (default: now), for tests and cron.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run all due scheduled work once: score decay."""
+    settings = get_settings()
+    try:
+        moment = parse_instant(now) if now else utcnow()
+    except ValueError as error:
+        raise fail(f"--now: {error}") from None
+    db = open_db(settings)
+    rows = decay(db, in_force(db, settings).compiled.ruleset, moment)
+    if as_json:
+        emit_json({"now": isoformat(moment), "decayed": rows})
+    else:
+        out.print(f"{isoformat(moment)}: decay wrote {rows} ledger rows")
+
+
+def _check_folder(path: Path) -> tuple[list[str], list[Problem]]:
+    ok, problems = [], []
+    files = list(ruleset_files(path)) if path.exists() else []
+    if not files:
+        problems.append(Problem(str(path), 1, "no ruleset files (*.yaml) here"))
+    for file in files:
+        try:
+            compiled = compile_checked(file)
+        except RulesetError as error:
+            problems.extend(error.problems)
+            continue
+        ruleset = compiled.ruleset
+        ok.append(f"{file}: ruleset {ruleset.name}, {len(ruleset.rules)} rules, v{ruleset.version}")
+    tests = path / "tests" if path.is_dir() else path.parent / "tests"
+    for file in sorted(tests.glob("*.yaml")) if tests.is_dir() else []:
+        try:
+            ok.append(f"{file}: {len(load_cases(file))} test cases")
+        except RulesetError as error:
+            problems.extend(error.problems)
+    return ok, problems
+
+
+@rules_app.command("check")
+def check_command(
+    path: Annotated[Path | None, typer.Argument(help="A ruleset file or folder.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Validate rulesets: every problem with file, line and a plain sentence."""
+    ok, problems = _check_folder(path or get_settings().rulesets_dir)
+    if as_json:
+        emit_json(
+            {
+                "ok": ok,
+                "problems": [
+                    {"file": p.file, "line": p.line, "error": p.message} for p in problems
+                ],
+            }
+        )
+    else:
+        for line in ok:
+            out.print(f"[green]ok[/green] {line}", highlight=False)
+        for problem in problems:
+            out.print(f"[red]error[/red] {problem}", highlight=False, markup=False)
+    if problems:
+        raise typer.Exit(1)
+
+
+@rules_app.command("test")
+def test_command(
+    path: Annotated[Path | None, typer.Argument(help="The rulesets folder.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the cases in rulesets/tests/*.yaml: pass/fail with expected vs actual."""
+    folder = path or get_settings().rulesets_dir
+    rulesets = {f.stem: f for f in ruleset_files(folder)} if folder.is_dir() else {}
+    results: list[CaseResult] = []
+    problems: list[str] = []
+    for file in sorted((folder / "tests").glob("*.yaml")):
+        target = rulesets.get(file.stem) or (
+            next(iter(rulesets.values())) if len(rulesets) == 1 else None
+        )
+        if target is None:
+            problems.append(f"{file}: no ruleset {file.stem}.yaml in {folder}")
+            continue
+        try:
+            compiled = compile_checked(target)
+            results += [run_case(compiled, case) for case in load_cases(file)]
+        except RulesetError as error:
+            problems.append(str(error))
+    failed = [r for r in results if not r.passed]
+    if as_json:
+        emit_json(
+            {
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "errors": problems,
+                "cases": [
+                    {"name": r.name, "file": r.file, "line": r.line, "failures": r.failures}
+                    for r in results
+                ],
+            }
+        )
+    else:
+        for result in results:
+            if result.passed:
+                out.print(f"[green]PASS[/green] {result.name}", highlight=False)
+            else:
+                out.print(
+                    f"[red]FAIL[/red] {result.name} ({result.file}:{result.line})", highlight=False
+                )
+                for failure in result.failures:
+                    out.print(f"     {failure}", highlight=False, markup=False)
+        for problem in problems:
+            out.print(f"[red]error[/red] {problem}", highlight=False, markup=False)
+        out.print(f"{len(results) - len(failed)} cases passed, {len(failed)} cases failed")
+    if failed or problems or not results:
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+def upgrade_command() -> None:
+    """Apply migrations (every command also does this on start)."""
+    settings = get_settings()
+    database.upgrade(settings.database_url)
+    out.print("database is up to date")
+
+
+@app.command("demo")
+def demo_command(
+    leads: Annotated[int, typer.Option(help="How many sample leads.")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed of the sample data.")] = 7,
+) -> None:
+    """The main job on embedded defaults: score sample leads, decay, show the funnel."""
+    from engine.demo import run_demo
+
+    settings = get_settings()
+    db = open_db(settings)
+    run_demo(db, in_force(db, settings).compiled, out, leads=leads, seed=seed)
+
+
+def main() -> None:
+    app()
