@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(BIN)/nurture demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check engine tests bench
-	$(BIN)/ruff format --check engine tests bench
+	$(BIN)/ruff check engine tests $(wildcard bench)
+	$(BIN)/ruff format --check engine tests $(wildcard bench)
 	$(BIN)/mypy
 
 test: lint
