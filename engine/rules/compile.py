@@ -303,6 +303,7 @@ class CompiledRuleset:
                 f"{ruleset.path}: the rules read {self.enc.size} distinct fields and tests; "
                 f"durable-rules takes at most {MAX_FACT_FIELDS}: split the ruleset"
             )
+        self.all_reads = frozenset().union(*(rule.reads for rule in self.rules))
         self.engine_name = re.sub(r"\W", "_", f"{ruleset.name}_{ruleset.version}")
         _HOST.set_rulesets({self.engine_name: definition})
         self._fact_id = 0

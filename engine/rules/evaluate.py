@@ -138,6 +138,10 @@ def evaluate(
             fired.add(index)
             outcome.fired.append(compiled_rule.rule.name)
             changed |= apply(ruleset, compiled_rule.rule, outcome)
+        if not changed & compiled.all_reads:
+            # Nothing any rule reads has changed: another round would match the same rules,
+            # all of which have fired.
+            return outcome
         fields = state_fields(ruleset, outcome.state, event.type)
 
 
