@@ -181,6 +181,34 @@ class _Encoder:
         return self._next + 1  # + the fact id
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The fact keys one field fills (None where no rule needs that shape of it)."""
+
+    path: str
+    present: str | None
+    value: str | None
+    number: str | None
+    number_present: str | None
+    features: tuple[tuple[str, Callable[[Any], bool]], ...]
+
+
+def _plans(enc: _Encoder) -> list[_Plan]:
+    tables = (enc.present, enc.values, enc.numbers, enc.number_present)
+    paths = sorted({p for table in tables for p in table} | {p for _, p, _ in enc.features})
+    return [
+        _Plan(
+            path,
+            enc.present.get(path),
+            enc.values.get(path),
+            enc.numbers.get(path),
+            enc.number_present.get(path),
+            tuple((key, check) for key, p, check in enc.features if p == path),
+        )
+        for path in paths
+    ]
+
+
 def _either(*parts: dict[str, Any]) -> dict[str, Any]:
     return parts[0] if len(parts) == 1 else {"$or": list(parts)}
 
@@ -307,18 +335,9 @@ class CompiledRuleset:
         self.engine_name = re.sub(r"\W", "_", f"{ruleset.name}_{ruleset.version}")
         _HOST.set_rulesets({self.engine_name: definition})
         self._fact_id = 0
-        lead_paths = {
-            p
-            for table in (
-                self.enc.values,
-                self.enc.numbers,
-                self.enc.present,
-                self.enc.number_present,
-            )
-            for p in table
-        } | {path for _, path, _ in self.enc.features}
-        self.lead_paths = sorted(p for p in lead_paths if p.startswith("lead."))
-        self.event_paths = sorted(p for p in lead_paths if not p.startswith("lead."))
+        plans = _plans(self.enc)
+        self.lead_plan = [plan for plan in plans if plan.path.startswith("lead.")]
+        self.event_plan = [plan for plan in plans if not plan.path.startswith("lead.")]
 
     def _action(self, index: int) -> Callable[[Any], None]:
         def run(_closure: Any) -> None:
@@ -330,25 +349,24 @@ class CompiledRuleset:
         self,
         fields: Mapping[str, Any],
         properties: Mapping[str, Any],
-        paths: list[str],
+        plans: list[_Plan],
         fact: dict[str, Any],
     ) -> None:
-        """Fill the fact keys that belong to ``paths`` from the current lead/event values."""
-        enc = self.enc
-        for path in paths:
-            raw = lookup(fields, properties, path)
-            if path in enc.present:
-                fact[enc.present[path]] = raw is not None and raw != ""
-            if path in enc.values and raw is not None and not isinstance(raw, list | dict):
-                fact[enc.values[path]] = normalise(raw)
-            number = as_number(raw) if path in enc.numbers or path in enc.number_present else None
-            if path in enc.number_present:
-                fact[enc.number_present[path]] = number is not None
-            if path in enc.numbers and number is not None:
-                fact[enc.numbers[path]] = number
-        for key, path, check in enc.features:
-            if path in paths:
-                fact[key] = check(lookup(fields, properties, path))
+        """Fill the fact keys of ``plans`` from the current lead and event values."""
+        for plan in plans:
+            raw = lookup(fields, properties, plan.path)
+            if plan.present:
+                fact[plan.present] = raw is not None and raw != ""
+            if plan.value and raw is not None and not isinstance(raw, list | dict):
+                fact[plan.value] = normalise(raw)
+            if plan.number or plan.number_present:
+                number = as_number(raw)
+                if plan.number_present:
+                    fact[plan.number_present] = number is not None
+                if plan.number and number is not None:
+                    fact[plan.number] = number
+            for key, check in plan.features:
+                fact[key] = check(raw)
 
     def history_fields(self, history: History, at: datetime) -> dict[str, Any]:
         fact: dict[str, Any] = {}

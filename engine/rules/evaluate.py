@@ -117,12 +117,12 @@ def evaluate(
     outcome = Outcome(state.copy())
     fixed = compiled.history_fields(history, event.occurred_at)
     fields = state_fields(ruleset, outcome.state, event.type)
-    compiled.encode(fields, event.properties, compiled.event_paths, fixed)
+    compiled.encode(fields, event.properties, compiled.event_plan, fixed)
     fired: set[int] = set()
     rounds = 0
     while True:
         fact = dict(fixed)
-        compiled.encode(fields, event.properties, compiled.lead_paths, fact)
+        compiled.encode(fields, event.properties, compiled.lead_plan, fact)
         matched = [i for i in compiled.match(fact) if i not in fired]
         if not matched:
             return outcome
