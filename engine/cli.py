@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from sqlalchemy import Engine
@@ -32,14 +33,14 @@ rules_app = typer.Typer(help="Check and test rulesets.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
 app.add_typer(db_app, name="db")
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(1)
 
 
@@ -59,7 +60,7 @@ def in_force(db: Engine, settings: Settings) -> InForce:
         version = active.compiled.ruleset.version
         err.print(
             f"[yellow]warning:[/yellow] the ruleset file has errors; version {version} stays "
-            "in force:\n" + "\n".join(str(p) for p in active.problems),
+            "in force:\n" + escape("\n".join(str(p) for p in active.problems)),
             highlight=False,
         )
     return active
@@ -256,7 +257,7 @@ def check_command(
         for line in ok:
             out.print(f"[green]ok[/green] {line}", highlight=False)
         for problem in problems:
-            out.print(f"[red]error[/red] {problem}", highlight=False, markup=False)
+            out.print(f"[red]error[/red] {escape(str(problem))}", highlight=False)
     if problems:
         raise typer.Exit(1)
 
@@ -307,7 +308,7 @@ def test_command(
                 for failure in result.failures:
                     out.print(f"     {failure}", highlight=False, markup=False)
         for problem in problems:
-            out.print(f"[red]error[/red] {problem}", highlight=False, markup=False)
+            out.print(f"[red]error[/red] {escape(str(problem))}", highlight=False)
         out.print(f"{len(results) - len(failed)} cases passed, {len(failed)} cases failed")
     if failed or problems or not results:
         raise typer.Exit(1)

@@ -1,0 +1,226 @@
+"""Ingest, explain and decay on SQLite and PostgreSQL, through the `nurture` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.settings import get_settings
+from engine.store.scoring import LEADS, LEDGER, SCORES, STAGES
+from tests.conftest import ROOT
+
+runner = CliRunner()
+
+RULESET = """
+ruleset: store-test
+components:
+  fit: {min: 0, max: 60}
+  engagement: {min: 0, max: 100, decay: {points: 5, every: 7d}}
+temperature: {cold: 0, warm: 40, hot: 70}
+rules:
+  - name: senior-title
+    when: {lead.job_title: {matches: '(?i)\\b(vp|chief)\\b'}}
+    then: {score: {fit: 30}}
+    limit: once
+  - name: pricing-page
+    when: {event.type: page_view, event.properties.url: {contains: /pricing}}
+    then: {score: {engagement: 20}}
+    limit: {times: 3, per: 30d}
+  - name: busy-week
+    when: {event.type: page_view, count: {type: page_view, within: 7d, at_least: 3}}
+    then: {score: {engagement: 5}}
+  - name: became-lead
+    when: {lead.stage: subscriber, event.type: form_submit}
+    then: {stage: lead, score: {engagement: 10}}
+  - name: marketing-qualified
+    when: {lead.stage: lead, lead.score: {gte: 60}}
+    then: {stage: mql}
+  - name: unsubscribed
+    when: {event.type: unsubscribe}
+    then: {stage: unsubscribed}
+"""
+
+
+def event(n: int, email: str, type: str, at: str, **properties: Any) -> str:
+    return json.dumps(
+        {"id": f"e{n}", "email": email, "type": type, "occurred_at": at, "properties": properties}
+    )
+
+
+LINES = [
+    json.dumps({"email": "Ana@Acme.io", "job_title": "VP Marketing", "occurred_at": "2026-01-01"}),
+    event(1, "ana@acme.io", "page_view", "2026-01-05T10:00:00Z", url="/pricing"),
+    event(2, "ana@acme.io", "page_view", "2026-01-03T10:00:00Z", url="/blog"),  # late, earlier
+    event(3, "ana@acme.io", "form_submit", "2026-01-06T10:00:00Z"),
+    event(4, "ana@acme.io", "page_view", "2026-01-07T10:00:00Z", url="/pricing"),
+    '{"email": "bob@beta.io", "type": "page_view", "occurred_at": "yesterday"}',
+    '{"email": "not-an-email", "type": "page_view"}',
+    event(5, "bob@beta.io", "unsubscribe", "2026-01-08T10:00:00Z"),
+]
+
+
+@pytest.fixture
+def home(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "rulesets").mkdir()
+    (tmp_path / "rulesets" / "store-test.yaml").write_text(RULESET)
+    (tmp_path / "events.jsonl").write_text("\n".join(LINES) + "\n")
+    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def nurture(*args: str, input: str | None = None) -> Any:
+    return runner.invoke(app, list(args), input=input)
+
+
+def snapshot(url: str) -> dict[str, Any]:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        state = {
+            "leads": conn.execute(
+                sa.select(
+                    LEADS.c.email,
+                    LEADS.c.score,
+                    LEADS.c.stage,
+                    LEADS.c.temperature,
+                    LEADS.c.subscribed,
+                ).order_by(LEADS.c.email)
+            ).all(),
+            "scores": conn.execute(
+                sa.select(SCORES).order_by(SCORES.c.lead_id, SCORES.c.component)
+            ).all(),
+            "ledger": conn.execute(
+                sa.select(
+                    LEDGER.c.lead_id, LEDGER.c.rule, LEDGER.c.delta, LEDGER.c.score_after
+                ).order_by(LEDGER.c.id)
+            ).all(),
+            "stages": conn.execute(
+                sa.select(STAGES.c.lead_id, STAGES.c.from_stage, STAGES.c.to_stage).order_by(
+                    STAGES.c.id
+                )
+            ).all(),
+        }
+    engine.dispose()
+    return state
+
+
+def test_ingest_reports_bad_lines_keeps_good_ones_and_is_idempotent(
+    home: Path, db_url: str
+) -> None:
+    first = nurture("ingest", str(home / "events.jsonl"), "--json")
+    assert first.exit_code == 1, first.output
+    summary = json.loads(first.stdout)
+    assert summary["accepted"] == 6 and summary["duplicates"] == 0
+    assert summary["rejected"] == [
+        {"line": 6, "error": "occurred_at: not an ISO 8601 time: 'yesterday'"},
+        {"line": 7, "error": "email: not an email address"},
+    ]
+    state = snapshot(db_url)
+    again = nurture("ingest", str(home / "events.jsonl"))
+    assert "accepted 0, duplicates 6, rejected 2" in again.stdout
+    assert snapshot(db_url) == state
+
+
+def test_lead_explains_its_score(home: Path) -> None:
+    nurture("ingest", str(home / "events.jsonl"))
+    result = nurture("lead", "ANA@acme.io", "--json")
+    assert result.exit_code == 0, result.output
+    lead = json.loads(result.stdout)
+    # fit 30 (title) + pricing 20 + form 10 + pricing 20 + busy week (3 views by Jan 7) 5 = 85
+    assert lead["scores"] == {"fit": 30, "engagement": 55}
+    assert (lead["score"], lead["temperature"], lead["stage"]) == (85, "hot", "mql")
+    assert sum(row["delta"] for row in lead["ledger"]) == lead["score"]
+    assert [row["rule"] for row in lead["ledger"]] == [
+        "senior-title",
+        "pricing-page",
+        "became-lead",
+        "pricing-page",
+        "busy-week",
+    ]
+    assert lead["ledger"][-1]["event_id"] == "e4"
+    assert [(h["from"], h["to"], h["rule"]) for h in lead["stage_history"]] == [
+        (None, "subscriber", "new-lead"),
+        ("subscriber", "lead", "became-lead"),
+        ("lead", "mql", "marketing-qualified"),
+    ]
+    assert lead["attributes"] == {"job_title": "VP Marketing", "domain": "acme.io"}
+    text = nurture("lead", "ana@acme.io")
+    assert "marketing-qualified" in text.stdout and "busy-week" in text.stdout
+    assert nurture("lead", "nobody@acme.io").exit_code == 1
+
+
+def test_leads_filters_and_unsubscribe_withdraws_consent(home: Path) -> None:
+    nurture("ingest", str(home / "events.jsonl"))
+    hot = json.loads(nurture("leads", "--temperature", "hot", "--json").stdout)
+    assert [lead["email"] for lead in hot] == ["ana@acme.io"]
+    gone = json.loads(nurture("leads", "--stage", "unsubscribed", "--json").stdout)
+    assert [(lead["email"], lead["subscribed"]) for lead in gone] == [("bob@beta.io", False)]
+
+
+def test_csv_and_stdin(home: Path) -> None:
+    csv = (
+        "id,email,type,occurred_at,properties.url,job_title\n"
+        "c1,ana@acme.io,page_view,2026-01-05T10:00:00Z,/pricing,\n"
+        ",cleo@corp.io,,,,Chief of Staff\n"
+    )
+    result = nurture("ingest", "-", "--json", input=csv)
+    assert json.loads(result.stdout) == {"accepted": 2, "duplicates": 0, "rejected": []}
+    cleo = json.loads(nurture("lead", "cleo@corp.io", "--json").stdout)
+    assert cleo["scores"]["fit"] == 30
+    assert json.loads(nurture("lead", "ana@acme.io", "--json").stdout)["score"] == 20
+
+
+def test_tick_decays_once_per_period(home: Path, db_url: str) -> None:
+    nurture("ingest", str(home / "events.jsonl"))
+    # Engagement last rose on Jan 7 at 10:00; two whole weeks later, -10.
+    assert nurture("tick", "--now", "2026-01-21T10:00:00Z").exit_code == 0
+    lead = json.loads(nurture("lead", "ana@acme.io", "--json").stdout)
+    assert lead["scores"]["engagement"] == 45 and lead["score"] == 75
+    state = snapshot(db_url)
+    nurture("tick", "--now", "2026-01-21T10:00:00Z")
+    nurture("tick", "--now", "2026-01-15T00:00:00Z")
+    assert snapshot(db_url) == state
+    # Daily ticks for months equal one tick at the end, and never go below the minimum.
+    for day in range(22, 32):
+        nurture("tick", "--now", f"2026-01-{day}T12:00:00Z")
+    nurture("tick", "--now", "2026-06-01T00:00:00Z")
+    lead = json.loads(nurture("lead", "ana@acme.io", "--json").stdout)
+    assert (lead["scores"]["engagement"], lead["score"], lead["temperature"]) == (0, 30, "cold")
+    assert sum(row["delta"] for row in lead["ledger"]) == 30
+    assert {row["rule"] for row in lead["ledger"] if row["delta"] < 0} == {"decay"}
+
+
+def test_broken_ruleset_leaves_the_one_in_force(home: Path, db_url: str) -> None:
+    path = home / "rulesets" / "store-test.yaml"
+    nurture("ingest", "-", input=LINES[0])
+    path.write_text(RULESET.replace("gte: 60", "greater: 60"))
+    check = nurture("rules", "check", str(home / "rulesets"))
+    assert check.exit_code == 1
+    assert f"{path}:23: rule 'marketing-qualified': unknown operator 'greater'" in check.stdout
+    result = nurture("ingest", "-", input=LINES[1])
+    assert result.exit_code == 0, result.output
+    assert "stays in force" in result.stderr and f"{path}:23" in result.stderr
+    assert json.loads(nurture("lead", "ana@acme.io", "--json").stdout)["score"] == 50
+
+
+def test_broken_ruleset_with_nothing_in_force_is_refused(home: Path) -> None:
+    (home / "rulesets" / "store-test.yaml").write_text("ruleset: x\nrules: [\n")
+    result = nurture("ingest", "-", input=LINES[1])
+    assert result.exit_code == 1
+    assert "store-test.yaml:3: YAML syntax" in result.stderr
+
+
+def test_repo_rulesets_check_and_test_pass() -> None:
+    check = nurture("rules", "check", str(ROOT / "rulesets"))
+    assert check.exit_code == 0, check.output
+    tested = nurture("rules", "test", str(ROOT / "rulesets"))
+    assert tested.exit_code == 0, tested.output
+    assert " 0 cases failed" in tested.stdout
