@@ -3,6 +3,7 @@ opens the database (migrating it first), and calls the layer that does the work.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Iterator
@@ -111,11 +112,14 @@ def ingest_command(
     active = in_force(db, settings)
     if file == "-":
         stream, total = sys.stdin, None
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
     else:
         path = Path(file)
         if not path.is_file():
             raise fail(f"{file}: no such file")
-        stream, total = path.open(encoding="utf-8", newline=""), _count_lines(path)
+        stream = path.open(encoding="utf-8", errors="surrogateescape", newline="")
+        total = _count_lines(path)
     with stream, progress_bar(total, err.is_terminal and not as_json) as advance:
         result = ingest(
             db,

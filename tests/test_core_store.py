@@ -224,3 +224,14 @@ def test_repo_rulesets_check_and_test_pass() -> None:
     tested = nurture("rules", "test", str(ROOT / "rulesets"))
     assert tested.exit_code == 0, tested.output
     assert " 0 cases failed" in tested.stdout
+
+
+def test_a_line_that_is_not_utf8_is_rejected_alone(home: Path) -> None:
+    good = event(9, "dee@acme.io", "page_view", "2026-01-05T10:00:00Z", url="/pricing")
+    (home / "mixed.jsonl").write_bytes(good.encode() + b"\n" + b'{"email": "\xff@x.io"}\n')
+    result = nurture("ingest", str(home / "mixed.jsonl"), "--json")
+    assert json.loads(result.stdout) == {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": [{"line": 2, "error": "not valid UTF-8 text"}],
+    }

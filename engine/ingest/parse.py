@@ -142,9 +142,21 @@ def record(line: int, raw: object) -> Record:
     )
 
 
+def _is_utf8(text: str) -> bool:
+    """Files are read with surrogateescape so one bad byte rejects its line, not the file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_jsonl(lines: Iterable[str]) -> Iterator[Parsed]:
     for number, text in enumerate(lines, start=1):
         if not text.strip():
+            continue
+        if not _is_utf8(text):
+            yield Rejection(number, "not valid UTF-8 text")
             continue
         try:
             yield record(number, json.loads(text))
@@ -175,6 +187,9 @@ def parse_csv(stream: Iterable[str]) -> Iterator[Parsed]:
     reader = csv.DictReader(stream)
     for row in reader:
         number = reader.line_num
+        if not all(_is_utf8(cell) for cell in row.values() if isinstance(cell, str)):
+            yield Rejection(number, "not valid UTF-8 text")
+            continue
         if None in row:
             yield Rejection(number, "more cells than the header has columns")
             continue
