@@ -235,3 +235,18 @@ def test_a_line_that_is_not_utf8_is_rejected_alone(home: Path) -> None:
         "duplicates": 0,
         "rejected": [{"line": 2, "error": "not valid UTF-8 text"}],
     }
+
+
+def test_demo_scores_sample_leads_and_shows_where_to_look(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NURTURE_HOME", str(ROOT))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    first = nurture("demo", "--leads", "120")
+    assert first.exit_code == 0, first.output
+    assert "rejected 0" in first.stdout and "funnel" in first.stdout
+    assert "hot leads" in first.stdout and "nurture lead " in first.stdout
+    again = nurture("demo", "--leads", "120")
+    assert "accepted 0" in again.stdout  # a re-run finds every record stored
+    get_settings.cache_clear()

@@ -153,10 +153,10 @@ class _Batch:
             self._load_history(leads, fresh)
             touched = set()
             for record in fresh:
-                lead = leads[record.email]
-                if self._score(lead, record):
-                    touched.add(lead.email)
-            self._write([leads[email] for email in touched])
+                if self._score(leads[record.email], record):
+                    touched.add(record.email)
+            # New leads are written even when all their records were rejected: they exist now.
+            self._write([lead for lead in leads.values() if lead.new or lead.email in touched])
         return self.result
 
     def _create_missing(self, first_seen: dict[str, datetime]) -> None:
@@ -175,7 +175,8 @@ class _Batch:
                 "created_at": self.now,
                 "updated_at": self.now,
             }
-            for email, at in first_seen.items()
+            # Sorted: concurrent writers then take unique-index locks in one order.
+            for email, at in sorted(first_seen.items())
         ]
         insert = pg_insert if self.conn.dialect.name == "postgresql" else sqlite_insert
         self.conn.execute(insert(LEADS).on_conflict_do_nothing(index_elements=["email"]), rows)
