@@ -403,55 +403,29 @@ class _Batch:
         )
         if updated.rowcount != len(leads):
             raise ConflictError("a lead changed during the batch")
-        score_rows = [
-            {
-                "b_lead": lead.id,
-                "b_component": name,
-                "b_value": value,
-                "b_rose_at": lead.decay.get(name, [None, 0, 0])[0],
-                "b_peak": lead.decay.get(name, [None, 0, 0])[1] or 0,
-                "b_steps": lead.decay.get(name, [None, 0, 0])[2] or 0,
-                "new": lead.new or name not in lead.decay,
-            }
-            for lead in leads
-            for name, value in lead.state.scores.items()
-        ]
-        inserts = [r for r in score_rows if r["new"]]
-        updates = [r for r in score_rows if not r["new"]]
-        if inserts:
-            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            statement = insert(SCORES).values(
-                lead_id=bindparam("b_lead"),
-                component=bindparam("b_component"),
-                value=bindparam("b_value"),
-                rose_at=bindparam("b_rose_at"),
-                peak=bindparam("b_peak"),
-                decay_steps=bindparam("b_steps"),
-            )
-            conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["lead_id", "component"],
-                    set_={
-                        "value": statement.excluded.value,
-                        "rose_at": statement.excluded.rose_at,
-                        "peak": statement.excluded.peak,
-                        "decay_steps": statement.excluded.decay_steps,
-                    },
-                ),
-                inserts,
-            )
-        if updates:
-            conn.execute(
-                update(SCORES)
-                .where(
-                    SCORES.c.lead_id == bindparam("b_lead"),
-                    SCORES.c.component == bindparam("b_component"),
-                )
-                .values(
-                    value=bindparam("b_value"),
-                    rose_at=bindparam("b_rose_at"),
-                    peak=bindparam("b_peak"),
-                    decay_steps=bindparam("b_steps"),
-                ),
-                updates,
-            )
+        # One upsert for every component row: new leads and new components insert, others update.
+        statement = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(SCORES)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["lead_id", "component"],
+                set_={
+                    "value": statement.excluded.value,
+                    "rose_at": statement.excluded.rose_at,
+                    "peak": statement.excluded.peak,
+                    "decay_steps": statement.excluded.decay_steps,
+                },
+            ),
+            [
+                {
+                    "lead_id": lead.id,
+                    "component": name,
+                    "value": value,
+                    "rose_at": rose_at,
+                    "peak": peak or 0,
+                    "decay_steps": steps or 0,
+                }
+                for lead in leads
+                for name, value in lead.state.scores.items()
+                for rose_at, peak, steps in [lead.decay.get(name, [None, 0, 0])]
+            ],
+        )
