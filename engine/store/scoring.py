@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from psycopg.types.json import Json
+from sqlalchemy import JSON, Connection, Engine, Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -94,6 +95,20 @@ def ingest(
             on_progress(len(chunk))
     result.rejected.sort(key=lambda r: r.line)
     return result
+
+
+def _insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Append rows: COPY on PostgreSQL (several times fewer round trips than INSERT), else an
+    executemany INSERT."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(table.insert(), rows)
+        return
+    columns = list(rows[0])
+    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])
 
 
 def _batches(items: Iterable[Parsed], size: int) -> Iterator[list[Parsed]]:
@@ -367,7 +382,7 @@ class _Batch:
             (ACTIONS, "actions"),
         ):
             if rows[key]:
-                conn.execute(table.insert(), rows[key])
+                _insert_many(conn, table, rows[key])
         if not leads:
             return
         updated = conn.execute(
