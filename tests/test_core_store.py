@@ -152,6 +152,12 @@ def test_lead_explains_its_score(home: Path) -> None:
         ("lead", "mql", "marketing-qualified"),
     ]
     assert lead["attributes"] == {"job_title": "VP Marketing", "domain": "acme.io"}
+    assert lead["recent_events"][0] == {
+        "id": "e4",
+        "type": "page_view",
+        "occurred_at": "2026-01-07T10:00:00Z",
+        "properties": {"url": "/pricing"},
+    }
     text = nurture("lead", "ana@acme.io")
     assert "marketing-qualified" in text.stdout and "busy-week" in text.stdout
     assert nurture("lead", "nobody@acme.io").exit_code == 1
