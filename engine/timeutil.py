@@ -19,14 +19,6 @@ def parse_duration(text: object) -> timedelta:
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
 
-def format_duration(span: timedelta) -> str:
-    seconds = int(span.total_seconds())
-    for unit in ("w", "d", "h", "m"):
-        if seconds % _UNITS[unit] == 0:
-            return f"{seconds // _UNITS[unit]}{unit}"
-    return f"{seconds}s"
-
-
 def parse_instant(value: object) -> datetime:
     """An ISO 8601 time (a trailing Z allowed; no zone means UTC) → an aware UTC datetime."""
     if isinstance(value, datetime):

@@ -21,7 +21,6 @@ from engine.timeutil import parse_duration
 
 DEFAULT_STAGES = ("subscriber", "lead", "mql", "sql", "opportunity", "customer")
 DEFAULT_EXITS = ("disqualified", "unsubscribed")
-LEAD_FIELDS = ("score", "temperature", "stage", "tags")
 # Attributes a `set:` may not overwrite: they are computed or identify the lead.
 RESERVED_ATTRIBUTES = ("email", "score", "scores", "temperature", "stage", "tags")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")

@@ -23,10 +23,6 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 @cache
 def connect(url: str) -> Engine:
     """One engine per URL per process."""
