@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from engine import report
 from engine.decay import decay
 from engine.ingest.parse import parse_stream
+from engine.rules.lint import warnings
 from engine.rules.load import Problem, RulesetError, ruleset_files
 from engine.rules.testing import CaseResult, load_cases, run_case
 from engine.settings import Settings, get_settings
@@ -219,8 +220,8 @@ def tick_command(
         out.print(f"{isoformat(moment)}: decay wrote {rows} ledger rows")
 
 
-def _check_folder(path: Path) -> tuple[list[str], list[Problem]]:
-    ok, problems = [], []
+def _check_folder(path: Path) -> tuple[list[str], list[Problem], list[Problem]]:
+    ok, problems, cautions = [], [], []
     files = list(ruleset_files(path)) if path.exists() else []
     if not files:
         problems.append(Problem(str(path), 1, "no ruleset files (*.yaml) here"))
@@ -231,6 +232,7 @@ def _check_folder(path: Path) -> tuple[list[str], list[Problem]]:
             problems.extend(error.problems)
             continue
         ruleset = compiled.ruleset
+        cautions += warnings(ruleset)
         ok.append(f"{file}: ruleset {ruleset.name}, {len(ruleset.rules)} rules, v{ruleset.version}")
     tests = path / "tests" if path.is_dir() else path.parent / "tests"
     for file in sorted(tests.glob("*.yaml")) if tests.is_dir() else []:
@@ -238,7 +240,7 @@ def _check_folder(path: Path) -> tuple[list[str], list[Problem]]:
             ok.append(f"{file}: {len(load_cases(file))} test cases")
         except RulesetError as error:
             problems.extend(error.problems)
-    return ok, problems
+    return ok, problems, cautions
 
 
 @rules_app.command("check")
@@ -247,7 +249,7 @@ def check_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Validate rulesets: every problem with file, line and a plain sentence."""
-    ok, problems = _check_folder(path or get_settings().rulesets_dir)
+    ok, problems, cautions = _check_folder(path or get_settings().rulesets_dir)
     if as_json:
         emit_json(
             {
@@ -255,11 +257,16 @@ def check_command(
                 "problems": [
                     {"file": p.file, "line": p.line, "error": p.message} for p in problems
                 ],
+                "warnings": [
+                    {"file": w.file, "line": w.line, "warning": w.message} for w in cautions
+                ],
             }
         )
     else:
         for line in ok:
             out.print(f"[green]ok[/green] {line}", highlight=False)
+        for caution in cautions:
+            out.print(f"[yellow]warning[/yellow] {escape(str(caution))}", highlight=False)
         for problem in problems:
             out.print(f"[red]error[/red] {escape(str(problem))}", highlight=False)
     if problems:

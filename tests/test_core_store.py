@@ -256,3 +256,15 @@ def test_demo_scores_sample_leads_and_shows_where_to_look(
     again = nurture("demo", "--leads", "120")
     assert "accepted 0" in again.stdout  # a re-run finds every record stored
     get_settings.cache_clear()
+
+
+def test_check_warns_about_a_fit_rule_without_a_limit(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(
+        "ruleset: r\ncomponents: {fit: {min: 0, max: 60}}\nrules:\n"
+        "  - name: vp\n    when: {lead.job_title: VP}\n    then: {score: {fit: 10}}\n"
+        "  - name: visit\n    when: {event.type: page_view}\n    then: {score: {fit: 1}}\n"
+    )
+    result = nurture("rules", "check", str(tmp_path / "r.yaml"))
+    assert result.exit_code == 0
+    assert f"warning {tmp_path / 'r.yaml'}:4: rule 'vp' reads only the lead" in result.stdout
+    assert "'visit'" not in result.stdout
