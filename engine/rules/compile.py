@@ -356,7 +356,7 @@ class CompiledRuleset:
         for plan in plans:
             raw = lookup(fields, properties, plan.path)
             if plan.present:
-                fact[plan.present] = raw is not None and raw != ""
+                fact[plan.present] = raw not in (None, "", [], {})
             if plan.value and raw is not None and not isinstance(raw, list | dict):
                 fact[plan.value] = normalise(raw)
             if plan.number or plan.number_present:
