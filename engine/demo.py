@@ -44,19 +44,19 @@ def run_demo(
     bands = "  ".join(f"{band} {n}" for band, n in summary["temperatures"].items())
     console.print(f"temperature: {bands}")
 
-    hot = report.list_leads(db, temperature=ruleset.temperature[-1][0], limit=10)
+    # Exits (disqualified, unsubscribed) keep their score but are nobody's to call.
+    hot = report.list_leads(
+        db, temperature=ruleset.temperature[-1][0], limit=10, exclude_stages=ruleset.exits
+    )
     reasons = report.reasons_for(db, [lead["email"] for lead in hot])
-    table = Table("email", "score", "stage", "company", "top reasons", title="hot leads")
+    console.print(f"[bold]hot leads[/bold] (top {len(hot)} by score, with the rules behind it):")
     for lead in hot:
         why = ", ".join(f"{r['rule']} +{r['points']}" for r in reasons[lead["email"]])
-        table.add_row(
-            lead["email"],
-            str(lead["score"]),
-            lead["stage"],
-            str(lead["attributes"].get("company", "")),
-            why,
+        company = lead["attributes"].get("company", "")
+        console.print(
+            f"  {lead['score']:>4}  {lead['stage']:<12} {lead['email']} ({company}): {why}",
+            highlight=False,
         )
-    console.print(table)
     example = hot[0]["email"] if hot else "EMAIL"
     console.print(
         "where to look next:\n"

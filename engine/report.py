@@ -100,9 +100,15 @@ def top_reasons(ledger: list[dict[str, Any]], limit: int = 3) -> list[dict[str, 
 
 
 def list_leads(
-    db: Engine, temperature: str | None = None, stage: str | None = None, limit: int = 50
+    db: Engine,
+    temperature: str | None = None,
+    stage: str | None = None,
+    limit: int = 50,
+    exclude_stages: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     query = select(LEADS).order_by(LEADS.c.score.desc(), LEADS.c.id).limit(limit)
+    if exclude_stages:
+        query = query.where(LEADS.c.stage.not_in(exclude_stages))
     if temperature:
         query = query.where(LEADS.c.temperature == temperature)
     if stage:
