@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,13 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from engine.cli import app
+from engine.decay import decay
+from engine.ingest.parse import parse_jsonl
+from engine.report import lead_detail
 from engine.settings import get_settings
-from engine.store.scoring import LEADS, LEDGER, SCORES, STAGES
+from engine.store.scoring import LEADS, LEDGER, SCORES, STAGES, ingest
 from tests.conftest import ROOT
+from tests.helpers import compiled
 
 runner = CliRunner()
 
@@ -268,3 +273,26 @@ def test_check_warns_about_a_fit_rule_without_a_limit(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert f"warning {tmp_path / 'r.yaml'}:4: rule 'vp' reads only the lead" in result.stdout
     assert "'visit'" not in result.stdout
+
+
+def test_half_life_decay_halves_what_rose(db: sa.Engine) -> None:
+    rules = compiled(
+        "ruleset: halving\ncomponents:\n  engagement: {min: 0, max: 100, decay: {half_life: 10d}}\n"
+        "rules:\n  - name: webinar\n    when: {event.type: webinar_attended}\n"
+        "    then: {score: {engagement: 80}}\n"
+    )
+    ingest(
+        db, rules, parse_jsonl([event(1, "hal@x.io", "webinar_attended", "2026-03-01T00:00:00Z")])
+    )
+    assert decay(db, rules.ruleset, datetime(2026, 3, 11, tzinfo=UTC)) == 1
+    assert decay(db, rules.ruleset, datetime(2026, 3, 11, tzinfo=UTC)) == 0
+    lead = lead_detail(db, "hal@x.io")
+    assert lead is not None and lead["score"] == 40
+    decay(db, rules.ruleset, datetime(2026, 3, 21, tzinfo=UTC))
+    lead = lead_detail(db, "hal@x.io")
+    assert lead is not None
+    assert [(r["rule"], r["delta"], r["score_after"]) for r in lead["ledger"]] == [
+        ("webinar", 80, 80),
+        ("decay", -40, 40),
+        ("decay", -20, 20),
+    ]
