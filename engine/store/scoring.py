@@ -4,8 +4,9 @@ For each batch: create unknown leads, lock the batch's leads (``FOR UPDATE`` on 
 ``BEGIN IMMEDIATE`` already holds SQLite's write lock), drop events already stored, load the
 state and history the rules need in a few set-based queries, evaluate every record in file order
 in memory, then write events, ledger, stage history, firings, intents and lead state in bulk
-(``executemany``; ``COPY`` for appends on PostgreSQL). An event and all its effects commit together; a crash loses at most the
-uncommitted batch, which a re-run scores again (event ids make it idempotent).
+(``executemany``; ``COPY`` for appends on PostgreSQL). An event and all its effects commit
+together; a crash loses at most the uncommitted batch, which a re-run scores again (event ids
+make it idempotent).
 """
 
 from __future__ import annotations
