@@ -74,11 +74,21 @@ def _decay_component(
     conn.execute(text(f"INSERT INTO decay_due {_due_query(component)}"), params)
     if postgres:
         # Lock leads before their scores, in id order, the order ingest takes them.
+        locked = list(
+            conn.execute(
+                text(
+                    "SELECT id FROM lead WHERE id IN (SELECT lead_id FROM decay_due) "
+                    "ORDER BY id FOR UPDATE"
+                )
+            ).scalars()
+        )
+        # What is due was read before the locks: another tick or an ingest may have committed
+        # while we waited. Read it again, now that these leads are ours (READ COMMITTED sees
+        # their latest rows), or the same periods would be taken off twice.
+        conn.execute(text("DELETE FROM decay_due"))
         conn.execute(
-            text(
-                "SELECT id FROM lead WHERE id IN (SELECT lead_id FROM decay_due) "
-                "ORDER BY id FOR UPDATE"
-            )
+            text(f"INSERT INTO decay_due {_due_query(component)} AND lead_id = ANY(:locked)"),
+            {**params, "locked": locked},
         )
     written = conn.execute(
         text(

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, func, select
 
 from engine.ingest.parse import normalise_email
 from engine.rules import spec
+from engine.store.db import reading
 from engine.store.scoring import EVENTS, LEADS, LEDGER, SCORES, STAGES
 from engine.timeutil import isoformat
 
@@ -28,7 +29,7 @@ def _summary(row: Any, scores: dict[str, int]) -> dict[str, Any]:
 
 
 def lead_detail(db: Engine, email: str) -> dict[str, Any] | None:
-    with db.connect() as conn:
+    with reading(db) as conn:
         row = (
             conn.execute(select(LEADS).where(LEADS.c.email == normalise_email(email)))
             .mappings()
@@ -113,7 +114,7 @@ def list_leads(
         query = query.where(LEADS.c.temperature == temperature)
     if stage:
         query = query.where(LEADS.c.stage == stage)
-    with db.connect() as conn:
+    with reading(db) as conn:
         rows = list(conn.execute(query).mappings())
         scores: dict[int, dict[str, int]] = {row["id"]: {} for row in rows}
         for lead_id, component, value in conn.execute(
@@ -134,7 +135,7 @@ def reasons_for(db: Engine, emails: list[str], limit: int = 3) -> dict[str, list
         .group_by(LEADS.c.email, LEDGER.c.rule)
     )
     found: dict[str, list[dict[str, Any]]] = {email: [] for email in emails}
-    with db.connect() as conn:
+    with reading(db) as conn:
         for email, rule, points, times in conn.execute(query):
             if points > 0:
                 found[email].append({"rule": rule, "points": int(points), "times": int(times)})
@@ -145,7 +146,7 @@ def reasons_for(db: Engine, emails: list[str], limit: int = 3) -> dict[str, list
 
 def funnel(db: Engine, ruleset: spec.Ruleset) -> dict[str, Any]:
     """Leads per stage now, in funnel order with exits last, and per temperature band."""
-    with db.connect() as conn:
+    with reading(db) as conn:
         by_stage: dict[str, int] = {
             s: int(n)
             for s, n in conn.execute(select(LEADS.c.stage, func.count()).group_by(LEADS.c.stage))

@@ -35,7 +35,10 @@ def parse_instant(value: object) -> datetime:
         raise ValueError(f"not an ISO 8601 time: {value!r}")
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise ValueError(f"time out of range: {value!r}") from None
 
 
 def utcnow() -> datetime:

@@ -38,7 +38,7 @@ def run_ingest(url: str, path: Path, batch: int = 500) -> subprocess.Popen[bytes
 def events_stored(url: str) -> int:
     engine = database.connect(url)
     try:
-        with engine.connect() as conn:
+        with database.reading(engine) as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(EVENTS)).scalar() or 0)
     except sa.exc.OperationalError:
         return 0  # the schema is not there yet
@@ -46,7 +46,7 @@ def events_stored(url: str) -> int:
 
 def state(url: str) -> dict[str, Any]:
     engine = database.connect(url)
-    with engine.connect() as conn:
+    with database.reading(engine) as conn:
         email = LEADS.c.email
         return {
             "leads": conn.execute(

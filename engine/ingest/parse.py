@@ -229,6 +229,8 @@ def sniff_format(name: str, head: str) -> str:
 def parse_stream(stream: TextIO, name: str = "-") -> Iterator[Parsed]:
     """Records from an open text stream, its format told by name or by its first character."""
     head = stream.read(1)
+    if head == "\ufeff":  # a byte order mark (Excel's "CSV UTF-8" writes one): not data
+        head = stream.read(1)
     body = _rejoined(head, stream)
     return parse_csv(body) if sniff_format(name, head) == "csv" else parse_jsonl(body)
 

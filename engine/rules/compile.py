@@ -32,6 +32,11 @@ from engine.rules import spec
 
 # durable-rules refuses facts with more than ~253 properties (error 302).
 MAX_FACT_FIELDS = 240
+# durable-rules keeps a rule's and/or groups in one sequence of at most 31 entries, two per group
+# (error 113 beyond). Each any/all, `in` list, negated test (ne, not) and limit makes a group.
+MAX_GROUPS = 15
+# Stands in for a value no rule can equal: rule values are stripped, this one is not.
+UNCOMPARABLE = " (no comparable value) "
 
 
 class History(Protocol):
@@ -66,7 +71,11 @@ def normalise(value: Any) -> Any:
         rounded = round(value, 6)
         return 0 if abs(rounded) < 1e-4 else rounded
     if isinstance(value, str):
-        return value.strip().casefold()
+        text = value.strip().casefold()
+        if not text.isascii():
+            # A lone surrogate (JSON may write "\ud800") makes the engine fail: replace it.
+            text = text.encode("utf-8", "replace").decode("utf-8")
+        return text
     return None
 
 
@@ -83,6 +92,14 @@ def as_number(value: Any) -> int | float | None:
         except ValueError:
             return None
     return None
+
+
+def window_start(at: datetime, span: timedelta) -> datetime:
+    """``at - span``, or the earliest time there is when that would be before year 1."""
+    try:
+        return at - span
+    except OverflowError:
+        return datetime.min.replace(tzinfo=at.tzinfo)
 
 
 def lookup(state_fields: Mapping[str, Any], properties: Mapping[str, Any], path: str) -> Any:
@@ -257,8 +274,10 @@ class _ConditionCompiler:
             )
         if op == "in":
             assert isinstance(value, list)
-            options = [self.test(spec.Test(path, "eq", item, test.line), negate) for item in value]
-            return _both(*options) if negate else _either(*options)
+            if negate:
+                return self.none_of(path, value)
+            options = [self.test(spec.Test(path, "eq", item, test.line), False) for item in value]
+            return _either(*options)
         if op == "exists":
             return {self.enc.has(path): bool(value) != negate}
         if op in ("contains", "matches"):
@@ -278,6 +297,44 @@ class _ConditionCompiler:
             opposite = {"": "$neq", "$gt": "$lte", "$gte": "$lt", "$lt": "$gte", "$lte": "$gt"}
             return _either({opposite[engine_op]: {key: number}}, {present: False})
         return {engine_op: {key: number}} if engine_op else {key: number}
+
+    def none_of(self, path: str, values: list[Any]) -> dict[str, Any]:
+        """``not_in``: each comparison fails, or the field is missing. "Missing" is factored out
+        so a long list costs two groups, not one per value (see MAX_GROUPS)."""
+        parts: list[dict[str, Any]] = []
+        comparisons: dict[str, list[dict[str, Any]]] = {}  # missing flag → its comparisons
+        for item in values:
+            if item is None:
+                parts.append({self.enc.has(path): True})
+            elif isinstance(item, bool) or not isinstance(item, int | float):
+                key, missing = self.enc.value(path), self.enc.has(path)
+                comparisons.setdefault(missing, []).append({"$neq": {key: normalise(item)}})
+            else:
+                key, missing = self.enc.number(path), self.enc.has_number(path)
+                comparisons.setdefault(missing, []).append({"$neq": {key: normalise(item)}})
+        for missing, group in comparisons.items():
+            parts.append(_either(_both(*group), {missing: False}))
+        return _both(*parts)
+
+
+def _rule_condition(compiler: _ConditionCompiler, rule: spec.Rule) -> dict[str, Any]:
+    condition = compiler.compile(rule.when)
+    if rule.limit is not None:
+        condition = _both(condition, {"$lt": {compiler.enc.limit(rule): rule.limit.times}})
+    return condition
+
+
+def _groups(condition: Mapping[str, Any]) -> int:
+    return sum(
+        1 + sum(_groups(item) for item in value)
+        for key, value in condition.items()
+        if key in ("$and", "$or")
+    )
+
+
+def rule_groups(rule: spec.Rule) -> int:
+    """How many and/or groups the engine needs for ``rule`` (at most MAX_GROUPS)."""
+    return _groups(_rule_condition(_ConditionCompiler(_Encoder()), rule))
 
 
 def _reads(condition: spec.Condition) -> set[str]:
@@ -321,9 +378,12 @@ class CompiledRuleset:
         definition: dict[str, Any] = {}
         self._matched: list[int] = []
         for index, rule in enumerate(ruleset.rules):
-            condition = compiler.compile(rule.when)
-            if rule.limit is not None:
-                condition = _both(condition, {"$lt": {self.enc.limit(rule): rule.limit.times}})
+            condition = _rule_condition(compiler, rule)
+            if _groups(condition) > MAX_GROUPS:
+                raise CompileError(
+                    f"{ruleset.path}:{rule.line}: rule {rule.name!r} is too complex for the "
+                    f"rules engine; split it into simpler rules"
+                )
             definition[f"r{index}"] = {"all": [{"m": condition}], "run": self._action(index)}
             self.rules.append(CompiledRule(rule, frozenset(_reads(rule.when))))
         if self.enc.size > MAX_FACT_FIELDS:
@@ -333,7 +393,12 @@ class CompiledRuleset:
             )
         self.all_reads = frozenset().union(*(rule.reads for rule in self.rules))
         self.engine_name = re.sub(r"\W", "_", f"{ruleset.name}_{ruleset.version}")
-        _HOST.set_rulesets({self.engine_name: definition})
+        try:
+            _HOST.set_rulesets({self.engine_name: definition})
+        except Exception as error:  # the C core reports what it refuses as a bare error code
+            raise CompileError(
+                f"{ruleset.path}: the rules engine refused the ruleset: {error}"
+            ) from None
         self._fact_id = 0
         plans = _plans(self.enc)
         self.lead_plan = [plan for plan in plans if plan.path.startswith("lead.")]
@@ -357,8 +422,11 @@ class CompiledRuleset:
             raw = lookup(fields, properties, plan.path)
             if plan.present:
                 fact[plan.present] = raw not in (None, "", [], {})
-            if plan.value and raw is not None and not isinstance(raw, list | dict):
-                fact[plan.value] = normalise(raw)
+            if plan.value and raw is not None:
+                value = None if isinstance(raw, list | dict) else normalise(raw)
+                # A present value with no scalar reading (a list, NaN) equals nothing, so its
+                # negations hold: the engine's `$neq` against None would not match.
+                fact[plan.value] = UNCOMPARABLE if value is None else value
             if plan.number or plan.number_present:
                 number = as_number(raw)
                 if plan.number_present:
@@ -371,10 +439,10 @@ class CompiledRuleset:
     def history_fields(self, history: History, at: datetime) -> dict[str, Any]:
         fact: dict[str, Any] = {}
         for key, count in self.enc.counts:
-            fact[key] = history.count_events(count.type, at - count.within, at)
+            fact[key] = history.count_events(count.type, window_start(at, count.within), at)
         for key, rule in self.enc.limits:
             assert rule.limit is not None
-            start = at - rule.limit.per if rule.limit.per is not None else None
+            start = window_start(at, rule.limit.per) if rule.limit.per is not None else None
             fact[key] = history.count_firings(rule.name, start, at)
         return fact
 

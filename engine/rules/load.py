@@ -6,9 +6,11 @@ A ruleset with any problem is rejected as a whole: callers keep the ruleset in f
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from engine.rules import spec
+from engine.rules.compile import MAX_GROUPS, rule_groups
 from engine.timeutil import parse_duration
 
 DEFAULT_STAGES = ("subscriber", "lead", "mql", "sql", "opportunity", "customer")
@@ -135,12 +138,16 @@ class _Parser:
             return
         for name, body in node.items():
             at = key_line(node, name, line)
+            # A malformed component is still declared: rules naming it are not "unknown".
+            placeholder = spec.Component(str(name), 0, 0)
             if not isinstance(body, CommentedMap):
                 self.problem(at, f"component {name!r} needs {{min: N, max: N}}")
+                self.components[str(name)] = placeholder
                 continue
             low, high = body.get("min", 0), body.get("max")
             if not _is_int(low) or not _is_int(high) or high < low:
                 self.problem(at, f"component {name!r}: min and max must be integers, min ≤ max")
+                self.components[str(name)] = placeholder
                 continue
             unknown = set(body) - {"min", "max", "decay"}
             if unknown:
@@ -224,10 +231,20 @@ class _Parser:
             if not isinstance(body.get("when"), CommentedMap) or not body["when"]:
                 self.problem(at, f"rule {name!r}: `when:` must be a mapping of conditions")
                 continue
+            known = len(self.problems)
             when = self.condition(body["when"], key_line(body, "when", at), name)
             then = self.effects(body.get("then"), key_line(body, "then", at), name)
             limit = self.limit(body.get("limit"), key_line(body, "limit", at), name)
-            rules.append(spec.Rule(name, when, then, limit, at))
+            rule = spec.Rule(name, when, then, limit, at)
+            groups = rule_groups(rule) if len(self.problems) == known else 0
+            if groups > MAX_GROUPS:
+                self.problem(
+                    at,
+                    f"rule {name!r} is too complex for the rules engine: {groups} and/or groups "
+                    "(any, all, not, ne, in, limit and conditions side by side each make one), "
+                    f"at most {MAX_GROUPS}; split it into simpler rules",
+                )
+            rules.append(rule)
         if len(rules) > 400:
             self.problem(line, f"{len(rules)} rules: durable-rules hangs at 512; split the ruleset")
         return rules
@@ -284,6 +301,9 @@ class _Parser:
             return []
         if not isinstance(value, CommentedMap):
             value = {"eq": value}
+        elif not value:
+            self.problem(line, f"rule {rule!r}: {path} needs an operator, e.g. {{gte: 10}}")
+            return []
         out: list[spec.Condition] = []
         for op, operand in value.items():
             if op not in spec.OPERATORS:
@@ -318,8 +338,10 @@ class _Parser:
         )
 
     def check_operand(self, path: str, op: str, operand: Any) -> str | None:
-        if op in spec.NUMERIC_OPERATORS and not _is_number(operand):
+        if op in spec.NUMERIC_OPERATORS and not (_is_number(operand) and math.isfinite(operand)):
             return f"needs a number, got {operand!r}"
+        if op in ("eq", "ne") and isinstance(operand, dict | list):
+            return "compare with a scalar (text, number, true/false); for a list use in / not_in"
         if op in ("in", "not_in") and (not isinstance(operand, list) or not operand):
             return "needs a list of values"
         if op == "exists" and not isinstance(operand, bool):
@@ -445,6 +467,8 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, list):
         return [_plain(v) for v in value]
+    if isinstance(value, date):  # an unquoted 2026-01-01 is a YAML date: keep the text
+        return value.isoformat()
     return value
 
 

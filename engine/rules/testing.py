@@ -10,7 +10,7 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from engine.rules.compile import CompiledRuleset
+from engine.rules.compile import CompiledRuleset, window_start
 from engine.rules.evaluate import ChainError, Event, LeadState, evaluate, new_lead
 from engine.rules.history import MemoryHistory
 from engine.rules.load import Problem, RulesetError, key_line, read_yaml
@@ -95,7 +95,8 @@ def run_case(compiled: CompiledRuleset, case: Case) -> CaseResult:
     for i, raw in enumerate(case.events):
         if raw.get("occurred_at"):
             times[i] = parse_instant(raw["occurred_at"])
-    events = [Event("profile", "profile_update", min([START, *times]) - timedelta(minutes=1))]
+    first = min([START, *times])
+    events = [Event("profile", "profile_update", window_start(first, timedelta(minutes=1)))]
     events += [
         Event(f"e{i}", str(raw.get("type")), times[i], dict(raw.get("properties") or {}))
         for i, raw in enumerate(case.events)

@@ -1,18 +1,24 @@
 """Which ruleset is in force. A file that fails its checks never replaces the last good version:
-each good version's source is kept in ``ruleset_version`` and a broken file falls back to it."""
+each good version's source is kept in ``ruleset_version`` and a broken file falls back to it.
+
+Versions are keyed by the file's resolved path (``NURTURE_HOME=.`` and ``/srv/x`` are one file),
+and ``loaded_at`` marks when a version last came into force, so a revert to an older version is
+what a later broken edit falls back to."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
 from engine.rules.load import Problem, RulesetError, load_ruleset, parse_ruleset, ruleset_files
 from engine.settings import Settings
+from engine.store.db import reading
 from engine.store.schema import RulesetVersion
+from engine.timeutil import utcnow
 
 VERSIONS = RulesetVersion.__table__  # type: ignore[attr-defined]
 
@@ -55,35 +61,48 @@ def compile_checked(path: Path) -> CompiledRuleset:
 
 def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
     path = choose_file(settings)
+    key = str(path.resolve())
+    latest = (
+        select(VERSIONS.c.id, VERSIONS.c.name, VERSIONS.c.version, VERSIONS.c.source)
+        .where(VERSIONS.c.path == key)
+        .order_by(VERSIONS.c.loaded_at.desc(), VERSIONS.c.id.desc())
+        .limit(1)
+    )
     try:
         compiled = compile_checked(path)
     except RulesetError as error:
-        with db.connect() as connection:
-            source = connection.execute(
-                select(VERSIONS.c.source)
-                .where(VERSIONS.c.path == str(path))
-                .order_by(VERSIONS.c.id.desc())
-                .limit(1)
-            ).scalar()
-        if source is None:
+        with reading(db) as connection:
+            last = connection.execute(latest).first()
+        if last is None:
             raise
-        return InForce(compile_ruleset(parse_ruleset(source, str(path))), error.problems)
+        return InForce(compile_ruleset(parse_ruleset(last.source, str(path))), error.problems)
     ruleset = compiled.ruleset
     with db.begin() as connection:
+        last = connection.execute(latest).first()
+        if last is not None and (last.name, last.version) == (ruleset.name, ruleset.version):
+            return InForce(compiled)  # already the one in force: nothing to write
         known = connection.execute(
             select(VERSIONS.c.id).where(
                 VERSIONS.c.name == ruleset.name, VERSIONS.c.version == ruleset.version
             )
         ).first()
-        if known is None:
+        if known is not None:
+            # An earlier version back in force (a revert): it is now the one to fall back to.
+            connection.execute(
+                update(VERSIONS)
+                .where(VERSIONS.c.id == known.id)
+                .values(path=key, loaded_at=utcnow())
+            )
+        else:
             try:
                 with connection.begin_nested():
                     connection.execute(
                         VERSIONS.insert().values(
                             name=ruleset.name,
                             version=ruleset.version,
-                            path=str(path),
+                            path=key,
                             source=ruleset.source,
+                            loaded_at=utcnow(),
                         )
                     )
             except IntegrityError:

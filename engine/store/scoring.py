@@ -73,6 +73,9 @@ class _Lead:
     new: bool
     created_at: datetime  # when its first record happened
     history: MemoryHistory = field(default_factory=MemoryHistory)
+    # Ledger rows for components that start away from 0 (a minimum above 0): the ledger sums
+    # to the score from the start.
+    opening: list[dict[str, Any]] = field(default_factory=list)
 
 
 def ingest(
@@ -165,7 +168,7 @@ class _Batch:
                 seen.add(record.id)
                 fresh.append(record)
         if fresh:
-            self._load_scores(leads)
+            self._load_scores(leads, first_seen)
             self._load_history(leads, fresh)
             touched = set()
             for record in fresh:
@@ -225,17 +228,35 @@ class _Batch:
         query = select(EVENTS.c.event_id).where(EVENTS.c.event_id.in_(ids))
         return set(self.conn.execute(query).scalars())
 
-    def _load_scores(self, leads: dict[str, _Lead]) -> None:
+    def _load_scores(self, leads: dict[str, _Lead], first_seen: dict[str, datetime]) -> None:
         by_id = {lead.id: lead for lead in leads.values()}
         query = select(SCORES).where(SCORES.c.lead_id.in_(list(by_id)))
         for row in self.conn.execute(query).mappings():
             lead = by_id[row["lead_id"]]
             lead.state.scores[row["component"]] = row["value"]
             lead.decay[row["component"]] = [row["rose_at"], row["peak"], row["decay_steps"]]
+        start = new_lead(self.ruleset, {}).scores
         for lead in leads.values():
             # Components a lead has not scored on yet (new lead, or new in this ruleset).
-            for name, value in new_lead(self.ruleset, {}).scores.items():
-                lead.state.scores.setdefault(name, value)
+            total = sum(lead.state.scores.get(name, 0) for name in self.ruleset.components)
+            for name, value in start.items():
+                if name in lead.state.scores:
+                    continue
+                lead.state.scores[name] = value
+                if value:
+                    total += value
+                    lead.opening.append(
+                        {
+                            "lead_id": lead.id,
+                            "component": name,
+                            "delta": value,
+                            "score_after": total,
+                            "rule": "new-lead" if lead.new else "new-component",
+                            "ruleset_version": self.ruleset.version,
+                            "event_id": None,
+                            "at": first_seen[lead.email],
+                        }
+                    )
             lead.state.scores = {name: lead.state.scores[name] for name in self.ruleset.components}
 
     def _load_history(self, leads: dict[str, _Lead], records: list[Record]) -> None:
@@ -328,6 +349,11 @@ class _Batch:
                 if rose_at is None or epoch(at) >= rose_at:
                     value = outcome.state.scores[change.component]
                     lead.decay[change.component] = [epoch(at), value, 0]
+                else:
+                    # A late rise, before the last one: its points join what half-life decay
+                    # halves from the last rise, instead of being taken back by the next tick.
+                    entry = lead.decay[change.component]
+                    entry[1] = (entry[1] or 0) + change.delta
         for stage in outcome.stage_changes:
             rows["stages"].append(
                 {
@@ -375,6 +401,7 @@ class _Batch:
             for lead in leads
             if lead.new
         ]
+        rows["ledger"][:0] = [row for lead in leads for row in lead.opening]
         for table, key in (
             (EVENTS, "events"),
             (LEDGER, "ledger"),

@@ -1,0 +1,174 @@
+"""Helpers shared by the store tests (test_store_*.py): a second database of the same kind, the
+CLI in-process, and snapshots of what is stored, by email so two databases can be compared."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from click.testing import Result
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.store import db as database
+from engine.store.scoring import ACTIONS, EVENTS, FIRINGS, LEADS, LEDGER, SCORES, STAGES
+from tests.conftest import PG_URL
+
+runner = CliRunner()
+
+
+def nurture(*args: str, input: str | None = None) -> Result:
+    """``nurture ARGS`` in this process (settings from the environment the test set)."""
+    return runner.invoke(app, list(args), input=input)
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A URL of a fresh schema on the test PostgreSQL, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(database.normalise_url(PG_URL))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = (
+        sa.engine.make_url(database.normalise_url(PG_URL))
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+    try:
+        yield url
+    finally:
+        database.connect(url).dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@contextmanager
+def another_database(url: str, folder: Path) -> Iterator[str]:
+    """A second, empty database of the same kind as ``url`` (migrated)."""
+    if url.startswith("sqlite"):
+        other = f"sqlite:///{folder / f'other-{uuid.uuid4().hex[:8]}.db'}"
+        database.upgrade(other)
+        yield other
+        database.connect(other).dispose()
+        return
+    with pg_schema() as other:
+        database.upgrade(other)
+        yield other
+
+
+def tables(engine: sa.Engine) -> dict[str, list[Any]]:
+    """Every row of every lead table, as stored (ids, versions and timestamps included)."""
+    with engine.connect() as conn:
+        return {
+            table.name: [
+                tuple(row) for row in conn.execute(sa.select(table).order_by(*table.primary_key))
+            ]
+            for table in (LEADS, SCORES, EVENTS, LEDGER, STAGES, FIRINGS, ACTIONS)
+        }
+
+
+def lead_state(engine: sa.Engine) -> dict[str, Any]:
+    """What scoring decided, keyed by email rather than by ids, without processing times (when
+    the batch ran), so two runs in two databases compare equal when they scored alike."""
+    email = LEADS.c.email
+    with engine.connect() as conn:
+        leads = conn.execute(
+            sa.select(
+                email,
+                LEADS.c.score,
+                LEADS.c.temperature,
+                LEADS.c.stage,
+                LEADS.c.stage_entered_at,
+                LEADS.c.subscribed,
+                LEADS.c.attributes,
+                LEADS.c.tags,
+            ).order_by(email)
+        ).all()
+        scores = conn.execute(
+            sa.select(email, SCORES.c.component, SCORES.c.value, SCORES.c.rose_at, SCORES.c.peak)
+            .join(LEADS, LEADS.c.id == SCORES.c.lead_id)
+            .order_by(email, SCORES.c.component)
+        ).all()
+        ledger = conn.execute(
+            sa.select(
+                email,
+                LEDGER.c.event_id,
+                LEDGER.c.rule,
+                LEDGER.c.component,
+                LEDGER.c.delta,
+                LEDGER.c.score_after,
+                LEDGER.c.ruleset_version,
+                LEDGER.c.at,
+            ).join(LEADS, LEADS.c.id == LEDGER.c.lead_id)
+        ).all()
+        stages = conn.execute(
+            sa.select(
+                email,
+                STAGES.c.event_id,
+                STAGES.c.from_stage,
+                STAGES.c.to_stage,
+                STAGES.c.rule,
+                STAGES.c.at,
+            ).join(LEADS, LEADS.c.id == STAGES.c.lead_id)
+        ).all()
+        firings = conn.execute(
+            sa.select(email, FIRINGS.c.rule, FIRINGS.c.event_id, FIRINGS.c.at).join(
+                LEADS, LEADS.c.id == FIRINGS.c.lead_id
+            )
+        ).all()
+        actions = conn.execute(
+            sa.select(
+                email,
+                ACTIONS.c.kind,
+                ACTIONS.c.target,
+                ACTIONS.c.rule,
+                ACTIONS.c.event_id,
+                ACTIONS.c.at,
+                ACTIONS.c.status,
+            ).join(LEADS, LEADS.c.id == ACTIONS.c.lead_id)
+        ).all()
+        events = conn.execute(
+            sa.select(
+                EVENTS.c.event_id, email, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties
+            )
+            .join(LEADS, LEADS.c.id == EVENTS.c.lead_id)
+            .order_by(EVENTS.c.event_id)
+        ).all()
+    return {
+        "leads": [tuple(row) for row in leads],
+        "scores": [tuple(row) for row in scores],
+        "ledger": sorted((tuple(row) for row in ledger), key=repr),
+        "stages": sorted((tuple(row) for row in stages), key=repr),
+        "firings": sorted((tuple(row) for row in firings), key=repr),
+        "actions": sorted((tuple(row) for row in actions), key=repr),
+        "events": [tuple(row) for row in events],
+    }
+
+
+def ledger_sums(engine: sa.Engine) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Per lead email: its score, the sum of its ledger, the sum of its score components."""
+    with engine.connect() as conn:
+        scores = {e: int(s) for e, s in conn.execute(sa.select(LEADS.c.email, LEADS.c.score))}
+        ledger = {
+            e: int(s)
+            for e, s in conn.execute(
+                sa.select(LEADS.c.email, sa.func.sum(LEDGER.c.delta))
+                .join(LEDGER, LEDGER.c.lead_id == LEADS.c.id)
+                .group_by(LEADS.c.email)
+            )
+        }
+        components = {
+            e: int(s)
+            for e, s in conn.execute(
+                sa.select(LEADS.c.email, sa.func.sum(SCORES.c.value))
+                .join(SCORES, SCORES.c.lead_id == LEADS.c.id)
+                .group_by(LEADS.c.email)
+            )
+        }
+    # A lead without ledger rows has score 0.
+    return scores, {e: ledger.get(e, 0) for e in scores}, components
