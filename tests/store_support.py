@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from engine.cli import app
 from engine.store import db as database
