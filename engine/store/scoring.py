@@ -24,7 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
-from engine.rules.compile import CompiledRuleset, longest_window
+from engine.rules.compile import CompiledRuleset, longest_window, window_start
 from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, evaluate, new_lead
 from engine.rules.history import MemoryHistory
 from engine.store import schema
@@ -265,7 +265,7 @@ class _Batch:
         if not counts and not limited:
             return
         times = [r.occurred_at or self.now for r in records]
-        since = min(times) - longest_window(self.compiled)
+        since = window_start(min(times), longest_window(self.compiled))
         by_id = {lead.id: lead for lead in leads.values()}
         ids = list(by_id)
         if counts:
