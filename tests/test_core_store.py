@@ -209,26 +209,6 @@ def test_tick_decays_once_per_period(home: Path, db_url: str) -> None:
     assert {row["rule"] for row in lead["ledger"] if row["delta"] < 0} == {"decay"}
 
 
-def test_broken_ruleset_leaves_the_one_in_force(home: Path, db_url: str) -> None:
-    path = home / "rulesets" / "store-test.yaml"
-    nurture("ingest", "-", input=LINES[0])
-    path.write_text(RULESET.replace("gte: 60", "greater: 60"))
-    check = nurture("rules", "check", str(home / "rulesets"))
-    assert check.exit_code == 1
-    assert f"{path}:23: rule 'marketing-qualified': unknown operator 'greater'" in check.stdout
-    result = nurture("ingest", "-", input=LINES[1])
-    assert result.exit_code == 0, result.output
-    assert "stays in force" in result.stderr and f"{path}:23" in result.stderr
-    assert json.loads(nurture("lead", "ana@acme.io", "--json").stdout)["score"] == 50
-
-
-def test_broken_ruleset_with_nothing_in_force_is_refused(home: Path) -> None:
-    (home / "rulesets" / "store-test.yaml").write_text("ruleset: x\nrules: [\n")
-    result = nurture("ingest", "-", input=LINES[1])
-    assert result.exit_code == 1
-    assert "store-test.yaml:3: YAML syntax" in result.stderr
-
-
 def test_repo_rulesets_check_and_test_pass() -> None:
     check = nurture("rules", "check", str(ROOT / "rulesets"))
     assert check.exit_code == 0, check.output
