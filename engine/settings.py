@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,13 +16,54 @@ class Settings(BaseSettings):
     home: Path = Path(".")
     # Which ruleset in rulesets/ scores leads: a name or a file; default the only one there.
     ruleset: str | None = None
+    batch_size: int = 2000
+
+    # Sending: the backend, its endpoints, and how the dispatcher paces itself.
     mail_backend: str = "file"
     outbox_dir: Path = Path("outbox")
-    batch_size: int = 2000
+    sendgrid_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("SENDGRID_API_KEY", "NURTURE_SENDGRID_API_KEY")
+    )
+    sendgrid_host: str = "https://api.sendgrid.com"
+    sendgrid_webhook_public_key: str | None = None
+    smtp_url: str = "smtp://127.0.0.1:25"
+    send_timeout: float = 10.0  # seconds, per provider call
+    dispatch_batch: int = 50  # messages claimed per round
+    lease_seconds: int = 300  # a claimed message not settled by then is claimed again
+    max_attempts: int = 8  # tries before a message fails for good
+    default_timezone: str = "UTC"  # for send windows when a lead has no `timezone`
+
+    # Links and access.
+    secret_key: str | None = None  # signs unsubscribe links; see `signing_key`
+    public_url: str = "http://127.0.0.1:8000"
+    api_token: str | None = None
+    sales_webhook_url: str | None = None
+    sales_email: str | None = None
 
     @property
     def rulesets_dir(self) -> Path:
         return self.home / "rulesets"
+
+    @property
+    def campaigns_dir(self) -> Path:
+        return self.home / "campaigns"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.home / "templates"
+
+    def signing_key(self) -> str:
+        """``NURTURE_SECRET_KEY``, else a random key kept in ``<home>/.nurture-secret`` so that
+        links stay valid across restarts of a single-machine install."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.home / ".nurture-secret"
+        if not path.exists():
+            import secrets
+
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        return path.read_text().strip()
 
 
 @lru_cache

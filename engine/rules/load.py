@@ -497,3 +497,12 @@ def ruleset_files(path: Path) -> Iterator[Path]:
     for candidate in sorted(path.glob("*.y*ml")):
         if candidate.suffix in (".yaml", ".yml"):
             yield candidate
+
+
+def condition_parser(path: str, ruleset: spec.Ruleset) -> _Parser:
+    """A parser for ``when``-style conditions in another file (a campaign), checked against the
+    components, stages and bands of ``ruleset``; its ``problems`` name ``path``."""
+    parser = _Parser(path)
+    parser.components = dict(ruleset.components)
+    parser.stages, parser.exits, parser.bands = ruleset.stages, ruleset.exits, ruleset.temperature
+    return parser

@@ -124,3 +124,59 @@ class RulesetVersion(SQLModel, table=True):
     path: str = Field(max_length=1000)
     source: str = Field(sa_column=Column(Text, nullable=False))
     loaded_at: datetime = Field(default_factory=utcnow)
+
+
+class Enrollment(SQLModel, table=True):
+    """A lead in a campaign: which step comes next and when it is due. One per lead and campaign:
+    a lead who leaves a campaign is not enrolled in it again."""
+
+    __tablename__ = "enrollment"
+    __table_args__ = (
+        UniqueConstraint("lead_id", "campaign"),
+        Index("ix_enrollment_due", "status", "next_due_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id")
+    campaign: str = Field(max_length=200)
+    step: int = 0  # index of the next step to send
+    status: str = Field(default="active", max_length=16)  # active, exited, completed
+    enrolled_at: datetime
+    next_due_at: datetime | None = None
+    ended_at: datetime | None = None
+    reason: str | None = Field(default=None, max_length=200)  # what enrolled or ended it
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A rendered email waiting to be sent, sent, held or given up on.
+
+    ``idempotency_key`` (``enrollment:<id>:step:<n>``) makes each step one message however many
+    schedulers run; ``status``: queued → sending (claimed under a lease) → sent | failed, or
+    held (render error) / suppressed (opted out, bounced, spam report) instead."""
+
+    __tablename__ = "outbox_message"
+    __table_args__ = (Index("ix_outbox_status_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(max_length=200, unique=True)
+    kind: str = Field(default="campaign", max_length=16)
+    lead_id: int = Field(foreign_key="lead.id", index=True)
+    enrollment_id: int | None = Field(default=None, foreign_key="enrollment.id")
+    campaign: str | None = Field(default=None, max_length=200)
+    step: int | None = None
+    template: str | None = Field(default=None, max_length=200)
+    to_email: str = Field(max_length=320)
+    from_email: str = Field(max_length=320)
+    from_name: str | None = Field(default=None, max_length=200)
+    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
+    html: str = Field(default="", sa_column=Column(Text, nullable=False))
+    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="queued", max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime
+    lease_until: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    provider_id: str | None = Field(default=None, max_length=200)
+    created_at: datetime
+    sent_at: datetime | None = None

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
 from engine.rules.compile import CompiledRuleset, longest_window, window_start
 from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, evaluate, new_lead
@@ -37,6 +38,7 @@ LEDGER: Table = schema.LedgerEntry.__table__  # type: ignore[attr-defined]
 STAGES: Table = schema.StageHistory.__table__  # type: ignore[attr-defined]
 FIRINGS: Table = schema.RuleFiring.__table__  # type: ignore[attr-defined]
 ACTIONS: Table = schema.LeadAction.__table__  # type: ignore[attr-defined]
+ENROLLMENTS: Table = schema.Enrollment.__table__  # type: ignore[attr-defined]
 
 # Event types that withdraw consent whatever the ruleset says.
 OPT_OUTS = frozenset({"unsubscribe", "spam_report"})
@@ -76,6 +78,7 @@ class _Lead:
     # Ledger rows for components that start away from 0 (a minimum above 0): the ledger sums
     # to the score from the start.
     opening: list[dict[str, Any]] = field(default_factory=list)
+    enrolled: dict[str, str] = field(default_factory=dict)  # campaign → enrollment status
 
 
 def ingest(
@@ -84,14 +87,17 @@ def ingest(
     parsed: Iterable[Parsed],
     batch_size: int = 2000,
     on_progress: Callable[[int], None] | None = None,
+    campaigns: CompiledCampaigns | None = None,
 ) -> IngestResult:
-    """Score every record; rejections (parse errors, runaway chains) are reported, not fatal."""
+    """Score every record; rejections (parse errors, runaway chains) are reported, not fatal.
+    With ``campaigns``, each evaluation also enrolls the lead in campaigns or ends enrollments,
+    in the same transaction."""
     result = IngestResult()
     for chunk in _batches(parsed, batch_size):
         records = [item for item in chunk if not isinstance(item, Rejection)]
         result.rejected.extend(item for item in chunk if isinstance(item, Rejection))
         if records:
-            batch = _apply_with_retries(db, compiled, records)
+            batch = _apply_with_retries(db, compiled, records, campaigns)
             result.accepted += batch.accepted
             result.duplicates += batch.duplicates
             result.rejected.extend(batch.rejected)
@@ -122,12 +128,15 @@ def _batches(items: Iterable[Parsed], size: int) -> Iterator[list[Parsed]]:
 
 
 def _apply_with_retries(
-    db: Engine, compiled: CompiledRuleset, records: list[Record]
+    db: Engine,
+    compiled: CompiledRuleset,
+    records: list[Record],
+    campaigns: CompiledCampaigns | None,
 ) -> IngestResult:
     for attempt in range(RETRIES):
         try:
             with db.begin() as connection:
-                return _Batch(connection, compiled).run(records)
+                return _Batch(connection, compiled, campaigns).run(records)
         except (ConflictError, IntegrityError, OperationalError):
             # Lost a race (another writer stored the same event or lead, or a deadlock /
             # lock timeout): the transaction rolled back, so running the batch again is safe.
@@ -137,9 +146,15 @@ def _apply_with_retries(
 
 
 class _Batch:
-    def __init__(self, connection: Connection, compiled: CompiledRuleset) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        compiled: CompiledRuleset,
+        campaigns: CompiledCampaigns | None = None,
+    ) -> None:
         self.conn = connection
         self.compiled = compiled
+        self.campaigns = campaigns
         self.ruleset = compiled.ruleset
         self.now = utcnow()
         self.result = IngestResult()
@@ -149,6 +164,8 @@ class _Batch:
             "stages": [],
             "firings": [],
             "actions": [],
+            "enroll": [],
+            "exit": [],
         }
 
     # -- load -----------------------------------------------------------------------------
@@ -170,6 +187,8 @@ class _Batch:
         if fresh:
             self._load_scores(leads, first_seen)
             self._load_history(leads, fresh)
+            if self.campaigns is not None:
+                self._load_enrollments(leads)
             touched = set()
             for record in fresh:
                 if self._score(leads[record.email], record):
@@ -286,6 +305,14 @@ class _Batch:
             for lead_id, rule, at in self.conn.execute(query):
                 by_id[lead_id].history.add_firing(rule, at)
 
+    def _load_enrollments(self, leads: dict[str, _Lead]) -> None:
+        by_id = {lead.id: lead for lead in leads.values()}
+        query = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
+        for lead_id, campaign, status in self.conn.execute(
+            query.where(ENROLLMENTS.c.lead_id.in_(list(by_id)))
+        ):
+            by_id[lead_id].enrolled[campaign] = status
+
     # -- evaluate -------------------------------------------------------------------------
     def _score(self, lead: _Lead, record: Record) -> bool:
         """Evaluate one record against its lead; False when it was rejected."""
@@ -316,7 +343,38 @@ class _Batch:
         if event.type in OPT_OUTS:
             lead.subscribed = False
         self._record(lead, event, outcome)
+        if self.campaigns is not None:
+            self._enrollments(lead, event, outcome, self.campaigns)
         return True
+
+    def _enrollments(
+        self, lead: _Lead, event: Event, outcome: Outcome, campaigns: CompiledCampaigns
+    ) -> None:
+        requested = [
+            (i.kind, i.target, i.rule) for i in outcome.intents if i.kind in ("enroll", "exit")
+        ]
+        changes = campaigns.changes(lead.state, lead.subscribed, lead.enrolled, requested)
+        at = event.occurred_at
+        for name, reason in changes.enroll.items():
+            first = campaigns.campaigns[name].steps[0]
+            self.rows["enroll"].append(
+                {
+                    "lead_id": lead.id,
+                    "campaign": name,
+                    "step": 0,
+                    "status": "active",
+                    "enrolled_at": at,
+                    "next_due_at": at + first.wait,
+                    "ended_at": None,
+                    "reason": reason,
+                }
+            )
+            lead.enrolled[name] = "active"
+        for name, reason in changes.exit.items():
+            self.rows["exit"].append(
+                {"b_lead": lead.id, "b_campaign": name, "b_at": at, "b_reason": reason}
+            )
+            lead.enrolled[name] = "exited"
 
     def _record(self, lead: _Lead, event: Event, outcome: Outcome) -> None:
         at, version = event.occurred_at, self.ruleset.version
@@ -380,7 +438,11 @@ class _Batch:
                     "rule": intent.rule,
                     "event_id": event.id,
                     "at": at,
-                    "status": "pending",
+                    # Enrollments and exits are applied in this transaction when campaigns
+                    # are loaded; alerts wait for the dispatcher.
+                    "status": "applied"
+                    if self.campaigns is not None and intent.kind != "alert"
+                    else "pending",
                 }
             )
         lead.state = outcome.state
@@ -411,6 +473,28 @@ class _Batch:
         ):
             if rows[key]:
                 _insert_many(conn, table, rows[key])
+        if rows["enroll"]:
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(
+                insert(ENROLLMENTS).on_conflict_do_nothing(index_elements=["lead_id", "campaign"]),
+                rows["enroll"],
+            )
+        if rows["exit"]:
+            conn.execute(
+                update(ENROLLMENTS)
+                .where(
+                    ENROLLMENTS.c.lead_id == bindparam("b_lead"),
+                    ENROLLMENTS.c.campaign == bindparam("b_campaign"),
+                    ENROLLMENTS.c.status == "active",
+                )
+                .values(
+                    status="exited",
+                    ended_at=bindparam("b_at"),
+                    reason=bindparam("b_reason"),
+                    next_due_at=None,
+                ),
+                rows["exit"],
+            )
         if not leads:
             return
         updated = conn.execute(

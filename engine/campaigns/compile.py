@@ -1,0 +1,122 @@
+"""Campaign conditions → one durable-rules ruleset, and the pure decisions built on it: which
+campaigns a lead enters or leaves after an evaluation, and whether a step's `when` holds.
+
+Each campaign contributes synthetic rules (audience without exit_when, exit_when, each step's
+when); one assert of the lead's state tells which hold. The synthetic ruleset reuses the scoring
+ruleset's components, bands and stages, so `lead.temperature` means the same in both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from engine.campaigns.spec import Campaign
+from engine.rules import spec as rules
+from engine.rules.compile import CompiledRuleset, compile_ruleset
+from engine.rules.evaluate import LeadState, state_fields
+
+MEMO_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Enrollments to create and to end, by campaign name, each with the reason."""
+
+    enroll: dict[str, str]
+    exit: dict[str, str]
+
+
+class CompiledCampaigns:
+    def __init__(self, ruleset: rules.Ruleset, campaigns: Sequence[Campaign]) -> None:
+        self.ruleset = ruleset
+        self.campaigns = {c.name: c for c in campaigns}
+        synthetic: list[rules.Rule] = []
+        for campaign in campaigns:
+            audience = campaign.audience
+            if campaign.exit_when is not None:
+                audience = rules.All((audience, rules.Not(campaign.exit_when)))
+                synthetic.append(self._rule(f"{campaign.name}#exit", campaign.exit_when))
+            synthetic.append(self._rule(f"{campaign.name}#audience", audience))
+            for index, step in enumerate(campaign.steps):
+                if step.when is not None:
+                    synthetic.append(self._rule(f"{campaign.name}#step{index}", step.when))
+        digest = hashlib.sha256(
+            repr(
+                (ruleset.version, [(c.name, c.audience, c.exit_when, c.steps) for c in campaigns])
+            ).encode()
+        ).hexdigest()[:12]
+        self.compiled: CompiledRuleset | None = None
+        self._memo: dict[frozenset[tuple[str, object]], frozenset[str]] = {}
+        if synthetic:
+            self.compiled = compile_ruleset(
+                replace(
+                    ruleset,
+                    name=f"{ruleset.name}-campaigns",
+                    version=digest,
+                    rules=tuple(synthetic),
+                    source="",
+                )
+            )
+
+    @staticmethod
+    def _rule(name: str, when: rules.Condition) -> rules.Rule:
+        return rules.Rule(name, when, rules.Effects(), None, 0)
+
+    def holding(self, state: LeadState) -> frozenset[str]:
+        """Names of the synthetic rules (``campaign#audience`` …) that hold for ``state``."""
+        if self.compiled is None:
+            return frozenset()
+        compiled = self.compiled
+        fields = state_fields(self.ruleset, state, "")
+        fact: dict[str, object] = {}
+        compiled.encode(fields, {}, compiled.lead_plan, fact)
+        # Most leads share a handful of facts (temperature × stage …): ask the engine once each.
+        key = frozenset(fact.items())
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            found = frozenset(compiled.rules[i].rule.name for i in compiled.match(fact))
+            self._memo[key] = found
+        return found
+
+    def changes(
+        self,
+        state: LeadState,
+        subscribed: bool,
+        enrolled: Mapping[str, str],
+        requested: Sequence[tuple[str, str, str]] = (),
+    ) -> Changes:
+        """What an evaluation does to enrollments. ``enrolled``: campaign → status of the lead's
+        enrollments (active, exited, completed); ``requested``: (kind, campaign, rule) from rule
+        ``enroll`` / ``exit`` actions. A lead is enrolled in a campaign at most once, never while
+        unsubscribed, and an exit (its exit_when, or a rule) wins over an enrollment."""
+        holding = self.holding(state)
+        enroll: dict[str, str] = {}
+        leave: dict[str, str] = {}
+        for kind, campaign, rule in requested:
+            (enroll if kind == "enroll" else leave).setdefault(campaign, f"rule {rule}")
+        for name in self.campaigns:
+            if f"{name}#audience" in holding:
+                enroll.setdefault(name, "audience")
+            if f"{name}#exit" in holding:
+                leave.setdefault(name, "exit_when")
+        if not subscribed:
+            leave = {name: "unsubscribed" for name in self.campaigns} | leave
+        return Changes(
+            enroll={
+                name: why
+                for name, why in enroll.items()
+                if name not in enrolled and name not in leave and subscribed
+            },
+            exit={name: why for name, why in leave.items() if enrolled.get(name) == "active"},
+        )
+
+    def step_holds(self, campaign: str, index: int, holding: frozenset[str]) -> bool:
+        step = self.campaigns[campaign].steps[index]
+        return step.when is None or f"{campaign}#step{index}" in holding
+
+    def exits(self, campaign: str, holding: frozenset[str]) -> bool:
+        return f"{campaign}#exit" in holding

@@ -1,0 +1,226 @@
+"""``campaigns/*.yaml`` → :class:`~engine.campaigns.spec.Campaign`, or every problem with file and
+line. Conditions use the ruleset's `when` language, checked against the ruleset in force; they read
+the lead only (enrollment and steps are decided from the lead's state, not from one event)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import time
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from engine.campaigns import spec
+from engine.rules import spec as rules
+from engine.rules.load import (
+    Problem,
+    RulesetError,
+    condition_parser,
+    key_line,
+    node_line,
+    read_yaml,
+    ruleset_files,
+)
+from engine.timeutil import parse_duration
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+KEYS = ("campaign", "audience", "exit_when", "from", "send_window", "frequency_cap", "steps")
+
+
+def _lead_only(condition: rules.Condition) -> str | None:
+    """The first part of ``condition`` that reads an event, or None."""
+    match condition:
+        case rules.Count():
+            return "count"
+        case rules.Test(path=path):
+            return path if not path.startswith("lead.") else None
+        case rules.Not(item=item):
+            return _lead_only(item)
+        case rules.All(items=items) | rules.AnyOf(items=items):
+            return next((found for item in items if (found := _lead_only(item))), None)
+    return None
+
+
+class _CampaignParser:
+    def __init__(self, path: str, ruleset: rules.Ruleset) -> None:
+        self.conditions = condition_parser(path, ruleset)
+        self.path = path
+
+    @property
+    def problems(self) -> list[Problem]:
+        return self.conditions.problems
+
+    def problem(self, line: int, message: str) -> None:
+        self.conditions.problem(line, message)
+
+    def campaign(self, doc: Any) -> spec.Campaign | None:
+        if not isinstance(doc, CommentedMap):
+            self.problem(1, "a campaign is a mapping with keys campaign, audience, from, steps")
+            return None
+        for key in doc:
+            if key not in KEYS:
+                self.problem(
+                    key_line(doc, key, 1), f"unknown key {key!r}; a campaign has {', '.join(KEYS)}"
+                )
+        name = doc.get("campaign")
+        if not isinstance(name, str) or not _NAME.match(name):
+            self.problem(key_line(doc, "campaign", 1), "`campaign:` must name the campaign")
+            name = "unnamed"
+        audience = self.condition(doc, "audience", name, required=True)
+        exit_when = self.condition(doc, "exit_when", name, required=False)
+        from_email, from_name = self.sender(doc)
+        window = self.send_window(doc)
+        cap = self.frequency_cap(doc)
+        steps = self.steps(doc, name)
+        if self.problems or audience is None:
+            return None
+        return spec.Campaign(
+            name, self.path, audience, exit_when, from_email, from_name, steps, window, cap
+        )
+
+    def condition(
+        self, doc: CommentedMap, key: str, campaign: str, required: bool
+    ) -> rules.Condition | None:
+        line = key_line(doc, key, 1)
+        node = doc.get(key)
+        if node is None:
+            if required:
+                self.problem(line, f"campaign {campaign!r}: `{key}:` is required")
+            return None
+        before = len(self.problems)
+        condition = self.conditions.condition(node, line, f"{campaign}/{key}")
+        if len(self.problems) == before and (found := _lead_only(condition)):
+            self.problem(
+                line,
+                f"campaign {campaign!r}: {key} reads {found}; campaign conditions read the lead "
+                "only (lead.temperature, lead.stage, lead.score, lead.<attribute>, ...)",
+            )
+        return condition
+
+    def sender(self, doc: CommentedMap) -> tuple[str, str | None]:
+        node, line = doc.get("from"), key_line(doc, "from", 1)
+        if not isinstance(node, CommentedMap) or not _EMAIL.match(str(node.get("email", ""))):
+            self.problem(line, "`from:` needs {email: you@example.com, name: Sender}")
+            return "", None
+        name = node.get("name")
+        return str(node["email"]), str(name) if name is not None else None
+
+    def send_window(self, doc: CommentedMap) -> spec.SendWindow | None:
+        node, line = doc.get("send_window"), key_line(doc, "send_window", 1)
+        if node is None:
+            return None
+        usage = 'send_window needs {days: [mon, ...], start: "09:00", end: "17:00"}'
+        if not isinstance(node, CommentedMap):
+            self.problem(line, usage)
+            return None
+        days = node.get("days", list(spec.DAYS))
+        if not isinstance(days, list) or not days or any(d not in spec.DAYS for d in days):
+            self.problem(line, f"send_window days: use {', '.join(spec.DAYS)}")
+            return None
+        start, end = self.clock(node.get("start"), line), self.clock(node.get("end"), line)
+        if start is None or end is None:
+            self.problem(line, usage)
+            return None
+        if start >= end:
+            self.problem(line, "send_window: start must be before end")
+            return None
+        return spec.SendWindow(frozenset(spec.DAYS.index(d) for d in days), start, end)
+
+    @staticmethod
+    def clock(value: Any, line: int) -> time | None:
+        match = _CLOCK.match(str(value)) if value is not None else None
+        return time(int(match[1]), int(match[2])) if match else None
+
+    def frequency_cap(self, doc: CommentedMap) -> spec.FrequencyCap | None:
+        node, line = doc.get("frequency_cap"), key_line(doc, "frequency_cap", 1)
+        if node is None:
+            return None
+        count = node.get("max") if isinstance(node, CommentedMap) else None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            self.problem(line, "frequency_cap needs {max: N, per: 7d} with N ≥ 1")
+            return None
+        try:
+            return spec.FrequencyCap(count, parse_duration(node.get("per")))
+        except ValueError as error:
+            self.problem(line, f"frequency_cap: {error}")
+            return None
+
+    def steps(self, doc: CommentedMap, campaign: str) -> tuple[spec.Step, ...]:
+        node, line = doc.get("steps"), key_line(doc, "steps", 1)
+        if not isinstance(node, CommentedSeq) or not node:
+            self.problem(line, f"campaign {campaign!r}: `steps:` must be a list of steps")
+            return ()
+        steps = []
+        for index, body in enumerate(node):
+            at = node_line(body, key_line(node, index, line))
+            label = f"campaign {campaign!r} step {index + 1}"
+            if not isinstance(body, CommentedMap):
+                self.problem(at, f"{label}: a step is {{template: NAME, wait: 3d}}")
+                continue
+            for key in body:
+                if key not in ("template", "wait", "when"):
+                    self.problem(key_line(body, key, at), f"{label}: unknown key {key!r}")
+            template = body.get("template")
+            if not isinstance(template, str) or not template:
+                self.problem(at, f"{label}: needs `template:` (a file in templates/, no .j2)")
+                continue
+            try:
+                wait = parse_duration(body.get("wait", "0d"))
+            except ValueError as error:
+                self.problem(at, f"{label}: wait: {error}")
+                continue
+            when = (
+                self.condition(body, "when", f"{campaign} step {index + 1}", required=False)
+                if "when" in body
+                else None
+            )
+            steps.append(spec.Step(template.removesuffix(".j2"), wait, when, at))
+        return tuple(steps)
+
+
+def parse_campaign(text: str, path: str, ruleset: rules.Ruleset) -> spec.Campaign:
+    parser = _CampaignParser(path, ruleset)
+    campaign = parser.campaign(read_yaml(text, path))
+    if campaign is None:
+        raise RulesetError(parser.problems)
+    return campaign
+
+
+def load_campaigns(
+    folder: Path, ruleset: rules.Ruleset, templates: Iterable[str] | None = None
+) -> list[spec.Campaign]:
+    """Every campaign in ``folder`` (none when it does not exist), all problems at once: unique
+    names, templates that exist (when ``templates`` is given), and rule enroll/exit targets."""
+    campaigns: list[spec.Campaign] = []
+    problems: list[Problem] = []
+    for path in ruleset_files(folder) if folder.is_dir() else ():
+        try:
+            campaign = parse_campaign(path.read_text(encoding="utf-8"), str(path), ruleset)
+        except RulesetError as error:
+            problems.extend(error.problems)
+            continue
+        except (OSError, UnicodeDecodeError) as error:
+            problems.append(Problem(str(path), 1, f"cannot read: {error}"))
+            continue
+        if any(c.name == campaign.name for c in campaigns):
+            problems.append(Problem(str(path), 1, f"campaign {campaign.name!r} defined twice"))
+        campaigns.append(campaign)
+    known = set(templates) if templates is not None else None
+    for campaign in campaigns:
+        for step in campaign.steps:
+            if known is not None and step.template not in known:
+                problems.append(Problem(campaign.path, step.line, f"no template {step.template!r}"))
+    names = {c.name for c in campaigns}
+    for rule in ruleset.rules:
+        for target in rule.then.enroll + rule.then.exit:
+            if target not in names:
+                problems.append(
+                    Problem(ruleset.path, rule.line, f"rule {rule.name!r}: no campaign {target!r}")
+                )
+    if problems:
+        raise RulesetError(problems)
+    return campaigns
