@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     smtp_url: str = "smtp://127.0.0.1:25"
     send_timeout: float = 10.0  # seconds, per provider call
     dispatch_batch: int = 50  # messages claimed per round
+    send_concurrency: int = 8  # provider calls in flight per dispatcher
     lease_seconds: int = 300  # a claimed message not settled by then is claimed again
     max_attempts: int = 8  # tries before a message fails for good
     default_timezone: str = "UTC"  # for send windows when a lead has no `timezone`
