@@ -56,15 +56,21 @@ class Settings(BaseSettings):
     def signing_key(self) -> str:
         """``NURTURE_SECRET_KEY``, else a random key kept in ``<home>/.nurture-secret`` so that
         links stay valid across restarts of a single-machine install."""
-        if self.secret_key:
-            return self.secret_key
-        path = self.home / ".nurture-secret"
-        if not path.exists():
-            import secrets
+        return self.secret_key or _kept_secret(self.home / ".nurture-secret")
 
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(32))
-        return path.read_text().strip()
+    def access_token(self) -> str:
+        """``NURTURE_API_TOKEN``, else a random token kept in ``<home>/.nurture-token`` (which
+        ``nurture serve`` points to): the API is never open for want of a setting."""
+        return self.api_token or _kept_secret(self.home / ".nurture-token")
+
+
+def _kept_secret(path: Path) -> str:
+    if not path.exists():
+        import secrets
+
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 @lru_cache
