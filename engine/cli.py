@@ -203,6 +203,52 @@ def lead_command(email: str, as_json: JsonFlag = False) -> None:
     for row in detail["stage_history"]:
         stages.add_row(row["at"], row["from"] or "", row["to"], row["rule"])
     out.print(stages)
+    if detail["alerts"]:
+        print_alerts(detail["alerts"], "alerts")
+
+
+def print_alerts(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table("created", "lead", "rule", "score", "status", "email", "webhook", title=title)
+
+    def channel(delivery: dict[str, Any] | None) -> str:
+        if delivery is None:
+            return "—"
+        text = f"{delivery['status']} ({delivery['tries']} tries)"
+        if delivery["to"]:
+            text = f"{delivery['to']}: {text}"
+        return f"{text}: {delivery['error']}" if delivery["error"] else text
+
+    for row in rows:
+        status = row["status"]
+        if row["suppressed"]:
+            status = f"suppressed: {row['suppressed']}"
+        table.add_row(
+            row["created_at"],
+            row["lead"],
+            row["rule"],
+            str(row["score"]),
+            status,
+            channel(row["email"]),
+            channel(row["webhook"]),
+        )
+    out.print(table)
+
+
+@app.command("alerts")
+def alerts_command(
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Recent sales alerts: whom they went to, the email's and the webhook's status, tries and
+    last error, or why an alert was suppressed."""
+    rows = report.alerts(open_db(get_settings()), limit)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        out.print("no alerts yet")
+        return
+    print_alerts(rows, "sales alerts")
 
 
 @app.command("leads")
@@ -238,7 +284,7 @@ def tick_command(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run all due scheduled work once: decay, due campaign steps, dispatch."""
+    """Run all due scheduled work once: decay, due campaign steps, dispatch, sales alerts."""
     settings = get_settings()
     try:
         moment = parse_instant(now) if now else utcnow()
@@ -253,7 +299,7 @@ def tick_command(
     if as_json:
         emit_json(result.as_json())
         return
-    steps, sent = result.steps, result.dispatch
+    steps, sent, alerts = result.steps, result.dispatch, result.alerts.as_json()
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     for held in steps.errors:
@@ -262,7 +308,9 @@ def tick_command(
         f"{isoformat(moment)}: decay {result.decayed} ledger rows; steps: queued {steps.queued}, "
         f"held {steps.held}, deferred {steps.deferred}, skipped {steps.skipped}, exited "
         f"{steps.exited}, completed {steps.completed}; dispatch: sent {sent.sent}, retried "
-        f"{sent.retried}, failed {sent.failed}, suppressed {sent.suppressed}",
+        f"{sent.retried}, failed {sent.failed}, suppressed {sent.suppressed}; alerts: created "
+        f"{alerts['created']}, suppressed {alerts['suppressed']}, delivered {alerts['sent']}, "
+        f"retried {alerts['retried']}, failed {alerts['failed']}",
         highlight=False,
     )
 
@@ -277,7 +325,10 @@ def worker_command() -> None:
     in_force(db, settings)
     scheduler = BlockingScheduler(timezone="UTC")
     Jobs(db, settings).schedule(scheduler)
-    err.print(f"worker: decay, campaign steps and dispatch via the {settings.mail_backend} backend")
+    err.print(
+        f"worker: decay, campaign steps, dispatch and alerts via the {settings.mail_backend} "
+        "backend"
+    )
     with suppress(KeyboardInterrupt, SystemExit):
         scheduler.start()
 

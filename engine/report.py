@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from engine.ingest.parse import normalise_email
 from engine.rules import spec
@@ -13,6 +13,9 @@ from engine.store import schema
 from engine.store.db import reading
 from engine.store.scoring import EVENTS, LEADS, LEDGER, SCORES, STAGES
 from engine.timeutil import isoformat
+
+ALERTS = schema.Alert.__table__  # type: ignore[attr-defined]
+OUTBOX = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 def _summary(row: Any, scores: dict[str, int]) -> dict[str, Any]:
@@ -87,6 +90,7 @@ def lead_detail(db: Engine, email: str) -> dict[str, Any] | None:
             for r in events
         ]
         detail["reasons"] = top_reasons(detail["ledger"])
+        detail["alerts"] = _alerts(conn, ALERTS.c.lead_id == lead_id, 20)
         return detail
 
 
@@ -129,19 +133,28 @@ def list_leads(
 
 def reasons_for(db: Engine, emails: list[str], limit: int = 3) -> dict[str, list[dict[str, Any]]]:
     """Top reasons for several leads in one query."""
-    query = (
-        select(LEADS.c.email, LEDGER.c.rule, func.sum(LEDGER.c.delta), func.count())
-        .join(LEDGER, LEDGER.c.lead_id == LEADS.c.id)
-        .where(LEADS.c.email.in_(emails))
-        .group_by(LEADS.c.email, LEDGER.c.rule)
-    )
-    found: dict[str, list[dict[str, Any]]] = {email: [] for email in emails}
     with reading(db) as conn:
-        for email, rule, points, times in conn.execute(query):
-            if points > 0:
-                found[email].append({"rule": rule, "points": int(points), "times": int(times)})
+        ids = dict(conn.execute(select(LEADS.c.id, LEADS.c.email).where(LEADS.c.email.in_(emails))))
+        by_id = reasons_by_lead(conn, list(ids), limit)
+    return {email: [] for email in emails} | {ids[i]: rows for i, rows in by_id.items()}
+
+
+def reasons_by_lead(
+    conn: Connection, lead_ids: list[int], limit: int = 3
+) -> dict[int, list[dict[str, Any]]]:
+    """Top reasons (as :func:`top_reasons` ranks them) per lead id, in one query."""
+    query = (
+        select(LEDGER.c.lead_id, LEDGER.c.rule, func.sum(LEDGER.c.delta), func.count())
+        .where(LEDGER.c.lead_id.in_(lead_ids))
+        .group_by(LEDGER.c.lead_id, LEDGER.c.rule)
+    )
+    found: dict[int, list[dict[str, Any]]] = {lead_id: [] for lead_id in lead_ids}
+    for lead_id, rule, points, times in conn.execute(query):
+        if points > 0:
+            found[lead_id].append({"rule": rule, "points": int(points), "times": int(times)})
     return {
-        email: sorted(rows, key=lambda r: -r["points"])[:limit] for email, rows in found.items()
+        lead_id: sorted(rows, key=lambda r: (-r["points"], r["rule"]))[:limit]
+        for lead_id, rows in found.items()
     }
 
 
@@ -175,3 +188,71 @@ def emails_by_template(db: Engine) -> list[tuple[str, str, int]]:
     )
     with reading(db) as conn:
         return [(c, t, int(n)) for c, t, n in conn.execute(query)]
+
+
+def alerts(db: Engine, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest sales alerts, newest first, each with how its email and webhook fared."""
+    with reading(db) as conn:
+        return _alerts(conn, None, limit)
+
+
+def _alerts(conn: Connection, where: Any, limit: int) -> list[dict[str, Any]]:
+    query = (
+        select(ALERTS, LEADS.c.email)
+        .join(LEADS, LEADS.c.id == ALERTS.c.lead_id)
+        .order_by(ALERTS.c.created_at.desc(), ALERTS.c.id.desc())
+        .limit(limit)
+    )
+    rows = list(conn.execute(query if where is None else query.where(where)).mappings())
+    deliveries: dict[int, dict[str, Any]] = {row["id"]: {} for row in rows}
+    outbox = select(
+        OUTBOX.c.alert_id,
+        OUTBOX.c.kind,
+        OUTBOX.c.to_email,
+        OUTBOX.c.status,
+        OUTBOX.c.attempts,
+        OUTBOX.c.last_error,
+        OUTBOX.c.sent_at,
+    ).where(OUTBOX.c.alert_id.in_(list(deliveries)))
+    for message in conn.execute(outbox).mappings():
+        channel = "webhook" if message["kind"] == "webhook" else "email"
+        deliveries[message["alert_id"]][channel] = {
+            "to": message["to_email"] or None,
+            "status": message["status"],
+            "tries": message["attempts"],
+            "error": message["last_error"],
+            "sent_at": isoformat(message["sent_at"]) if message["sent_at"] else None,
+        }
+    return [
+        {
+            "id": row["id"],
+            "lead": row["email"],
+            "rule": row["rule"],
+            "event_id": row["event_id"],
+            "at": isoformat(row["at"]),
+            "created_at": isoformat(row["created_at"]),
+            "status": _alert_status(row["suppressed"], deliveries[row["id"]]),
+            "suppressed": row["suppressed"],
+            "owner": row["owner"],
+            "owner_source": row["owner_source"],
+            "score": row["score"],
+            "temperature": row["temperature"],
+            "stage": row["stage"],
+            "reasons": row["reasons"],
+            "email": deliveries[row["id"]].get("email"),
+            "webhook": deliveries[row["id"]].get("webhook"),
+        }
+        for row in rows
+    ]
+
+
+def _alert_status(suppressed: str | None, deliveries: dict[str, dict[str, Any]]) -> str:
+    """suppressed, failed (a channel gave up), sending (a channel is queued or retrying), sent."""
+    if suppressed is not None:
+        return "suppressed"
+    states = {d["status"] for d in deliveries.values()}
+    if "failed" in states:
+        return "failed"
+    if states - {"sent"}:
+        return "sending"
+    return "sent"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.timeutil import parse_duration
 
 
 class Settings(BaseSettings):
@@ -40,6 +44,27 @@ class Settings(BaseSettings):
     api_token: str | None = None
     sales_webhook_url: str | None = None
     sales_email: str | None = None
+
+    # Hot-lead alerts (README, "Sales alerts"): who gets them and how often.
+    sales_roster: str = ""  # comma-separated reps, assigned round-robin to leads without owner
+    alert_from: str | None = None  # the alert email's sender; default NURTURE_SALES_EMAIL
+    alert_cooldown: timedelta = timedelta(days=7)  # no second alert for a lead within this
+    alert_rearm_margin: int = 10  # ...nor before its score fell this far below hot
+    alert_max_age: timedelta = timedelta(days=1)  # older events (a backfill) page nobody
+
+    @field_validator("alert_cooldown", "alert_max_age", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        """Durations as rulesets write them: ``7d``, ``12h``, ``0s``."""
+        return parse_duration(value, zero=True) if isinstance(value, str) else value
+
+    @property
+    def roster(self) -> list[str]:
+        return [rep.strip() for rep in self.sales_roster.split(",") if rep.strip()]
+
+    @property
+    def alert_sender(self) -> str:
+        return self.alert_from or self.sales_email or "nurture@localhost"
 
     @property
     def rulesets_dir(self) -> Path:

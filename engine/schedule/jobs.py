@@ -1,10 +1,13 @@
-"""The scheduled work and its clock: decay, due campaign steps (render → outbox) and dispatch.
+"""The scheduled work and its clock: decay, due campaign steps (render → outbox), dispatch and
+sales alerts.
 
 The work lives in SQL (enrollments' ``next_due_at``, the outbox's ``next_attempt_at``), so a
 job is just "do what is due now" and any number of processes may run it at once: the database's
 locks split the rows between them. APScheduler is only the clock that calls the jobs inside
 ``nurture serve`` and ``nurture worker``; its job store holds nothing that must be shared.
-``tick`` runs each job once, for ``nurture tick`` and cron.
+``tick`` runs each job once, for ``nurture tick`` and cron. Alerts must reach sales within a
+second, finer than APScheduler's clock is meant for: their job runs in its own thread
+(:class:`AlertRunner`), started and stopped with the scheduler.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, EVENT_SCHEDULER_START, SchedulerEvent
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import Engine
 
+from engine.alerts.job import AlertJob, AlertReport, AlertRunner
 from engine.decay import decay
 from engine.render import Renderer
 from engine.schedule.steps import StepReport, StepRunner
@@ -40,6 +45,7 @@ class TickReport:
     decayed: int = 0
     steps: StepReport = field(default_factory=StepReport)
     dispatch: DispatchReport = field(default_factory=DispatchReport)
+    alerts: AlertReport = field(default_factory=AlertReport)
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -50,12 +56,13 @@ class TickReport:
             "steps": steps,
             "held": self.steps.errors,
             "dispatch": self.dispatch.as_json(),
+            "alerts": self.alerts.as_json(),
             "warnings": self.warnings,
         }
 
 
 class Jobs:
-    """The three jobs over one database, settings and mail backend. The ruleset and campaigns
+    """The jobs over one database, settings and mail backend. The ruleset and campaigns
     are looked up on each run, so an edit on disk takes effect without a restart (a broken edit
     leaves the last good version in force and is reported)."""
 
@@ -64,6 +71,7 @@ class Jobs:
         self.settings = settings
         self.mailer = mailer if mailer is not None else mailer_for(settings)
         self.renderer = Renderer(settings.templates_dir)
+        self.alert_job = AlertJob(db, settings, self.mailer)
         self.warnings: list[str] = []
 
     def decay(self, now: datetime) -> int:
@@ -79,14 +87,22 @@ class Jobs:
     def dispatch(self, now: datetime) -> DispatchReport:
         return Dispatcher(self.db, self.settings, self.mailer).run(now)
 
+    def alerts(self, now: datetime) -> AlertReport:
+        return self.alert_job.run(now, self._hot)
+
+    def _hot(self) -> int:
+        """The lower bound of the ruleset's top temperature band."""
+        return ruleset_in_force(self.db, self.settings).compiled.ruleset.temperature[-1][1]
+
     def tick(self, now: datetime) -> TickReport:
         """Each job once, in flow order: decay can end enrollments, steps fill the outbox, the
-        dispatcher empties it."""
+        dispatcher empties it; alerts last (decay may have re-armed a lead)."""
         self.warnings = []
         report = TickReport(now)
         report.decayed = self.decay(now)
         report.steps = self.steps(now)
         report.dispatch = self.dispatch(now)
+        report.alerts = self.alerts(now)
         report.warnings = self.warnings
         return report
 
@@ -108,15 +124,25 @@ class Jobs:
                 coalesce=True,
                 next_run_time=utcnow(),
             )
+        runner = AlertRunner(_logged("alerts", self.alerts, quiet=True))
+
+        def follow(event: SchedulerEvent) -> None:
+            (runner.start if event.code == EVENT_SCHEDULER_START else runner.stop)()
+
+        scheduler.add_listener(follow, EVENT_SCHEDULER_START | EVENT_SCHEDULER_SHUTDOWN)
 
 
-def _logged(name: str, job: Callable[[datetime], object]) -> Callable[[], None]:
+def _logged(
+    name: str, job: Callable[[datetime], object], quiet: bool = False
+) -> Callable[[], None]:
+    """``quiet``: a job that runs every second logs at debug level."""
+
     def run() -> None:
         try:
             result = job(utcnow())
         except Exception:
             log.exception("job %s failed; it runs again at its next interval", name)
             return
-        log.info("job %s: %s", name, result)
+        log.log(logging.DEBUG if quiet else logging.INFO, "job %s: %s", name, result)
 
     return run

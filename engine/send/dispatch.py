@@ -1,4 +1,5 @@
-"""Outbox → mail backend: the last step of the flow, exactly once as far as a provider allows.
+"""Outbox → mail backend (or the sales webhook): the last step of the flow, exactly once as far
+as a provider allows.
 
 A round claims a small batch of due messages and commits the claim at once: each row turns
 ``sending`` with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets several dispatchers
@@ -6,6 +7,11 @@ claim side by side; ``BEGIN IMMEDIATE`` serialises claims on SQLite). Messages t
 unsubscribed, bounced or reported spam since the email was rendered are suppressed, the rest
 go to the backend concurrently, and each outcome is settled: sent, retried later with backoff
 (429, 5xx, timeouts), or failed for good with the reason.
+
+A dispatcher handles the outbox rows of its ``kinds``: campaign emails by default; the alerts
+job runs one for sales alerts (``alert`` emails to reps and ``webhook`` POSTs, routed to the
+webhook sender), so they go out within a second, past any backlog of campaign emails. Consent
+suppression applies to emails to the lead, not to alerts about the lead.
 
 A dispatcher that dies between claim and settle leaves rows ``sending``; once their lease ends
 another round claims them again. A message the provider had already accepted is then sent a
@@ -16,14 +22,16 @@ duplicates per crash.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, or_, select, update
 
 from engine.send.email import Email, Mailer, PermanentError, TransientError
+from engine.send.webhook import WebhookSender
 from engine.settings import Settings
 from engine.store import schema
 from engine.store.db import reading
@@ -38,6 +46,8 @@ EVENTS: Table = schema.EventRecord.__table__  # type: ignore[attr-defined]
 SUPPRESSING = ("bounce", "spam_report")
 BACKOFF_BASE = 60.0  # seconds before the first retry; doubles per attempt
 BACKOFF_MAX = 6 * 3600.0
+CAMPAIGN = "campaign"  # emails to the lead: the only kind consent suppresses
+WEBHOOK = "webhook"  # a JSON POST to the sales webhook instead of an email
 
 
 @dataclass
@@ -46,9 +56,10 @@ class DispatchReport:
     retried: int = 0
     failed: int = 0
     suppressed: int = 0
+    sent_ids: list[int] = field(default_factory=list)  # outbox rows sent, for metrics
 
     def as_json(self) -> dict[str, int]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if isinstance(v, int)}
 
 
 def backoff(attempts: int, retry_after: float | None) -> timedelta:
@@ -79,10 +90,14 @@ class Dispatcher:
         db: Engine,
         settings: Settings,
         mailer: Mailer,
+        kinds: Collection[str] = (CAMPAIGN,),
+        webhook: WebhookSender | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.mailer = mailer
+        self.kinds = tuple(kinds)
+        self.webhook = webhook
 
     def run(self, now: datetime, limit: int | None = None) -> DispatchReport:
         """Send what is due at ``now`` round by round until nothing due is left (or ``limit``
@@ -101,12 +116,20 @@ class Dispatcher:
                 self._deliver(rows, now, pool, report)
         return report
 
-    def claim(self, now: datetime, size: int) -> list[Any]:
-        """Take up to ``size`` due messages (queued and due, or sending with a lapsed lease)."""
-        due = or_(
-            and_(OUTBOX.c.status == "queued", OUTBOX.c.next_attempt_at <= now),
-            and_(OUTBOX.c.status == "sending", OUTBOX.c.lease_until < now),
+    def due(self, now: datetime) -> Any:
+        """The condition of a message this dispatcher should take at ``now`` (queued and due, or
+        sending with a lapsed lease)."""
+        return and_(
+            OUTBOX.c.kind.in_(self.kinds),
+            or_(
+                and_(OUTBOX.c.status == "queued", OUTBOX.c.next_attempt_at <= now),
+                and_(OUTBOX.c.status == "sending", OUTBOX.c.lease_until < now),
+            ),
         )
+
+    def claim(self, now: datetime, size: int) -> list[Any]:
+        """Take up to ``size`` due messages."""
+        due = self.due(now)
         ids = select(OUTBOX.c.id).where(due).order_by(OUTBOX.c.next_attempt_at).limit(size)
         with self.db.begin() as conn:
             if conn.dialect.name == "postgresql":
@@ -125,12 +148,14 @@ class Dispatcher:
     def _deliver(
         self, rows: list[Any], now: datetime, pool: ThreadPoolExecutor, report: DispatchReport
     ) -> None:
-        with reading(self.db) as conn:
-            blocked = self._suppressed(conn, {row.lead_id for row in rows})
+        blocked: dict[int, str] = {}
+        if leads := {row.lead_id for row in rows if row.kind == CAMPAIGN}:
+            with reading(self.db) as conn:
+                blocked = self._suppressed(conn, leads)
         settled: list[dict[str, Any]] = []
         to_send = []
         for row in rows:
-            if row.lead_id in blocked:
+            if row.kind == CAMPAIGN and row.lead_id in blocked:
                 report.suppressed += 1
                 settled.append(_settle(row.id, "suppressed", error=blocked[row.lead_id]))
             else:
@@ -154,7 +179,12 @@ class Dispatcher:
 
     def _send_one(self, row: Any) -> str | Exception | None:
         try:
-            return self.mailer.send(email_of(row))
+            if row.kind != WEBHOOK:
+                return self.mailer.send(email_of(row))
+            if self.webhook is None:
+                raise PermanentError("NURTURE_SALES_WEBHOOK_URL is not set")
+            self.webhook.post(row.payload)
+            return None
         except (TransientError, PermanentError) as error:
             return error
         except Exception as error:  # a backend bug must not strand the batch as `sending`
@@ -166,6 +196,7 @@ class Dispatcher:
     ) -> dict[str, Any]:
         if not isinstance(outcome, Exception):
             report.sent += 1
+            report.sent_ids.append(row.id)
             return _settle(row.id, "sent", b_provider=outcome, b_sent=now)
         reason = str(outcome) or type(outcome).__name__
         if isinstance(outcome, TransientError) and row.attempts < self.settings.max_attempts:

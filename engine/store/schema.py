@@ -101,6 +101,8 @@ class LeadAction(SQLModel, table=True):
     """An alert, enrollment or exit a rule asked for; the scheduler acts on pending ones."""
 
     __tablename__ = "lead_action"
+    # The alerts job polls for pending alerts every second: an index lookup when there are none.
+    __table_args__ = (Index("ix_lead_action_kind_status", "kind", "status"),)
 
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
@@ -155,7 +157,11 @@ class OutboxMessage(SQLModel, table=True):
     held (render error) / suppressed (opted out, bounced, spam report) instead."""
 
     __tablename__ = "outbox_message"
-    __table_args__ = (Index("ix_outbox_status_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_status_due", "status", "next_attempt_at"),
+        # Alerts are claimed by kind every second, past any backlog of campaign emails.
+        Index("ix_outbox_kind_status_due", "kind", "status", "next_attempt_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(max_length=200, unique=True)
@@ -180,3 +186,35 @@ class OutboxMessage(SQLModel, table=True):
     provider_id: str | None = Field(default=None, max_length=200)
     created_at: datetime
     sent_at: datetime | None = None
+    # A sales alert's email (kind ``alert``) or webhook POST (kind ``webhook``, body in
+    # ``payload``; the URL is read from the settings when sending, never stored).
+    alert_id: int | None = Field(default=None, foreign_key="alert.id", index=True)
+    payload: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class Alert(SQLModel, table=True):
+    """A hot-lead alert to sales: one per ``alert: sales`` firing (``action_id`` is unique), either
+    delivered (its outbox rows, by ``alert_id``, say how far) or suppressed with the reason
+    (cooldown, not re-armed, stale). The snapshot is what sales was shown."""
+
+    __tablename__ = "alert"
+    __table_args__ = (Index("ix_alert_lead_at", "lead_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: int = Field(foreign_key="lead.id")
+    action_id: int = Field(foreign_key="lead_action.id", unique=True)
+    rule: str = Field(max_length=200)
+    event_id: str | None = Field(default=None, max_length=200)
+    at: datetime  # the triggering event's time: cooldowns are measured on it
+    received_at: datetime  # when that event reached us: alert latency is measured from it
+    created_at: datetime
+    suppressed: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    owner: str | None = Field(default=None, max_length=320)  # who the email went to
+    owner_source: str | None = Field(default=None, max_length=16)  # owner, roster, sales_email
+    roster_turn: int | None = Field(default=None, index=True)  # round-robin position
+    score: int = 0
+    temperature: str = Field(max_length=32)
+    stage: str = Field(max_length=64)
+    reasons: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )

@@ -6,7 +6,8 @@ state and history the rules need in a few set-based queries, evaluate every reco
 in memory, then write events, ledger, stage history, firings, intents and lead state in bulk
 (``executemany``; ``COPY`` for appends on PostgreSQL). An event and all its effects commit
 together; a crash loses at most the uncommitted batch, which a re-run scores again (event ids
-make it idempotent).
+make it idempotent). A batch that fired ``alert: sales`` wakes this process's alerts job once
+it has committed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from engine.alerts import wake
 from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
 from engine.rules.compile import CompiledRuleset, longest_window, window_start
@@ -136,7 +138,11 @@ def _apply_with_retries(
     for attempt in range(RETRIES):
         try:
             with db.begin() as connection:
-                return _Batch(connection, compiled, campaigns).run(records)
+                batch = _Batch(connection, compiled, campaigns)
+                result = batch.run(records)
+            if any(row["kind"] == "alert" for row in batch.rows["actions"]):
+                wake.notify()
+            return result
         except (ConflictError, IntegrityError, OperationalError):
             # Lost a race (another writer stored the same event or lead, or a deadlock /
             # lock timeout): the transaction rolled back, so running the batch again is safe.

@@ -1,0 +1,95 @@
+"""Whether an ``alert: sales`` firing pages anyone, and whom: pure functions of what the
+database holds about the lead.
+
+One page per lead and transition into hot. A firing is suppressed when
+
+- its event is older than ``NURTURE_ALERT_MAX_AGE`` (a backfill of old history pages nobody);
+- the lead's last alert was less than ``NURTURE_ALERT_COOLDOWN`` earlier (event time), so a
+  lead flapping around the threshold pages once;
+- or the lead has not re-armed: since its last alert its score never fell below
+  ``hot - NURTURE_ALERT_REARM_MARGIN`` (band hysteresis: a lead that stays hot for months is one
+  transition, however many alerting rules fire).
+
+Only alerts that were delivered count as "last"; suppressed ones do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from engine.timeutil import isoformat
+
+
+@dataclass(frozen=True)
+class Policy:
+    cooldown: timedelta
+    rearm_below: int  # the hot band's lower bound minus the re-arm margin
+    max_age: timedelta
+
+
+@dataclass(frozen=True)
+class Firing:
+    action_id: int
+    lead_id: int
+    at: datetime  # the triggering event's time
+    score: int  # the lead's score now
+
+
+@dataclass(frozen=True)
+class LastAlert:
+    at: datetime
+    score: int  # the lead's score when it was alerted
+    lowest_since: int | None  # the lowest score in its ledger after that, if it changed
+
+
+def decide(
+    firings: Sequence[Firing], last: Mapping[int, LastAlert], policy: Policy, now: datetime
+) -> dict[int, str | None]:
+    """Action id → None (alert) or why it is suppressed. ``firings`` in time order: an alert
+    decided here is the "last alert" of the lead's later firings in the same batch."""
+    latest = dict(last)
+    decided: dict[int, str | None] = {}
+    for firing in firings:
+        reason = _suppressed(firing, latest.get(firing.lead_id), policy, now)
+        decided[firing.action_id] = reason
+        if reason is None:
+            latest[firing.lead_id] = LastAlert(firing.at, firing.score, None)
+    return decided
+
+
+def _suppressed(
+    firing: Firing, last: LastAlert | None, policy: Policy, now: datetime
+) -> str | None:
+    if now - firing.at > policy.max_age:
+        return f"stale: the event is older than NURTURE_ALERT_MAX_AGE ({policy.max_age})"
+    if last is None:
+        return None
+    if firing.at - last.at < policy.cooldown:
+        return (
+            f"cooldown: alerted at {isoformat(last.at)}, within NURTURE_ALERT_COOLDOWN "
+            f"({policy.cooldown})"
+        )
+    lowest = min(last.score, last.lowest_since if last.lowest_since is not None else last.score)
+    if lowest >= policy.rearm_below:
+        return (
+            f"not re-armed: the score has not fallen below {policy.rearm_below} "
+            "since the last alert"
+        )
+    return None
+
+
+def recipient(
+    owner: object, roster: Sequence[str], turn: int, sales_email: str | None
+) -> tuple[str | None, str | None]:
+    """Who the alert email goes to, and why: the lead's ``owner`` when it is an address, else the
+    roster's rep at ``turn`` (round-robin; the caller writes them back as the owner), else the
+    sales team's address. (None, None) when there is nobody."""
+    if isinstance(owner, str) and "@" in owner:
+        return owner.strip(), "owner"
+    if roster and not owner:
+        return roster[turn % len(roster)], "roster"
+    if sales_email:
+        return sales_email, "sales_email"
+    return None, None
