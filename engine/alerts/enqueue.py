@@ -221,7 +221,7 @@ class _Batch:
         query = select(EVENTS.c.event_id, EVENTS.c.received_at).where(
             EVENTS.c.event_id.in_(event_ids)
         )
-        return dict(self.conn.execute(query).tuples())
+        return {event_id: at for event_id, at in self.conn.execute(query)}
 
     def _next_turn(self) -> int:
         last = self.conn.execute(select(func.max(ALERTS.c.roster_turn))).scalar()
@@ -238,13 +238,10 @@ class _Batch:
         conn = self.conn
         insert = pg_insert if self.pg else sqlite_insert
         conn.execute(insert(ALERTS).on_conflict_do_nothing(index_elements=["action_id"]), alerts)
-        ids = dict(
-            conn.execute(
-                select(ALERTS.c.action_id, ALERTS.c.id).where(
-                    ALERTS.c.action_id.in_([row["action_id"] for row in alerts])
-                )
-            ).tuples()
+        written = select(ALERTS.c.action_id, ALERTS.c.id).where(
+            ALERTS.c.action_id.in_([row["action_id"] for row in alerts])
         )
+        ids = {action_id: alert_id for action_id, alert_id in conn.execute(written)}
         messages = []
         for row in alerts:
             view = views.get(row["action_id"])
