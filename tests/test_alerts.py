@@ -170,7 +170,7 @@ def test_a_lead_turning_hot_pages_sales_once_with_the_reasons(
 
     # The same events again are duplicates: nothing new to alert about.
     again = hot(db, "ana@globex.io", first_name="Ana", company="Globex")
-    assert (again.accepted, again.duplicates) == (0, 2)
+    assert (again.accepted, again.duplicates) == (0, 3)  # the profile too
     assert jobs.alerts(T0 + timedelta(seconds=2)).created == 0
     assert len(receiver.posts) == 1 and len(emails(home)) == 1
 
@@ -229,7 +229,7 @@ def test_leads_without_an_owner_go_round_the_roster_and_keep_their_rep(
     assert owners == {"l1@a.io": "ana@acme.io", "l2@b.io": "bo@acme.io", "l3@c.io": "ana@acme.io"}
     # l2 cools and turns hot again after the cooldown: the same rep hears about it.
     later = T0 + timedelta(days=9)
-    events(db, ("l2@b.io", "careers", later), ("l2@b.io", "page_view", later))
+    events(db, ("l2@b.io", "careers", later), ("l2@b.io", "demo_request", later))
     jobs.alerts(later + timedelta(minutes=1))
     assert [m["To"] for m in emails(home)][-1] == "bo@acme.io"
     assert [row["owner_source"] for row in cli_alerts(monkeypatch, settings)] == [
