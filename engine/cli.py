@@ -204,35 +204,26 @@ def lead_command(email: str, as_json: JsonFlag = False) -> None:
     for row in detail["stage_history"]:
         stages.add_row(row["at"], row["from"] or "", row["to"], row["rule"])
     out.print(stages)
-    if detail["alerts"]:
-        print_alerts(detail["alerts"], "alerts")
-
-
-def print_alerts(rows: list[dict[str, Any]], title: str) -> None:
-    table = Table("created", "lead", "rule", "score", "status", "email", "webhook", title=title)
-
-    def channel(delivery: dict[str, Any] | None) -> str:
-        if delivery is None:
-            return "—"
-        text = f"{delivery['status']} ({delivery['tries']} tries)"
-        if delivery["to"]:
-            text = f"{delivery['to']}: {text}"
-        return f"{text}: {delivery['error']}" if delivery["error"] else text
-
-    for row in rows:
-        status = row["status"]
-        if row["suppressed"]:
-            status = f"suppressed: {row['suppressed']}"
-        table.add_row(
-            row["created_at"],
-            row["lead"],
-            row["rule"],
-            str(row["score"]),
-            status,
-            channel(row["email"]),
-            channel(row["webhook"]),
+    for alert in detail["alerts"]:
+        out.print(
+            f"alert {alert['created_at']} {alert['rule']}: {_alert_status(alert)}; email "
+            f"{_delivery(alert['email'])}; webhook {_delivery(alert['webhook'])}",
+            highlight=False,
+            markup=False,
         )
-    out.print(table)
+
+
+def _alert_status(alert: dict[str, Any]) -> str:
+    return f"suppressed: {alert['suppressed']}" if alert["suppressed"] else str(alert["status"])
+
+
+def _delivery(delivery: dict[str, Any] | None) -> str:
+    if delivery is None:
+        return "—"
+    text = f"{delivery['status']} ({delivery['tries']} tries)"
+    if delivery["to"]:
+        text = f"{delivery['to']}: {text}"
+    return f"{text}: {delivery['error']}" if delivery["error"] else text
 
 
 @app.command("alerts")
@@ -249,7 +240,18 @@ def alerts_command(
     if not rows:
         out.print("no alerts yet")
         return
-    print_alerts(rows, "sales alerts")
+    table = Table("created", "lead", "rule", "score", "status", "email", "webhook")
+    for row in rows:
+        table.add_row(
+            row["created_at"],
+            row["lead"],
+            row["rule"],
+            str(row["score"]),
+            _alert_status(row),
+            _delivery(row["email"]),
+            _delivery(row["webhook"]),
+        )
+    out.print(table)
 
 
 @app.command("leads")

@@ -305,3 +305,32 @@ def test_ingest_in_this_process_wakes_the_alerts_job(
     finally:
         runner.stop()
     assert len(receiver.posts) == 1 and "fay@acme.io" in receiver.posts[0]["text"]
+
+
+def test_nurture_tick_delivers_alerts_and_the_lead_shows_them(
+    db: sa.Engine, db_url: str, home: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hot(db, "gus@acme.io")
+    monkeypatch.setenv("NURTURE_HOME", str(home))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
+    monkeypatch.setenv("NURTURE_OUTBOX_DIR", str(home / "outbox"))
+    monkeypatch.setenv("NURTURE_SALES_WEBHOOK_URL", receiver.url)
+    get_settings.cache_clear()
+    try:
+        tick = nurture("tick", "--now", "2026-11-02T10:01:00Z", "--json")
+        lead = nurture("lead", "gus@acme.io", "--json")
+        text = nurture("lead", "gus@acme.io")
+    finally:
+        get_settings.cache_clear()
+    assert tick.exit_code == 0, tick.output
+    alerts = json.loads(tick.stdout)["alerts"]
+    assert (alerts["created"], alerts["sent"]) == (1, 1)
+    assert len(receiver.posts) == 1
+    [alert] = json.loads(lead.stdout)["alerts"]
+    assert (alert["rule"], alert["status"], alert["webhook"]["status"]) == (
+        "hot-lead",
+        "sent",
+        "sent",
+    )
+    assert alert["email"] is None  # no owner, roster or sales address: the webhook only
+    assert "hot-lead" in text.stdout and "sent (1 tries)" in text.stdout
