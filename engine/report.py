@@ -134,7 +134,8 @@ def list_leads(
 def reasons_for(db: Engine, emails: list[str], limit: int = 3) -> dict[str, list[dict[str, Any]]]:
     """Top reasons for several leads in one query."""
     with reading(db) as conn:
-        ids = dict(conn.execute(select(LEADS.c.id, LEADS.c.email).where(LEADS.c.email.in_(emails))))
+        query = select(LEADS.c.id, LEADS.c.email).where(LEADS.c.email.in_(emails))
+        ids = {lead_id: email for lead_id, email in conn.execute(query)}
         by_id = reasons_by_lead(conn, list(ids), limit)
     return {email: [] for email in emails} | {ids[i]: rows for i, rows in by_id.items()}
 
