@@ -6,6 +6,7 @@ owners from the rules or the roster; failed deliveries retried, with their state
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -334,3 +335,39 @@ def test_nurture_tick_delivers_alerts_and_the_lead_shows_them(
     )
     assert alert["email"] is None  # no owner, roster or sales address: the webhook only
     assert "hot-lead" in text.stdout and "sent (1 tries)" in text.stdout
+
+
+def test_several_processes_page_each_lead_once_and_share_the_roster_evenly(
+    db: sa.Engine, db_url: str, home: Path, receiver: Receiver
+) -> None:
+    """Four schedulers' alerts jobs at once (threads, each its own connections): each alert is
+    decided once and the round-robin hands out each turn once."""
+    settings = settings_for(home, db_url, receiver, sales_roster="ana@acme.io,bo@acme.io")
+    leads = [f"lead{i}@corp{i}.io" for i in range(12)]
+    for i, email in enumerate(leads):
+        hot(db, email, T0 + timedelta(seconds=i))
+    now = T0 + timedelta(minutes=1)
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        jobs = Jobs(db, settings)
+        barrier.wait()
+        try:
+            jobs.alerts(now)
+        except BaseException as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    paged = [re.search(r"lead\d+@corp\d+\.io", p["text"]) for p in receiver.posts]
+    assert sorted(found.group(0) for found in paged if found) == sorted(leads)
+    recipients = [m["To"] for m in emails(home)]
+    assert sorted(recipients) == ["ana@acme.io"] * 6 + ["bo@acme.io"] * 6
+    with db.connect() as conn:
+        turns = conn.execute(sa.text("SELECT roster_turn FROM alert ORDER BY roster_turn")).all()
+    assert [t for (t,) in turns] == list(range(12))
