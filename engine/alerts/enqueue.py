@@ -107,7 +107,7 @@ class _Batch:
         reasons = reasons_by_lead(conn, lead_ids) if delivered else {}
         events = self._recent_events(lead_ids) if delivered else {}
         received = self._received([a.event_id for a in actions if a.event_id])
-        turn = self._next_turn()
+        turn = self._next_turn() if self.settings.roster else 0
         owners: dict[int, Any] = {}  # lead → the owner written back (a rep from the roster)
         alerts, views = [], {}
         for action in actions:

@@ -96,7 +96,7 @@ class Jobs:
 
     def tick(self, now: datetime) -> TickReport:
         """Each job once, in flow order: decay can end enrollments, steps fill the outbox, the
-        dispatcher empties it; alerts last (decay may have re-armed a lead)."""
+        dispatcher empties it; then alerts are decided and delivered."""
         self.warnings = []
         report = TickReport(now)
         report.decayed = self.decay(now)
