@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     secret_key: str | None = None  # signs unsubscribe links; see `signing_key`
     public_url: str = "http://127.0.0.1:8000"
     api_token: str | None = None
+    # Limits on one API request: a body over either is refused whole (413) before any scoring.
+    max_body_bytes: int = 1_048_576
+    max_events_per_request: int = 1000
     sales_webhook_url: str | None = None
     sales_email: str | None = None
 

@@ -18,14 +18,12 @@ from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from sqlalchemy import select
 
 from engine.api.app import Context, context
+from engine.api.intake import score
 from engine.ingest.parse import InvalidRecord, Parsed, Rejection, record
-from engine.render import Renderer
-from engine.rules.load import RulesetError
 from engine.send.dispatch import settle_processed
 from engine.store import schema
 from engine.store.db import reading
-from engine.store.rulesets import campaigns_in_force, ruleset_in_force
-from engine.store.scoring import IngestResult, ingest
+from engine.store.scoring import IngestResult
 from engine.timeutil import isoformat, utcnow
 from engine.unsubscribe import BadToken, matches, read_token
 
@@ -45,17 +43,6 @@ EVENT_TYPES = {
 # Events that prove the provider holds a message.
 SETTLING = frozenset({"processed", "delivered"})
 PROPERTIES = ("outbox_id", "url", "reason", "sg_message_id", "useragent", "category")
-
-
-def score(ctx: Context, items: list[Parsed]) -> IngestResult:
-    """Events through the rules, with campaign enrollment and exit, like ``nurture ingest``."""
-    compiled = ruleset_in_force(ctx.db, ctx.settings).compiled
-    templates = Renderer(ctx.settings.templates_dir).names()
-    try:
-        campaigns = campaigns_in_force(ctx.db, ctx.settings, compiled.ruleset, templates).compiled
-    except RulesetError:
-        campaigns = None  # campaigns broken with no good version: score without enrolling
-    return ingest(ctx.db, compiled, items, ctx.settings.batch_size, campaigns=campaigns)
 
 
 def _verify(ctx: Context, request: Request, body: bytes) -> None:
@@ -131,7 +118,11 @@ UNSUBSCRIBED_PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <h1>You are unsubscribed</h1><p>You will not receive any more emails from us.</p></body></html>"""
 
 
-@router.api_route("/unsubscribe", methods=["GET", "POST"], tags=["feedback"])
+# Two routes rather than one with two methods: each OpenAPI operation needs its own id.
+@router.get("/unsubscribe", tags=["feedback"], response_class=HTMLResponse)
+@router.post(
+    "/unsubscribe", tags=["feedback"], response_class=HTMLResponse, operation_id="unsubscribe_post"
+)
 def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
     """The signed link in every email (and its RFC 8058 one-click POST): opts the lead out at
     once. A forged or altered token is refused."""

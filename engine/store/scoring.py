@@ -12,6 +12,7 @@ make it idempotent).
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
 from engine.rules.compile import CompiledRuleset, longest_window, window_start
@@ -50,6 +52,8 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[Rejection] = field(default_factory=list)
+    # The lines (indexes over HTTP) of the duplicates, for per-record answers.
+    duplicate_lines: list[int] = field(default_factory=list)
 
     def as_json(self, position: str = "line") -> dict[str, Any]:
         return {
@@ -95,11 +99,14 @@ def ingest(
     result = IngestResult()
     for chunk in _batches(parsed, batch_size):
         records = [item for item in chunk if not isinstance(item, Rejection)]
-        result.rejected.extend(item for item in chunk if isinstance(item, Rejection))
+        unparsed = [item for item in chunk if isinstance(item, Rejection)]
+        result.rejected.extend(unparsed)
+        metrics.events_ingested(0, 0, len(unparsed))
         if records:
             batch = _apply_with_retries(db, compiled, records, campaigns)
             result.accepted += batch.accepted
             result.duplicates += batch.duplicates
+            result.duplicate_lines.extend(batch.duplicate_lines)
             result.rejected.extend(batch.rejected)
         if on_progress:
             on_progress(len(chunk))
@@ -133,15 +140,22 @@ def _apply_with_retries(
     records: list[Record],
     campaigns: CompiledCampaigns | None,
 ) -> IngestResult:
+    started = time.perf_counter()
     for attempt in range(RETRIES):
         try:
             with db.begin() as connection:
-                return _Batch(connection, compiled, campaigns).run(records)
+                batch = _Batch(connection, compiled, campaigns)
+                result = batch.run(records)
         except (ConflictError, IntegrityError, OperationalError):
             # Lost a race (another writer stored the same event or lead, or a deadlock /
             # lock timeout): the transaction rolled back, so running the batch again is safe.
             if attempt == RETRIES - 1:
                 raise
+            continue
+        metrics.INGEST_BATCH.observe(time.perf_counter() - started)
+        metrics.events_ingested(result.accepted, result.duplicates, len(result.rejected))
+        metrics.rules_fired(row["rule"] for row in batch.rows["firings"])
+        return result
     raise AssertionError("unreachable")
 
 
@@ -181,6 +195,7 @@ class _Batch:
         for record in records:
             if record.id in seen:
                 self.result.duplicates += 1
+                self.result.duplicate_lines.append(record.line)
             else:
                 seen.add(record.id)
                 fresh.append(record)
