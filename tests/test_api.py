@@ -159,9 +159,12 @@ def test_oversized_requests_are_refused_whole_naming_the_limit(tmp_path: Path) -
         assert many.status_code == 413
         assert "at most 3 (NURTURE_MAX_EVENTS_PER_REQUEST)" in many.json()["detail"]
         assert client.get("/api/leads").json() == []
-        assert client.post("/api/events", json=[view(key=f"k{i}") for i in range(3)]).json()[
-            "accepted"
-        ] == 3
+        assert (
+            client.post("/api/events", json=[view(key=f"k{i}") for i in range(3)]).json()[
+                "accepted"
+            ]
+            == 3
+        )
 
 
 def test_lead_upsert_by_email_scores_as_a_profile_update(api: TestClient) -> None:
@@ -180,7 +183,8 @@ def test_lead_upsert_by_email_scores_as_a_profile_update(api: TestClient) -> Non
     api.post("/api/leads", json={"email": "ana@acme.io", "company": "Acme Corp"})
     # Re-sending an earlier profile is an update too, not a duplicate of the first one.
     again = api.post("/api/leads", json={"email": "ana@acme.io", "company": "Acme"}).json()
-    assert again["attributes"] == {"job_title": "VP Marketing", "company": "Acme", "domain": "acme.io"}
+    expected = {"job_title": "VP Marketing", "company": "Acme", "domain": "acme.io"}
+    assert again["attributes"] == expected
     assert [row["rule"] for row in again["ledger"]] == ["senior-title"]  # `limit: once` held
     # With a client id a retried request is idempotent.
     for _ in range(2):
@@ -286,7 +290,11 @@ def test_health_and_metrics(api: TestClient) -> None:
     assert after.headers["content-type"].startswith("text/plain")
     assert metric(after.text, accepted) - metric(before, accepted) == 2
     assert metric(after.text, fired) - metric(before, fired) == 2
-    for name in ("nurture_emails_total", "nurture_alerts_sent_total", "nurture_alert_latency_seconds"):
+    for name in (
+        "nurture_emails_total",
+        "nurture_alerts_sent_total",
+        "nurture_alert_latency_seconds",
+    ):
         assert f"# TYPE {name} " in after.text
     assert "ana@acme.io" not in after.text
 
