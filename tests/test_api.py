@@ -115,6 +115,23 @@ def test_rejections_name_the_field(api: TestClient) -> None:
     assert api.get("/api/leads").json() == []
 
 
+def test_what_the_database_could_not_store_is_rejected_not_a_500(api: TestClient) -> None:
+    body = (
+        '[{"email": "a\\u0000b@c.io", "type": "page_view"},'
+        ' {"email": "a@c.io", "type": "page_view", "properties": {"n": NaN}},'
+        ' {"email": "a@c.io", "type": "page_view", "lead": {"company": "\\ud800"}},'
+        ' {"email": "a@c.io", "type": "page_view", "lead": {"size": 1e400}}]'
+    )
+    answer = api.post("/api/events", content=body).json()
+    assert [r["error"] for r in answer["rejected"]] == [
+        "text must not contain NUL characters",
+        "numbers must be finite (no NaN or Infinity)",
+        "text must be valid Unicode (a lone surrogate escape)",
+        "numbers must be finite (no NaN or Infinity)",
+    ]
+    assert api.get("/api/leads").json() == []
+
+
 def test_a_bad_body_is_refused_with_a_reason(api: TestClient) -> None:
     broken = api.post("/api/events", content=b'{"email": ', headers={"Content-Type": "text/json"})
     assert broken.status_code == 400

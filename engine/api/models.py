@@ -17,8 +17,10 @@ class ApiError(BaseModel):
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the error statuses an endpoint may answer."""
     meaning = {
-        400: "The body is not valid JSON or not UTF-8 text.",
+        400: "The body is not valid JSON or not UTF-8 text (or, for /unsubscribe, the link "
+        "is not valid).",
         401: "No valid API token (header `Authorization: Bearer …`).",
+        403: "The SendGrid signature is missing or does not match the body.",
         404: "No such lead.",
         413: "The body is over NURTURE_MAX_BODY_BYTES, or has more items than "
         "NURTURE_MAX_EVENTS_PER_REQUEST.",

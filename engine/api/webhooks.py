@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from engine.api.app import Context, context
 from engine.api.intake import score
+from engine.api.models import errors
 from engine.ingest.parse import InvalidRecord, Parsed, Rejection, record
 from engine.send.dispatch import settle_processed
 from engine.store import schema
@@ -86,7 +87,7 @@ def _event(index: int, item: Any) -> Parsed | None:
         return Rejection(index, str(error))
 
 
-@router.post("/webhooks/sendgrid", tags=["feedback"])
+@router.post("/webhooks/sendgrid", tags=["feedback"], responses=errors(400, 403, 503))
 async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     """SendGrid's event webhook: opens, clicks, bounces, spam reports and unsubscribes score
     through the rules (duplicates by ``sg_event_id`` are dropped); ``processed`` events settle
@@ -112,6 +113,10 @@ async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     return {**result.as_json(position="index"), "settled": count}
 
 
+UNSUBSCRIBE: dict[str, Any] = {
+    "tags": ["feedback"],
+    "responses": {200: {"content": {"text/html": {}}}, **errors(400, 422, 503)},
+}
 UNSUBSCRIBED_PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <title>Unsubscribed</title></head>
 <body style="font-family:sans-serif;max-width:32em;margin:4em auto">
@@ -119,10 +124,8 @@ UNSUBSCRIBED_PAGE = """<!doctype html><html><head><meta charset="utf-8">
 
 
 # Two routes rather than one with two methods: each OpenAPI operation needs its own id.
-@router.get("/unsubscribe", tags=["feedback"], response_class=HTMLResponse)
-@router.post(
-    "/unsubscribe", tags=["feedback"], response_class=HTMLResponse, operation_id="unsubscribe_post"
-)
+@router.get("/unsubscribe", **UNSUBSCRIBE)
+@router.post("/unsubscribe", operation_id="unsubscribe_post", **UNSUBSCRIBE)
 def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
     """The signed link in every email (and its RFC 8058 one-click POST): opts the lead out at
     once. A forged or altered token is refused."""

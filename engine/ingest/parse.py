@@ -96,6 +96,21 @@ def _attributes(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     return attributes
 
 
+def _storable(raw: Mapping[str, Any]) -> None:
+    """Refuse what would pass here and fail in the database: JSON's escapes can spell lone
+    surrogates (not UTF-8) and NUL (PostgreSQL stores no NUL in text), and Python's JSON reads
+    NaN and Infinity, which standard JSON columns refuse."""
+    try:
+        text = json.dumps(raw, allow_nan=False, ensure_ascii=False, default=str)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecord("text must be valid Unicode (a lone surrogate escape)") from None
+    except ValueError:
+        raise InvalidRecord("numbers must be finite (no NaN or Infinity)") from None
+    if "\\u0000" in text:
+        raise InvalidRecord("text must not contain NUL characters")
+
+
 def _client_id(value: object) -> str | None:
     """A record's own id as text, or None when it has none (one is derived instead)."""
     if value is None or value == "":
@@ -109,6 +124,7 @@ def record(line: int, raw: object) -> Record:
     """One decoded object → a record, or InvalidRecord naming the field."""
     if not isinstance(raw, dict):
         raise InvalidRecord("a record must be a JSON object")
+    _storable(raw)
     email = normalise_email(raw.get("email"))
     if raw.get("type") in (None, ""):
         body = {k: v for k, v in raw.items() if k not in ("id", "email", "occurred_at")}
