@@ -64,7 +64,11 @@ class Settings(BaseSettings):
     def access_token(self) -> str:
         """``NURTURE_API_TOKEN``, else a random token kept in ``<home>/.nurture-token`` (which
         ``nurture serve`` points to): the API is never open for want of a setting."""
-        return self.api_token or _kept_secret(self.home / ".nurture-token")
+        return self.api_token or _kept_secret(self.token_file)
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / ".nurture-token"
 
 
 def _kept_secret(path: Path) -> str:

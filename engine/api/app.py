@@ -35,6 +35,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ops.redact_access_log()
         if not scheduler:
             yield
             return
