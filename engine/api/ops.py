@@ -43,6 +43,8 @@ ACCESS_LOG_FILTER = RedactEmails()
 def redact_access_log() -> None:
     """Called once the server has set up its logging (uvicorn's access log)."""
     logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG_FILTER)
+
+
 Ctx = Annotated[Context, Depends(context)]
 
 
