@@ -166,28 +166,51 @@ def campaigns_in_force(
     names = sorted(templates) if templates is not None else None
     try:
         sources = read_sources(settings.campaigns_dir)
-        slot = ("campaigns", str(db.url), key)
-        fingerprint = _fingerprint(
-            ruleset.name, ruleset.version, json.dumps(sources, sort_keys=True), json.dumps(names)
-        )
-        last = _LAST.get(slot)
-        if last is not None and last[0] == fingerprint and isinstance(last[1], CampaignsInForce):
+    except RulesetError as error:
+        return _kept_campaigns(db, key, ruleset, names, error)
+    slot = ("campaigns", str(db.url), key)
+    fingerprint = _fingerprint(
+        ruleset.name, ruleset.version, json.dumps(sources, sort_keys=True), json.dumps(names)
+    )
+    last = _LAST.get(slot)
+    if last is not None and last[0] == fingerprint:
+        if isinstance(last[1], RulesetError):
+            raise RulesetError(last[1].problems)  # a fresh one: a re-raise grows its traceback
+        if isinstance(last[1], CampaignsInForce):
             return last[1]
+    try:
+        found = _campaigns_in_force(db, key, sources, ruleset, names)
+    except RulesetError as error:
+        _LAST[slot] = (fingerprint, error)
+        raise
+    _LAST[slot] = (fingerprint, found)
+    return found
+
+
+def _campaigns_in_force(
+    db: Engine, key: str, sources: dict[str, str], ruleset: Ruleset, names: list[str] | None
+) -> CampaignsInForce:
+    try:
         campaigns = parse_campaigns(sources, ruleset, names)
     except RulesetError as error:
-        stored = _last_good(db, key)
-        if stored is None:
-            raise
-        try:
-            kept = parse_campaigns(json.loads(stored), ruleset, templates)
-        except RulesetError:
-            raise error from None
-        return CampaignsInForce(CompiledCampaigns(ruleset, kept), error.problems)
+        return _kept_campaigns(db, key, ruleset, names, error)
     compiled = CompiledCampaigns(ruleset, campaigns)
     if sources:
         source = json.dumps(sources, sort_keys=True)
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
         _remember(db, key, "campaigns:" + key[-150:], version, source)
-    found = CampaignsInForce(compiled)
-    _LAST[slot] = (fingerprint, found)
-    return found
+    return CampaignsInForce(compiled)
+
+
+def _kept_campaigns(
+    db: Engine, key: str, ruleset: Ruleset, names: list[str] | None, error: RulesetError
+) -> CampaignsInForce:
+    """The last good campaigns, with the problems of the folder on disk; else ``error``."""
+    stored = _last_good(db, key)
+    if stored is None:
+        raise error
+    try:
+        kept = parse_campaigns(json.loads(stored), ruleset, names)
+    except RulesetError:
+        raise error from None
+    return CampaignsInForce(CompiledCampaigns(ruleset, kept), error.problems)
