@@ -1,7 +1,7 @@
 """``POST /api/events`` under concurrent load, against a real ``nurture serve`` process on
 loopback, on SQLite and PostgreSQL. Figures are printed, not asserted.
 
-    python bench/api.py                                   # 4,000 events, 8 clients, 1 and 50 per request
+    python bench/api.py              # 4,000 events, 8 clients, 1 and 50 events per request
     python bench/api.py --events 20000 --clients 16 --batch 1,100 --skip-pg
 
 Each client is an asyncio task with its own keep-alive connection, sending its next request as
