@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from engine import cli
 from engine.api import ops
 from engine.api.app import create_app
-from engine.settings import Settings
+from engine.settings import Settings, get_settings
 from engine.store import db as database
 
 TOKEN = "test-token-123"
@@ -353,3 +356,27 @@ def test_the_access_log_does_not_name_the_lead(path: str, logged: str) -> None:
                                args, None)  # fmt: skip
     assert ops.ACCESS_LOG_FILTER.filter(record)
     assert record.getMessage() == f'127.0.0.1:5000 - "GET {logged} HTTP/1.1" 200'
+
+
+def test_serve_says_where_the_token_is_never_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
+    monkeypatch.setenv("NURTURE_HOME", str(make_home(tmp_path)))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
+    monkeypatch.delenv("NURTURE_API_TOKEN", raising=False)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli.app, ["serve", "--port", "8123"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    token = (tmp_path / ".nurture-token").read_text().strip()
+    assert f"the API token is in {tmp_path / '.nurture-token'}" in result.output
+    assert token not in result.output
+    app, options = started[0]
+    assert options == {"host": "127.0.0.1", "port": 8123}
+    client = TestClient(app)
+    assert client.get("/api/leads").status_code == 401
+    assert client.get("/api/leads", headers={"Authorization": f"Bearer {token}"}).json() == []

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
@@ -108,8 +109,9 @@ async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
                 settled[int(item["outbox_id"])] = str(item.get("sg_message_id") or "")
             except (KeyError, TypeError, ValueError):
                 continue
-    result = score(ctx, items) if items else IngestResult()
-    count = settle_processed(ctx.db, list(settled), settled)
+    # Database work off the event loop: other requests go on being served meanwhile.
+    result = await run_in_threadpool(score, ctx, items) if items else IngestResult()
+    count = await run_in_threadpool(settle_processed, ctx.db, list(settled), settled)
     return {**result.as_json(position="index"), "settled": count}
 
 
