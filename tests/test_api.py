@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,25 @@ def test_events_answer_for_each_item_and_score_once(api: TestClient) -> None:
         ("pricing-page", 10, "v1"),
         ("pricing-page", 10, "v2"),
     ]
+
+
+def test_concurrent_requests_score_each_event_once(api: TestClient) -> None:
+    """Eight clients at once, each request holding an event the next request repeats."""
+
+    def send(i: int) -> Any:
+        batch = [
+            view(f"l{i % 4}@acme.io", key=f"c{i}"),
+            view(f"l{(i + 1) % 4}@acme.io", f"c{(i + 1) % 16}"),
+        ]
+        return api.post("/api/events", json=batch).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(16)))
+    assert sum(a["accepted"] for a in answers) == 16
+    assert sum(a["duplicates"] for a in answers) == 16
+    for n in range(4):
+        lead = api.get(f"/api/leads/l{n}@acme.io").json()
+        assert lead["score"] == 40 == sum(row["delta"] for row in lead["ledger"])
 
 
 def test_an_event_without_id_gets_a_derived_one_and_stays_idempotent(api: TestClient) -> None:
