@@ -291,7 +291,7 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
 ) -> None:
-    """The HTTP app and the scheduler in one process."""
+    """The HTTP API, the dashboard and the scheduler in one process."""
     import uvicorn
 
     from engine.api.app import create_app
@@ -299,6 +299,14 @@ def serve_command(
     settings = get_settings()
     db = open_db(settings)
     in_force(db, settings)
+    settings.access_token()  # creates the kept token file before anyone is told to read it
+    # Where the token is, never the token itself: this line ends up in logs.
+    where = "NURTURE_API_TOKEN" if settings.api_token else f"in {settings.token_file}"
+    err.print(
+        f"nurture: API, dashboard and scheduler on http://{host}:{port} "
+        f"(API reference at /docs); the API token is {where}",
+        highlight=False,
+    )
     uvicorn.run(create_app(settings, db, scheduler=True), host=host, port=port)
 
 
