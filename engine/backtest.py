@@ -84,16 +84,17 @@ def report(ruleset: Ruleset, scored: Scored, outcomes: list[int], outcome: str) 
     total = int(y.sum())
     if total in (0, len(y)):
         raise BacktestError(
-            f"every outcome in column {outcome!r} is {y[0]}: ranking needs some 0s and some 1s"
+            f"every outcome in column {outcome!r} is {y[0]}: ranking needs both 0s and 1s"
         )
     base = total / len(y)
     bands, stages = np.asarray(scored.bands), np.asarray(scored.stages)
     deciles = []
     captured = 0
-    for number, rows in enumerate(np.array_split(ranking(scored.scores), DECILES), start=1):
+    groups = [rows for rows in np.array_split(ranking(scored.scores), DECILES) if len(rows)]
+    for number, rows in enumerate(groups, start=1):
         converted = int(y[rows].sum())
         captured += converted
-        rate = converted / len(rows) if len(rows) else 0.0
+        rate = converted / len(rows)
         deciles.append(
             {
                 "decile": number,
@@ -151,10 +152,10 @@ def plot_report(reports: dict[str, dict[str, Any]], path: Path) -> None:
     figure = Figure(figsize=(11, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     gains, rates = figure.subplots(1, 2)
-    share = [0.0] + [d["decile"] / DECILES for d in next(iter(reports.values()))["deciles"]]
     gains.plot([0, 1], [0, 1], linestyle="--", color="grey", label="random")
     width = 0.8 / len(reports)
     for index, (label, data) in enumerate(reports.items()):
+        share = np.cumsum([0] + [d["leads"] for d in data["deciles"]]) / data["rows"]
         curve = [0.0] + [d["cumulative_gain"] for d in data["deciles"]]
         gains.plot(share, curve, marker="o", label=f"{label} (AUC {data['auc']:.3f})")
         names = list(data["bands"])

@@ -393,36 +393,33 @@ def print_backtest(reports: dict[str, dict[str, Any]]) -> None:
         table.add_row(label, *(cell(r) for r in reports.values()))
 
     row("AUC", lambda r: f"{r['auc']:.3f}")
-    for part in ("rules", "model", "mix"):
-        if any("auc_parts" in r for r in reports.values()):
-            row(
-                f"  AUC {part}",
-                lambda r, p=part: f"{r['auc_parts'][p]:.3f}" if "auc_parts" in r else "",
-            )
-    bands = list(dict.fromkeys(band for r in reports.values() for band in r["bands"]))
-    for band in bands:
-        row(f"{band}: leads, converted, rate", lambda r, b=band: _group_cell(r["bands"].get(b)))
+    if any("auc_parts" in r for r in reports.values()):
+        for part in ("rules", "model", "mix"):
+            row(f"  AUC of the {part}", lambda r, p=part: _auc_part(r, p))
+    for band in dict.fromkeys(band for r in reports.values() for band in r["bands"]):
+        row(f"band {band}", lambda r, b=band: _group_cell(r["bands"].get(b)))
     row("hot precision", lambda r: f"{r['hot']['precision']:.1%}")
     row("hot recall", lambda r: f"{r['hot']['recall']:.1%}")
-    stages = list(dict.fromkeys(stage for r in reports.values() for stage in r["stages"]))
-    for stage in stages:
+    for stage in dict.fromkeys(stage for r in reports.values() for stage in r["stages"]):
         row(f"stage {stage}", lambda r, s=stage: _group_cell(r["stages"].get(s)))
     for index in range(len(first["deciles"])):
-        row(
-            f"decile {index + 1}: rate, lift, gain",
-            lambda r, i=index: (
-                f"{r['deciles'][i]['rate']:.1%}  ×{r['deciles'][i]['lift']:.2f}  "
-                f"{r['deciles'][i]['cumulative_gain']:.0%}"
-            ),
-        )
+        row(f"decile {index + 1}", lambda r, i=index: _decile_cell(r["deciles"][i]))
     out.print(table)
 
 
 def _group_cell(group: dict[str, Any] | None) -> str:
     if not group:
         return ""
-    rate = "-" if group["rate"] is None else f"{group['rate']:.1%}"
-    return f"{group['leads']}  {group['converted']}  {rate}"
+    rate = "" if group["rate"] is None else f"{group['rate']:.1%} "
+    return f"{rate}({group['converted']:,} of {group['leads']:,})"
+
+
+def _decile_cell(decile: dict[str, Any]) -> str:
+    return f"{decile['rate']:.1%} lift {decile['lift']:.2f} gain {decile['cumulative_gain']:.0%}"
+
+
+def _auc_part(report: dict[str, Any], part: str) -> str:
+    return f"{report['auc_parts'][part]:.3f}" if "auc_parts" in report else ""
 
 
 @model_app.command("train")
