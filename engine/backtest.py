@@ -19,7 +19,7 @@ from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 from engine.pastleads import PastLeads
 from engine.rules.compile import CompiledRuleset
-from engine.rules.evaluate import ChainError
+from engine.rules.evaluate import ChainError, prime
 from engine.rules.spec import Ruleset
 from engine.rules.testing import replay
 
@@ -43,9 +43,7 @@ class Scored:
 
 def score_leads(compiled: CompiledRuleset, leads: PastLeads) -> Scored:
     ruleset = compiled.ruleset
-    models = [c.model for c in ruleset.components.values() if c.model is not None]
-    for model in models:
-        model.prime(leads.attributes)  # one batch prediction instead of one per row
+    prime(ruleset, leads.attributes)
     fed = [c.name for c in ruleset.components.values() if c.model is not None]
     scores, predicted, bands, stages = [], [], [], []
     for line, attributes in zip(leads.lines, leads.attributes, strict=True):

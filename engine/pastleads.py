@@ -3,8 +3,9 @@
 
 Column headers become attribute names in snake_case ("Lead Origin" → ``lead_origin``,
 "Total Time Spent on Website" → ``total_time_spent_on_website``) so rules can read them as
-``lead.<attribute>``. Cells that read back as the same number become numbers, as in
-``nurture ingest``; empty cells are missing attributes. The outcome column is not an attribute:
+``lead.<attribute>``; a name the ruleset computes (``tags``, ``score``, ``stage``...) gets
+``_column`` appended ("Tags" → ``tags_column``). Cells that read back as the same number become
+numbers, as in ``nurture ingest``; empty cells are missing attributes. The outcome column is not an attribute:
 rules and models must not see the answer.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.ingest.parse import csv_value
+from engine.ingest.parse import COMPUTED, csv_value
 
 
 class PastLeadsError(ValueError):
@@ -120,6 +121,8 @@ def _columns(header: list[str], path: str) -> dict[str, int]:
         if not title.strip():
             continue
         name = attribute_name(title)
+        if name in COMPUTED:  # "Tags" must not shadow the tags rules give: lead.tags_column
+            name += "_column"
         if not name:
             raise PastLeadsError(f"{path}:1: column {title!r} has no letters or digits to name it")
         if name in columns:

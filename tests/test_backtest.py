@@ -97,6 +97,9 @@ def test_columns_become_snake_case_attributes_and_numbers_stay_numbers() -> None
     assert leads.attributes[0] == {"job_level": "Senior", "page_views": 12}
     assert leads.outcomes == [1, 0, 1, 0]
     assert leads.columns == {"job_level": "Job Level", "page_views": "Page Views"}
+    # The lead's own tags and stage are the ruleset's: CSV columns of that name are renamed.
+    renamed = parse_past_leads("Tags,Stage,Converted\nWill enrol,Closed,1\n", "Converted")
+    assert renamed.attributes == [{"tags_column": "Will enrol", "stage_column": "Closed"}]
 
 
 def test_a_tiny_backtest_has_the_auc_bands_and_deciles_worked_out_by_hand(tmp_path: Path) -> None:
