@@ -5,8 +5,8 @@ Column headers become attribute names in snake_case ("Lead Origin" → ``lead_or
 "Total Time Spent on Website" → ``total_time_spent_on_website``) so rules can read them as
 ``lead.<attribute>``; a name the ruleset computes (``tags``, ``score``, ``stage``...) gets
 ``_column`` appended ("Tags" → ``tags_column``). Cells that read back as the same number become
-numbers, as in ``nurture ingest``; empty cells are missing attributes. The outcome column is not an attribute:
-rules and models must not see the answer.
+numbers, as in ``nurture ingest``; empty cells are missing attributes. The outcome column is not
+an attribute: rules and models must not see the answer.
 """
 
 from __future__ import annotations
