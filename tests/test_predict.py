@@ -218,3 +218,44 @@ def test_a_backtest_compares_rules_model_and_mix(home: Path, tmp_path: Path) -> 
     assert parts["mix"] == report["auc"]
     assert parts["model"] > 0.7
     assert parts["rules"] < parts["model"]  # one coarse rule ranks worse than the model
+
+
+XEDU = Path(__file__).resolve().parents[2] / "shared" / "data" / "x-education-leads.csv"
+EXAMPLE = Path(__file__).resolve().parents[1] / "rulesets" / "examples" / "x-education.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not XEDU.is_file(), reason="the x-education CSV is not in ../shared/data")
+def test_the_case_study_model_and_the_mix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's figures: the model's cross-validated AUC, and the example rules plus the model."""
+    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    leaks = ["Prospect ID", "Lead Number", "Tags", "Lead Quality", "Last Notable Activity"]
+    exclude = [arg for column in leaks for arg in ("--exclude", column)]
+    code, output = run(
+        "model", "train", "--leads", str(XEDU), "--outcome", "Converted", "--name",
+        "x-education", *exclude, "--json",
+    )  # fmt: skip
+    assert code == 0, output
+    assert json.loads(output)["cv_auc"] >= 0.88
+    mixed = (
+        EXAMPLE.read_text()
+        .replace(
+            "  engagement: {min: -40, max: 60}\n",
+            "  engagement: {min: -40, max: 60}\n"
+            "  predicted:  {min: 0, max: 100, model: models/x-education-v1.joblib}\n",
+        )
+        .replace("{cold: -80, warm: 20, hot: 40}", "{cold: -80, warm: 70, hot: 100}")
+    )
+    ruleset = tmp_path / "mixed.yaml"
+    ruleset.write_text(mixed)
+    code, output = run(
+        "backtest", "--ruleset", str(ruleset), "--leads", str(XEDU), "--outcome", "Converted",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, output
+    report = json.loads(output)
+    assert report["auc_parts"]["rules"] >= 0.87
+    assert report["auc_parts"]["mix"] > report["auc_parts"]["rules"]
+    assert report["hot"]["precision"] >= 0.8
+    get_settings.cache_clear()
