@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -275,6 +276,9 @@ def worker_command() -> None:
     """The scheduler and dispatcher only (no HTTP), for scale-out: run as many as you like."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = get_settings()
     db = open_db(settings)
     in_force(db, settings)
@@ -328,8 +332,10 @@ def _check_folder(path: Path) -> tuple[list[str], list[Problem], list[Problem]]:
     home = (path if path.is_dir() else path.parent).parent
     renderer = Renderer(home / "templates")
     templates = renderer.names()
-    for error in renderer.check():
-        problems.append(Problem(error.file or str(home / "templates"), error.line or 1, str(error)))
+    problems += [
+        Problem(broken.file or str(home / "templates"), broken.line or 1, broken.message)
+        for broken in renderer.check()
+    ]
     if templates:
         ok.append(f"{home / 'templates'}: {len(templates)} templates render for a sample lead")
     if rulesets and (home / "campaigns").is_dir():
@@ -576,3 +582,7 @@ def model_train_command(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -25,14 +25,18 @@ from typing import Any
 
 import css_inline
 from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
-    TemplateError as JinjaError,
     TemplateSyntaxError,
     nodes,
 )
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2 import (
+    TemplateError as JinjaError,
+)
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 SUFFIX = ".j2"
 # Profile attributes every lead has in a template (None when unknown), so `lead.first_name or
@@ -97,7 +101,7 @@ def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
 class _Environment(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
         return super().call(__context, __obj, *args, **kwargs)
 
@@ -107,9 +111,13 @@ class _Environment(SandboxedEnvironment):
             raise SecurityError("exponent too large")
         if operator == "*" and isinstance(left, int) and isinstance(right, Sequence):
             left, right = right, left
-        if operator == "*" and isinstance(left, Sequence) and isinstance(right, int):
-            if len(left) * right > MAX_SEQUENCE:
-                raise SecurityError(f"a sequence longer than {MAX_SEQUENCE:,} items")
+        if (
+            operator == "*"
+            and isinstance(left, Sequence)
+            and isinstance(right, int)
+            and len(left) * right > MAX_SEQUENCE
+        ):
+            raise SecurityError(f"a sequence longer than {MAX_SEQUENCE:,} items")
         return super().call_binop(context, operator, left, right)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
@@ -174,43 +182,69 @@ class Renderer:
 
     def render(self, name: str, variables: Mapping[str, Any]) -> Rendered:
         """The email ``name`` for ``variables``; TemplateError (file, line, what) on any failure."""
+        [result] = self.render_many([(name, variables)])
+        if isinstance(result, TemplateError):
+            raise result
+        return result
+
+    def render_many(
+        self, jobs: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Rendered | TemplateError]:
+        """Each (template, variables) rendered, or the error that stops it. The CSS of the whole
+        batch is inlined in one call, which css-inline spreads over the cores."""
+        drafts = [self._draft(name, variables) for name, variables in jobs]
+        good = [i for i, draft in enumerate(drafts) if isinstance(draft, Rendered)]
+        pages = self.inliner.inline_many([drafts[i].html for i in good])  # type: ignore[union-attr]
+        results: list[Rendered | TemplateError] = list(drafts)
+        for i, html in zip(good, pages, strict=True):
+            draft = drafts[i]
+            assert isinstance(draft, Rendered)
+            text = draft.text or html_to_text(html)
+            if len(draft.subject) + len(html) + len(text) > MAX_OUTPUT:
+                file = str(self.folder / (jobs[i][0] + SUFFIX))
+                results[i] = TemplateError(
+                    f"the email is longer than {MAX_OUTPUT:,} characters", file
+                )
+            else:
+                results[i] = Rendered(draft.subject, html, text)
+        return results
+
+    def _draft(self, name: str, variables: Mapping[str, Any]) -> Rendered | TemplateError:
+        """Subject, page (CSS not yet inlined) and the text block if any, within the budget."""
+        file = str(self.folder / (name + SUFFIX))
         _budget.until = time.monotonic() + RENDER_SECONDS
         try:
             template = self.env.get_template(name + SUFFIX)
             if "subject" not in template.blocks or "html" not in template.blocks:
-                raise TemplateError(
-                    "an email template needs {% block subject %} and {% block html %}",
-                    str(self.folder / (name + SUFFIX)),
+                return TemplateError(
+                    "an email template needs {% block subject %} and {% block html %}", file
                 )
-            parts = {
-                block: "".join(template.blocks[block](template.new_context(dict(variables))))
-                for block in ("subject", "text")
-                if block in template.blocks
-            }
-            # The HTML is the whole page (a layout around the html block), without the
-            # subject and text blocks where a stand-alone template has them in its body.
-            page = template.new_context(dict(variables))
-            for block in parts:
-                page.blocks[block] = [_nothing]
-            html = self.inliner.inline("".join(template.root_render_func(page)).strip())
-            subject = " ".join(parts["subject"].split())  # one line, whatever the template did
-            text = parts.get("text", "").strip() or get_text(html).strip()
-        except TemplateError:
-            raise
+            try:
+                blocks = template.new_context(dict(variables))
+                parts = {
+                    block: "".join(template.blocks[block](blocks))
+                    for block in ("subject", "text")
+                    if block in template.blocks
+                }
+                # The HTML is the whole page (a layout around the html block), without the
+                # subject and text blocks where a stand-alone template has them in its body.
+                page = template.new_context(dict(variables))
+                for block in parts:
+                    page.blocks[block] = [_nothing]
+                html = "".join(template.root_render_func(page)).strip()
+            except Exception:
+                # Re-raised with the traceback pointing at template lines, as Template.render does.
+                self.env.handle_exception()
         except (JinjaError, SecurityError, ArithmeticError, TypeError, ValueError) as error:
-            file, line = _origin(error, self.folder)
+            where, line = _origin(error, self.folder)
             message = getattr(error, "message", None) or str(error) or type(error).__name__
-            raise TemplateError(message, file or str(self.folder / (name + SUFFIX)), line) from None
+            return TemplateError(message, where or file, line)
         finally:
             _budget.until = float("inf")
+        subject = " ".join(parts["subject"].split())  # one line, whatever the template did
         if not subject:
-            raise TemplateError("the subject is empty", str(self.folder / (name + SUFFIX)))
-        if len(subject) + len(html) + len(text) > MAX_OUTPUT:
-            raise TemplateError(
-                f"the email is longer than {MAX_OUTPUT:,} characters",
-                str(self.folder / (name + SUFFIX)),
-            )
-        return Rendered(subject, html, text)
+            return TemplateError("the subject is empty", file)
+        return Rendered(subject, html, parts.get("text", "").strip())
 
     def check(self) -> list[TemplateError]:
         """Every template compiles, and every email template (one with a subject block)
@@ -230,6 +264,20 @@ class Renderer:
             except TemplateError as error:
                 problems.append(error)
         return problems
+
+
+# Links keep their address in the text part: it is how a plain-text reader follows them (and
+# the unsubscribe link must be there).
+_TEXT = ParserConfig(display_links=True)
+
+
+def html_to_text(html: str) -> str:
+    """The text part of an email from its HTML: layout kept, links as ``[text](url)``."""
+    lines = (line.rstrip() for line in get_text(html, _TEXT).splitlines())
+    text = "\n".join(lines)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip()
 
 
 def _range(*args: int) -> range:
@@ -281,9 +329,17 @@ def sample_context() -> dict[str, Any]:
     """A plausible lead for ``nurture rules check`` and benchmarks."""
     lead = lead_context(
         "ana.silva@example.com",
-        {"first_name": "Ana", "last_name": "Silva", "company": "Acme Analytics",
-         "domain": "example.com", "job_title": "VP Marketing", "industry": "saas",
-         "company_size": 250, "country": "PT", "timezone": "Europe/Lisbon"},  # fmt: skip
+        {
+            "first_name": "Ana",
+            "last_name": "Silva",
+            "company": "Acme Analytics",
+            "domain": "example.com",
+            "job_title": "VP Marketing",
+            "industry": "saas",
+            "company_size": 250,
+            "country": "PT",
+            "timezone": "Europe/Lisbon",
+        },
         score=55,
         scores={"fit": 25, "engagement": 30},
         temperature="warm",

@@ -3,6 +3,8 @@ campaign as each event is scored, and the scheduling decisions (send window, fre
 
 from __future__ import annotations
 
+import itertools
+import json
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ steps:
 """
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # a Monday
+EVENT_IDS = itertools.count()
 
 
 def write_campaigns(folder: Path, *texts: str) -> Path:
@@ -133,11 +136,17 @@ def test_folder_checks_templates_names_and_rule_targets(tmp_path: Path) -> None:
 
 # -- who enters and leaves -------------------------------------------------------------------
 def events(*items: tuple[str, str, datetime]) -> list[Any]:
-    import json
-
+    """Each item a new event (ids never repeat across calls)."""
     lines = [
-        json.dumps({"id": f"e{i}", "email": email, "type": kind, "occurred_at": at.isoformat()})
-        for i, (email, kind, at) in enumerate(items)
+        json.dumps(
+            {
+                "id": f"e{next(EVENT_IDS)}",
+                "email": email,
+                "type": kind,
+                "occurred_at": at.isoformat(),
+            }
+        )
+        for email, kind, at in items
     ]
     return list(parse_jsonl(lines))
 
@@ -151,14 +160,22 @@ def enrollments(db: sa.Engine) -> dict[tuple[str, str], dict[str, Any]]:
         return {(r.email, r.campaign): r._asdict() for r in conn.execute(query)}
 
 
+def warm_up(db: sa.Engine, campaigns: CompiledCampaigns, email: str) -> None:
+    """Two page views: a score of 40, warm."""
+    ingest(
+        db,
+        compiled(RULESET),
+        events((email, "page_view", T0), (email, "page_view", T0)),
+        campaigns=campaigns,
+    )
+
+
 def test_warm_lead_enrolls_and_turning_hot_exits_at_once(
     db: sa.Engine, ruleset_campaigns: CompiledCampaigns
 ) -> None:
     rules = compiled(RULESET)
     a = "ada@example.com"
-    ingest(
-        db, rules, events((a, "page_view", T0), (a, "page_view", T0)), campaigns=ruleset_campaigns
-    )
+    warm_up(db, ruleset_campaigns, a)
     found = enrollments(db)
     assert found[(a, "warm-nurture")]["status"] == "active"
     assert found[(a, "warm-nurture")]["reason"] == "audience"
@@ -176,9 +193,7 @@ def test_a_lead_is_enrolled_once_even_if_it_cools_and_warms_again(
 ) -> None:
     rules = compiled(RULESET)
     a = "bo@example.com"
-    ingest(
-        db, rules, events((a, "page_view", T0), (a, "page_view", T0)), campaigns=ruleset_campaigns
-    )
+    warm_up(db, ruleset_campaigns, a)
     ingest(db, rules, events((a, "page_view", T0)), campaigns=ruleset_campaigns)
     with db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ENROLLMENTS)).scalar() == 1
@@ -189,9 +204,7 @@ def test_unsubscribe_exits_every_campaign_and_blocks_new_ones(
 ) -> None:
     rules = compiled(RULESET)
     a = "cy@example.com"
-    ingest(
-        db, rules, events((a, "page_view", T0), (a, "page_view", T0)), campaigns=ruleset_campaigns
-    )
+    warm_up(db, ruleset_campaigns, a)
     ingest(db, rules, events((a, "unsubscribe", T0)), campaigns=ruleset_campaigns)
     ingest(db, rules, events((a, "demo_request", T0)), campaigns=ruleset_campaigns)
     found = enrollments(db)
@@ -211,7 +224,8 @@ def test_rule_enroll_action_enrolls_outside_the_audience(
     )
     found = enrollments(db)[("di@example.com", "vip-track")]
     assert found["reason"] == "rule vip"
-    assert found["next_due_at"].replace(tzinfo=UTC) == T0 + timedelta(hours=1)
+    due = datetime.fromisoformat(str(found["next_due_at"]))
+    assert due.replace(tzinfo=UTC) == T0 + timedelta(hours=1)
 
 
 # -- scheduling decisions --------------------------------------------------------------------
