@@ -182,7 +182,7 @@ def parse_jsonl(lines: Iterable[str]) -> Iterator[Parsed]:
             yield Rejection(number, str(error))
 
 
-def _csv_value(text: str) -> Any:
+def csv_value(text: str) -> Any:
     """CSV cells are text; a cell that reads back as the same number becomes that number."""
     text = text.strip()
     if text == "":
@@ -209,7 +209,7 @@ def parse_csv(stream: Iterable[str]) -> Iterator[Parsed]:
         if None in row:
             yield Rejection(number, "more cells than the header has columns")
             continue
-        cells = {k.strip(): _csv_value(v or "") for k, v in row.items() if k}
+        cells = {k.strip(): csv_value(v or "") for k, v in row.items() if k}
         raw: dict[str, Any] = {}
         properties: dict[str, Any] = {}
         is_event = cells.get("type") not in (None, "")

@@ -30,7 +30,15 @@ from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
 from engine.rules.compile import CompiledRuleset, longest_window, window_start
-from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, evaluate, new_lead
+from engine.rules.evaluate import (
+    ChainError,
+    Event,
+    LeadState,
+    Outcome,
+    evaluate,
+    new_lead,
+    prime,
+)
 from engine.rules.history import MemoryHistory
 from engine.store import schema
 from engine.timeutil import epoch, utcnow
@@ -216,6 +224,7 @@ class _Batch:
         if fresh:
             self._load_scores(leads, first_seen)
             self._load_history(leads, fresh)
+            self._prime_models(leads, fresh)
             if self.campaigns is not None:
                 self._load_enrollments(leads)
             touched = set()
@@ -333,6 +342,18 @@ class _Batch:
             )
             for lead_id, rule, at in self.conn.execute(query):
                 by_id[lead_id].history.add_firing(rule, at)
+
+    def _prime_models(self, leads: dict[str, _Lead], records: list[Record]) -> None:
+        """Components fed by a model: predict the batch's leads in one call, each with the
+        attributes it will have when its record is evaluated."""
+        if all(c.model is None for c in self.ruleset.components.values()):
+            return
+        merged = {email: dict(lead.state.attributes) for email, lead in leads.items()}
+        rows = []
+        for record in records:
+            merged[record.email].update(record.attributes)
+            rows.append(dict(merged[record.email]))
+        prime(self.ruleset, rows)
 
     def _load_enrollments(self, leads: dict[str, _Lead]) -> None:
         by_id = {lead.id: lead for lead in leads.values()}
