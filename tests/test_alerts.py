@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 
 from engine.alerts.job import AlertRunner
 from engine.ingest.parse import parse_jsonl
@@ -142,6 +143,10 @@ def cli_alerts(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> list[dict
     return rows
 
 
+def sent_metric() -> float:
+    return REGISTRY.get_sample_value("nurture_alerts_sent_total", {"channel": "webhook"}) or 0.0
+
+
 def emails(home: Path) -> list[Any]:
     parse = BytesParser(policy=policy.default).parsebytes
     return [parse(path.read_bytes()) for path in sorted((home / "outbox").glob("*.eml"))]
@@ -151,9 +156,11 @@ def test_a_lead_turning_hot_pages_sales_once_with_the_reasons(
     db: sa.Engine, db_url: str, home: Path, receiver: Receiver
 ) -> None:
     jobs = Jobs(db, settings_for(home, db_url, receiver))
+    sent_before = sent_metric()
     hot(db, "ana@globex.io", first_name="Ana", company="Globex")
     report = jobs.alerts(T0 + timedelta(seconds=1))
     assert (report.created, report.suppressed) == (1, 0)
+    assert sent_metric() == sent_before + 1
     [post] = receiver.posts
     text = json.dumps(post)
     assert "ana@globex.io" in post["text"] and "Globex" in post["text"]

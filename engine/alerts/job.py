@@ -79,9 +79,7 @@ class AlertJob:
         for kind, received_at in rows:
             channel = "webhook" if kind == WEBHOOK else "email"
             metrics.ALERTS_SENT.labels(channel).inc()
-            metrics.ALERT_LATENCY.labels(channel).observe(
-                max(0.0, (delivered - received_at).total_seconds())
-            )
+            metrics.ALERT_LATENCY.observe(max(0.0, (delivered - received_at).total_seconds()))
 
 
 class AlertRunner:

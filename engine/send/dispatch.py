@@ -30,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, or_, select, update
 
+from engine import metrics
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.send.webhook import WebhookSender
 from engine.settings import Settings
@@ -177,6 +178,8 @@ class Dispatcher:
                 ),
                 [{"b_next": None, "b_sent": None, "b_provider": None, **s} for s in settled],
             )
+        if CAMPAIGN in self.kinds:  # alert deliveries have metrics of their own
+            metrics.emails_settled(s["b_status"] for s in settled)
 
     def _send_one(self, row: Any) -> str | Exception | None:
         try:
