@@ -27,7 +27,7 @@ def context(request: Request) -> Context:
 
 
 def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = False) -> FastAPI:
-    from engine.api import webhooks
+    from engine.api import dashboard, webhooks
 
     if db is None:
         database.upgrade(settings.database_url)
@@ -53,4 +53,5 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
     app = FastAPI(title="nurture", lifespan=lifespan)
     app.state.nurture = Context(settings, db)
     app.include_router(webhooks.router)
+    app.include_router(dashboard.router)
     return app
