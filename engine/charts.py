@@ -22,6 +22,7 @@ class BarChart:
     width: int
     height: int
     label_width: int  # room left of the bars for their labels
+    plot: int  # the longest bar's length
     row: int
     bars: tuple[Bar, ...]
 
@@ -41,7 +42,7 @@ def bar_chart(
         Bar(label, value, i * row, max(2.0, plot * value / top) if value and top else 0.0)
         for i, (label, value) in enumerate(rows)
     )
-    return BarChart(width, max(row, row * len(rows)), label_width, row, bars)
+    return BarChart(width, max(row, row * len(rows)), label_width, plot, row, bars)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import BigInteger, ColumnElement, Engine, String, Table, case, cast, func, select
 
 from engine import report
-from engine.ingest.parse import normalise_email
+from engine.ingest.parse import InvalidRecord, normalise_email
 from engine.rules.spec import Ruleset
 from engine.store import schema
 from engine.store.db import reading
@@ -38,7 +38,8 @@ def funnel(db: Engine, ruleset: Ruleset) -> dict[str, Any]:
         .subquery()
     )
     with reading(db) as conn:
-        at_most: dict[int, int] = {
+        # Leads per furthest stage (its index in the funnel).
+        ending_at: dict[int, int] = {
             int(i): int(n)
             for i, n in conn.execute(
                 select(furthest.c.furthest, func.count())
@@ -46,11 +47,12 @@ def funnel(db: Engine, ruleset: Ruleset) -> dict[str, Any]:
                 .group_by(furthest.c.furthest)
             )
         }
-    reached = [sum(at_most.get(j, 0) for j in range(i, len(order))) for i in range(len(order))]
+    reached = [sum(ending_at.get(j, 0) for j in range(i, len(order))) for i in range(len(order))]
     stages = []
     for row in now["stages"]:
         i = order.get(row["stage"])
-        entry: dict[str, Any] = {**row, "exit": i is None, "reached": None, "next": None}
+        entry: dict[str, Any] = {**row, "exit": i is None, "reached": None}
+        entry.update(next=None, conversion=None)
         if i is not None:
             entry["reached"] = reached[i]
             if i + 1 < len(reached):
@@ -175,10 +177,14 @@ def campaigns(db: Engine, limit: int = 50) -> list[dict[str, Any]]:
 def lead_page(db: Engine, email: str) -> dict[str, Any] | None:
     """One lead as ``nurture lead`` shows it, with its score over time, campaign enrollments and
     the emails it was sent (each marked opened / clicked from the feedback events)."""
-    detail = report.lead_detail(db, email)
+    try:
+        address = normalise_email(email)
+    except InvalidRecord:
+        return None  # not an address, so nobody's
+    detail = report.lead_detail(db, address)
     if detail is None:
         return None
-    lead_id = select(LEADS.c.id).where(LEADS.c.email == normalise_email(email)).scalar_subquery()
+    lead_id = select(LEADS.c.id).where(LEADS.c.email == address).scalar_subquery()
     with reading(db) as conn:
         enrollments = conn.execute(
             select(ENROLLMENTS)
