@@ -15,6 +15,7 @@ Figures:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.campaigns.compile import CompiledCampaigns  # noqa: E402
 from engine.campaigns.load import load_campaigns  # noqa: E402
-from engine.render import Renderer, context, lead_context, sample_context  # noqa: E402
+from engine.render import Renderer, sample_context  # noqa: E402
 from engine.rules.load import load_ruleset  # noqa: E402
 from engine.schedule.steps import StepRunner  # noqa: E402
 from engine.send.dispatch import Dispatcher  # noqa: E402
@@ -62,8 +63,12 @@ def seed(db: sa.Engine, count: int) -> None:
                 "VALUES (:email, :attrs, 45, 'warm', 'lead', :now, '[]', :yes, 0, :now, :now)"
             ),
             [
-                {"email": f"lead{i}@example.com", "now": NOW, "yes": True,
-                 "attrs": f'{{"first_name": "Lead {i}", "company": "Company {i % 997}"}}'}  # fmt: skip
+                {
+                    "email": f"lead{i}@example.com",
+                    "now": NOW,
+                    "yes": True,
+                    "attrs": json.dumps({"first_name": f"Lead {i}", "company": f"Co {i % 997}"}),
+                }
                 for i in range(count)
             ],
         )
@@ -137,9 +142,11 @@ def pg_url() -> str | None:
         engine.dispose()
     except Exception:
         return None
-    return sa.engine.make_url(base).update_query_dict(
-        {"options": f"-csearch_path={schema}"}
-    ).render_as_string(hide_password=False)
+    return (
+        sa.engine.make_url(base)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
 
 
 def main() -> None:

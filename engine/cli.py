@@ -325,8 +325,10 @@ def _check_folder(path: Path) -> tuple[list[str], list[Problem], list[Problem]]:
     home = (path if path.is_dir() else path.parent).parent
     renderer = Renderer(home / "templates")
     templates = renderer.names()
-    for error in renderer.check():
-        problems.append(Problem(error.file or str(home / "templates"), error.line or 1, str(error)))
+    problems += [
+        Problem(broken.file or str(home / "templates"), broken.line or 1, broken.message)
+        for broken in renderer.check()
+    ]
     if templates:
         ok.append(f"{home / 'templates'}: {len(templates)} templates render for a sample lead")
     if rulesets and (home / "campaigns").is_dir():

@@ -28,11 +28,14 @@ from inscriptis import get_text
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
-    TemplateError as JinjaError,
     TemplateSyntaxError,
     nodes,
 )
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2 import (
+    TemplateError as JinjaError,
+)
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import SandboxedEnvironment
 
 SUFFIX = ".j2"
 # Profile attributes every lead has in a template (None when unknown), so `lead.first_name or
@@ -97,7 +100,7 @@ def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
 class _Environment(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
         return super().call(__context, __obj, *args, **kwargs)
 
@@ -107,9 +110,13 @@ class _Environment(SandboxedEnvironment):
             raise SecurityError("exponent too large")
         if operator == "*" and isinstance(left, int) and isinstance(right, Sequence):
             left, right = right, left
-        if operator == "*" and isinstance(left, Sequence) and isinstance(right, int):
-            if len(left) * right > MAX_SEQUENCE:
-                raise SecurityError(f"a sequence longer than {MAX_SEQUENCE:,} items")
+        if (
+            operator == "*"
+            and isinstance(left, Sequence)
+            and isinstance(right, int)
+            and len(left) * right > MAX_SEQUENCE
+        ):
+            raise SecurityError(f"a sequence longer than {MAX_SEQUENCE:,} items")
         return super().call_binop(context, operator, left, right)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
@@ -182,17 +189,22 @@ class Renderer:
                     "an email template needs {% block subject %} and {% block html %}",
                     str(self.folder / (name + SUFFIX)),
                 )
-            parts = {
-                block: "".join(template.blocks[block](template.new_context(dict(variables))))
-                for block in ("subject", "text")
-                if block in template.blocks
-            }
-            # The HTML is the whole page (a layout around the html block), without the
-            # subject and text blocks where a stand-alone template has them in its body.
-            page = template.new_context(dict(variables))
-            for block in parts:
-                page.blocks[block] = [_nothing]
-            html = self.inliner.inline("".join(template.root_render_func(page)).strip())
+            try:
+                parts = {
+                    block: "".join(template.blocks[block](template.new_context(dict(variables))))
+                    for block in ("subject", "text")
+                    if block in template.blocks
+                }
+                # The HTML is the whole page (a layout around the html block), without the
+                # subject and text blocks where a stand-alone template has them in its body.
+                page = template.new_context(dict(variables))
+                for block in parts:
+                    page.blocks[block] = [_nothing]
+                html = "".join(template.root_render_func(page)).strip()
+            except Exception:
+                # Re-raised with the traceback pointing at template lines, as Template.render does.
+                self.env.handle_exception()
+            html = self.inliner.inline(html)
             subject = " ".join(parts["subject"].split())  # one line, whatever the template did
             text = parts.get("text", "").strip() or get_text(html).strip()
         except TemplateError:
@@ -281,9 +293,17 @@ def sample_context() -> dict[str, Any]:
     """A plausible lead for ``nurture rules check`` and benchmarks."""
     lead = lead_context(
         "ana.silva@example.com",
-        {"first_name": "Ana", "last_name": "Silva", "company": "Acme Analytics",
-         "domain": "example.com", "job_title": "VP Marketing", "industry": "saas",
-         "company_size": 250, "country": "PT", "timezone": "Europe/Lisbon"},  # fmt: skip
+        {
+            "first_name": "Ana",
+            "last_name": "Silva",
+            "company": "Acme Analytics",
+            "domain": "example.com",
+            "job_title": "VP Marketing",
+            "industry": "saas",
+            "company_size": 250,
+            "country": "PT",
+            "timezone": "Europe/Lisbon",
+        },
         score=55,
         scores={"fit": 25, "engagement": 30},
         temperature="warm",

@@ -45,6 +45,11 @@ def mail_send_validator() -> jsonschema.protocols.Validator | None:
     return None
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # dozens of concurrent clients must not see refused connections
+
+
 class FakeSendGrid:
     def __init__(self) -> None:
         self.calls = 0
@@ -54,8 +59,7 @@ class FakeSendGrid:
         self.validator = mail_send_validator()
         self._failures: deque[tuple[int, dict[str, str]]] = deque()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -3,6 +3,8 @@ campaign as each event is scored, and the scheduling decisions (send window, fre
 
 from __future__ import annotations
 
+import itertools
+import json
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ steps:
 """
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # a Monday
+EVENT_IDS = itertools.count()
 
 
 def write_campaigns(folder: Path, *texts: str) -> Path:
@@ -133,11 +136,17 @@ def test_folder_checks_templates_names_and_rule_targets(tmp_path: Path) -> None:
 
 # -- who enters and leaves -------------------------------------------------------------------
 def events(*items: tuple[str, str, datetime]) -> list[Any]:
-    import json
-
+    """Each item a new event (ids never repeat across calls)."""
     lines = [
-        json.dumps({"id": f"e{i}", "email": email, "type": kind, "occurred_at": at.isoformat()})
-        for i, (email, kind, at) in enumerate(items)
+        json.dumps(
+            {
+                "id": f"e{next(EVENT_IDS)}",
+                "email": email,
+                "type": kind,
+                "occurred_at": at.isoformat(),
+            }
+        )
+        for email, kind, at in items
     ]
     return list(parse_jsonl(lines))
 
@@ -211,7 +220,8 @@ def test_rule_enroll_action_enrolls_outside_the_audience(
     )
     found = enrollments(db)[("di@example.com", "vip-track")]
     assert found["reason"] == "rule vip"
-    assert found["next_due_at"].replace(tzinfo=UTC) == T0 + timedelta(hours=1)
+    due = datetime.fromisoformat(str(found["next_due_at"]))
+    assert due.replace(tzinfo=UTC) == T0 + timedelta(hours=1)
 
 
 # -- scheduling decisions --------------------------------------------------------------------

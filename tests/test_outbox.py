@@ -54,7 +54,9 @@ def home(tmp_path: Path) -> Path:
     for name in ("warm/a", "warm/b", "warm/c", "hot/a"):
         path = templates / f"{name}.j2"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(email_template(f"{name} for {{{{ lead.first_name or 'you' }}}}", "<p>Hi</p>"))
+        path.write_text(
+            email_template(f"{name} for {{{{ lead.first_name or 'you' }}}}", "<p>Hi</p>")
+        )
     (templates / "layout.j2").write_text(LAYOUT)
     write_campaigns(tmp_path / "campaigns", WARM, HOT, VIP)
     return tmp_path
@@ -98,7 +100,9 @@ def outbox(db: sa.Engine) -> list[dict[str, Any]]:
 
 
 def warm(db: sa.Engine, home: Path, email: str, at: datetime = T0, **lead: Any) -> None:
-    score(db, home, (email, "page_view", at - timedelta(minutes=1)), (email, "page_view", at), **lead)
+    score(
+        db, home, (email, "page_view", at - timedelta(minutes=1)), (email, "page_view", at), **lead
+    )
 
 
 def test_a_due_step_is_rendered_into_the_outbox_once(
@@ -235,7 +239,8 @@ def test_provider_errors_retry_with_backoff_then_fail_for_good(
         assert first.retried == 1
         [row] = outbox(db)
         assert row["status"] == "queued" and "429" in row["last_error"]
-        assert row["next_attempt_at"].replace(tzinfo=UTC) == T0 + timedelta(seconds=120)
+        due = datetime.fromisoformat(str(row["next_attempt_at"]))
+        assert due.replace(tzinfo=UTC) == T0 + timedelta(seconds=120)
         assert Dispatcher(db, settings, mailer).run(T0 + timedelta(seconds=119)).retried == 0
         assert Dispatcher(db, settings, mailer).run(T0 + timedelta(seconds=120)).retried == 1
         last = Dispatcher(db, settings, mailer).run(T0 + timedelta(hours=1))
@@ -267,8 +272,12 @@ def seed_outbox(db: sa.Engine, count: int, at: datetime = T0) -> None:
                 ":to, 'hello@acme.io', 'Hi', '<p>Hi</p>', 'Hi', '{}', 'queued', 0, :now, :now)"
             ),
             [
-                {"key": f"k{i}", "lead": ids[f"l{i}@example.com"], "to": f"l{i}@example.com",
-                 "now": at}  # fmt: skip
+                {
+                    "key": f"k{i}",
+                    "lead": ids[f"l{i}@example.com"],
+                    "to": f"l{i}@example.com",
+                    "now": at,
+                }
                 for i in range(count)
             ],
         )
@@ -280,9 +289,7 @@ def outbox_ids_sent(fake: FakeSendGrid) -> Counter[str]:
 
 
 @pytest.mark.postgres
-def test_two_dispatchers_on_one_postgresql_send_each_message_once(
-    pg_url: str, home: Path
-) -> None:
+def test_two_dispatchers_on_one_postgresql_send_each_message_once(pg_url: str, home: Path) -> None:
     database.upgrade(pg_url)
     seed_outbox(database.connect(pg_url), 2000)
     with FakeSendGrid() as fake:

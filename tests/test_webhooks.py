@@ -21,7 +21,7 @@ from engine.settings import Settings
 from engine.store import db as database
 from engine.unsubscribe import unsubscribe_url
 from tests.test_campaigns import RULESET, T0
-from tests.test_outbox import home as home  # noqa: F401  (the fixture)
+from tests.test_outbox import home as home
 from tests.test_outbox import seed_outbox, settings_for
 
 RULES_WITH_EMAIL = RULESET + (
@@ -37,7 +37,7 @@ PUBLIC = base64.b64encode(
 
 
 @pytest.fixture
-def service(home: Path, db_url: str) -> Iterator[tuple[TestClient, Settings, sa.Engine]]:  # noqa: F811
+def service(home: Path, db_url: str) -> Iterator[tuple[TestClient, Settings, sa.Engine]]:
     (home / "rulesets").mkdir()
     (home / "rulesets/test.yaml").write_text(RULES_WITH_EMAIL)
     settings = settings_for(home, db_url, sendgrid_webhook_public_key=PUBLIC)

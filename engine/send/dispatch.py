@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, or_, select, update
 
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.settings import Settings
@@ -145,7 +145,8 @@ class Dispatcher:
                     status=bindparam("b_status"),
                     provider_id=bindparam("b_provider"),
                     sent_at=bindparam("b_sent"),
-                    next_attempt_at=bindparam("b_next"),
+                    # Only a retry moves the due time; a settled row keeps its last one.
+                    next_attempt_at=func.coalesce(bindparam("b_next"), OUTBOX.c.next_attempt_at),
                     last_error=bindparam("b_error"),
                     lease_until=None,
                 ),

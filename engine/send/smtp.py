@@ -7,6 +7,7 @@ One connection per dispatcher thread, opened on first use and reopened after an 
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 import threading
@@ -19,7 +20,9 @@ class SmtpMailer:
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise ValueError(f"NURTURE_SMTP_URL: expected smtp://host:port or smtps://…, got {url!r}")
+            raise ValueError(
+                f"NURTURE_SMTP_URL: expected smtp://host:port or smtps://…, got {url!r}"
+            )
         self.tls = parts.scheme == "smtps"
         self.host = parts.hostname
         self.port = parts.port or (465 if self.tls else 25)
@@ -50,10 +53,8 @@ class SmtpMailer:
         connection = getattr(self._local, "connection", None)
         self._local.connection = None
         if connection is not None:
-            try:
+            with contextlib.suppress(OSError):
                 connection.close()
-            except OSError:
-                pass
 
     def send(self, email: Email) -> str | None:
         message = mime_message(email)
