@@ -5,13 +5,14 @@ PostgreSQL, against counts taken straight from the tables."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from engine import dashboard
+from engine import charts, dashboard
 from engine.api.app import create_app
 from engine.api.auth import COOKIE
 from engine.store import db as database
@@ -144,3 +145,30 @@ def test_figures_on_both_databases(tmp_path: Path, db_url: str) -> None:
     assert [(e["campaign"], e["reactions"]) for e in page["emails"]] == [
         (CAMPAIGN, ["unsubscribed"])
     ]
+
+
+def test_the_score_chart_steps_through_each_change_and_marks_the_bands() -> None:
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    series = [(t0, 20), (t0 + timedelta(days=5), 50), (t0 + timedelta(days=10), 45)]
+    chart = charts.score_chart(
+        series, t0 + timedelta(days=20), [("cold", 0), ("warm", 40), ("hot", 70)]
+    )
+    assert [p.value for p in chart.points] == [20, 50, 45]
+    xs = [p.x for p in chart.points]
+    assert xs[0] == chart.left and xs == sorted(xs)
+    assert xs[1] - xs[0] == pytest.approx(xs[2] - xs[1], abs=0.2)  # time is to scale
+    ys = [p.y for p in chart.points]
+    assert ys[1] < ys[2] < ys[0]  # higher score, higher on the page
+    assert chart.path.startswith(f"M{chart.left},{chart.bottom}")  # from 0 before any change
+    assert chart.path.endswith(f"H{chart.right}")  # level until the end
+    assert [b.label for b in chart.bands] == ["warm ≥ 40", "hot ≥ 70"]
+    assert chart.top <= min(b.at for b in chart.bands)  # the hot line is inside the plot
+    assert [t.label for t in chart.x_ticks] == ["2026-10-01", "2026-10-21"]
+
+
+def test_funnel_bars_are_to_scale_and_an_empty_stage_has_none() -> None:
+    chart = charts.bar_chart([("subscriber", 200), ("lead", 50), ("mql", 1), ("sql", 0)])
+    widths = [bar.width for bar in chart.bars]
+    assert widths[0] == chart.plot and widths[1] == chart.plot / 4
+    assert widths[2] >= 2 and widths[3] == 0  # one lead is still visible; none is nothing
+    assert [bar.y for bar in chart.bars] == [0, chart.row, 2 * chart.row, 3 * chart.row]
