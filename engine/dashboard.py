@@ -169,7 +169,7 @@ def campaigns(db: Engine, limit: int = 50) -> list[dict[str, Any]]:
             entry(str(name)).update(zip(FEEDBACK.values(), map(int, counts), strict=True))
     rows = sorted(figures.values(), key=lambda r: (-r["sent"], -r["opened"], r["campaign"]))
     for row in rows:
-        for figure in ("opened", "clicked", "unsubscribed"):
+        for figure in FEEDBACK.values():
             row[f"{figure}_rate"] = row[figure] / row["recipients"] if row["recipients"] else None
     return rows[:limit]
 
