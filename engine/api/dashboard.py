@@ -8,6 +8,7 @@ inline SVG drawn from ``engine.charts``; no script runs in the page."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -36,6 +37,10 @@ pages.filters["when"] = lambda iso: iso and parse_instant(iso).strftime("%Y-%m-%
 pages.filters["day"] = lambda iso: iso and parse_instant(iso).strftime("%Y-%m-%d")
 pages.filters["percent"] = lambda share: "–" if share is None else f"{share:.0%}"
 pages.filters["count"] = lambda n: f"{n:,}"
+# Attribute and property values as JSON unless plain text (a list reads ["a", "b"], not Python's).
+pages.filters["shown"] = lambda value: (
+    value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+)
 pages.filters["path"] = lambda text: quote(str(text), safe="@")
 
 
