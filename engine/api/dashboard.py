@@ -41,7 +41,13 @@ pages.filters["count"] = lambda n: f"{n:,}"
 pages.filters["shown"] = lambda value: (
     value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 )
-pages.filters["path"] = lambda text: quote(str(text), safe="@")
+
+
+def lead_url(email: str) -> str:
+    return "/leads/" + quote(email, safe="@")
+
+
+pages.filters["lead_url"] = lead_url
 
 
 def render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
@@ -128,9 +134,8 @@ def overview(ctx: Ctx) -> HTMLResponse:
 @router.get("/leads", dependencies=[SignedIn])
 def look_up(email: str = "") -> RedirectResponse:
     """The header's look-up form: an address → that lead's page."""
-    return RedirectResponse(
-        f"/leads/{quote(email.strip(), safe='@')}" if email.strip() else "/", 303
-    )
+    address = email.strip()
+    return RedirectResponse(lead_url(address) if address else "/", 303)
 
 
 @router.get("/leads/{email}", response_class=HTMLResponse, dependencies=[SignedIn])
