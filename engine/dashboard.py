@@ -140,17 +140,15 @@ def campaigns(db: Engine, limit: int = 50) -> list[dict[str, Any]]:
         .where(EVENTS.c.type.in_(list(FEEDBACK)))
         .subquery()
     )
-    feedback = (
-        select(
-            attributed.c.campaign,
-            *(
-                func.count(func.distinct(case((attributed.c.type == kind, attributed.c.lead_id))))
-                for kind in FEEDBACK
-            ),
-        )
-        .where(attributed.c.campaign.is_not(None))
-        .group_by(attributed.c.campaign)
-    )
+    # Grouped unfiltered: the unattributed group is dropped below, because a filter on the
+    # campaign here would extract it from the JSON twice (PostgreSQL computes it again).
+    feedback = select(
+        attributed.c.campaign,
+        *(
+            func.count(func.distinct(case((attributed.c.type == kind, attributed.c.lead_id))))
+            for kind in FEEDBACK
+        ),
+    ).group_by(attributed.c.campaign)
     sent = (
         select(OUTBOX.c.campaign, func.count(), func.count(func.distinct(OUTBOX.c.lead_id)))
         .where(OUTBOX.c.status == "sent", OUTBOX.c.campaign.is_not(None))
@@ -166,7 +164,8 @@ def campaigns(db: Engine, limit: int = 50) -> list[dict[str, Any]]:
         for name, count, recipients in conn.execute(sent):
             entry(name).update(sent=int(count), recipients=int(recipients))
         for name, *counts in conn.execute(feedback):
-            entry(str(name)).update(zip(FEEDBACK.values(), map(int, counts), strict=True))
+            if name is not None:
+                entry(str(name)).update(zip(FEEDBACK.values(), map(int, counts), strict=True))
     rows = sorted(figures.values(), key=lambda r: (-r["sent"], -r["opened"], r["campaign"]))
     for row in rows:
         for figure in FEEDBACK.values():
