@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -272,6 +273,9 @@ def worker_command() -> None:
     """The scheduler and dispatcher only (no HTTP), for scale-out: run as many as you like."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = get_settings()
     db = open_db(settings)
     in_force(db, settings)
@@ -449,3 +453,7 @@ def demo_command(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

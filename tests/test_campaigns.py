@@ -160,14 +160,22 @@ def enrollments(db: sa.Engine) -> dict[tuple[str, str], dict[str, Any]]:
         return {(r.email, r.campaign): r._asdict() for r in conn.execute(query)}
 
 
+def warm_up(db: sa.Engine, campaigns: CompiledCampaigns, email: str) -> None:
+    """Two page views: a score of 40, warm."""
+    ingest(
+        db,
+        compiled(RULESET),
+        events((email, "page_view", T0), (email, "page_view", T0)),
+        campaigns=campaigns,
+    )
+
+
 def test_warm_lead_enrolls_and_turning_hot_exits_at_once(
     db: sa.Engine, ruleset_campaigns: CompiledCampaigns
 ) -> None:
     rules = compiled(RULESET)
     a = "ada@example.com"
-    ingest(
-        db, rules, events((a, "page_view", T0), (a, "page_view", T0)), campaigns=ruleset_campaigns
-    )
+    warm_up(db, ruleset_campaigns, a)
     found = enrollments(db)
     assert found[(a, "warm-nurture")]["status"] == "active"
     assert found[(a, "warm-nurture")]["reason"] == "audience"
@@ -185,9 +193,7 @@ def test_a_lead_is_enrolled_once_even_if_it_cools_and_warms_again(
 ) -> None:
     rules = compiled(RULESET)
     a = "bo@example.com"
-    ingest(
-        db, rules, events((a, "page_view", T0), (a, "page_view", T0)), campaigns=ruleset_campaigns
-    )
+    warm_up(db, ruleset_campaigns, a)
     ingest(db, rules, events((a, "page_view", T0)), campaigns=ruleset_campaigns)
     with db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ENROLLMENTS)).scalar() == 1
@@ -198,9 +204,7 @@ def test_unsubscribe_exits_every_campaign_and_blocks_new_ones(
 ) -> None:
     rules = compiled(RULESET)
     a = "cy@example.com"
-    ingest(
-        db, rules, events((a, "page_view", T0), (a, "page_view", T0)), campaigns=ruleset_campaigns
-    )
+    warm_up(db, ruleset_campaigns, a)
     ingest(db, rules, events((a, "unsubscribe", T0)), campaigns=ruleset_campaigns)
     ingest(db, rules, events((a, "demo_request", T0)), campaigns=ruleset_campaigns)
     found = enrollments(db)

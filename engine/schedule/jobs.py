@@ -104,6 +104,7 @@ class Jobs:
                 "interval",
                 seconds=INTERVALS[name],
                 id=name,
+                name=name,
                 max_instances=1,
                 coalesce=True,
                 next_run_time=utcnow(),
