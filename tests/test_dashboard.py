@@ -1,0 +1,174 @@
+"""The dashboard without a browser: sign-in and its redirects, escaping, and the figures the pages
+show (funnel, conversion, campaign opens/clicks/unsubscribes, a lead's emails) on SQLite and
+PostgreSQL, against counts taken straight from the tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from engine import charts, dashboard
+from engine.api.app import create_app
+from engine.api.auth import COOKIE
+from engine.store import db as database
+from engine.store.rulesets import ruleset_in_force
+from tests.dashboard_support import (
+    CAMPAIGN,
+    MAILED,
+    MARKUP_EMAIL,
+    MARKUP_NAME,
+    TOKEN,
+    seed,
+    stage_counts,
+)
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    settings = seed(tmp_path / "home", f"sqlite:///{tmp_path / 'n.db'}", leads=60)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_pages_send_a_visitor_without_the_token_to_sign_in_and_back(client: TestClient) -> None:
+    for cookies in ({}, {COOKIE: "wrong"}):
+        client.cookies.clear()
+        client.cookies.update(cookies)
+        response = client.get("/leads/m1@camp.example?x=1", follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/login?next=%2Fleads%2Fm1%40camp.example%3Fx%3D1"
+    client.cookies.clear()
+
+    page = client.get("/login?next=/leads/m1@camp.example")
+    assert 'name="token"' in page.text and 'value="/leads/m1@camp.example"' in page.text
+    refused = client.post("/login", data={"token": "nope", "next": "/"}, follow_redirects=False)
+    assert refused.status_code == 401 and "That token is not valid." in refused.text
+    assert COOKIE not in refused.cookies
+
+    signed = client.post(
+        "/login", data={"token": TOKEN, "next": "/leads/m1@camp.example"}, follow_redirects=False
+    )
+    assert signed.status_code == 303 and signed.headers["location"] == "/leads/m1@camp.example"
+    cookie = signed.headers["set-cookie"].lower()
+    assert f"{COOKIE}={TOKEN}".lower() in cookie
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert "m1@camp.example" in client.get("/leads/m1@camp.example").text
+
+    out = client.post("/logout", follow_redirects=False)
+    assert out.headers["location"] == "/login" and f'{COOKIE}=""' in out.headers["set-cookie"]
+    client.cookies.clear()
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_sign_in_only_returns_to_a_page_of_this_site(client: TestClient) -> None:
+    for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example"):
+        response = client.post(
+            "/login", data={"token": TOKEN, "next": target}, follow_redirects=False
+        )
+        assert response.headers["location"] == "/"
+
+
+def test_the_bearer_token_opens_the_pages_too(client: TestClient) -> None:
+    response = client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200 and "Funnel" in response.text
+
+
+def test_markup_in_lead_data_and_addresses_is_shown_as_text(client: TestClient) -> None:
+    client.cookies.set(COOKIE, TOKEN)
+    page = client.get(f"/leads/{MARKUP_EMAIL}")
+    assert page.status_code == 200
+    assert MARKUP_NAME not in page.text and "<b>Evil</b>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    assert "&lt;b&gt;Evil&lt;/b&gt;" in page.text
+
+    missing = client.get("/leads/%3Cimg%20src%3Dx%3E@example.com")
+    assert missing.status_code == 404
+    assert "<img" not in missing.text and "&lt;img src=x&gt;@example.com" in missing.text
+
+
+def test_a_lead_page_shows_its_emails_and_what_the_lead_did_with_them(client: TestClient) -> None:
+    client.cookies.set(COOKIE, TOKEN)
+    page = client.get("/leads/m1@camp.example").text
+    assert "Spring is here" in page and CAMPAIGN in page
+    assert '<span class="chip">opened</span>' in page
+    assert client.get("/leads", params={"email": " M1@camp.example "}).url.path == (
+        "/leads/M1@camp.example"
+    )
+    assert client.get("/leads/nobody@example.com").status_code == 404
+
+
+def test_figures_on_both_databases(tmp_path: Path, db_url: str) -> None:
+    settings = seed(tmp_path / "home", db_url, leads=80)
+    db = database.connect(db_url)
+    ruleset = ruleset_in_force(db, settings).compiled.ruleset
+
+    funnel = dashboard.funnel(db, ruleset)
+    counts = stage_counts(db)
+    assert {row["stage"]: row["leads"] for row in funnel["stages"] if row["leads"]} == counts
+    assert funnel["total"] == sum(counts.values())
+    reached = sa.text(
+        "SELECT COUNT(DISTINCT lead_id) FROM stage_history WHERE to_stage IN :stages"
+    ).bindparams(sa.bindparam("stages", expanding=True))
+    with db.connect() as conn:
+
+        def ever_reached(stages: tuple[str, ...]) -> int:
+            return int(conn.execute(reached, {"stages": list(stages)}).scalar_one())
+
+        for i, row in enumerate(funnel["stages"][: len(ruleset.stages) - 1]):
+            later = ruleset.stages[i:]
+            assert row["reached"] == ever_reached(later)
+            expected = ever_reached(later[1:]) / ever_reached(later) if row["reached"] else None
+            assert row["conversion"] == expected
+    assert funnel["stages"][0]["reached"] == funnel["total"]  # every lead starts in the funnel
+
+    figures = {row["campaign"]: row for row in dashboard.campaigns(db)}
+    spring = figures[CAMPAIGN]
+    assert (spring["sent"], spring["recipients"]) == (len(MAILED), len(MAILED))
+    assert (spring["opened"], spring["clicked"], spring["unsubscribed"]) == (2, 1, 1)
+    assert spring["opened_rate"] == 0.5
+
+    hot = dashboard.hot_leads(db, ruleset, limit=5)
+    assert hot and all(lead["temperature"] == "hot" for lead in hot)
+    assert [lead["score"] for lead in hot] == sorted((lead["score"] for lead in hot), reverse=True)
+    for lead in hot:
+        assert lead["reasons"] and 1 <= len(lead["events"]) <= 3
+        times = [event["occurred_at"] for event in lead["events"]]
+        assert times == sorted(times, reverse=True)
+
+    page = dashboard.lead_page(db, "m3@camp.example")
+    assert page is not None
+    assert [(e["campaign"], e["reactions"]) for e in page["emails"]] == [
+        (CAMPAIGN, ["unsubscribed"])
+    ]
+
+
+def test_the_score_chart_steps_through_each_change_and_marks_the_bands() -> None:
+    t0 = datetime(2026, 10, 1, tzinfo=UTC)
+    series = [(t0, 20), (t0 + timedelta(days=5), 50), (t0 + timedelta(days=10), 45)]
+    chart = charts.score_chart(
+        series, t0 + timedelta(days=20), [("cold", 0), ("warm", 40), ("hot", 70)]
+    )
+    assert [p.value for p in chart.points] == [20, 50, 45]
+    xs = [p.x for p in chart.points]
+    assert xs[0] == chart.left and xs == sorted(xs)
+    assert xs[1] - xs[0] == pytest.approx(xs[2] - xs[1], abs=0.2)  # time is to scale
+    ys = [p.y for p in chart.points]
+    assert ys[1] < ys[2] < ys[0]  # higher score, higher on the page
+    assert chart.path.startswith(f"M{chart.left},{chart.bottom}")  # from 0 before any change
+    assert chart.path.endswith(f"H{chart.right}")  # level until the end
+    assert [b.label for b in chart.bands] == ["warm ≥ 40", "hot ≥ 70"]
+    assert chart.top <= min(b.at for b in chart.bands)  # the hot line is inside the plot
+    assert [t.label for t in chart.x_ticks] == ["2026-10-01", "2026-10-21"]
+
+
+def test_funnel_bars_are_to_scale_and_an_empty_stage_has_none() -> None:
+    chart = charts.bar_chart([("subscriber", 200), ("lead", 50), ("mql", 1), ("sql", 0)])
+    widths = [bar.width for bar in chart.bars]
+    assert widths[0] == chart.plot and widths[1] == chart.plot / 4
+    assert widths[2] >= 2 and widths[3] == 0  # one lead is still visible; none is nothing
+    assert [bar.y for bar in chart.bars] == [0, chart.row, 2 * chart.row, 3 * chart.row]
