@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
+from engine.rules.account import Aggregate
+
 # Operators a `when` leaf may use, as DESIGN.md lists them.
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "matches", "exists")
 NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
@@ -112,6 +114,7 @@ class Ruleset:
     rules: tuple[Rule, ...]
     max_chain: int = 20
     source: str = field(default="", repr=False)
+    account_aggregate: Aggregate = "sum"  # `account: {aggregate: ...}`: leads' scores → account
 
     @property
     def all_stages(self) -> tuple[str, ...]:

@@ -23,8 +23,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from engine.accounts import AccountBook, account_domain, stored_peers
 from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
+from engine.rules.account import ACCOUNT_FIELDS
 from engine.rules.compile import CompiledRuleset, longest_window, window_start
 from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, evaluate, new_lead
 from engine.rules.history import MemoryHistory
@@ -158,6 +160,7 @@ class _Batch:
         self.ruleset = compiled.ruleset
         self.now = utcnow()
         self.result = IngestResult()
+        self.accounts: AccountBook | None = None  # when rules read lead.account.*
         self.rows: dict[str, list[dict[str, Any]]] = {
             "events": [],
             "ledger": [],
@@ -189,6 +192,8 @@ class _Batch:
             self._load_history(leads, fresh)
             if self.campaigns is not None:
                 self._load_enrollments(leads)
+            if self.compiled.all_reads & ACCOUNT_FIELDS:
+                self._load_accounts(leads, fresh)
             touched = set()
             for record in fresh:
                 if self._score(leads[record.email], record):
@@ -305,6 +310,19 @@ class _Batch:
             for lead_id, rule, at in self.conn.execute(query):
                 by_id[lead_id].history.add_firing(rule, at)
 
+    def _load_accounts(self, leads: dict[str, _Lead], records: list[Record]) -> None:
+        """The batch's accounts in one query: each lead's, and any a record's `domain` names."""
+        ids = [lead.id for lead in leads.values()]
+        self.accounts = AccountBook(lambda domains: stored_peers(self.conn, domains, ids))
+        for lead in leads.values():
+            self.accounts.place(
+                lead.id, account_domain(lead.state.attributes, lead.email), lead.state.score
+            )
+        self.accounts.prefetch(
+            [account_domain(lead.state.attributes, lead.email) for lead in leads.values()]
+            + [account_domain(r.attributes, r.email) for r in records if "domain" in r.attributes]
+        )
+
     def _load_enrollments(self, leads: dict[str, _Lead]) -> None:
         by_id = {lead.id: lead for lead in leads.values()}
         query = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
@@ -326,6 +344,9 @@ class _Batch:
         attributes = dict(attributes)
         subscribed = attributes.pop("subscribed", None)
         lead.state.attributes.update(attributes)
+        if self.accounts is not None:
+            domain = account_domain(lead.state.attributes, lead.email)
+            lead.state.account = self.accounts.peers(lead.id, domain)
         tracked = event.type in {c.type for c in self.compiled.count_windows}
         if tracked:
             lead.history.add_event(event.type, at)
@@ -343,6 +364,9 @@ class _Batch:
         if event.type in OPT_OUTS:
             lead.subscribed = False
         self._record(lead, event, outcome)
+        if self.accounts is not None:
+            domain = account_domain(lead.state.attributes, lead.email)
+            self.accounts.place(lead.id, domain, lead.state.score)
         if self.campaigns is not None:
             self._enrollments(lead, event, outcome, self.campaigns)
         return True
@@ -508,6 +532,7 @@ class _Batch:
                 stage_entered_at=bindparam("b_entered"),
                 tags=bindparam("b_tags"),
                 subscribed=bindparam("b_subscribed"),
+                account_domain=bindparam("b_account"),
                 version=LEADS.c.version + 1,
                 updated_at=self.now,
             ),
@@ -524,6 +549,7 @@ class _Batch:
                     "b_entered": lead.stage_entered_at,
                     "b_tags": lead.state.tags,
                     "b_subscribed": lead.subscribed,
+                    "b_account": account_domain(lead.state.attributes, lead.email),
                 }
                 for lead in leads
             ],
