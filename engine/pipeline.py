@@ -84,6 +84,9 @@ def pipeline(
     ranks = {stage: index for index, stage in enumerate(funnel)}
     with reading(db) as conn:
         dialect = conn.dialect.name
+        if dialect == "postgresql":
+            # The window functions sort every stage change of the period; in memory, not on disk.
+            conn.exec_driver_sql("SET LOCAL work_mem = '128MB'")
         now_rows = conn.execute(_now_query(thresholds, now)).all()
         flow_rows = conn.execute(_flow_query(ranks, since, until, dialect)).all()
         move_rows = conn.execute(_moves_query(ranks, ruleset.exits, since, until)).all()
