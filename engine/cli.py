@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,15 +22,24 @@ from sqlalchemy import Engine
 
 from engine import report
 from engine.accounts import hottest_accounts
-from engine.decay import decay
+from engine.campaigns.compile import CompiledCampaigns
+from engine.campaigns.load import load_campaigns
 from engine.ingest.parse import parse_stream
 from engine.pipeline import pipeline, stuck_thresholds
+from engine.render import Renderer
 from engine.rules.lint import warnings
 from engine.rules.load import Problem, RulesetError, ruleset_files
 from engine.rules.testing import CaseResult, load_cases, run_case
+from engine.schedule.jobs import Jobs
 from engine.settings import Settings, get_settings
 from engine.store import db as database
-from engine.store.rulesets import InForce, NoRuleset, compile_checked, ruleset_in_force
+from engine.store.rulesets import (
+    InForce,
+    NoRuleset,
+    campaigns_in_force,
+    compile_checked,
+    ruleset_in_force,
+)
 from engine.store.scoring import IngestResult, ingest
 from engine.timeutil import isoformat, parse_instant, utcnow
 
@@ -69,6 +79,28 @@ def in_force(db: Engine, settings: Settings) -> InForce:
             highlight=False,
         )
     return active
+
+
+def campaigns_for(db: Engine, settings: Settings, active: InForce) -> CompiledCampaigns | None:
+    """The campaigns in force for scoring, or None (with the reason printed) when the campaigns
+    folder has errors and no earlier good version: scoring goes on without enrolling anyone."""
+    templates = Renderer(settings.templates_dir).names()
+    try:
+        campaigns = campaigns_in_force(db, settings, active.compiled.ruleset, templates)
+    except RulesetError as error:
+        err.print(
+            "[yellow]warning:[/yellow] campaigns not applied (no good version yet):\n"
+            + escape(str(error)),
+            highlight=False,
+        )
+        return None
+    if campaigns.problems:
+        err.print(
+            "[yellow]warning:[/yellow] the campaigns have errors; the last good version stays "
+            "in force:\n" + escape("\n".join(str(p) for p in campaigns.problems)),
+            highlight=False,
+        )
+    return campaigns.compiled
 
 
 def emit_json(data: Any) -> None:
@@ -131,6 +163,7 @@ def ingest_command(
             parse_stream(stream, file),
             batch_size=settings.batch_size,
             on_progress=advance,
+            campaigns=campaigns_for(db, settings, active),
         )
     print_ingest(result, as_json)
     if result.rejected:
@@ -209,22 +242,74 @@ def tick_command(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run all due scheduled work once: score decay."""
+    """Run all due scheduled work once: decay, due campaign steps, dispatch."""
     settings = get_settings()
     try:
         moment = parse_instant(now) if now else utcnow()
     except ValueError as error:
         raise fail(f"--now: {error}") from None
     db = open_db(settings)
-    rows = decay(db, in_force(db, settings).compiled.ruleset, moment)
+    in_force(db, settings)
+    try:
+        result = Jobs(db, settings).tick(moment)
+    except (RulesetError, ValueError) as error:
+        raise fail(str(error)) from None
     if as_json:
-        emit_json({"now": isoformat(moment), "decayed": rows})
-    else:
-        out.print(f"{isoformat(moment)}: decay wrote {rows} ledger rows")
+        emit_json(result.as_json())
+        return
+    steps, sent = result.steps, result.dispatch
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    for held in steps.errors:
+        err.print(f"[red]held[/red] {escape(held)}", highlight=False)
+    out.print(
+        f"{isoformat(moment)}: decay {result.decayed} ledger rows; steps: queued {steps.queued}, "
+        f"held {steps.held}, deferred {steps.deferred}, skipped {steps.skipped}, exited "
+        f"{steps.exited}, completed {steps.completed}; dispatch: sent {sent.sent}, retried "
+        f"{sent.retried}, failed {sent.failed}, suppressed {sent.suppressed}",
+        highlight=False,
+    )
+
+
+@app.command("worker")
+def worker_command() -> None:
+    """The scheduler and dispatcher only (no HTTP), for scale-out: run as many as you like."""
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = get_settings()
+    db = open_db(settings)
+    in_force(db, settings)
+    scheduler = BlockingScheduler(timezone="UTC")
+    Jobs(db, settings).schedule(scheduler)
+    err.print(f"worker: decay, campaign steps and dispatch via the {settings.mail_backend} backend")
+    with suppress(KeyboardInterrupt, SystemExit):
+        scheduler.start()
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """The HTTP app and the scheduler in one process."""
+    import uvicorn
+
+    from engine.api.app import create_app
+
+    settings = get_settings()
+    db = open_db(settings)
+    in_force(db, settings)
+    uvicorn.run(create_app(settings, db, scheduler=True), host=host, port=port)
 
 
 def _check_folder(path: Path) -> tuple[list[str], list[Problem], list[Problem]]:
+    """Rulesets (and their tests) under ``path``; then the campaigns and templates beside it,
+    campaigns checked against the first good ruleset, templates rendered for a sample lead."""
     ok, problems, cautions = [], [], []
+    rulesets = []
     files = list(ruleset_files(path)) if path.exists() else []
     if not files:
         problems.append(Problem(str(path), 1, "no ruleset files (*.yaml) here"))
@@ -235,12 +320,28 @@ def _check_folder(path: Path) -> tuple[list[str], list[Problem], list[Problem]]:
             problems.extend(error.problems)
             continue
         ruleset = compiled.ruleset
+        rulesets.append(ruleset)
         cautions += warnings(ruleset)
         ok.append(f"{file}: ruleset {ruleset.name}, {len(ruleset.rules)} rules, v{ruleset.version}")
     tests = path / "tests" if path.is_dir() else path.parent / "tests"
     for file in sorted(tests.glob("*.yaml")) if tests.is_dir() else []:
         try:
             ok.append(f"{file}: {len(load_cases(file))} test cases")
+        except RulesetError as error:
+            problems.extend(error.problems)
+    home = (path if path.is_dir() else path.parent).parent
+    renderer = Renderer(home / "templates")
+    templates = renderer.names()
+    problems += [
+        Problem(broken.file or str(home / "templates"), broken.line or 1, broken.message)
+        for broken in renderer.check()
+    ]
+    if templates:
+        ok.append(f"{home / 'templates'}: {len(templates)} templates render for a sample lead")
+    if rulesets and (home / "campaigns").is_dir():
+        try:
+            found = load_campaigns(home / "campaigns", rulesets[0], templates)
+            ok += [f"{c.path}: campaign {c.name}, {len(c.steps)} steps" for c in found]
         except RulesetError as error:
             problems.extend(error.problems)
     return ok, problems, cautions
@@ -251,7 +352,8 @@ def check_command(
     path: Annotated[Path | None, typer.Argument(help="A ruleset file or folder.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Validate rulesets: every problem with file, line and a plain sentence."""
+    """Validate rulesets, campaigns and templates: every problem with file, line and a plain
+    sentence."""
     ok, problems, cautions = _check_folder(path or get_settings().rulesets_dir)
     if as_json:
         emit_json(
@@ -449,13 +551,20 @@ def demo_command(
     leads: Annotated[int, typer.Option(help="How many sample leads.")] = 400,
     seed: Annotated[int, typer.Option(help="Seed of the sample data.")] = 7,
 ) -> None:
-    """The main job on embedded defaults: score sample leads, decay, show the funnel."""
+    """The main job on embedded defaults: score sample leads, run the scheduler for two
+    simulated weeks (decay, campaign emails to the outbox), show the funnel and the emails."""
     from engine.demo import run_demo
 
     settings = get_settings()
     db = open_db(settings)
-    run_demo(db, in_force(db, settings).compiled, out, leads=leads, seed=seed)
+    active = in_force(db, settings)
+    campaigns = campaigns_for(db, settings, active)
+    run_demo(db, settings, active.compiled, campaigns, out, leads=leads, seed=seed)
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,26 +1,40 @@
 """``nurture demo``: the whole flow on sample data. Generates leads and events from a fixed seed,
-ingests them through the same path as ``nurture ingest``, runs decay at the sample's end, and
-shows the funnel, the hot leads with their reasons, and where to look next."""
+ingests them through the same path as ``nurture ingest`` (enrolling leads in campaigns), then
+runs the scheduler's jobs once a simulated day for two weeks from the sample's end: decay, due
+campaign steps rendered into the outbox, and dispatch through the mail backend. Shows the
+funnel, the hot leads with their reasons, the emails and where they went."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
 from engine import report
-from engine.decay import decay
+from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest.parse import parse_jsonl
 from engine.rules.compile import CompiledRuleset
 from engine.sample import DEFAULT_END, sample_records
+from engine.schedule.jobs import Jobs, TickReport
+from engine.settings import Settings
 from engine.store.scoring import ingest
 from engine.timeutil import isoformat
 
+DAYS = 14
+SEND_HOUR = 10  # the simulated scheduler wakes at 10:00 UTC each day
+
 
 def run_demo(
-    db: Engine, compiled: CompiledRuleset, console: Console, leads: int = 400, seed: int = 7
+    db: Engine,
+    settings: Settings,
+    compiled: CompiledRuleset,
+    campaigns: CompiledCampaigns | None,
+    console: Console,
+    leads: int = 400,
+    seed: int = 7,
 ) -> None:
     ruleset = compiled.ruleset
     console.print(
@@ -28,13 +42,29 @@ def run_demo(
         f"{len(ruleset.rules)} rules) on {leads} sample leads, seed {seed}"
     )
     lines = (json.dumps(record) for record in sample_records(leads=leads, seed=seed))
-    result = ingest(db, compiled, parse_jsonl(lines))
+    result = ingest(db, compiled, parse_jsonl(lines), campaigns=campaigns)
     console.print(
         f"ingested: accepted {result.accepted}, duplicates {result.duplicates} "
         f"(a re-run finds them all stored), rejected {len(result.rejected)}"
     )
-    decayed = decay(db, ruleset, DEFAULT_END)
-    console.print(f"decay at {isoformat(DEFAULT_END)}: {decayed} ledger rows")
+    jobs = Jobs(db, settings)
+    start = DEFAULT_END.replace(hour=SEND_HOUR)
+    totals = TickReport(start)
+    for day in range(DAYS):
+        tick = jobs.tick(start + timedelta(days=day))
+        totals.decayed += tick.decayed
+        totals.steps.add(tick.steps)
+        for name, value in tick.dispatch.as_json().items():
+            setattr(totals.dispatch, name, getattr(totals.dispatch, name) + value)
+    steps, sent = totals.steps, totals.dispatch
+    console.print(
+        f"scheduler, daily at {SEND_HOUR}:00 UTC for {DAYS} days from {isoformat(start)}: "
+        f"decay {totals.decayed} ledger rows; {steps.queued} emails rendered, {steps.held} held, "
+        f"{steps.skipped} steps skipped, {steps.exited} leads left a campaign; "
+        f"sent {sent.sent} via {settings.mail_backend}, suppressed {sent.suppressed}"
+    )
+    for problem in steps.errors[:5]:
+        console.print(f"  [red]held[/red] {problem}", highlight=False)
 
     summary = report.funnel(db, ruleset)
     table = Table("stage", "leads", title="funnel")
@@ -57,6 +87,12 @@ def run_demo(
             f"  {lead['score']:>4}  {lead['stage']:<12} {lead['email']} ({company}): {why}",
             highlight=False,
         )
+    emails = Table("campaign", "template", "sent", title="emails")
+    for campaign, template, count in report.emails_by_template(db):
+        emails.add_row(campaign, template, str(count))
+    console.print(emails)
+    if settings.mail_backend == "file":
+        console.print(f"the emails are .eml files in {settings.outbox_dir.resolve()}/")
     example = hot[0]["email"] if hot else "EMAIL"
     console.print(
         "where to look next:\n"

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, func, select
 
 from engine.ingest.parse import normalise_email
 from engine.rules import spec
+from engine.store import schema
 from engine.store.db import reading
 from engine.store.scoring import EVENTS, LEADS, LEDGER, SCORES, STAGES
 from engine.timeutil import isoformat
@@ -161,3 +162,16 @@ def funnel(db: Engine, ruleset: spec.Ruleset) -> dict[str, Any]:
     stages += [{"stage": s, "leads": n} for s, n in sorted(by_stage.items())]
     bands = {band: by_band.get(band, 0) for band, _ in ruleset.temperature}
     return {"stages": stages, "temperatures": bands}
+
+
+def emails_by_template(db: Engine) -> list[tuple[str, str, int]]:
+    """(campaign, template, emails sent) in campaign then template order."""
+    outbox = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
+    query = (
+        select(outbox.c.campaign, outbox.c.template, func.count())
+        .where(outbox.c.status == "sent")
+        .group_by(outbox.c.campaign, outbox.c.template)
+        .order_by(outbox.c.campaign, outbox.c.template)
+    )
+    with reading(db) as conn:
+        return [(c, t, int(n)) for c, t, n in conn.execute(query)]

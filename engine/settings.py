@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     smtp_url: str = "smtp://127.0.0.1:25"
     send_timeout: float = 10.0  # seconds, per provider call
     dispatch_batch: int = 50  # messages claimed per round
+    send_concurrency: int = 8  # provider calls in flight per dispatcher
     lease_seconds: int = 300  # a claimed message not settled by then is claimed again
     max_attempts: int = 8  # tries before a message fails for good
     default_timezone: str = "UTC"  # for send windows when a lead has no `timezone`
@@ -55,15 +56,21 @@ class Settings(BaseSettings):
     def signing_key(self) -> str:
         """``NURTURE_SECRET_KEY``, else a random key kept in ``<home>/.nurture-secret`` so that
         links stay valid across restarts of a single-machine install."""
-        if self.secret_key:
-            return self.secret_key
-        path = self.home / ".nurture-secret"
-        if not path.exists():
-            import secrets
+        return self.secret_key or _kept_secret(self.home / ".nurture-secret")
 
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(32))
-        return path.read_text().strip()
+    def access_token(self) -> str:
+        """``NURTURE_API_TOKEN``, else a random token kept in ``<home>/.nurture-token`` (which
+        ``nurture serve`` points to): the API is never open for want of a setting."""
+        return self.api_token or _kept_secret(self.home / ".nurture-token")
+
+
+def _kept_secret(path: Path) -> str:
+    if not path.exists():
+        import secrets
+
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 @lru_cache

@@ -9,12 +9,13 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def parse_duration(text: object) -> timedelta:
-    """``"7d"`` → 7 days. Raises ValueError with a sentence a marketer can act on."""
+def parse_duration(text: object, zero: bool = False) -> timedelta:
+    """``"7d"`` → 7 days (``"0d"`` only with ``zero``: a campaign step may wait nothing).
+    Raises ValueError with a sentence a marketer can act on."""
     match = _DURATION.match(str(text)) if isinstance(text, str | int) else None
-    if not match or int(match.group(1)) == 0:
+    if not match or (int(match.group(1)) == 0 and not zero):
         raise ValueError(
-            f"bad window {text!r}: write a whole number and a unit (s, m, h, d, w), e.g. 7d"
+            f"bad duration {text!r}: write a whole number and a unit (s, m, h, d, w), e.g. 7d"
         )
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 

@@ -176,7 +176,7 @@ def test_bad_count_window(window: str) -> None:
 """
     )
     assert problem.line == 12
-    assert "bad window" in problem.message
+    assert "bad duration" in problem.message
     assert "7d" in problem.message  # an example of what works
 
 
@@ -199,7 +199,7 @@ def test_count_without_bounds() -> None:
         ("twice", "`once` or {times: N, per: 30d}"),
         ("{times: 0, per: 30d}", "positive integer"),
         ("{times: two, per: 30d}", "positive integer"),
-        ("{times: 2, per: 30x}", "bad window '30x'"),
+        ("{times: 2, per: 30x}", "bad duration '30x'"),
         ("{times: 2}", "`once` or {times: N, per: 30d}"),
         ("{times: 2, per: 30d, every: 1d}", "`once` or {times: N, per: 30d}"),
     ],

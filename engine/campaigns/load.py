@@ -5,7 +5,7 @@ the lead only (enrollment and steps are decided from the lead's state, not from 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import time
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,7 @@ class _CampaignParser:
                 self.problem(at, f"{label}: needs `template:` (a file in templates/, no .j2)")
                 continue
             try:
-                wait = parse_duration(body.get("wait", "0d"))
+                wait = parse_duration(body.get("wait", "0d"), zero=True)
             except ValueError as error:
                 self.problem(at, f"{label}: wait: {error}")
                 continue
@@ -190,24 +190,32 @@ def parse_campaign(text: str, path: str, ruleset: rules.Ruleset) -> spec.Campaig
     return campaign
 
 
-def load_campaigns(
-    folder: Path, ruleset: rules.Ruleset, templates: Iterable[str] | None = None
-) -> list[spec.Campaign]:
-    """Every campaign in ``folder`` (none when it does not exist), all problems at once: unique
-    names, templates that exist (when ``templates`` is given), and rule enroll/exit targets."""
-    campaigns: list[spec.Campaign] = []
-    problems: list[Problem] = []
+def read_sources(folder: Path) -> dict[str, str]:
+    """Path → text of every campaign file in ``folder`` (none when it does not exist)."""
+    sources: dict[str, str] = {}
     for path in ruleset_files(folder) if folder.is_dir() else ():
         try:
-            campaign = parse_campaign(path.read_text(encoding="utf-8"), str(path), ruleset)
+            sources[str(path)] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise RulesetError([Problem(str(path), 1, f"cannot read: {error}")]) from None
+    return sources
+
+
+def parse_campaigns(
+    sources: Mapping[str, str], ruleset: rules.Ruleset, templates: Iterable[str] | None = None
+) -> list[spec.Campaign]:
+    """Every campaign of ``sources`` (path → text), all problems at once: unique names,
+    templates that exist (when ``templates`` is given), and rule enroll/exit targets."""
+    campaigns: list[spec.Campaign] = []
+    problems: list[Problem] = []
+    for path, text in sources.items():
+        try:
+            campaign = parse_campaign(text, path, ruleset)
         except RulesetError as error:
             problems.extend(error.problems)
             continue
-        except (OSError, UnicodeDecodeError) as error:
-            problems.append(Problem(str(path), 1, f"cannot read: {error}"))
-            continue
         if any(c.name == campaign.name for c in campaigns):
-            problems.append(Problem(str(path), 1, f"campaign {campaign.name!r} defined twice"))
+            problems.append(Problem(path, 1, f"campaign {campaign.name!r} defined twice"))
         campaigns.append(campaign)
     known = set(templates) if templates is not None else None
     for campaign in campaigns:
@@ -224,3 +232,9 @@ def load_campaigns(
     if problems:
         raise RulesetError(problems)
     return campaigns
+
+
+def load_campaigns(
+    folder: Path, ruleset: rules.Ruleset, templates: Iterable[str] | None = None
+) -> list[spec.Campaign]:
+    return parse_campaigns(read_sources(folder), ruleset, templates)

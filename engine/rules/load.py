@@ -5,6 +5,7 @@ A ruleset with any problem is rejected as a whole: callers keep the ruleset in f
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import re
@@ -28,6 +29,9 @@ DEFAULT_EXITS = ("disqualified", "unsubscribed")
 # Attributes a `set:` may not overwrite: they are computed or identify the lead.
 RESERVED_ATTRIBUTES = ("email", "score", "scores", "temperature", "stage", "tags")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+# Fields of every lead, besides its attributes.
+BUILT_IN_FIELDS = ("score", "temperature", "stage", "tags", "email")
 
 
 @dataclass(frozen=True)
@@ -369,6 +373,11 @@ class _Parser:
                 )
             return None
         if parts[0] == "lead" and len(parts) == 2 and parts[1] and parts[1] != "scores":
+            # Any attribute may be read, but one a letter or two from a built-in field is a typo
+            # that would otherwise never match.
+            close = difflib.get_close_matches(parts[1], BUILT_IN_FIELDS, n=1, cutoff=0.8)
+            if close and close[0] != parts[1]:
+                return f"unknown field {path!r}: did you mean lead.{close[0]}?"
             return None
         return (
             f"unknown field {path!r}: use lead.<attribute>, lead.score, lead.scores.<component>, "

@@ -1,5 +1,6 @@
-"""Which ruleset is in force. A file that fails its checks never replaces the last good version:
-each good version's source is kept in ``ruleset_version`` and a broken file falls back to it.
+"""Which ruleset (and which campaigns) are in force. A file that fails its checks never replaces
+the last good version: each good version's source is kept in ``ruleset_version`` and a broken
+file falls back to it. The campaigns folder is kept the same way, as one unit.
 
 Versions are keyed by the file's resolved path (``NURTURE_HOME=.`` and ``/srv/x`` are one file),
 and ``loaded_at`` marks when a version last came into force, so a revert to an older version is
@@ -7,14 +8,20 @@ what a later broken edit falls back to."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
+from engine.campaigns.compile import CompiledCampaigns
+from engine.campaigns.load import parse_campaigns, read_sources
 from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
 from engine.rules.load import Problem, RulesetError, load_ruleset, parse_ruleset, ruleset_files
+from engine.rules.spec import Ruleset
 from engine.settings import Settings
 from engine.store.db import reading
 from engine.store.schema import RulesetVersion
@@ -59,32 +66,31 @@ def compile_checked(path: Path) -> CompiledRuleset:
         raise RulesetError([Problem(str(path), 1, str(error))]) from None
 
 
-def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
-    path = choose_file(settings)
-    key = str(path.resolve())
+def _last_good(db: Engine, key: str) -> str | None:
+    """The source of the version that last came into force from ``key`` (a resolved path)."""
     latest = (
-        select(VERSIONS.c.id, VERSIONS.c.name, VERSIONS.c.version, VERSIONS.c.source)
+        select(VERSIONS.c.source)
         .where(VERSIONS.c.path == key)
         .order_by(VERSIONS.c.loaded_at.desc(), VERSIONS.c.id.desc())
         .limit(1)
     )
-    try:
-        compiled = compile_checked(path)
-    except RulesetError as error:
-        with reading(db) as connection:
-            last = connection.execute(latest).first()
-        if last is None:
-            raise
-        return InForce(compile_ruleset(parse_ruleset(last.source, str(path))), error.problems)
-    ruleset = compiled.ruleset
+    with reading(db) as connection:
+        return connection.execute(latest).scalar()
+
+
+def _remember(db: Engine, key: str, name: str, version: str, source: str) -> None:
+    """Record ``version`` as the one in force for ``key``; a no-op when it already is."""
     with db.begin() as connection:
-        last = connection.execute(latest).first()
-        if last is not None and (last.name, last.version) == (ruleset.name, ruleset.version):
-            return InForce(compiled)  # already the one in force: nothing to write
+        last = connection.execute(
+            select(VERSIONS.c.name, VERSIONS.c.version)
+            .where(VERSIONS.c.path == key)
+            .order_by(VERSIONS.c.loaded_at.desc(), VERSIONS.c.id.desc())
+            .limit(1)
+        ).first()
+        if last is not None and (last.name, last.version) == (name, version):
+            return
         known = connection.execute(
-            select(VERSIONS.c.id).where(
-                VERSIONS.c.name == ruleset.name, VERSIONS.c.version == ruleset.version
-            )
+            select(VERSIONS.c.id).where(VERSIONS.c.name == name, VERSIONS.c.version == version)
         ).first()
         if known is not None:
             # An earlier version back in force (a revert): it is now the one to fall back to.
@@ -93,18 +99,60 @@ def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
                 .where(VERSIONS.c.id == known.id)
                 .values(path=key, loaded_at=utcnow())
             )
-        else:
-            try:
-                with connection.begin_nested():
-                    connection.execute(
-                        VERSIONS.insert().values(
-                            name=ruleset.name,
-                            version=ruleset.version,
-                            path=key,
-                            source=ruleset.source,
-                            loaded_at=utcnow(),
-                        )
+            return
+        try:
+            with connection.begin_nested():
+                connection.execute(
+                    VERSIONS.insert().values(
+                        name=name, version=version, path=key, source=source, loaded_at=utcnow()
                     )
-            except IntegrityError:
-                pass  # another process recorded the same version first
+                )
+        except IntegrityError:
+            pass  # another process recorded the same version first
+
+
+def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
+    path = choose_file(settings)
+    key = str(path.resolve())
+    try:
+        compiled = compile_checked(path)
+    except RulesetError as error:
+        source = _last_good(db, key)
+        if source is None:
+            raise
+        return InForce(compile_ruleset(parse_ruleset(source, str(path))), error.problems)
+    ruleset = compiled.ruleset
+    _remember(db, key, ruleset.name, ruleset.version, ruleset.source)
     return InForce(compiled)
+
+
+@dataclass
+class CampaignsInForce:
+    compiled: CompiledCampaigns
+    problems: list[Problem] = field(default_factory=list)
+
+
+def campaigns_in_force(
+    db: Engine, settings: Settings, ruleset: Ruleset, templates: Iterable[str] | None = None
+) -> CampaignsInForce:
+    """The campaigns folder as one versioned unit: a broken file (or a step naming a missing
+    template) leaves the last good set of campaigns in force, as for rulesets."""
+    key = str(settings.campaigns_dir.resolve())
+    try:
+        sources = read_sources(settings.campaigns_dir)
+        campaigns = parse_campaigns(sources, ruleset, templates)
+    except RulesetError as error:
+        stored = _last_good(db, key)
+        if stored is None:
+            raise
+        try:
+            kept = parse_campaigns(json.loads(stored), ruleset, templates)
+        except RulesetError:
+            raise error from None
+        return CampaignsInForce(CompiledCampaigns(ruleset, kept), error.problems)
+    compiled = CompiledCampaigns(ruleset, campaigns)
+    if sources:
+        source = json.dumps(sources, sort_keys=True)
+        version = hashlib.sha256(source.encode()).hexdigest()[:12]
+        _remember(db, key, "campaigns:" + key[-150:], version, source)
+    return CampaignsInForce(compiled)

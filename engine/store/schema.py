@@ -181,9 +181,10 @@ class OutboxMessage(SQLModel, table=True):
     to_email: str = Field(max_length=320)
     from_email: str = Field(max_length=320)
     from_name: str | None = Field(default=None, max_length=200)
-    subject: str = Field(default="", sa_column=Column(Text, nullable=False))
-    html: str = Field(default="", sa_column=Column(Text, nullable=False))
-    text: str = Field(default="", sa_column=Column(Text, nullable=False))
+    # None while held: a message that failed to render has no parts, never blank ones.
+    subject: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    html: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: str = Field(default="queued", max_length=16)
     attempts: int = 0

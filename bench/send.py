@@ -1,0 +1,180 @@
+"""Campaign sending throughput, printed (not asserted).
+
+    python bench/send.py --steps 100000               # SQLite (and PostgreSQL when reachable)
+    python bench/send.py --steps 20000 --dispatch 5000 --skip-pg
+
+Figures:
+- Jinja2 alone: the shipped warm/case-study template rendered N times (no CSS inlining, no SQL);
+- render and enqueue: N due warm-nurture steps → rendered outbox rows (StepRunner, the job
+  behind ``nurture tick``), messages/s on SQLite and PostgreSQL;
+- dispatch: M queued messages through the official SendGrid client to the fake SendGrid on
+  127.0.0.1 (each request answered after --latency seconds), messages/s at several
+  concurrencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.campaigns.compile import CompiledCampaigns  # noqa: E402
+from engine.campaigns.load import load_campaigns  # noqa: E402
+from engine.render import Renderer, sample_context  # noqa: E402
+from engine.rules.load import load_ruleset  # noqa: E402
+from engine.schedule.steps import StepRunner  # noqa: E402
+from engine.send.dispatch import Dispatcher  # noqa: E402
+from engine.send.sendgrid import SendGridMailer  # noqa: E402
+from engine.settings import Settings  # noqa: E402
+from engine.store import db as database  # noqa: E402
+from tests.fake_sendgrid import FakeSendGrid  # noqa: E402
+
+NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # a Monday, inside every shipped send window
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def jinja_alone(count: int) -> float:
+    renderer = Renderer(ROOT / "templates")
+    template = renderer.env.get_template("warm/case-study.j2")
+    variables = sample_context()
+    start = time.perf_counter()
+    for _ in range(count):
+        "".join(template.root_render_func(template.new_context(variables)))
+    return count / (time.perf_counter() - start)
+
+
+def seed(db: sa.Engine, count: int) -> None:
+    """``count`` warm leads, each with a warm-nurture enrollment due now: set-based SQL."""
+    with db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO lead (email, attributes, score, temperature, stage, "
+                "stage_entered_at, tags, subscribed, version, created_at, updated_at) "
+                "VALUES (:email, :attrs, 45, 'warm', 'lead', :now, '[]', :yes, 0, :now, :now)"
+            ),
+            [
+                {
+                    "email": f"lead{i}@example.com",
+                    "now": NOW,
+                    "yes": True,
+                    "attrs": json.dumps({"first_name": f"Lead {i}", "company": f"Co {i % 997}"}),
+                }
+                for i in range(count)
+            ],
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO lead_score (lead_id, component, value, peak, decay_steps) "
+                "SELECT id, 'engagement', 45, 45, 0 FROM lead"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO enrollment (lead_id, campaign, step, status, enrolled_at, "
+                "next_due_at) SELECT id, 'warm-nurture', 0, 'active', :now, :now FROM lead"
+            ),
+            {"now": NOW},
+        )
+
+
+def render_and_enqueue(url: str, count: int) -> float:
+    database.upgrade(url)
+    db = database.connect(url)
+    seed(db, count)
+    ruleset = load_ruleset(ROOT / "rulesets" / "b2b-saas.yaml")
+    renderer = Renderer(ROOT / "templates")
+    campaigns = CompiledCampaigns(
+        ruleset, load_campaigns(ROOT / "campaigns", ruleset, renderer.names())
+    )
+    settings = Settings(home=ROOT, database_url=url, secret_key="bench")
+    start = time.perf_counter()
+    report = StepRunner(db, settings, campaigns, renderer).run(NOW)
+    elapsed = time.perf_counter() - start
+    assert report.queued == count, report
+    db.dispose()
+    return count / elapsed
+
+
+def dispatch(url: str, count: int, concurrency: int, latency: float) -> float:
+    database.upgrade(url)
+    db = database.connect(url)
+    seed(db, count)
+    with db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO outbox_message (idempotency_key, kind, lead_id, campaign, step, "
+                "template, to_email, from_email, subject, html, text, headers, status, attempts, "
+                "next_attempt_at, created_at) SELECT 'k' || id, 'campaign', id, 'warm-nurture', "
+                "0, 'warm/case-study', email, 'hello@acme.io', 'Hello', '<p>Hello</p>', 'Hello', "
+                "'{}', 'queued', 0, :now, :now FROM lead"
+            ),
+            {"now": NOW},
+        )
+    with FakeSendGrid() as fake:
+        fake.delay = latency
+        settings = Settings(database_url=url, send_concurrency=concurrency, dispatch_batch=100)
+        mailer = SendGridMailer("SG.bench", fake.url, timeout=10)
+        start = time.perf_counter()
+        report = Dispatcher(db, settings, mailer).run(NOW)
+        elapsed = time.perf_counter() - start
+    assert report.sent == count, report
+    db.dispose()
+    return count / elapsed
+
+
+def pg_url() -> str | None:
+    base = database.normalise_url(PG_URL)
+    try:
+        engine = sa.create_engine(base)
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        engine.dispose()
+    except Exception:
+        return None
+    return (
+        sa.engine.make_url(base)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--dispatch", type=int, default=5_000)
+    parser.add_argument("--latency", type=float, default=0.02, help="fake SendGrid reply delay")
+    parser.add_argument("--skip-pg", action="store_true")
+    args = parser.parse_args()
+
+    print(f"Jinja2 alone (warm/case-study): {jinja_alone(min(args.steps, 20_000)):,.0f} renders/s")
+    targets = []
+    with tempfile.TemporaryDirectory() as folder:
+        targets.append(("SQLite", lambda: f"sqlite:///{folder}/{uuid.uuid4().hex}.db"))
+        if not args.skip_pg and pg_url() is not None:
+            targets.append(("PostgreSQL", lambda: pg_url() or ""))
+        for name, url in targets:
+            rate = render_and_enqueue(url(), args.steps)
+            print(f"{name}: render and enqueue {args.steps:,} due steps: {rate:,.0f} messages/s")
+        for name, url in targets:
+            for concurrency in (1, 8, 32):
+                rate = dispatch(url(), args.dispatch, concurrency, args.latency)
+                print(
+                    f"{name}: dispatch {args.dispatch:,} via fake SendGrid "
+                    f"({args.latency * 1000:.0f} ms per call, {concurrency} connections): "
+                    f"{rate:,.0f} messages/s"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The HTTP edge (FastAPI): events and feedback in, reports out."""

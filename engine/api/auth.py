@@ -1,0 +1,34 @@
+"""Who may call the API: the bearer token ``NURTURE_API_TOKEN`` (header ``Authorization: Bearer
+…``), or the same token in the ``nurture_token`` cookie that the dashboard's sign-in page sets.
+The unsubscribe link, the signed SendGrid webhook and ``/healthz`` do not use this."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from engine.api.app import Context, context
+
+COOKIE = "nurture_token"
+
+
+def presented(request: Request) -> str | None:
+    """The token a request carries, from the header or else the cookie."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    return request.cookies.get(COOKIE)
+
+
+def valid(token: str | None, ctx: Context) -> bool:
+    expected = ctx.settings.access_token()
+    return token is not None and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def require_token(request: Request, ctx: Annotated[Context, Depends(context)]) -> None:
+    if not valid(presented(request), ctx):
+        raise HTTPException(
+            401, "a valid API token is required", headers={"WWW-Authenticate": "Bearer"}
+        )

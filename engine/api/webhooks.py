@@ -1,0 +1,155 @@
+"""Feedback into the flow: SendGrid's event webhook and the unsubscribe link. Both turn what
+happened into events that score through the same ingest path as everything else (so an open
+adds engagement and an unsubscribe exits campaigns), and both are reachable without the API
+token: the webhook proves itself with SendGrid's ECDSA signature, the link with our own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from sendgrid.helpers.eventwebhook import EventWebhook
+from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
+from sqlalchemy import select
+
+from engine.api.app import Context, context
+from engine.ingest.parse import InvalidRecord, Parsed, Rejection, record
+from engine.render import Renderer
+from engine.rules.load import RulesetError
+from engine.send.dispatch import settle_processed
+from engine.store import schema
+from engine.store.db import reading
+from engine.store.rulesets import campaigns_in_force, ruleset_in_force
+from engine.store.scoring import IngestResult, ingest
+from engine.timeutil import isoformat, utcnow
+from engine.unsubscribe import BadToken, matches, read_token
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+Ctx = Annotated[Context, Depends(context)]
+
+# SendGrid event → our event type. Others (delivered, deferred, dropped, ...) do not score.
+EVENT_TYPES = {
+    "open": "email_open",
+    "click": "email_click",
+    "bounce": "bounce",
+    "spamreport": "spam_report",
+    "unsubscribe": "unsubscribe",
+    "group_unsubscribe": "unsubscribe",
+}
+# Events that prove the provider holds a message.
+SETTLING = frozenset({"processed", "delivered"})
+PROPERTIES = ("outbox_id", "url", "reason", "sg_message_id", "useragent", "category")
+
+
+def score(ctx: Context, items: list[Parsed]) -> IngestResult:
+    """Events through the rules, with campaign enrollment and exit, like ``nurture ingest``."""
+    compiled = ruleset_in_force(ctx.db, ctx.settings).compiled
+    templates = Renderer(ctx.settings.templates_dir).names()
+    try:
+        campaigns = campaigns_in_force(ctx.db, ctx.settings, compiled.ruleset, templates).compiled
+    except RulesetError:
+        campaigns = None  # campaigns broken with no good version: score without enrolling
+    return ingest(ctx.db, compiled, items, ctx.settings.batch_size, campaigns=campaigns)
+
+
+def _verify(ctx: Context, request: Request, body: bytes) -> None:
+    key = ctx.settings.sendgrid_webhook_public_key
+    if not key:
+        return
+    signature = request.headers.get(EventWebhookHeader.SIGNATURE)
+    timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
+    if not signature or not timestamp:
+        raise HTTPException(403, "missing SendGrid signature headers")
+    try:
+        genuine = EventWebhook(key).verify_signature(body.decode("utf-8"), signature, timestamp)
+    except (ValueError, UnicodeDecodeError):
+        genuine = False
+    if not genuine:
+        raise HTTPException(403, "the SendGrid signature does not match the body")
+
+
+def _event(index: int, item: Any) -> Parsed | None:
+    """One SendGrid event → an event record (None for types that do not score)."""
+    if not isinstance(item, dict):
+        return Rejection(index, "an event must be a JSON object")
+    kind = EVENT_TYPES.get(str(item.get("event")))
+    if kind is None:
+        return None
+    key = (
+        item.get("sg_event_id")
+        or hashlib.sha256(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    )
+    raw: dict[str, Any] = {
+        "id": f"sendgrid:{key}",
+        "email": item.get("email"),
+        "type": kind,
+        "properties": {k: item[k] for k in PROPERTIES if k in item},
+    }
+    if isinstance(item.get("timestamp"), int | float):
+        raw["occurred_at"] = isoformat(datetime.fromtimestamp(item["timestamp"], UTC))
+    try:
+        return record(index, raw)
+    except InvalidRecord as error:
+        return Rejection(index, str(error))
+
+
+@router.post("/webhooks/sendgrid", tags=["feedback"])
+async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
+    """SendGrid's event webhook: opens, clicks, bounces, spam reports and unsubscribes score
+    through the rules (duplicates by ``sg_event_id`` are dropped); ``processed`` events settle
+    messages a crashed dispatcher left uncertain. Signature-checked when a key is set."""
+    body = await request.body()
+    _verify(ctx, request, body)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise HTTPException(400, "the body must be a JSON array of SendGrid events") from None
+    if not isinstance(payload, list):
+        raise HTTPException(400, "the body must be a JSON array of SendGrid events")
+    items = [found for i, item in enumerate(payload) if (found := _event(i, item)) is not None]
+    settled: dict[int, str] = {}
+    for item in payload:
+        if isinstance(item, dict) and item.get("event") in SETTLING:
+            try:
+                settled[int(item["outbox_id"])] = str(item.get("sg_message_id") or "")
+            except (KeyError, TypeError, ValueError):
+                continue
+    result = score(ctx, items) if items else IngestResult()
+    count = settle_processed(ctx.db, list(settled), settled)
+    return {**result.as_json(position="index"), "settled": count}
+
+
+UNSUBSCRIBED_PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<title>Unsubscribed</title></head>
+<body style="font-family:sans-serif;max-width:32em;margin:4em auto">
+<h1>You are unsubscribed</h1><p>You will not receive any more emails from us.</p></body></html>"""
+
+
+@router.api_route("/unsubscribe", methods=["GET", "POST"], tags=["feedback"])
+def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
+    """The signed link in every email (and its RFC 8058 one-click POST): opts the lead out at
+    once. A forged or altered token is refused."""
+    try:
+        lead_id, digest = read_token(ctx.settings.signing_key(), token)
+    except BadToken as error:
+        raise HTTPException(400, str(error)) from None
+    leads = schema.Lead.__table__  # type: ignore[attr-defined]
+    with reading(ctx.db) as conn:
+        email = conn.execute(select(leads.c.email).where(leads.c.id == lead_id)).scalar()
+    if email is None or not matches(digest, email):
+        raise HTTPException(400, "the unsubscribe link is not valid")
+    # One event per lead and hour: a client that follows the link twice unsubscribes once.
+    hour = utcnow().strftime("%Y%m%dT%H")
+    raw = {"id": f"unsubscribe-link:{lead_id}:{hour}", "email": email, "type": "unsubscribe",
+           "properties": {"via": "link"}}  # fmt: skip
+    result = score(ctx, [record(0, raw)])
+    if result.rejected:
+        raise HTTPException(500, "could not record the unsubscribe; please try again")
+    log.info("lead %s unsubscribed by link", lead_id)
+    return HTMLResponse(UNSUBSCRIBED_PAGE)

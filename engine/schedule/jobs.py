@@ -1,0 +1,123 @@
+"""The scheduled work and its clock: decay, due campaign steps (render → outbox) and dispatch.
+
+The work lives in SQL (enrollments' ``next_due_at``, the outbox's ``next_attempt_at``), so a
+job is just "do what is due now" and any number of processes may run it at once: the database's
+locks split the rows between them. APScheduler is only the clock that calls the jobs inside
+``nurture serve`` and ``nurture worker``; its job store holds nothing that must be shared.
+``tick`` runs each job once, for ``nurture tick`` and cron.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from apscheduler.schedulers.base import BaseScheduler
+from sqlalchemy import Engine
+
+from engine.decay import decay
+from engine.render import Renderer
+from engine.schedule.steps import StepReport, StepRunner
+from engine.send.backends import mailer_for
+from engine.send.dispatch import Dispatcher, DispatchReport
+from engine.send.email import Mailer
+from engine.settings import Settings
+from engine.store.rulesets import campaigns_in_force, ruleset_in_force
+from engine.timeutil import isoformat, utcnow
+
+log = logging.getLogger(__name__)
+
+# Seconds between runs of each job inside serve/worker.
+INTERVALS = {"decay": 3600, "steps": 60, "dispatch": 10}
+
+
+@dataclass
+class TickReport:
+    now: datetime
+    decayed: int = 0
+    steps: StepReport = field(default_factory=StepReport)
+    dispatch: DispatchReport = field(default_factory=DispatchReport)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        steps = {k: v for k, v in vars(self.steps).items() if k != "errors"}
+        return {
+            "now": isoformat(self.now),
+            "decayed": self.decayed,
+            "steps": steps,
+            "held": self.steps.errors,
+            "dispatch": self.dispatch.as_json(),
+            "warnings": self.warnings,
+        }
+
+
+class Jobs:
+    """The three jobs over one database, settings and mail backend. The ruleset and campaigns
+    are looked up on each run, so an edit on disk takes effect without a restart (a broken edit
+    leaves the last good version in force and is reported)."""
+
+    def __init__(self, db: Engine, settings: Settings, mailer: Mailer | None = None) -> None:
+        self.db = db
+        self.settings = settings
+        self.mailer = mailer if mailer is not None else mailer_for(settings)
+        self.renderer = Renderer(settings.templates_dir)
+        self.warnings: list[str] = []
+
+    def decay(self, now: datetime) -> int:
+        return decay(self.db, ruleset_in_force(self.db, self.settings).compiled.ruleset, now)
+
+    def steps(self, now: datetime) -> StepReport:
+        ruleset = ruleset_in_force(self.db, self.settings).compiled.ruleset
+        active = campaigns_in_force(self.db, self.settings, ruleset, self.renderer.names())
+        self.warnings.extend(str(problem) for problem in active.problems)
+        runner = StepRunner(self.db, self.settings, active.compiled, self.renderer)
+        return runner.run(now)
+
+    def dispatch(self, now: datetime) -> DispatchReport:
+        return Dispatcher(self.db, self.settings, self.mailer).run(now)
+
+    def tick(self, now: datetime) -> TickReport:
+        """Each job once, in flow order: decay can end enrollments, steps fill the outbox, the
+        dispatcher empties it."""
+        self.warnings = []
+        report = TickReport(now)
+        report.decayed = self.decay(now)
+        report.steps = self.steps(now)
+        report.dispatch = self.dispatch(now)
+        report.warnings = self.warnings
+        return report
+
+    def schedule(self, scheduler: BaseScheduler) -> None:
+        """Add the jobs to an APScheduler scheduler, each at its interval (never overlapping
+        itself in this process; other processes are kept apart by the database)."""
+        jobs: dict[str, Callable[[datetime], object]] = {
+            "decay": self.decay,
+            "steps": self.steps,
+            "dispatch": self.dispatch,
+        }
+        for name, job in jobs.items():
+            scheduler.add_job(
+                _logged(name, job),
+                "interval",
+                seconds=INTERVALS[name],
+                id=name,
+                name=name,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=utcnow(),
+            )
+
+
+def _logged(name: str, job: Callable[[datetime], object]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            result = job(utcnow())
+        except Exception:
+            log.exception("job %s failed; it runs again at its next interval", name)
+            return
+        log.info("job %s: %s", name, result)
+
+    return run

@@ -1,0 +1,331 @@
+"""Due campaign steps → rendered emails in the outbox: the schedule step between the rules and
+the dispatcher.
+
+A batch of due enrollments is locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
+schedulers share the work; ``BEGIN IMMEDIATE`` on SQLite), each is decided in memory (exit,
+skip, wait for the send window or the frequency cap, or send), and the outbox rows and the
+enrollments' next steps are written in the same transaction: a crash leaves either both or
+neither, and the idempotency key (enrollment, step) keeps a step from being queued twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from engine.campaigns.compile import CompiledCampaigns
+from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
+from engine.render import Renderer, TemplateError, context, lead_context
+from engine.rules.evaluate import LeadState
+from engine.settings import Settings
+from engine.store import schema
+from engine.unsubscribe import list_unsubscribe_headers, unsubscribe_url
+
+log = logging.getLogger(__name__)
+
+ENROLLMENTS: Table = schema.Enrollment.__table__  # type: ignore[attr-defined]
+OUTBOX: Table = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
+LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
+SCORES: Table = schema.LeadScore.__table__  # type: ignore[attr-defined]
+
+# Outbox rows that count against a frequency cap: everything that went or is going out.
+COUNTED = ("queued", "sending", "sent")
+BATCH = 500
+
+
+@dataclass
+class StepReport:
+    queued: int = 0
+    held: int = 0
+    skipped: int = 0  # a step whose `when` did not hold
+    deferred: int = 0  # outside the send window or over the frequency cap
+    exited: int = 0
+    completed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: StepReport) -> None:
+        for name in ("queued", "held", "skipped", "deferred", "exited", "completed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors)
+
+
+# -- pure decisions ------------------------------------------------------------------------------
+def lead_zone(attributes: Mapping[str, Any], default: str) -> ZoneInfo:
+    """The lead's ``timezone`` attribute when it names a zone, else the default."""
+    name = attributes.get("timezone")
+    if isinstance(name, str) and name:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return ZoneInfo(default)
+
+
+def next_opening(window: SendWindow, now: datetime, zone: ZoneInfo) -> datetime:
+    """``now`` when it falls inside the window in ``zone``, else the window's next opening (UTC)."""
+    local = now.astimezone(zone)
+    for offset in range(8):
+        day = local.date() + timedelta(days=offset)
+        if day.weekday() not in window.days:
+            continue
+        start = datetime.combine(day, window.start, zone)
+        end = datetime.combine(day, window.end, zone)
+        if offset == 0 and start <= local < end:
+            return now
+        if local < start:
+            return start.astimezone(now.tzinfo)
+    raise AssertionError("a send window has at least one day")  # pragma: no cover
+
+
+def cap_frees_at(cap: FrequencyCap, sent: Sequence[datetime], now: datetime) -> datetime | None:
+    """None when one more email fits under the cap at ``now`` (``sent``: times of the lead's
+    emails, ascending), else when the oldest one counted leaves the window."""
+    recent = [at for at in sent if at > now - cap.per]
+    if len(recent) < cap.max:
+        return None
+    return recent[len(recent) - cap.max] + cap.per
+
+
+# -- the job -------------------------------------------------------------------------------------
+class StepRunner:
+    """Runs due steps for one set of campaigns, renderer and settings."""
+
+    def __init__(
+        self, db: Engine, settings: Settings, campaigns: CompiledCampaigns, renderer: Renderer
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.campaigns = campaigns
+        self.renderer = renderer
+        self.key = settings.signing_key()
+
+    def run(self, now: datetime, batch: int = BATCH) -> StepReport:
+        """Every step due at ``now``, a batch per transaction, until none is left."""
+        report = StepReport()
+        # Each pass ends, defers past ``now`` or advances every enrollment it takes, so the
+        # loop ends after at most (steps per campaign) passes over the due set.
+        while True:
+            with self.db.begin() as conn:
+                done, taken = self._batch(conn, now, batch)
+            report.add(done)
+            if not taken:
+                return report
+
+    def _batch(self, conn: Connection, now: datetime, size: int) -> tuple[StepReport, int]:
+        report = StepReport()
+        due = (
+            select(
+                ENROLLMENTS.c.id, ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.step
+            )
+            .where(ENROLLMENTS.c.status == "active", ENROLLMENTS.c.next_due_at <= now)
+            .order_by(ENROLLMENTS.c.next_due_at, ENROLLMENTS.c.id)
+            .limit(size)
+        )
+        if conn.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        rows = conn.execute(due).all()
+        if not rows:
+            return report, 0
+        leads = self._leads(conn, {row.lead_id for row in rows})
+        sent = self._recent(conn, leads, now)
+        messages: list[dict[str, Any]] = []
+        moves: list[dict[str, Any]] = []
+        for row in rows:
+            lead = leads[row.lead_id]
+            campaign = self.campaigns.campaigns.get(row.campaign)
+            move = self._decide(row, lead, campaign, sent[row.lead_id], now, messages, report)
+            moves.append({"b_id": row.id, **move})
+        if messages:
+            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(
+                insert(OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]), messages
+            )
+        conn.execute(
+            update(ENROLLMENTS)
+            .where(ENROLLMENTS.c.id == bindparam("b_id"))
+            .values(
+                step=bindparam("b_step"),
+                status=bindparam("b_status"),
+                next_due_at=bindparam("b_due"),
+                ended_at=bindparam("b_ended"),
+                reason=bindparam("b_reason"),
+            ),
+            moves,
+        )
+        return report, len(rows)
+
+    def _leads(self, conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
+        leads: dict[int, dict[str, Any]] = {}
+        query = select(
+            LEADS.c.id,
+            LEADS.c.email,
+            LEADS.c.attributes,
+            LEADS.c.score,
+            LEADS.c.stage,
+            LEADS.c.tags,
+            LEADS.c.subscribed,
+        ).where(LEADS.c.id.in_(ids))
+        for row in conn.execute(query):
+            leads[row.id] = {**row._asdict(), "scores": {}}
+        scores = select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value)
+        for lead_id, component, value in conn.execute(scores.where(SCORES.c.lead_id.in_(ids))):
+            leads[lead_id]["scores"][component] = value
+        return leads
+
+    def _recent(
+        self, conn: Connection, leads: Mapping[int, Any], now: datetime
+    ) -> dict[int, list[datetime]]:
+        """Times of each lead's emails within the longest frequency-cap period, ascending."""
+        caps = [c.frequency_cap.per for c in self.campaigns.campaigns.values() if c.frequency_cap]
+        sent: dict[int, list[datetime]] = defaultdict(list)
+        if not caps:
+            return sent
+        query = (
+            select(OUTBOX.c.lead_id, OUTBOX.c.created_at)
+            .where(
+                OUTBOX.c.lead_id.in_(list(leads)),
+                OUTBOX.c.created_at > now - max(caps),
+                OUTBOX.c.status.in_(COUNTED),
+            )
+            .order_by(OUTBOX.c.created_at)
+        )
+        for lead_id, at in conn.execute(query):
+            sent[lead_id].append(at)
+        return sent
+
+    def _decide(
+        self,
+        row: Any,
+        lead: dict[str, Any],
+        campaign: Campaign | None,
+        sent: list[datetime],
+        now: datetime,
+        messages: list[dict[str, Any]],
+        report: StepReport,
+    ) -> dict[str, Any]:
+        """What happens to one due enrollment; appends its outbox row to ``messages``."""
+
+        def end(status: str, reason: str) -> dict[str, Any]:
+            if status == "exited":
+                report.exited += 1
+            else:
+                report.completed += 1
+            return {"b_step": row.step, "b_status": status, "b_due": None, "b_ended": now,
+                    "b_reason": reason}  # fmt: skip
+
+        def advance(step: int) -> dict[str, Any]:
+            if campaign is None or step >= len(campaign.steps):
+                return end("completed", "all steps done")
+            due = now + campaign.steps[step].wait
+            return {"b_step": step, "b_status": "active", "b_due": due, "b_ended": None,
+                    "b_reason": None}  # fmt: skip
+
+        def wait_until(moment: datetime) -> dict[str, Any]:
+            report.deferred += 1
+            return {"b_step": row.step, "b_status": "active", "b_due": moment, "b_ended": None,
+                    "b_reason": None}  # fmt: skip
+
+        if campaign is None:
+            return end("exited", "campaign removed")
+        if not lead["subscribed"]:
+            return end("exited", "unsubscribed")
+        if row.step >= len(campaign.steps):
+            return end("completed", "all steps done")
+        state = LeadState(lead["attributes"], lead["scores"], lead["stage"], lead["tags"])
+        holding = self.campaigns.holding(state)
+        if self.campaigns.exits(campaign.name, holding):
+            return end("exited", "exit_when")
+        if not self.campaigns.step_holds(campaign.name, row.step, holding):
+            report.skipped += 1
+            return advance(row.step + 1)
+        if campaign.send_window is not None:
+            zone = lead_zone(lead["attributes"], self.settings.default_timezone)
+            opening = next_opening(campaign.send_window, now, zone)
+            if opening > now:
+                return wait_until(opening)
+        if campaign.frequency_cap is not None:
+            frees = cap_frees_at(campaign.frequency_cap, sent, now)
+            if frees is not None:
+                return wait_until(frees)
+        messages.append(self._message(row, lead, campaign, state, now, report))
+        sent.append(now)
+        return advance(row.step + 1)
+
+    def _message(
+        self,
+        row: Any,
+        lead: dict[str, Any],
+        campaign: Campaign,
+        state: LeadState,
+        now: datetime,
+        report: StepReport,
+    ) -> dict[str, Any]:
+        step = campaign.steps[row.step]
+        url = unsubscribe_url(self.settings.public_url, self.key, lead["id"], lead["email"])
+        message: dict[str, Any] = {
+            "idempotency_key": f"enrollment:{row.id}:step:{row.step}",
+            "kind": "campaign",
+            "lead_id": lead["id"],
+            "enrollment_id": row.id,
+            "campaign": campaign.name,
+            "step": row.step,
+            "template": step.template,
+            "to_email": lead["email"],
+            "from_email": campaign.from_email,
+            "from_name": campaign.from_name,
+            "headers": list_unsubscribe_headers(url),
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+            "subject": None,
+            "html": None,
+            "text": None,
+            "last_error": None,
+        }
+        profile = lead_context(
+            lead["email"],
+            lead["attributes"],
+            score=state.score,
+            scores=state.scores,
+            temperature=self.campaigns.ruleset.band(state.score),
+            stage=state.stage,
+            tags=state.tags,
+        )
+        try:
+            rendered = self.renderer.render(
+                step.template,
+                context(
+                    profile, campaign=campaign.name, step=row.step, unsubscribe_url=url, now=now
+                ),
+            )
+        except TemplateError as error:
+            report.held += 1
+            report.errors.append(f"{campaign.name} step {row.step + 1}: {error}")
+            return {**message, "status": "held", "last_error": str(error)}
+        report.queued += 1
+        return {
+            **message,
+            "status": "queued",
+            "subject": rendered.subject,
+            "html": rendered.html,
+            "text": rendered.text,
+        }
+
+
+def run_due_steps(
+    db: Engine,
+    settings: Settings,
+    campaigns: CompiledCampaigns,
+    renderer: Renderer,
+    now: datetime,
+) -> StepReport:
+    return StepRunner(db, settings, campaigns, renderer).run(now)

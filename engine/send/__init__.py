@@ -1,0 +1,1 @@
+"""Sending: the outbox dispatcher and the mail backends it hands emails to."""

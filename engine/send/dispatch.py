@@ -1,0 +1,216 @@
+"""Outbox → mail backend: the last step of the flow, exactly once as far as a provider allows.
+
+A round claims a small batch of due messages and commits the claim at once: each row turns
+``sending`` with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets several dispatchers
+claim side by side; ``BEGIN IMMEDIATE`` serialises claims on SQLite). Messages to leads who
+unsubscribed, bounced or reported spam since the email was rendered are suppressed, the rest
+go to the backend concurrently, and each outcome is settled: sent, retried later with backoff
+(429, 5xx, timeouts), or failed for good with the reason.
+
+A dispatcher that dies between claim and settle leaves rows ``sending``; once their lease ends
+another round claims them again. A message the provider had already accepted is then sent a
+second time unless a SendGrid ``processed`` event settled it first: at most one batch of such
+duplicates per crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, or_, select, update
+
+from engine.send.email import Email, Mailer, PermanentError, TransientError
+from engine.settings import Settings
+from engine.store import schema
+from engine.store.db import reading
+
+log = logging.getLogger(__name__)
+
+OUTBOX: Table = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
+LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
+EVENTS: Table = schema.EventRecord.__table__  # type: ignore[attr-defined]
+
+# Events after which an address must not be mailed again, whatever the rules say.
+SUPPRESSING = ("bounce", "spam_report")
+BACKOFF_BASE = 60.0  # seconds before the first retry; doubles per attempt
+BACKOFF_MAX = 6 * 3600.0
+
+
+@dataclass
+class DispatchReport:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    suppressed: int = 0
+
+    def as_json(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+def backoff(attempts: int, retry_after: float | None) -> timedelta:
+    """Wait before try ``attempts + 1``: the provider's Retry-After when it gave one, else
+    exponential from a minute, capped at six hours."""
+    if retry_after is not None and retry_after > 0:
+        return timedelta(seconds=min(retry_after, BACKOFF_MAX))
+    return timedelta(seconds=min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_MAX))
+
+
+def email_of(row: Any) -> Email:
+    return Email(
+        outbox_id=row.id,
+        to=row.to_email,
+        from_email=row.from_email,
+        from_name=row.from_name,
+        subject=row.subject,
+        html=row.html,
+        text=row.text,
+        headers=dict(row.headers or {}),
+        category=row.campaign,
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Engine,
+        settings: Settings,
+        mailer: Mailer,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.mailer = mailer
+
+    def run(self, now: datetime, limit: int | None = None) -> DispatchReport:
+        """Send what is due at ``now`` round by round until nothing due is left (or ``limit``
+        messages were claimed)."""
+        report = DispatchReport()
+        claimed = 0
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.send_concurrency)) as pool:
+            while limit is None or claimed < limit:
+                size = self.settings.dispatch_batch
+                if limit is not None:
+                    size = min(size, limit - claimed)
+                rows = self.claim(now, size)
+                if not rows:
+                    break
+                claimed += len(rows)
+                self._deliver(rows, now, pool, report)
+        return report
+
+    def claim(self, now: datetime, size: int) -> list[Any]:
+        """Take up to ``size`` due messages (queued and due, or sending with a lapsed lease)."""
+        due = or_(
+            and_(OUTBOX.c.status == "queued", OUTBOX.c.next_attempt_at <= now),
+            and_(OUTBOX.c.status == "sending", OUTBOX.c.lease_until < now),
+        )
+        ids = select(OUTBOX.c.id).where(due).order_by(OUTBOX.c.next_attempt_at).limit(size)
+        with self.db.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                ids = ids.with_for_update(skip_locked=True)
+            chosen = list(conn.execute(ids).scalars())
+            if not chosen:
+                return []
+            lease = now + timedelta(seconds=self.settings.lease_seconds)
+            conn.execute(
+                update(OUTBOX)
+                .where(OUTBOX.c.id.in_(chosen))
+                .values(status="sending", lease_until=lease, attempts=OUTBOX.c.attempts + 1)
+            )
+            return list(conn.execute(select(OUTBOX).where(OUTBOX.c.id.in_(chosen))).all())
+
+    def _deliver(
+        self, rows: list[Any], now: datetime, pool: ThreadPoolExecutor, report: DispatchReport
+    ) -> None:
+        with reading(self.db) as conn:
+            blocked = self._suppressed(conn, {row.lead_id for row in rows})
+        settled: list[dict[str, Any]] = []
+        to_send = []
+        for row in rows:
+            if row.lead_id in blocked:
+                report.suppressed += 1
+                settled.append(_settle(row.id, "suppressed", error=blocked[row.lead_id]))
+            else:
+                to_send.append(row)
+        for row, outcome in zip(to_send, pool.map(self._send_one, to_send), strict=True):
+            settled.append(self._settlement(row, outcome, now, report))
+        with self.db.begin() as conn:
+            conn.execute(
+                update(OUTBOX)
+                .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == "sending")
+                .values(
+                    status=bindparam("b_status"),
+                    provider_id=bindparam("b_provider"),
+                    sent_at=bindparam("b_sent"),
+                    # Only a retry moves the due time; a settled row keeps its last one.
+                    next_attempt_at=func.coalesce(bindparam("b_next"), OUTBOX.c.next_attempt_at),
+                    last_error=bindparam("b_error"),
+                    lease_until=None,
+                ),
+                [{"b_next": None, "b_sent": None, "b_provider": None, **s} for s in settled],
+            )
+
+    def _send_one(self, row: Any) -> str | Exception | None:
+        try:
+            return self.mailer.send(email_of(row))
+        except (TransientError, PermanentError) as error:
+            return error
+        except Exception as error:  # a backend bug must not strand the batch as `sending`
+            log.exception("outbox %s: unexpected error from the mail backend", row.id)
+            return TransientError(f"unexpected: {type(error).__name__}: {error}")
+
+    def _settlement(
+        self, row: Any, outcome: str | Exception | None, now: datetime, report: DispatchReport
+    ) -> dict[str, Any]:
+        if not isinstance(outcome, Exception):
+            report.sent += 1
+            return _settle(row.id, "sent", b_provider=outcome, b_sent=now)
+        reason = str(outcome) or type(outcome).__name__
+        if isinstance(outcome, TransientError) and row.attempts < self.settings.max_attempts:
+            report.retried += 1
+            wait = backoff(row.attempts, outcome.retry_after)
+            log.info(
+                "outbox %s: try %s failed (%s); retry in %s", row.id, row.attempts, reason, wait
+            )
+            return _settle(row.id, "queued", error=reason, b_next=now + wait)
+        report.failed += 1
+        log.warning("outbox %s: failed after %s tries: %s", row.id, row.attempts, reason)
+        return _settle(row.id, "failed", error=reason)
+
+    @staticmethod
+    def _suppressed(conn: Connection, lead_ids: set[int]) -> dict[int, str]:
+        """Lead → why it must not be mailed, for leads of ``lead_ids`` that must not."""
+        blocked: dict[int, str] = {}
+        gone = select(LEADS.c.id).where(LEADS.c.id.in_(lead_ids), LEADS.c.subscribed.is_(False))
+        for lead_id in conn.execute(gone).scalars():
+            blocked[lead_id] = "unsubscribed"
+        bad = (
+            select(EVENTS.c.lead_id, EVENTS.c.type)
+            .where(EVENTS.c.lead_id.in_(lead_ids), EVENTS.c.type.in_(SUPPRESSING))
+            .distinct()
+        )
+        for lead_id, kind in conn.execute(bad):
+            blocked.setdefault(lead_id, kind)
+        return blocked
+
+
+def _settle(outbox_id: int, status: str, error: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"b_id": outbox_id, "b_status": status, "b_error": error, **extra}
+
+
+def settle_processed(db: Engine, outbox_ids: list[int], provider_ids: dict[int, str]) -> int:
+    """SendGrid's ``processed`` events: the provider has these messages, so rows a crash left
+    ``sending`` are sent, not due for another try. Returns how many rows were settled."""
+    if not outbox_ids:
+        return 0
+    with db.begin() as conn:
+        result = conn.execute(
+            update(OUTBOX)
+            .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == "sending")
+            .values(status="sent", provider_id=bindparam("b_provider"), lease_until=None),
+            [{"b_id": i, "b_provider": provider_ids.get(i)} for i in outbox_ids],
+        )
+        return int(result.rowcount or 0)

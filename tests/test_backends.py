@@ -1,0 +1,159 @@
+"""The mail backends against real peers: an SMTP server (aiosmtpd) and the fake SendGrid, which
+checks every request body against SendGrid's published Mail Send schema; and choosing a backend
+from the settings."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from engine.send.backends import mailer_for
+from engine.send.email import Email, PermanentError, TransientError
+from engine.send.file import FileMailer
+from engine.send.sendgrid import SendGridMailer
+from engine.send.smtp import SmtpMailer
+from engine.settings import Settings
+from tests.fake_sendgrid import FakeSendGrid
+
+UNSUBSCRIBE = {
+    "List-Unsubscribe": "<https://nurture.example/unsubscribe?token=abc>",
+    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+}
+
+
+def an_email(to: str = "ana@acme.io", outbox_id: int = 7) -> Email:
+    return Email(
+        outbox_id=outbox_id,
+        to=to,
+        from_email="hello@acme.io",
+        from_name="Acme",
+        subject="A case study for Acme",
+        html="<p>Hello <b>Ana</b></p>",
+        text="Hello Ana",
+        headers=UNSUBSCRIBE,
+        category="warm-nurture",
+    )
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps what it receives and refuses the addresses it is told."""
+
+    def __init__(self) -> None:
+        self.received: list[EmailMessage] = []
+        self.refuse: dict[str, str] = {}
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        self.received.append(message_from_bytes(data, policy=policy.default))  # type: ignore[arg-type]
+        return "250 Message accepted"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[Inbox, str]]:
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, f"smtp://127.0.0.1:{port}"
+    finally:
+        controller.stop()
+
+
+def test_smtp_delivers_text_and_html_with_the_unsubscribe_headers(
+    smtp_server: tuple[Inbox, str],
+) -> None:
+    inbox, url = smtp_server
+    mailer = SmtpMailer(url, timeout=5)
+    first = mailer.send(an_email())
+    mailer.send(an_email("bo@acme.io", outbox_id=8))  # the same connection, reused
+    assert len(inbox.received) == 2
+    message = inbox.received[0]
+    assert message["To"] == "ana@acme.io" and message["Subject"] == "A case study for Acme"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["X-Nurture-Outbox-Id"] == "7" and first == message["Message-ID"]
+    body = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert body is not None and body.get_content().strip() == "Hello Ana"
+    assert html is not None and "<b>Ana</b>" in html.get_content()
+
+
+def test_smtp_rejections_are_permanent_and_deferrals_transient(
+    smtp_server: tuple[Inbox, str],
+) -> None:
+    inbox, url = smtp_server
+    inbox.refuse = {"gone@acme.io": "550 5.1.1 no such user", "busy@acme.io": "451 4.3.0 later"}
+    mailer = SmtpMailer(url, timeout=5)
+    with pytest.raises(PermanentError, match="550"):
+        mailer.send(an_email("gone@acme.io"))
+    with pytest.raises(TransientError, match="451"):
+        mailer.send(an_email("busy@acme.io"))
+    mailer.send(an_email())  # the mailer recovers after an error
+    assert [m["To"] for m in inbox.received] == ["ana@acme.io"]
+
+
+def test_an_smtp_server_that_is_down_is_a_transient_error() -> None:
+    with pytest.raises(TransientError):
+        SmtpMailer(f"smtp://127.0.0.1:{free_port()}", timeout=2).send(an_email())
+
+
+def test_sendgrid_requests_are_valid_mail_send_bodies_with_our_outbox_id() -> None:
+    with FakeSendGrid() as fake:
+        provider_id = SendGridMailer("SG.test", fake.url, timeout=5).send(an_email())
+    assert fake.validator is not None, "SendGrid's schema should be at hand in this checkout"
+    assert fake.invalid == []
+    [body] = fake.messages
+    assert provider_id
+    assert body["custom_args"] == {"outbox_id": "7"}
+    assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
+    assert body["from"] == {"email": "hello@acme.io", "name": "Acme"}
+    assert body["personalizations"][0]["to"] == [{"email": "ana@acme.io"}]
+    assert body["categories"] == ["warm-nurture"]
+
+
+def test_sendgrid_4xx_is_permanent_and_an_unreachable_host_transient() -> None:
+    with FakeSendGrid() as fake:
+        fake.fail_next(400)
+        with pytest.raises(PermanentError, match="400"):
+            SendGridMailer("SG.test", fake.url, timeout=5).send(an_email())
+    with pytest.raises(TransientError, match="unreachable"):
+        SendGridMailer("SG.test", f"http://127.0.0.1:{free_port()}", timeout=2).send(an_email())
+
+
+def test_the_file_backend_writes_one_file_per_message_however_often_sent(tmp_path: Path) -> None:
+    mailer = FileMailer(tmp_path / "outbox")
+    mailer.send(an_email())
+    mailer.send(an_email())
+    assert [p.name for p in (tmp_path / "outbox").iterdir()] == ["7.eml"]
+
+
+def test_the_backend_comes_from_the_settings(tmp_path: Path) -> None:
+    assert isinstance(mailer_for(Settings(outbox_dir=tmp_path)), FileMailer)
+    assert isinstance(mailer_for(Settings(mail_backend="smtp")), SmtpMailer)
+    with pytest.raises(ValueError, match="SENDGRID_API_KEY"):
+        mailer_for(Settings(mail_backend="sendgrid", sendgrid_api_key=None))
+    with pytest.raises(ValueError, match="file, smtp, sendgrid"):
+        mailer_for(Settings(mail_backend="pigeon"))

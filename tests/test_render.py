@@ -1,0 +1,155 @@
+"""Templates as a marketer writes them and as a lead receives them: strict, escaped, sandboxed,
+bounded in time, CSS inlined, a text part always present, errors with file and line."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from engine.render import Renderer, TemplateError, context, lead_context, sample_context
+
+NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+
+
+def write(folder: Path, name: str, text: str) -> None:
+    path = folder / f"{name}.j2"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def email(subject: str, html: str, text: str | None = None) -> str:
+    body = f"{{% block subject %}}{subject}{{% endblock %}}{{% block html %}}{html}{{% endblock %}}"
+    return body + (f"{{% block text %}}{text}{{% endblock %}}" if text is not None else "")
+
+
+def variables(**attributes: object) -> dict[str, object]:
+    lead = lead_context(
+        "ana@acme.io",
+        attributes,
+        score=45,
+        scores={"fit": 20, "engagement": 25},
+        temperature="warm",
+        stage="lead",
+        tags=[],
+    )
+    return context(lead, campaign="warm-nurture", step=1, unsubscribe_url="https://u/x", now=NOW)
+
+
+def render_one(tmp_path: Path, template: str, **attributes: object) -> object:
+    write(tmp_path, "t", template)
+    return Renderer(tmp_path).render("t", variables(**attributes))
+
+
+def test_subject_html_and_a_derived_text_part(tmp_path: Path) -> None:
+    out = render_one(
+        tmp_path,
+        "<style>p { color: #336699 }</style>"
+        + email(
+            "Hi {{ lead.first_name or 'there' }}",
+            '<p>Score {{ lead.score }}: <a href="https://acme.example/x">read it</a></p>',
+        ),
+        first_name="Ana",
+    )
+    assert out.subject == "Hi Ana"  # type: ignore[attr-defined]
+    assert 'style="color: #336699' in out.html  # type: ignore[attr-defined]
+    assert "<style>" not in out.html  # type: ignore[attr-defined]
+    assert "Score 45: read it" in out.text  # type: ignore[attr-defined]
+
+
+def test_a_missing_profile_attribute_is_empty_but_a_misspelt_one_is_an_error(
+    tmp_path: Path,
+) -> None:
+    out = render_one(tmp_path, email("Hi {{ lead.company }}!", "<p>x</p>"))
+    assert out.subject == "Hi !"  # type: ignore[attr-defined]
+    write(tmp_path, "bad", email("Hi", "<p>\n\n{{ lead.frist_name }}</p>"))
+    with pytest.raises(TemplateError) as caught:
+        Renderer(tmp_path).render("bad", variables())
+    assert caught.value.file is not None and caught.value.file.endswith("bad.j2")
+    assert caught.value.line == 3
+    assert "frist_name" in str(caught.value)
+
+
+def test_values_are_escaped_and_cannot_be_unescaped(tmp_path: Path) -> None:
+    out = render_one(
+        tmp_path, email("x", "<p>{{ lead.company }}</p>"), company="<script>x</script>"
+    )
+    assert "<script>" not in out.html and "&lt;script&gt;" in out.html  # type: ignore[attr-defined]
+    with pytest.raises(TemplateError, match="safe"):
+        render_one(tmp_path, email("x", "{{ lead.company | safe }}"), company="<b>")
+    with pytest.raises(TemplateError, match="autoescape"):
+        render_one(
+            tmp_path,
+            email("x", "{% autoescape false %}{{ lead.company }}{% endautoescape %}"),
+            company="<b>",
+        )
+
+
+def test_the_sandbox_refuses_python_internals(tmp_path: Path) -> None:
+    with pytest.raises(TemplateError, match="unsafe"):
+        render_one(tmp_path, email("x", "{{ lead.__class__.__mro__ }}"))
+    with pytest.raises(TemplateError):
+        render_one(tmp_path, email("x", "{{ ''.__class__.__subclasses__() }}"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{% for a in range(9999) %}{% for b in range(9999) %}{% endfor %}{% endfor %}",
+        "{{ 'x' * 10000000 }}",
+        "{{ range(100000000) | list | length }}",
+    ],
+)
+def test_a_runaway_template_is_stopped(tmp_path: Path, body: str) -> None:
+    started = datetime.now(UTC)
+    with pytest.raises(TemplateError):
+        render_one(tmp_path, email("x", body))
+    assert (datetime.now(UTC) - started).total_seconds() < 5
+
+
+def test_an_email_without_a_subject_block_is_an_error_not_a_blank_email(tmp_path: Path) -> None:
+    write(tmp_path, "layout", "<html>{% block html %}{% endblock %}</html>")
+    with pytest.raises(TemplateError, match="subject"):
+        Renderer(tmp_path).render("layout", variables())
+    with pytest.raises(TemplateError, match="subject is empty"):
+        render_one(tmp_path, email("{{ lead.company }}", "<p>x</p>"))
+
+
+def test_layouts_wrap_the_html_and_a_text_block_wins(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "layout",
+        "<div>{% block html %}{% endblock %}<a href='{{ unsubscribe_url }}'>u</a></div>",
+    )
+    write(
+        tmp_path,
+        "warm/a",
+        '{% extends "layout.j2" %}' + email("S", "<p>Body</p>", "Plain {{ lead.email }}"),
+    )
+    out = Renderer(tmp_path).render("warm/a", variables())
+    assert "<p>Body</p>" in out.html and "https://u/x" in out.html
+    assert "S" not in out.html.replace("https", "")  # the subject is not part of the page
+    assert out.text == "Plain ana@acme.io"
+
+
+def test_check_reports_every_broken_template_with_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "layout", "<div>{% block html %}{% endblock %}</div>")
+    write(tmp_path, "good", '{% extends "layout.j2" %}' + email("Hi {{ lead.first_name }}", "x"))
+    write(tmp_path, "syntax", email("Hi", "{% if %}"))
+    write(tmp_path, "undefined", email("Hi", "\n{{ lead.nope }}"))
+    problems = Renderer(tmp_path).check()
+    found = {Path(p.file or "").stem: p for p in problems}
+    assert set(found) == {"syntax", "undefined"}
+    assert found["undefined"].line == 2
+    assert found["syntax"].line == 1
+
+
+def test_sample_context_renders_the_shipped_templates() -> None:
+    folder = Path(__file__).resolve().parent.parent / "templates"
+    renderer = Renderer(folder)
+    assert renderer.check() == []
+    for name in renderer.names():
+        if name != "layout":
+            out = renderer.render(name, sample_context())
+            assert out.subject and "unsubscribe?token=" in out.html and out.text

@@ -1,0 +1,109 @@
+"""The scheduled jobs as an operator runs them: `nurture tick` once, and `nurture worker` on
+APScheduler's clock, from an event scored through the CLI to an email in the file outbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from engine.settings import get_settings
+from tests.store_support import nurture
+from tests.test_campaigns import HOT, RULESET, VIP, write_campaigns
+from tests.test_outbox import LAYOUT, email_template
+
+
+def make_home(home: Path) -> Path:
+    (home / "rulesets").mkdir(parents=True)
+    (home / "rulesets/test.yaml").write_text(RULESET)
+    write_campaigns(home / "campaigns", HOT, VIP)
+    (home / "templates/hot").mkdir(parents=True)
+    (home / "templates/layout.j2").write_text(LAYOUT)
+    (home / "templates/hot/a.j2").write_text(email_template("Let's talk", "<p>Call us</p>"))
+    return home
+
+
+def hot_lead_events(path: Path, email: str, at: datetime) -> Path:
+    lines = [
+        {"id": "v1", "email": email, "type": "page_view", "occurred_at": at.isoformat()},
+        {"id": "d1", "email": email, "type": "demo_request", "occurred_at": at.isoformat()},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    home = make_home(tmp_path / "home")
+    values = {
+        "NURTURE_HOME": str(home),
+        "NURTURE_DATABASE_URL": db_url,
+        "NURTURE_OUTBOX_DIR": str(home / "outbox"),
+        "NURTURE_SECRET_KEY": "test",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield values
+    get_settings.cache_clear()
+
+
+def test_tick_renders_and_sends_what_is_due_once(env: dict[str, str], tmp_path: Path) -> None:
+    at = datetime(2026, 11, 2, 10, tzinfo=UTC)
+    assert (
+        nurture("ingest", str(hot_lead_events(tmp_path / "e.jsonl", "ana@acme.io", at))).exit_code
+        == 0
+    )
+    early = nurture("tick", "--now", (at - timedelta(minutes=1)).isoformat(), "--json")
+    assert json.loads(early.stdout)["dispatch"]["sent"] == 0
+    result = nurture("tick", "--now", at.isoformat(), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["steps"]["queued"] == 1 and report["dispatch"]["sent"] == 1
+    again = json.loads(nurture("tick", "--now", at.isoformat(), "--json").stdout)
+    assert again["steps"]["queued"] == 0 and again["dispatch"]["sent"] == 0
+    [eml] = (Path(env["NURTURE_HOME"]) / "outbox").glob("*.eml")
+    assert "Subject: Let's talk" in eml.read_text()
+
+
+def test_a_held_email_is_reported_by_tick(env: dict[str, str], tmp_path: Path) -> None:
+    home = Path(env["NURTURE_HOME"])
+    (home / "templates/hot/a.j2").write_text(email_template("{{ lead.nickname }}", "<p>x</p>"))
+    at = datetime(2026, 11, 2, 10, tzinfo=UTC)
+    nurture("ingest", str(hot_lead_events(tmp_path / "e.jsonl", "bo@acme.io", at)))
+    result = nurture("tick", "--now", at.isoformat())
+    assert result.exit_code == 0
+    assert "held" in result.output and "nickname" in result.output
+    assert not (home / "outbox").exists()
+
+
+def test_the_worker_sends_due_email_on_its_own_clock(env: dict[str, str], tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    assert (
+        nurture("ingest", str(hot_lead_events(tmp_path / "e.jsonl", "cy@acme.io", now))).exit_code
+        == 0
+    )
+    outbox = Path(env["NURTURE_HOME"]) / "outbox"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "worker"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(outbox.glob("*.eml")) and time.monotonic() < deadline:
+            assert worker.poll() is None, worker.stderr.read() if worker.stderr else ""
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        _, errors = worker.communicate(timeout=30)
+    assert len(list(outbox.glob("*.eml"))) == 1, errors
+    assert "cy@acme.io" not in errors  # no full addresses in the logs
