@@ -25,6 +25,7 @@ from typing import Any
 
 import css_inline
 from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
@@ -181,17 +182,47 @@ class Renderer:
 
     def render(self, name: str, variables: Mapping[str, Any]) -> Rendered:
         """The email ``name`` for ``variables``; TemplateError (file, line, what) on any failure."""
+        [result] = self.render_many([(name, variables)])
+        if isinstance(result, TemplateError):
+            raise result
+        return result
+
+    def render_many(
+        self, jobs: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Rendered | TemplateError]:
+        """Each (template, variables) rendered, or the error that stops it. The CSS of the whole
+        batch is inlined in one call, which css-inline spreads over the cores."""
+        drafts = [self._draft(name, variables) for name, variables in jobs]
+        good = [i for i, draft in enumerate(drafts) if isinstance(draft, Rendered)]
+        pages = self.inliner.inline_many([drafts[i].html for i in good])  # type: ignore[union-attr]
+        results: list[Rendered | TemplateError] = list(drafts)
+        for i, html in zip(good, pages, strict=True):
+            draft = drafts[i]
+            assert isinstance(draft, Rendered)
+            text = draft.text or html_to_text(html)
+            if len(draft.subject) + len(html) + len(text) > MAX_OUTPUT:
+                file = str(self.folder / (jobs[i][0] + SUFFIX))
+                results[i] = TemplateError(
+                    f"the email is longer than {MAX_OUTPUT:,} characters", file
+                )
+            else:
+                results[i] = Rendered(draft.subject, html, text)
+        return results
+
+    def _draft(self, name: str, variables: Mapping[str, Any]) -> Rendered | TemplateError:
+        """Subject, page (CSS not yet inlined) and the text block if any, within the budget."""
+        file = str(self.folder / (name + SUFFIX))
         _budget.until = time.monotonic() + RENDER_SECONDS
         try:
             template = self.env.get_template(name + SUFFIX)
             if "subject" not in template.blocks or "html" not in template.blocks:
-                raise TemplateError(
-                    "an email template needs {% block subject %} and {% block html %}",
-                    str(self.folder / (name + SUFFIX)),
+                return TemplateError(
+                    "an email template needs {% block subject %} and {% block html %}", file
                 )
             try:
+                blocks = template.new_context(dict(variables))
                 parts = {
-                    block: "".join(template.blocks[block](template.new_context(dict(variables))))
+                    block: "".join(template.blocks[block](blocks))
                     for block in ("subject", "text")
                     if block in template.blocks
                 }
@@ -204,25 +235,16 @@ class Renderer:
             except Exception:
                 # Re-raised with the traceback pointing at template lines, as Template.render does.
                 self.env.handle_exception()
-            html = self.inliner.inline(html)
-            subject = " ".join(parts["subject"].split())  # one line, whatever the template did
-            text = parts.get("text", "").strip() or get_text(html).strip()
-        except TemplateError:
-            raise
         except (JinjaError, SecurityError, ArithmeticError, TypeError, ValueError) as error:
-            file, line = _origin(error, self.folder)
+            where, line = _origin(error, self.folder)
             message = getattr(error, "message", None) or str(error) or type(error).__name__
-            raise TemplateError(message, file or str(self.folder / (name + SUFFIX)), line) from None
+            return TemplateError(message, where or file, line)
         finally:
             _budget.until = float("inf")
+        subject = " ".join(parts["subject"].split())  # one line, whatever the template did
         if not subject:
-            raise TemplateError("the subject is empty", str(self.folder / (name + SUFFIX)))
-        if len(subject) + len(html) + len(text) > MAX_OUTPUT:
-            raise TemplateError(
-                f"the email is longer than {MAX_OUTPUT:,} characters",
-                str(self.folder / (name + SUFFIX)),
-            )
-        return Rendered(subject, html, text)
+            return TemplateError("the subject is empty", file)
+        return Rendered(subject, html, parts.get("text", "").strip())
 
     def check(self) -> list[TemplateError]:
         """Every template compiles, and every email template (one with a subject block)
@@ -242,6 +264,20 @@ class Renderer:
             except TemplateError as error:
                 problems.append(error)
         return problems
+
+
+# Links keep their address in the text part: it is how a plain-text reader follows them (and
+# the unsubscribe link must be there).
+_TEXT = ParserConfig(display_links=True)
+
+
+def html_to_text(html: str) -> str:
+    """The text part of an email from its HTML: layout kept, links as ``[text](url)``."""
+    lines = (line.rstrip() for line in get_text(html, _TEXT).splitlines())
+    text = "\n".join(lines)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip()
 
 
 def _range(*args: int) -> range:

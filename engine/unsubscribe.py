@@ -6,6 +6,7 @@ Links do not expire: an unsubscribe link must work however old the email is."""
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -21,14 +22,20 @@ def _digest(email: str) -> str:
     return hashlib.sha256(email.encode()).hexdigest()[:16]
 
 
+@lru_cache(maxsize=8)
+def _serializer(key: str) -> URLSafeSerializer:
+    # Built once per key: deriving the signing key is most of the cost of a token.
+    return URLSafeSerializer(key, salt=SALT)
+
+
 def make_token(key: str, lead_id: int, email: str) -> str:
-    return URLSafeSerializer(key, salt=SALT).dumps([lead_id, _digest(email)])
+    return str(_serializer(key).dumps([lead_id, _digest(email)]))
 
 
 def read_token(key: str, token: str) -> tuple[int, str]:
     """(lead id, address digest) of a genuine token; BadToken for a forged or altered one."""
     try:
-        payload = URLSafeSerializer(key, salt=SALT).loads(token)
+        payload = _serializer(key).loads(token)
     except BadSignature:
         raise BadToken("the unsubscribe link is not valid (altered or not ours)") from None
     match payload:

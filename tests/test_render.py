@@ -55,7 +55,7 @@ def test_subject_html_and_a_derived_text_part(tmp_path: Path) -> None:
     assert out.subject == "Hi Ana"  # type: ignore[attr-defined]
     assert 'style="color: #336699' in out.html  # type: ignore[attr-defined]
     assert "<style>" not in out.html  # type: ignore[attr-defined]
-    assert "Score 45: read it" in out.text  # type: ignore[attr-defined]
+    assert "Score 45: [read it](https://acme.example/x)" in out.text  # type: ignore[attr-defined]
 
 
 def test_a_missing_profile_attribute_is_empty_but_a_misspelt_one_is_an_error(

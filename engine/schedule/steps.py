@@ -58,6 +58,15 @@ class StepReport:
         self.errors.extend(other.errors)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """An email decided on, waiting for the batch to be rendered."""
+
+    message: dict[str, Any]
+    template: str
+    variables: dict[str, Any]
+
+
 # -- pure decisions ------------------------------------------------------------------------------
 def lead_zone(attributes: Mapping[str, Any], default: str) -> ZoneInfo:
     """The lead's ``timezone`` attribute when it names a zone, else the default."""
@@ -137,13 +146,14 @@ class StepRunner:
             return report, 0
         leads = self._leads(conn, {row.lead_id for row in rows})
         sent = self._recent(conn, leads, now)
-        messages: list[dict[str, Any]] = []
+        pending: list[Pending] = []
         moves: list[dict[str, Any]] = []
         for row in rows:
             lead = leads[row.lead_id]
             campaign = self.campaigns.campaigns.get(row.campaign)
-            move = self._decide(row, lead, campaign, sent[row.lead_id], now, messages, report)
+            move = self._decide(row, lead, campaign, sent[row.lead_id], now, pending, report)
             moves.append({"b_id": row.id, **move})
+        messages = self._render(pending, report)
         if messages:
             insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             conn.execute(
@@ -209,10 +219,10 @@ class StepRunner:
         campaign: Campaign | None,
         sent: list[datetime],
         now: datetime,
-        messages: list[dict[str, Any]],
+        pending: list[Pending],
         report: StepReport,
     ) -> dict[str, Any]:
-        """What happens to one due enrollment; appends its outbox row to ``messages``."""
+        """What happens to one due enrollment; appends the email to send to ``pending``."""
 
         def end(status: str, reason: str) -> dict[str, Any]:
             if status == "exited":
@@ -256,19 +266,13 @@ class StepRunner:
             frees = cap_frees_at(campaign.frequency_cap, sent, now)
             if frees is not None:
                 return wait_until(frees)
-        messages.append(self._message(row, lead, campaign, state, now, report))
+        pending.append(self._message(row, lead, campaign, state, now))
         sent.append(now)
         return advance(row.step + 1)
 
     def _message(
-        self,
-        row: Any,
-        lead: dict[str, Any],
-        campaign: Campaign,
-        state: LeadState,
-        now: datetime,
-        report: StepReport,
-    ) -> dict[str, Any]:
+        self, row: Any, lead: dict[str, Any], campaign: Campaign, state: LeadState, now: datetime
+    ) -> Pending:
         step = campaign.steps[row.step]
         url = unsubscribe_url(self.settings.public_url, self.key, lead["id"], lead["email"])
         message: dict[str, Any] = {
@@ -286,10 +290,6 @@ class StepRunner:
             "attempts": 0,
             "next_attempt_at": now,
             "created_at": now,
-            "subject": None,
-            "html": None,
-            "text": None,
-            "last_error": None,
         }
         profile = lead_context(
             lead["email"],
@@ -300,32 +300,25 @@ class StepRunner:
             stage=state.stage,
             tags=state.tags,
         )
-        try:
-            rendered = self.renderer.render(
-                step.template,
-                context(
-                    profile, campaign=campaign.name, step=row.step, unsubscribe_url=url, now=now
-                ),
-            )
-        except TemplateError as error:
-            report.held += 1
-            report.errors.append(f"{campaign.name} step {row.step + 1}: {error}")
-            return {**message, "status": "held", "last_error": str(error)}
-        report.queued += 1
-        return {
-            **message,
-            "status": "queued",
-            "subject": rendered.subject,
-            "html": rendered.html,
-            "text": rendered.text,
-        }
+        variables = context(
+            profile, campaign=campaign.name, step=row.step + 1, unsubscribe_url=url, now=now
+        )
+        return Pending(message, step.template, variables)
 
-
-def run_due_steps(
-    db: Engine,
-    settings: Settings,
-    campaigns: CompiledCampaigns,
-    renderer: Renderer,
-    now: datetime,
-) -> StepReport:
-    return StepRunner(db, settings, campaigns, renderer).run(now)
+    def _render(self, pending: list[Pending], report: StepReport) -> list[dict[str, Any]]:
+        """The outbox rows of a batch: rendered and queued, or held with the template error."""
+        results = self.renderer.render_many([(p.template, p.variables) for p in pending])
+        rows: list[dict[str, Any]] = []
+        for item, result in zip(pending, results, strict=True):
+            message = item.message
+            if isinstance(result, TemplateError):
+                report.held += 1
+                report.errors.append(f"{message['campaign']} step {message['step'] + 1}: {result}")
+                rows.append({**message, "status": "held", "last_error": str(result),
+                             "subject": None, "html": None, "text": None})  # fmt: skip
+            else:
+                report.queued += 1
+                rows.append({**message, "status": "queued", "last_error": None,
+                             "subject": result.subject, "html": result.html,
+                             "text": result.text})  # fmt: skip
+        return rows
