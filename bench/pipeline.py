@@ -77,7 +77,7 @@ def _rule(i: str, j: str) -> str:
 def load(engine: sa.Engine, leads: int) -> None:
     dialect = engine.dialect.name
     if dialect == "postgresql":
-        numbers = f"generate_series(1, {leads}) AS n(i)"
+        numbers = f"generate_series(1, {leads}::bigint) AS n(i)"
         moves = "generate_series(0, 6) AS m(j)"
         seconds, json, true = "to_timestamp({})", "'{}'::json", "true"
         prefix = ""
