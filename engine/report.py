@@ -107,8 +107,9 @@ def list_leads(
     stage: str | None = None,
     limit: int = 50,
     exclude_stages: tuple[str, ...] = (),
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
-    query = select(LEADS).order_by(LEADS.c.score.desc(), LEADS.c.id).limit(limit)
+    query = select(LEADS).order_by(LEADS.c.score.desc(), LEADS.c.id).limit(limit).offset(offset)
     if exclude_stages:
         query = query.where(LEADS.c.stage.not_in(exclude_stages))
     if temperature:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     secret_key: str | None = None  # signs unsubscribe links; see `signing_key`
     public_url: str = "http://127.0.0.1:8000"
     api_token: str | None = None
+    # Limits on one API request: a body over either is refused whole (413) before any scoring.
+    max_body_bytes: int = 1_048_576
+    max_events_per_request: int = 1000
     sales_webhook_url: str | None = None
     sales_email: str | None = None
 
@@ -61,7 +64,11 @@ class Settings(BaseSettings):
     def access_token(self) -> str:
         """``NURTURE_API_TOKEN``, else a random token kept in ``<home>/.nurture-token`` (which
         ``nurture serve`` points to): the API is never open for want of a setting."""
-        return self.api_token or _kept_secret(self.home / ".nurture-token")
+        return self.api_token or _kept_secret(self.token_file)
+
+    @property
+    def token_file(self) -> Path:
+        return self.home / ".nurture-token"
 
 
 def _kept_secret(path: Path) -> str:

@@ -27,7 +27,7 @@ def context(request: Request) -> Context:
 
 
 def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = False) -> FastAPI:
-    from engine.api import webhooks
+    from engine.api import events, leads, ops, rulesets, webhooks
 
     if db is None:
         database.upgrade(settings.database_url)
@@ -35,6 +35,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ops.redact_access_log()
         if not scheduler:
             yield
             return
@@ -53,4 +54,6 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
     app = FastAPI(title="nurture", lifespan=lifespan)
     app.state.nurture = Context(settings, db)
     app.include_router(webhooks.router)
+    for router in (events.router, leads.router, rulesets.router, ops.router):
+        app.include_router(router)
     return app

@@ -8,10 +8,13 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.api.app import Context, context
 
 COOKIE = "nurture_token"
+# Declares the scheme in /openapi.json; the check itself is `valid`, which also reads the cookie.
+BEARER = HTTPBearer(auto_error=False, description="NURTURE_API_TOKEN")
 
 
 def presented(request: Request) -> str | None:
@@ -27,7 +30,11 @@ def valid(token: str | None, ctx: Context) -> bool:
     return token is not None and hmac.compare_digest(token.encode(), expected.encode())
 
 
-def require_token(request: Request, ctx: Annotated[Context, Depends(context)]) -> None:
+def require_token(
+    request: Request,
+    ctx: Annotated[Context, Depends(context)],
+    _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
+) -> None:
     if not valid(presented(request), ctx):
         raise HTTPException(
             401, "a valid API token is required", headers={"WWW-Authenticate": "Bearer"}

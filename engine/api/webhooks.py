@@ -12,20 +12,20 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from sqlalchemy import select
 
 from engine.api.app import Context, context
+from engine.api.intake import score
+from engine.api.models import errors
 from engine.ingest.parse import InvalidRecord, Parsed, Rejection, record
-from engine.render import Renderer
-from engine.rules.load import RulesetError
 from engine.send.dispatch import settle_processed
 from engine.store import schema
 from engine.store.db import reading
-from engine.store.rulesets import campaigns_in_force, ruleset_in_force
-from engine.store.scoring import IngestResult, ingest
+from engine.store.scoring import IngestResult
 from engine.timeutil import isoformat, utcnow
 from engine.unsubscribe import BadToken, matches, read_token
 
@@ -45,17 +45,6 @@ EVENT_TYPES = {
 # Events that prove the provider holds a message.
 SETTLING = frozenset({"processed", "delivered"})
 PROPERTIES = ("outbox_id", "url", "reason", "sg_message_id", "useragent", "category")
-
-
-def score(ctx: Context, items: list[Parsed]) -> IngestResult:
-    """Events through the rules, with campaign enrollment and exit, like ``nurture ingest``."""
-    compiled = ruleset_in_force(ctx.db, ctx.settings).compiled
-    templates = Renderer(ctx.settings.templates_dir).names()
-    try:
-        campaigns = campaigns_in_force(ctx.db, ctx.settings, compiled.ruleset, templates).compiled
-    except RulesetError:
-        campaigns = None  # campaigns broken with no good version: score without enrolling
-    return ingest(ctx.db, compiled, items, ctx.settings.batch_size, campaigns=campaigns)
 
 
 def _verify(ctx: Context, request: Request, body: bytes) -> None:
@@ -99,7 +88,7 @@ def _event(index: int, item: Any) -> Parsed | None:
         return Rejection(index, str(error))
 
 
-@router.post("/webhooks/sendgrid", tags=["feedback"])
+@router.post("/webhooks/sendgrid", tags=["feedback"], responses=errors(400, 403, 503))
 async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     """SendGrid's event webhook: opens, clicks, bounces, spam reports and unsubscribes score
     through the rules (duplicates by ``sg_event_id`` are dropped); ``processed`` events settle
@@ -120,18 +109,25 @@ async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
                 settled[int(item["outbox_id"])] = str(item.get("sg_message_id") or "")
             except (KeyError, TypeError, ValueError):
                 continue
-    result = score(ctx, items) if items else IngestResult()
-    count = settle_processed(ctx.db, list(settled), settled)
+    # Database work off the event loop: other requests go on being served meanwhile.
+    result = await run_in_threadpool(score, ctx, items) if items else IngestResult()
+    count = await run_in_threadpool(settle_processed, ctx.db, list(settled), settled)
     return {**result.as_json(position="index"), "settled": count}
 
 
+UNSUBSCRIBE: dict[str, Any] = {
+    "tags": ["feedback"],
+    "responses": {200: {"content": {"text/html": {}}}, **errors(400, 422, 503)},
+}
 UNSUBSCRIBED_PAGE = """<!doctype html><html><head><meta charset="utf-8">
 <title>Unsubscribed</title></head>
 <body style="font-family:sans-serif;max-width:32em;margin:4em auto">
 <h1>You are unsubscribed</h1><p>You will not receive any more emails from us.</p></body></html>"""
 
 
-@router.api_route("/unsubscribe", methods=["GET", "POST"], tags=["feedback"])
+# Two routes rather than one with two methods: each OpenAPI operation needs its own id.
+@router.get("/unsubscribe", **UNSUBSCRIBE)
+@router.post("/unsubscribe", operation_id="unsubscribe_post", **UNSUBSCRIBE)
 def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
     """The signed link in every email (and its RFC 8058 one-click POST): opts the lead out at
     once. A forged or altered token is refused."""

@@ -96,17 +96,42 @@ def _attributes(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     return attributes
 
 
+def _storable(raw: Mapping[str, Any]) -> None:
+    """Refuse what would pass here and fail in the database: JSON's escapes can spell lone
+    surrogates (not UTF-8) and NUL (PostgreSQL stores no NUL in text), and Python's JSON reads
+    NaN and Infinity, which standard JSON columns refuse."""
+    try:
+        text = json.dumps(raw, allow_nan=False, ensure_ascii=False, default=str)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRecord("text must be valid Unicode (a lone surrogate escape)") from None
+    except ValueError:
+        raise InvalidRecord("numbers must be finite (no NaN or Infinity)") from None
+    if "\\u0000" in text:
+        raise InvalidRecord("text must not contain NUL characters")
+
+
+def _client_id(value: object) -> str | None:
+    """A record's own id as text, or None when it has none (one is derived instead)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool) or len(str(value)) > 200:
+        raise InvalidRecord("id: must be text or a number, at most 200 characters")
+    return str(value)
+
+
 def record(line: int, raw: object) -> Record:
     """One decoded object → a record, or InvalidRecord naming the field."""
     if not isinstance(raw, dict):
         raise InvalidRecord("a record must be a JSON object")
+    _storable(raw)
     email = normalise_email(raw.get("email"))
     if raw.get("type") in (None, ""):
         body = {k: v for k, v in raw.items() if k not in ("id", "email", "occurred_at")}
         attributes = _attributes(body, "")
         occurred_at = _time(raw.get("occurred_at"))
-        key = raw.get("id") or _derived_id("profile", {"email": email, **raw})
-        return LeadRecord(line, email, attributes, str(key), occurred_at)
+        key = _client_id(raw.get("id")) or _derived_id("profile", {"email": email, **raw})
+        return LeadRecord(line, email, attributes, key, occurred_at)
     kind = raw["type"]
     if not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_TYPE_LENGTH:
         raise InvalidRecord(f"type: must be a name of at most {MAX_TYPE_LENGTH} characters")
@@ -122,19 +147,10 @@ def record(line: int, raw: object) -> Record:
     if not isinstance(lead, dict):
         raise InvalidRecord("lead: must be an object of profile attributes")
     occurred_at = _time(raw.get("occurred_at"))
-    event_id = raw.get("id")
-    if event_id in (None, ""):
-        event_id = _derived_id("event", raw)
-    elif (
-        not isinstance(event_id, str | int)
-        or isinstance(event_id, bool)
-        or len(str(event_id)) > 200
-    ):
-        raise InvalidRecord("id: must be text or a number, at most 200 characters")
     return EventRecord(
         line,
         email,
-        str(event_id),
+        _client_id(raw.get("id")) or _derived_id("event", raw),
         kind.strip(),
         occurred_at,
         properties,
@@ -166,7 +182,7 @@ def parse_jsonl(lines: Iterable[str]) -> Iterator[Parsed]:
             yield Rejection(number, str(error))
 
 
-def _csv_value(text: str) -> Any:
+def csv_value(text: str) -> Any:
     """CSV cells are text; a cell that reads back as the same number becomes that number."""
     text = text.strip()
     if text == "":
@@ -193,7 +209,7 @@ def parse_csv(stream: Iterable[str]) -> Iterator[Parsed]:
         if None in row:
             yield Rejection(number, "more cells than the header has columns")
             continue
-        cells = {k.strip(): _csv_value(v or "") for k, v in row.items() if k}
+        cells = {k.strip(): csv_value(v or "") for k, v in row.items() if k}
         raw: dict[str, Any] = {}
         properties: dict[str, Any] = {}
         is_event = cells.get("type") not in (None, "")

@@ -12,7 +12,7 @@ at most once per evaluation, and a chain longer than ``max_chain`` rounds is an 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -120,6 +120,7 @@ def evaluate(
 ) -> Outcome:
     ruleset = compiled.ruleset
     outcome = Outcome(state.copy())
+    predict(ruleset, outcome)
     fixed = compiled.history_fields(history, event.occurred_at)
     fields = state_fields(ruleset, outcome.state, event.type)
     compiled.encode(fields, event.properties, compiled.event_plan, fixed)
@@ -154,17 +155,7 @@ def apply(ruleset: spec.Ruleset, rule: spec.Rule, outcome: Outcome) -> set[str]:
     """Apply one rule's ``then`` to the outcome; return the state tokens it actually changed."""
     state, then, changed = outcome.state, rule.then, set()
     for name, points in then.score:
-        component = ruleset.components[name]
-        before_total = state.score
-        value = state.scores[name]
-        after = min(max(value + points, component.min), component.max)
-        if after == value:
-            continue
-        state.scores[name] = after
-        outcome.score_changes.append(ScoreChange(rule.name, name, after - value, state.score))
-        changed |= {f"scores.{name}", "score"}
-        if ruleset.band(before_total) != ruleset.band(state.score):
-            changed.add("temperature")
+        changed |= add_points(ruleset, outcome, rule.name, name, points)
     if then.stage is not None and then.stage != state.stage:
         outcome.stage_changes.append(StageChange(rule.name, state.stage, then.stage))
         state.stage = then.stage
@@ -185,3 +176,41 @@ def apply(ruleset: spec.Ruleset, rule: spec.Rule, outcome: Outcome) -> set[str]:
     for kind, targets in intents:
         outcome.intents.extend(Intent(rule.name, kind, target) for target in targets)
     return changed
+
+
+def add_points(
+    ruleset: spec.Ruleset, outcome: Outcome, source: str, name: str, points: int
+) -> set[str]:
+    """Add ``points`` to component ``name``, clamped to its bounds; the ledger gets the delta
+    actually applied. Returns the state tokens that changed."""
+    state, component = outcome.state, ruleset.components[name]
+    before_total = state.score
+    value = state.scores[name]
+    after = min(max(value + points, component.min), component.max)
+    if after == value:
+        return set()
+    state.scores[name] = after
+    outcome.score_changes.append(ScoreChange(source, name, after - value, state.score))
+    changed = {f"scores.{name}", "score"}
+    if ruleset.band(before_total) != ruleset.band(state.score):
+        changed.add("temperature")
+    return changed
+
+
+def predict(ruleset: spec.Ruleset, outcome: Outcome) -> None:
+    """Components fed by a model take the model's score for the lead's attributes before any
+    rule reads them; the change is a ledger row (rule ``model:<version>``) like any other."""
+    for component in ruleset.components.values():
+        if component.model is not None:
+            target = component.model.score(outcome.state.attributes)
+            current = outcome.state.scores[component.name]
+            source = f"model:{component.model.version}"
+            add_points(ruleset, outcome, source, component.name, target - current)
+
+
+def prime(ruleset: spec.Ruleset, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Score many leads by each model in one call, so that ``predict`` finds them: one lead at
+    a time costs milliseconds in scikit-learn's per-call overhead."""
+    for component in ruleset.components.values():
+        if component.model is not None:
+            component.model.prime(rows)

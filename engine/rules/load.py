@@ -22,6 +22,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from engine.rules import spec
 from engine.rules.account import ACCOUNT_FIELDS, AGGREGATES, Aggregate
 from engine.rules.compile import MAX_GROUPS, rule_groups
+from engine.settings import get_settings
 from engine.timeutil import parse_duration
 
 DEFAULT_STAGES = ("subscriber", "lead", "mql", "sql", "opportunity", "customer")
@@ -85,8 +86,9 @@ def node_line(node: Any, default: int) -> int:
 class _Parser:
     """Walks one ruleset document, collecting every problem instead of stopping at the first."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, home: Path | None = None) -> None:
         self.path = path
+        self.home = home  # where model paths start; None: NURTURE_HOME
         self.problems: list[Problem] = []
         self.components: dict[str, spec.Component] = {}
         self.stages: tuple[str, ...] = DEFAULT_STAGES
@@ -165,11 +167,16 @@ class _Parser:
                 self.problem(at, f"component {name!r}: min and max must be integers, min ≤ max")
                 self.components[str(name)] = placeholder
                 continue
-            unknown = set(body) - {"min", "max", "decay"}
+            unknown = set(body) - {"min", "max", "decay", "model"}
             if unknown:
                 self.problem(at, f"component {name!r}: unknown key {sorted(unknown)[0]!r}")
             decay = self.parse_decay(body.get("decay"), key_line(body, "decay", at), name)
-            self.components[str(name)] = spec.Component(str(name), low, high, decay)
+            model = None
+            if "model" in body:
+                model = self.parse_model(body["model"], key_line(body, "model", at), name)
+                if decay is not None:
+                    self.problem(at, f"component {name!r}: a model sets it, so it cannot decay")
+            self.components[str(name)] = spec.Component(str(name), low, high, decay, model)
 
     def parse_decay(
         self, node: Any, line: int, component: str
@@ -207,6 +214,21 @@ class _Parser:
             f"account aggregate {node['aggregate']!r}: use {', '.join(AGGREGATES)}",
         )
         return "sum"
+
+    def parse_model(self, node: Any, line: int, component: str) -> spec.Predictor | None:
+        """``model: models/NAME-vN.joblib``: a file `nurture model train` wrote, under
+        NURTURE_HOME."""
+        from engine.predict import ModelError, load_model  # scikit-learn loads only when used
+
+        if not isinstance(node, str) or not node.strip():
+            self.problem(line, f"component {component!r}: model is the path of a model file")
+            return None
+        home = self.home if self.home is not None else get_settings().home
+        try:
+            return load_model(home / node.strip())
+        except ModelError as error:
+            self.problem(line, f"component {component!r}: {error} (paths are relative to {home})")
+            return None
 
     def parse_bands(self, doc: CommentedMap) -> None:
         if "temperature" not in doc:
@@ -435,6 +457,10 @@ class _Parser:
                 for component, points in value.items():
                     if component not in self.components:
                         self.problem(at, f"rule {rule!r}: unknown score component {component!r}")
+                    elif self.components[component].model is not None:
+                        self.problem(
+                            at, f"rule {rule!r}: component {component!r} is set by a model"
+                        )
                     elif not _is_int(points):
                         self.problem(at, f"rule {rule!r}: points must be integers, got {points!r}")
                     else:
@@ -520,9 +546,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_ruleset(text: str, path: str = "<ruleset>") -> spec.Ruleset:
+def parse_ruleset(text: str, path: str = "<ruleset>", home: Path | None = None) -> spec.Ruleset:
     doc = read_yaml(text, path)
-    parser = _Parser(path)
+    parser = _Parser(path, home)
     ruleset = parser.ruleset(doc, text)
     if ruleset is None:
         raise RulesetError(parser.problems)

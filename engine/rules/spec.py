@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from engine.rules.account import Aggregate
 
@@ -24,12 +25,28 @@ class HalfLifeDecay:
     half_life: timedelta
 
 
+class Predictor(Protocol):
+    """A trained model that scores a lead from its attributes (see engine/predict.py)."""
+
+    version: str
+
+    def score(self, attributes: Mapping[str, Any]) -> int:
+        """The lead's score, 0–100."""
+        ...
+
+    def prime(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Score many leads at once, so that ``score`` on each of them is a lookup."""
+        ...
+
+
 @dataclass(frozen=True)
 class Component:
     name: str
     min: int
     max: int
     decay: PointsDecay | HalfLifeDecay | None = None
+    # Set, the component is fed by this model (``model:`` in YAML), not by rules.
+    model: Predictor | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -83,37 +83,52 @@ def load_cases(path: Path) -> list[Case]:
     return cases
 
 
-def run_case(compiled: CompiledRuleset, case: Case) -> CaseResult:
-    """Profile first (as a profile_update), then each event, one minute apart by default."""
-    result = CaseResult(case.name, case.file, case.line)
+@dataclass
+class Replay:
+    state: LeadState
+    fired: list[str]
+
+
+def replay(
+    compiled: CompiledRuleset, lead: dict[str, Any], raw_events: list[dict[str, Any]]
+) -> Replay:
+    """A new lead with attributes ``lead`` evaluated as a profile_update, then each event (one
+    minute apart from START unless ``occurred_at`` says otherwise), in memory. Raises
+    ChainError on a runaway chain."""
     history = MemoryHistory()
-    ruleset = compiled.ruleset
-    state: LeadState = new_lead(ruleset, case.lead)
-    if "email" in case.lead:
-        state.attributes.setdefault("domain", str(case.lead["email"]).rsplit("@", 1)[-1])
-    times = [START + timedelta(minutes=i) for i in range(len(case.events))]
-    for i, raw in enumerate(case.events):
+    state: LeadState = new_lead(compiled.ruleset, lead)
+    if "email" in lead:
+        state.attributes.setdefault("domain", str(lead["email"]).rsplit("@", 1)[-1])
+    times = [START + timedelta(minutes=i) for i in range(len(raw_events))]
+    for i, raw in enumerate(raw_events):
         if raw.get("occurred_at"):
             times[i] = parse_instant(raw["occurred_at"])
     first = min([START, *times])
     events = [Event("profile", "profile_update", window_start(first, timedelta(minutes=1)))]
     events += [
         Event(f"e{i}", str(raw.get("type")), times[i], dict(raw.get("properties") or {}))
-        for i, raw in enumerate(case.events)
+        for i, raw in enumerate(raw_events)
     ]
     fired: list[str] = []
     for event in events:
         history.add_event(event.type, event.occurred_at)
-        try:
-            outcome = evaluate(compiled, state, event, history)
-        except ChainError as error:
-            result.failures.append(str(error))
-            return result
+        outcome = evaluate(compiled, state, event, history)
         for rule in outcome.fired:
             history.add_firing(rule, event.occurred_at)
         fired += outcome.fired
         state = outcome.state
-    result.failures = compare(case.expect, state, ruleset.band(state.score), fired)
+    return Replay(state, fired)
+
+
+def run_case(compiled: CompiledRuleset, case: Case) -> CaseResult:
+    result = CaseResult(case.name, case.file, case.line)
+    try:
+        done = replay(compiled, case.lead, case.events)
+    except ChainError as error:
+        result.failures.append(str(error))
+        return result
+    band = compiled.ruleset.band(done.state.score)
+    result.failures = compare(case.expect, done.state, band, done.fired)
     return result
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
 from engine.render import Renderer, TemplateError, context, lead_context
@@ -126,6 +127,7 @@ class StepRunner:
             with self.db.begin() as conn:
                 done, taken = self._batch(conn, now, batch)
             report.add(done)
+            metrics.emails_prepared(done.queued, done.held)
             if not taken:
                 return report
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, or_, select, update
 
+from engine import metrics
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.settings import Settings
 from engine.store import schema
@@ -152,6 +153,7 @@ class Dispatcher:
                 ),
                 [{"b_next": None, "b_sent": None, "b_provider": None, **s} for s in settled],
             )
+        metrics.emails_settled(s["b_status"] for s in settled)
 
     def _send_one(self, row: Any) -> str | Exception | None:
         try:

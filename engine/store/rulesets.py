@@ -111,8 +111,33 @@ def _remember(db: Engine, key: str, name: str, version: str, source: str) -> Non
             pass  # another process recorded the same version first
 
 
+# The last answer per database and file (or folder), with a fingerprint of what was read:
+# parsing YAML and recording the version cost tens of milliseconds, too much for every API
+# request while the files stay the same. By content, not mtime, so an edit is seen at once; only
+# the last answer, so a revert to an earlier text is worked out (and recorded) again.
+_LAST: dict[tuple[str, str, str], tuple[str, object]] = {}
+
+
+def _fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
     path = choose_file(settings)
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        text = ""  # unreadable: the full load below says why
+    slot, fingerprint = ("ruleset", str(db.url), str(path)), _fingerprint(text)
+    last = _LAST.get(slot)
+    if last is not None and last[0] == fingerprint and isinstance(last[1], InForce):
+        return last[1]
+    found = _ruleset_in_force(db, path)
+    _LAST[slot] = (fingerprint, found)
+    return found
+
+
+def _ruleset_in_force(db: Engine, path: Path) -> InForce:
     key = str(path.resolve())
     try:
         compiled = compile_checked(path)
@@ -138,21 +163,54 @@ def campaigns_in_force(
     """The campaigns folder as one versioned unit: a broken file (or a step naming a missing
     template) leaves the last good set of campaigns in force, as for rulesets."""
     key = str(settings.campaigns_dir.resolve())
+    names = sorted(templates) if templates is not None else None
     try:
         sources = read_sources(settings.campaigns_dir)
-        campaigns = parse_campaigns(sources, ruleset, templates)
     except RulesetError as error:
-        stored = _last_good(db, key)
-        if stored is None:
-            raise
-        try:
-            kept = parse_campaigns(json.loads(stored), ruleset, templates)
-        except RulesetError:
-            raise error from None
-        return CampaignsInForce(CompiledCampaigns(ruleset, kept), error.problems)
+        return _kept_campaigns(db, key, ruleset, names, error)
+    slot = ("campaigns", str(db.url), key)
+    fingerprint = _fingerprint(
+        ruleset.name, ruleset.version, json.dumps(sources, sort_keys=True), json.dumps(names)
+    )
+    last = _LAST.get(slot)
+    if last is not None and last[0] == fingerprint:
+        if isinstance(last[1], RulesetError):
+            raise RulesetError(last[1].problems)  # a fresh one: a re-raise grows its traceback
+        if isinstance(last[1], CampaignsInForce):
+            return last[1]
+    try:
+        found = _campaigns_in_force(db, key, sources, ruleset, names)
+    except RulesetError as error:
+        _LAST[slot] = (fingerprint, error)
+        raise
+    _LAST[slot] = (fingerprint, found)
+    return found
+
+
+def _campaigns_in_force(
+    db: Engine, key: str, sources: dict[str, str], ruleset: Ruleset, names: list[str] | None
+) -> CampaignsInForce:
+    try:
+        campaigns = parse_campaigns(sources, ruleset, names)
+    except RulesetError as error:
+        return _kept_campaigns(db, key, ruleset, names, error)
     compiled = CompiledCampaigns(ruleset, campaigns)
     if sources:
         source = json.dumps(sources, sort_keys=True)
         version = hashlib.sha256(source.encode()).hexdigest()[:12]
         _remember(db, key, "campaigns:" + key[-150:], version, source)
     return CampaignsInForce(compiled)
+
+
+def _kept_campaigns(
+    db: Engine, key: str, ruleset: Ruleset, names: list[str] | None, error: RulesetError
+) -> CampaignsInForce:
+    """The last good campaigns, with the problems of the folder on disk; else ``error``."""
+    stored = _last_good(db, key)
+    if stored is None:
+        raise error
+    try:
+        kept = parse_campaigns(json.loads(stored), ruleset, names)
+    except RulesetError:
+        raise error from None
+    return CampaignsInForce(CompiledCampaigns(ruleset, kept), error.problems)

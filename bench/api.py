@@ -1,0 +1,213 @@
+"""``POST /api/events`` under concurrent load, against a real ``nurture serve`` process on
+loopback, on SQLite and PostgreSQL. Figures are printed, not asserted.
+
+    python bench/api.py              # 4,000 events, 8 clients, 1 and 50 events per request
+    python bench/api.py --events 20000 --clients 16 --batch 1,100 --skip-pg
+
+Each client is an asyncio task with its own keep-alive connection, sending its next request as
+soon as its last one is answered. For every request size it prints events/s, requests/s and the
+p50/p99 latency of a request. To measure something else against the same server, add a phase
+that takes a ``Server`` (its ``url`` and ``headers``) the way ``load`` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from engine.store.db import normalise_url
+
+ROOT = Path(__file__).resolve().parent.parent
+NURTURE = str(Path(sys.executable).with_name("nurture"))
+TOKEN = "bench-token"
+PAGES = ("/pricing", "/blog/rules", "/features", "/docs/start", "/case-studies")
+
+
+@dataclass
+class Server:
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Figures:
+    events: int
+    requests: int
+    seconds: float
+    latencies: list[float]  # seconds per request
+    failures: int
+
+    def line(self, label: str) -> str:
+        ordered = sorted(self.latencies)
+
+        def pct(p: float) -> float:
+            return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
+
+        return (
+            f"{label:<28} {self.events / self.seconds:>8,.0f} events/s "
+            f"{self.requests / self.seconds:>7,.0f} req/s   p50 {pct(0.50):7.1f} ms   "
+            f"p99 {pct(0.99):7.1f} ms   ({self.events:,} events, {self.failures} failed requests)"
+        )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def make_home(folder: Path) -> Path:
+    """The repository's ruleset, campaigns and templates: the real scoring and enrollment work."""
+    for part in ("rulesets", "campaigns", "templates"):
+        if (ROOT / part).is_dir():
+            shutil.copytree(ROOT / part, folder / part, ignore=shutil.ignore_patterns("tests"))
+    return folder
+
+
+@contextmanager
+def serve(home: Path, database_url: str) -> Iterator[Server]:
+    """``nurture serve`` (API and scheduler) in its own process, until the block ends."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "NURTURE_HOME": str(home),
+        "NURTURE_DATABASE_URL": database_url,
+        "NURTURE_API_TOKEN": TOKEN,
+        "NURTURE_OUTBOX_DIR": str(home / "outbox"),
+    }
+    log = (home / "serve.log").open("w")
+    process = subprocess.Popen(
+        [NURTURE, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    server = Server(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"nurture serve did not start; see {home / 'serve.log'}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def bodies(events: int, per_request: int, leads: int, run: str) -> list[list[dict[str, Any]]]:
+    """Page views spread over ``leads`` leads, each with a unique id, cut into requests."""
+    stream = [
+        {
+            "id": f"{run}-{n}",
+            "email": f"lead{n % leads}@bench{n % 97}.example",
+            "type": "page_view",
+            "properties": {"url": PAGES[n % len(PAGES)]},
+        }
+        for n in range(events)
+    ]
+    return [stream[i : i + per_request] for i in range(0, len(stream), per_request)]
+
+
+async def load(server: Server, requests: list[list[dict[str, Any]]], clients: int) -> Figures:
+    queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+    for body in requests:
+        queue.put_nowait(body)
+    latencies: list[float] = []
+    failures = 0
+
+    async def client() -> None:
+        nonlocal failures
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=server.headers, timeout=120
+        ) as http:
+            while not queue.empty():
+                body = queue.get_nowait()
+                started = time.perf_counter()
+                response = await http.post("/api/events", json=body)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200 or response.json()["accepted"] != len(body):
+                    failures += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    seconds = time.perf_counter() - started
+    return Figures(sum(map(len, requests)), len(requests), seconds, latencies, failures)
+
+
+def bench(label: str, database_url: str, args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as folder, serve(make_home(Path(folder)), database_url) as s:
+        # Warm-up: the ruleset and campaigns are loaded and the first leads exist.
+        asyncio.run(load(s, bodies(200, 10, args.leads, "warm"), 4))
+        for size in args.batch:
+            run = f"{label}-{size}-{uuid.uuid4().hex[:6]}"
+            figures = asyncio.run(load(s, bodies(args.events, size, args.leads, run), args.clients))
+            print(figures.line(f"{label}, {size}/request"), flush=True)
+
+
+@contextmanager
+def pg_schema(url: str) -> Iterator[str]:
+    """A fresh schema on the PostgreSQL at ``url``, dropped afterwards."""
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(normalise_url(url))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        scoped = sa.engine.make_url(normalise_url(url)).update_query_dict(
+            {"options": f"-csearch_path={schema}"}
+        )
+        yield scoped.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=4000, help="events per request size")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument(
+        "--batch",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 50],
+        help="events per request, comma-separated (default 1,50)",
+    )
+    parser.add_argument("--leads", type=int, default=1000, help="distinct leads")
+    parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    args = parser.parse_args()
+    print(f"POST /api/events: {args.events:,} events per size, {args.clients} clients, loopback")
+    with tempfile.TemporaryDirectory() as folder:
+        bench("SQLite", f"sqlite:///{folder}/bench.db", args)
+    if not args.skip_pg:
+        with pg_schema(args.pg_url) as url:
+            bench("PostgreSQL", url, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The HTTP edge of ingest: request bodies read within the configured limits, and records scored
+through the one ingest path (``engine.store.scoring.ingest``) with the ruleset and campaigns in
+force, exactly as ``nurture ingest`` scores a file. ``POST /api/events``, ``POST /api/leads``, the
+SendGrid webhook and the unsubscribe link all come through here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from engine.api.app import Context
+from engine.ingest.parse import Parsed
+from engine.render import Renderer
+from engine.rules.compile import CompiledRuleset
+from engine.rules.load import RulesetError
+from engine.settings import Settings
+from engine.store.rulesets import NoRuleset, campaigns_in_force, ruleset_in_force
+from engine.store.scoring import IngestResult, ingest
+
+
+def in_force(ctx: Context) -> CompiledRuleset:
+    """The ruleset in force, or 503: without one nothing can be scored or reported."""
+    try:
+        return ruleset_in_force(ctx.db, ctx.settings).compiled
+    except (NoRuleset, RulesetError) as error:
+        raise HTTPException(503, f"no ruleset in force: {error}") from None
+
+
+def score(ctx: Context, items: list[Parsed]) -> IngestResult:
+    """Records through the rules, with campaign enrollment and exit, like ``nurture ingest``."""
+    compiled = in_force(ctx)
+    templates = Renderer(ctx.settings.templates_dir).names()
+    try:
+        campaigns = campaigns_in_force(ctx.db, ctx.settings, compiled.ruleset, templates).compiled
+    except RulesetError:
+        campaigns = None  # campaigns broken with no good version: score without enrolling
+    return ingest(ctx.db, compiled, items, ctx.settings.batch_size, campaigns=campaigns)
+
+
+def too_large(what: str) -> HTTPException:
+    return HTTPException(413, what)
+
+
+async def read_body(request: Request, settings: Settings) -> bytes:
+    """The body, refused with 413 as soon as it passes ``NURTURE_MAX_BODY_BYTES``: a declared
+    length over the limit is refused before reading, an undeclared one while streaming, so an
+    oversized body never sits whole in memory."""
+    limit = settings.max_body_bytes
+    message = f"the body is larger than {limit} bytes (NURTURE_MAX_BODY_BYTES)"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(message)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large(message)
+    return bytes(body)
+
+
+async def read_json(request: Request, settings: Settings) -> Any:
+    body = await read_body(request, settings)
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise HTTPException(400, "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise HTTPException(
+            400,
+            f"the body is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})",
+        ) from None

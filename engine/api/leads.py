@@ -1,0 +1,100 @@
+"""Leads over HTTP: upsert a profile (scored as a ``profile_update``, like a profile line of
+``nurture ingest``), list leads, read one with its ledger and stage history, and the pipeline
+report. Reads come from ``engine.report``, the same as the CLI's ``--json``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from engine import report
+from engine.api.app import Context, context
+from engine.api.auth import require_token
+from engine.api.intake import in_force, read_json, score
+from engine.api.models import LeadDetail, LeadIn, LeadSummary, Pipeline, errors
+from engine.ingest.parse import InvalidRecord, LeadRecord, record
+
+router = APIRouter(prefix="/api", tags=["leads"], dependencies=[Depends(require_token)])
+Ctx = Annotated[Context, Depends(context)]
+
+
+def profile(raw: Any) -> LeadRecord:
+    """A request body → a profile record. Without a client ``id`` each upsert is a new
+    ``profile_update`` (a content-derived id, as a file gets, would make re-sending an earlier
+    profile a no-op duplicate and leave the later one in place)."""
+    if not isinstance(raw, dict):
+        raise InvalidRecord("the body must be a JSON object with `email` and profile attributes")
+    if raw.get("type") not in (None, ""):
+        raise InvalidRecord("type: a lead profile has no type (events go to POST /api/events)")
+    if raw.get("id") in (None, ""):
+        raw = {**raw, "id": f"api-profile:{uuid.uuid4().hex}"}
+    found = record(0, raw)
+    assert isinstance(found, LeadRecord)
+    return found
+
+
+def lead_or_404(ctx: Context, email: str) -> dict[str, Any]:
+    try:
+        detail = report.lead_detail(ctx.db, email)
+    except InvalidRecord as error:
+        raise HTTPException(422, str(error)) from None
+    if detail is None:
+        raise HTTPException(404, "no lead with that email")
+    return detail
+
+
+def pipeline_report(ctx: Context) -> dict[str, Any]:
+    """The one place the pipeline report is made: today the funnel (leads per stage now)."""
+    return report.funnel(ctx.db, in_force(ctx).ruleset)
+
+
+@router.post(
+    "/leads",
+    response_model=LeadDetail,
+    responses=errors(400, 401, 413, 422, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": LeadIn.model_json_schema()}},
+        }
+    },
+)
+async def upsert_lead(request: Request, ctx: Ctx) -> dict[str, Any]:
+    """Create or update a lead by email: the attributes given are set (others kept) and the lead
+    is scored as a ``profile_update``. Answers the lead as it is now."""
+    try:
+        item = profile(await read_json(request, ctx.settings))
+    except InvalidRecord as error:
+        raise HTTPException(422, str(error)) from None
+    result = await run_in_threadpool(score, ctx, [item])
+    if result.rejected:
+        raise HTTPException(422, result.rejected[0].error)
+    return await run_in_threadpool(lead_or_404, ctx, item.email)
+
+
+@router.get("/leads", response_model=list[LeadSummary], responses=errors(401, 422))
+def list_leads(
+    ctx: Ctx,
+    temperature: Annotated[str | None, Query(description="cold, warm, hot, …")] = None,
+    stage: Annotated[str | None, Query(description="A funnel stage, e.g. mql.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> list[dict[str, Any]]:
+    """Leads, highest score first, filtered by temperature and stage."""
+    return report.list_leads(ctx.db, temperature, stage, limit, offset=offset)
+
+
+@router.get("/leads/{email}", response_model=LeadDetail, responses=errors(401, 404, 422))
+def get_lead(email: str, ctx: Ctx) -> dict[str, Any]:
+    """One lead: scores, temperature, stage, the score ledger (every change with its rule and
+    event), stage history, recent events and the top reasons behind the score."""
+    return lead_or_404(ctx, email)
+
+
+@router.get("/pipeline", response_model=Pipeline, responses=errors(401, 503))
+def pipeline(ctx: Ctx) -> dict[str, Any]:
+    """The funnel: leads per stage, in funnel order with the exits last."""
+    return pipeline_report(ctx)

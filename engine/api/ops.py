@@ -1,0 +1,79 @@
+"""What operators watch: ``/healthz`` (the database answers a real query on the migrated schema)
+and ``/metrics`` (Prometheus text, see ``engine.metrics``). Both are open without the API token
+so that load balancers and scrapers need no secret: neither says anything about any lead, only
+counts and rule names."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.api.app import Context, context
+from engine.api.models import Health
+from engine.store.db import reading
+
+router = APIRouter(tags=["operations"])
+# The local part of an email address in a URL (``/api/leads/ana@acme.io``), plain or %-encoded.
+_EMAIL_IN_PATH = re.compile(r"([^/?&=@%\s])[^/?&=@\s]*(@|%40)", re.IGNORECASE)
+
+
+class RedactEmails(logging.Filter):
+    """Access log lines keep the first letter and the domain of an email in a path: enough to
+    tell requests apart, not enough to name a person."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _EMAIL_IN_PATH.sub(r"\1***\2", arg) if isinstance(arg, str) else arg
+                for arg in record.args
+            )
+        return True
+
+
+ACCESS_LOG_FILTER = RedactEmails()
+
+
+def redact_access_log() -> None:
+    """Called once the server has set up its logging (uvicorn's access log)."""
+    logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG_FILTER)
+
+
+Ctx = Annotated[Context, Depends(context)]
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "The database is not usable."}},
+)
+def healthz(ctx: Ctx) -> Health | JSONResponse:
+    """200 when the database answers a query on the migrated schema, else 503 with the reason."""
+    try:
+        with reading(ctx.db) as conn:
+            migrated = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError as error:
+        # The driver's first line says what failed (refused, unknown table) without the URL.
+        cause = str(getattr(error, "orig", None) or error).strip().splitlines()
+        reason = f"database: {cause[0] if cause else type(error).__name__}"
+        return JSONResponse(Health(status="unavailable", reason=reason).model_dump(), 503)
+    if migrated is None:
+        body = Health(status="unavailable", reason="database: not migrated (nurture db upgrade)")
+        return JSONResponse(body.model_dump(), 503)
+    return Health(status="ok")
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
+)
+def metrics() -> Response:
+    """Counters and histograms in Prometheus' text format (``nurture_*``)."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
