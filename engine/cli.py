@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,13 +18,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import Engine
 
 from engine import report
+from engine.accounts import hottest_accounts
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.load import load_campaigns
 from engine.ingest.parse import parse_stream
+from engine.pipeline import pipeline, stuck_thresholds
 from engine.render import Renderer
 from engine.rules.lint import warnings
 from engine.rules.load import Problem, RulesetError, ruleset_files
@@ -489,6 +492,114 @@ def test_command(
         out.print(f"{len(results) - len(failed)} cases passed, {len(failed)} cases failed")
     if failed or problems or not results:
         raise typer.Exit(1)
+
+
+def _instant(option: str, value: str | None) -> datetime | None:
+    try:
+        return parse_instant(value) if value else None
+    except ValueError as error:
+        raise fail(f"{option}: {error}") from None
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+@app.command("pipeline")
+def pipeline_command(
+    since: Annotated[str | None, typer.Option(help="Period start, ISO date or time.")] = None,
+    until: Annotated[str | None, typer.Option(help="Period end (excluded).")] = None,
+    stuck_days: Annotated[
+        list[str] | None,
+        typer.Option(help="Days in a stage before a lead is stuck: N, or STAGE=N (repeatable)."),
+    ] = None,
+    cohort: Annotated[bool, typer.Option("--cohort", help="Also by month leads entered.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Funnel report: leads per stage, conversion, time in stage, stuck leads, backward moves and
+    exits with their rules."""
+    settings = get_settings()
+    db = open_db(settings)
+    ruleset = in_force(db, settings).compiled.ruleset
+    try:
+        thresholds = stuck_thresholds(stuck_days or [], ruleset)
+    except ValueError as error:
+        raise fail(f"--stuck-days {error}") from None
+    data = pipeline(
+        db,
+        ruleset,
+        since=_instant("--since", since),
+        until=_instant("--until", until),
+        stuck_days=thresholds,
+        cohorts=cohort,
+    )
+    if as_json:
+        emit_json(data)
+        return
+    period = data["period"]
+    title = f"pipeline {period['since'] or 'start'} → {period['until'] or 'now'}"
+    stages = Table(
+        "stage", "leads", "entered", "→ next", "rate", "median d", "p90 d", "stuck", title=title
+    )
+    for row in data["stages"]:
+        rate = row["conversion_rate"]
+        stages.add_row(
+            row["stage"],
+            str(row["leads"]),
+            str(row["entered"]),
+            _cell(row["converted_to_next"]),
+            "" if rate is None else f"{rate:.0%}",
+            _cell(row["median_days"]),
+            _cell(row["p90_days"]),
+            _cell(row["stuck"]),
+        )
+    out.print(stages)
+    for key, heading in (("backward", "backward moves"), ("exits", "exits")):
+        moves = Table("from", "to", "rule", "moves", title=heading)
+        for move in data[key]:
+            moves.add_row(move["from"], move["to"], move["rule"], str(move["moves"]))
+        out.print(moves)
+    if data["cohorts"] is not None:
+        funnel, exits = ruleset.stages, ruleset.exits
+        cohorts = Table(
+            Column("cohort", no_wrap=True), "leads", *funnel, *exits, title="cohorts: reached"
+        )
+        for row in data["cohorts"]:
+            cohorts.add_row(
+                row["cohort"],
+                str(row["leads"]),
+                *(str(row["reached"][s]) for s in funnel),
+                *(str(row["exits"][s]) for s in exits),
+            )
+        out.print(cohorts)
+
+
+@app.command("accounts")
+def accounts_command(
+    limit: Annotated[int, typer.Option(help="At most this many, hottest first.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """The hottest accounts (leads grouped by company domain; free mail left out)."""
+    settings = get_settings()
+    db = open_db(settings)
+    ruleset = in_force(db, settings).compiled.ruleset
+    rows = hottest_accounts(db, ruleset, limit)
+    if as_json:
+        emit_json(rows)
+        return
+    bands = [band for band, _ in ruleset.temperature]
+    title = f"accounts by {ruleset.account_aggregate} of lead scores"
+    table = Table("domain", "score", "leads", "hottest lead", *bands, title=title)
+    for row in rows:
+        hottest = row["hottest"]
+        table.add_row(
+            row["domain"],
+            str(row["score"]),
+            str(row["leads"]),
+            f"{hottest['email']} ({hottest['score']})",
+            *(str(row["temperatures"][band]) for band in bands),
+        )
+    out.print(table)
 
 
 @db_app.command("upgrade")

@@ -108,6 +108,8 @@ def lookup(state_fields: Mapping[str, Any], properties: Mapping[str, Any], path:
     if parts[0] == "lead":
         if parts[1] == "scores":
             return state_fields["scores"].get(parts[2])
+        if parts[1] == "account" and len(parts) == 3:
+            return state_fields.get(path.removeprefix("lead."))
         return state_fields.get(parts[1])
     if path == "event.type":
         return state_fields["event.type"]
@@ -344,7 +346,9 @@ def _reads(condition: spec.Condition) -> set[str]:
     if isinstance(condition, spec.All | spec.AnyOf):
         return set().union(*(_reads(item) for item in condition.items))
     if isinstance(condition, spec.Test) and condition.path.startswith("lead."):
-        return {condition.path.removeprefix("lead.")}
+        token = condition.path.removeprefix("lead.")
+        # The account's score counts the lead's own score, so it moves when that does.
+        return {token, "score"} if token == "account.score" else {token}
     return set()
 
 

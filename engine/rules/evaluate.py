@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.rules import spec
+from engine.rules.account import Peers
 from engine.rules.compile import CompiledRuleset, History
 
 
@@ -38,6 +39,8 @@ class LeadState:
     scores: dict[str, int]
     stage: str
     tags: list[str] = field(default_factory=list)
+    # The other leads of its account (None: no account, e.g. a free-mail address).
+    account: Peers | None = None
 
     @property
     def score(self) -> int:
@@ -106,6 +109,8 @@ def state_fields(ruleset: spec.Ruleset, state: LeadState, event_type: str) -> di
         stage=state.stage,
         tags=state.tags,
     )
+    if state.account is not None:
+        fields.update(state.account.view(ruleset.account_aggregate, state.score))
     fields["event.type"] = event_type
     return fields
 

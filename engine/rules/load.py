@@ -20,6 +20,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from engine.rules import spec
+from engine.rules.account import ACCOUNT_FIELDS, AGGREGATES, Aggregate
 from engine.rules.compile import MAX_GROUPS, rule_groups
 from engine.settings import get_settings
 from engine.timeutil import parse_duration
@@ -102,7 +103,16 @@ class _Parser:
         if not isinstance(doc, CommentedMap):
             self.problem(1, "a ruleset is a mapping with keys ruleset, components, rules")
             return None
-        known = {"ruleset", "components", "temperature", "stages", "exits", "rules", "max_chain"}
+        known = {
+            "ruleset",
+            "components",
+            "temperature",
+            "stages",
+            "exits",
+            "rules",
+            "max_chain",
+            "account",
+        }
         for key in doc:
             if key not in known:
                 self.problem(
@@ -120,6 +130,7 @@ class _Parser:
         if not isinstance(max_chain, int) or isinstance(max_chain, bool) or max_chain < 1:
             self.problem(key_line(doc, "max_chain", 1), "max_chain must be a positive integer")
             max_chain = 20
+        aggregate = self.parse_account(doc)
         rules = self.parse_rules(doc)
         if self.problems:
             return None
@@ -134,6 +145,7 @@ class _Parser:
             rules=tuple(rules),
             max_chain=max_chain,
             source=text,
+            account_aggregate=aggregate,
         )
 
     def parse_components(self, doc: CommentedMap) -> None:
@@ -182,6 +194,26 @@ class _Parser:
         except ValueError as error:
             self.problem(line, f"component {component!r}: {error}")
             return None
+
+    def parse_account(self, doc: CommentedMap) -> Aggregate:
+        """``account: {aggregate: sum|max|mean}``: how leads' scores make their account's."""
+        node = doc.get("account")
+        if node is None:
+            return "sum"
+        line = key_line(doc, "account", 1)
+        if not isinstance(node, CommentedMap) or set(node) != {"aggregate"}:
+            self.problem(
+                line, "`account:` takes {aggregate: sum}, {aggregate: max} or {aggregate: mean}"
+            )
+            return "sum"
+        for aggregate in AGGREGATES:
+            if node["aggregate"] == aggregate:
+                return aggregate
+        self.problem(
+            key_line(node, "aggregate", line),
+            f"account aggregate {node['aggregate']!r}: use {', '.join(AGGREGATES)}",
+        )
+        return "sum"
 
     def parse_model(self, node: Any, line: int, component: str) -> spec.Predictor | None:
         """``model: models/NAME-vN.joblib``: a file `nurture model train` wrote, under
@@ -356,6 +388,12 @@ class _Parser:
             if parts[2] not in self.components:
                 return f"unknown score component {parts[2]!r} in {path}"
             return None
+        if parts[0] == "lead" and len(parts) == 3 and parts[1] == "account":
+            if path.removeprefix("lead.") not in ACCOUNT_FIELDS:
+                return (
+                    f"unknown account field {path!r}: use lead.account.score or lead.account.leads"
+                )
+            return None
         if parts[0] == "lead" and len(parts) == 2 and parts[1] and parts[1] != "scores":
             # Any attribute may be read, but one a letter or two from a built-in field is a typo
             # that would otherwise never match.
@@ -365,7 +403,8 @@ class _Parser:
             return None
         return (
             f"unknown field {path!r}: use lead.<attribute>, lead.score, lead.scores.<component>, "
-            "lead.temperature, lead.stage, lead.tags, event.type or event.properties.<key>"
+            "lead.temperature, lead.stage, lead.tags, lead.account.score, lead.account.leads, "
+            "event.type or event.properties.<key>"
         )
 
     def check_operand(self, path: str, op: str, operand: Any) -> str | None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
+from engine.rules.account import Aggregate
+
 # Operators a `when` leaf may use, as DESIGN.md lists them.
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "matches", "exists")
 NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
@@ -129,6 +131,7 @@ class Ruleset:
     rules: tuple[Rule, ...]
     max_chain: int = 20
     source: str = field(default="", repr=False)
+    account_aggregate: Aggregate = "sum"  # `account: {aggregate: ...}`: leads' scores → account
 
     @property
     def all_stages(self) -> tuple[str, ...]:

@@ -13,13 +13,19 @@ from engine.timeutil import utcnow
 
 class Lead(SQLModel, table=True):
     __tablename__ = "lead"
+    __table_args__ = (
+        # Leads per stage and stuck leads (pipeline report) read this index alone.
+        Index("ix_lead_stage_entered", "stage", "stage_entered_at"),
+        # An account's leads and their scores (account aggregates, `nurture accounts`).
+        Index("ix_lead_account", "account_domain", "score"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     score: int = Field(default=0, index=True)
     temperature: str = Field(max_length=32, index=True)
-    stage: str = Field(max_length=64, index=True)
+    stage: str = Field(max_length=64)
     stage_entered_at: datetime
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     subscribed: bool = True
@@ -27,6 +33,8 @@ class Lead(SQLModel, table=True):
     version: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # The account key (see engine.accounts.account_domain); None: no account (free mail).
+    account_domain: str | None = Field(default=None, max_length=255)
 
 
 class LeadScore(SQLModel, table=True):
@@ -74,9 +82,14 @@ class LedgerEntry(SQLModel, table=True):
 
 class StageHistory(SQLModel, table=True):
     __tablename__ = "stage_history"
+    __table_args__ = (
+        # A lead's moves in order: the pipeline report's window functions walk this index.
+        Index("ix_stage_history_lead_at", "lead_id", "at", "id"),
+        Index("ix_stage_history_at", "at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    lead_id: int = Field(foreign_key="lead.id", index=True)
+    lead_id: int = Field(foreign_key="lead.id")
     from_stage: str | None = Field(default=None, max_length=64)
     to_stage: str = Field(max_length=64, index=True)
     rule: str = Field(max_length=200)

@@ -28,9 +28,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine import metrics
+from engine.accounts import AccountBook, account_domain, stored_peers
 from engine.alerts import wake
 from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
+from engine.rules.account import ACCOUNT_FIELDS
 from engine.rules.compile import CompiledRuleset, longest_window, window_start
 from engine.rules.evaluate import (
     ChainError,
@@ -198,6 +200,7 @@ class _Batch:
         self.ruleset = compiled.ruleset
         self.now = utcnow()
         self.result = IngestResult()
+        self.accounts: AccountBook | None = None  # when rules read lead.account.*
         self.rows: dict[str, list[dict[str, Any]]] = {
             "events": [],
             "ledger": [],
@@ -231,6 +234,8 @@ class _Batch:
             self._prime_models(leads, fresh)
             if self.campaigns is not None:
                 self._load_enrollments(leads)
+            if self.compiled.all_reads & ACCOUNT_FIELDS:
+                self._load_accounts(leads, fresh)
             touched = set()
             for record in fresh:
                 if self._score(leads[record.email], record):
@@ -347,6 +352,19 @@ class _Batch:
             for lead_id, rule, at in self.conn.execute(query):
                 by_id[lead_id].history.add_firing(rule, at)
 
+    def _load_accounts(self, leads: dict[str, _Lead], records: list[Record]) -> None:
+        """The batch's accounts in one query: each lead's, and any a record's `domain` names."""
+        ids = [lead.id for lead in leads.values()]
+        self.accounts = AccountBook(lambda domains: stored_peers(self.conn, domains, ids))
+        for lead in leads.values():
+            self.accounts.place(
+                lead.id, account_domain(lead.state.attributes, lead.email), lead.state.score
+            )
+        self.accounts.prefetch(
+            [account_domain(lead.state.attributes, lead.email) for lead in leads.values()]
+            + [account_domain(r.attributes, r.email) for r in records if "domain" in r.attributes]
+        )
+
     def _prime_models(self, leads: dict[str, _Lead], records: list[Record]) -> None:
         """Components fed by a model: predict the batch's leads in one call, each with the
         attributes it will have when its record is evaluated."""
@@ -380,6 +398,9 @@ class _Batch:
         attributes = dict(attributes)
         subscribed = attributes.pop("subscribed", None)
         lead.state.attributes.update(attributes)
+        if self.accounts is not None:
+            domain = account_domain(lead.state.attributes, lead.email)
+            lead.state.account = self.accounts.peers(lead.id, domain)
         tracked = event.type in {c.type for c in self.compiled.count_windows}
         if tracked:
             lead.history.add_event(event.type, at)
@@ -397,6 +418,9 @@ class _Batch:
         if event.type in OPT_OUTS:
             lead.subscribed = False
         self._record(lead, event, outcome)
+        if self.accounts is not None:
+            domain = account_domain(lead.state.attributes, lead.email)
+            self.accounts.place(lead.id, domain, lead.state.score)
         if self.campaigns is not None:
             self._enrollments(lead, event, outcome, self.campaigns)
         return True
@@ -562,6 +586,7 @@ class _Batch:
                 stage_entered_at=bindparam("b_entered"),
                 tags=bindparam("b_tags"),
                 subscribed=bindparam("b_subscribed"),
+                account_domain=bindparam("b_account"),
                 version=LEADS.c.version + 1,
                 updated_at=self.now,
             ),
@@ -578,6 +603,7 @@ class _Batch:
                     "b_entered": lead.stage_entered_at,
                     "b_tags": lead.state.tags,
                     "b_subscribed": lead.subscribed,
+                    "b_account": account_domain(lead.state.attributes, lead.email),
                 }
                 for lead in leads
             ],

@@ -1,0 +1,197 @@
+"""Pipeline report and accounts listing at scale, printed (not asserted).
+
+    python bench/pipeline.py                       # 1,000,000 leads on SQLite and PostgreSQL
+    python bench/pipeline.py --leads 100000 --skip-pg
+
+Loads N leads and ~5 N stage changes set-based (a recursive CTE on SQLite, generate_series on
+PostgreSQL: INSERT ... SELECT, nothing row by row from Python) into a freshly migrated database,
+then times `engine.pipeline.pipeline` (whole history; the last 90 days; with cohorts) and
+`engine.accounts.hottest_accounts`.
+
+Lead i has 3 + (7 i mod 5) stage changes (5 on average), days to weeks apart from a first one
+spread over a year: new-lead into subscriber, then up the funnel; the last move of 2 leads in 10
+goes back two stages (rule cooled-off), 1 in 10 is disqualified (competitor), 1 in 10
+unsubscribes. One lead in 5 has a gmail.com address (no account); the others share 100,000
+company domains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from engine.accounts import hottest_accounts
+from engine.pipeline import pipeline
+from engine.rules.load import load_ruleset
+from engine.store import db as database
+
+ROOT = Path(__file__).resolve().parent.parent
+RULESET = ROOT / "rulesets" / "b2b-saas.yaml"
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+START = int(datetime(2025, 11, 1, tzinfo=UTC).timestamp())
+
+# Shared by both databases; {i} and {j} are the lead and move numbers, {seconds} turns epoch
+# seconds into a stored timestamp.
+FUNNEL = "('subscriber', 'lead', 'mql', 'sql', 'opportunity', 'customer')"
+MOVES = "(3 + ({i} * 7) % 5)"  # how many stage changes lead i has
+ENDING = "(({i} * 13) % 10)"  # 0-5 up the funnel, 6-7 back two stages, 8 out, 9 unsubscribed
+AT = f"({START} + ({{i}} * 7919) % 31536000 + ({{j}}) * 86400 * (1 + ({{i}} * 31) % 30))"
+
+
+def _stage(i: str, j: str, dialect: str) -> str:
+    """The stage lead i enters at move j (the last move may go back or out)."""
+    last = f"{j} = {MOVES.format(i=i)} - 1"
+    ending = ENDING.format(i=i)
+    return (
+        f"CASE WHEN {last} AND {ending} = 8 THEN 'disqualified' "
+        f"WHEN {last} AND {ending} = 9 THEN 'unsubscribed' "
+        f"WHEN {last} AND ({ending} >= 6 OR {j} = 6) THEN {_funnel(f'{j} - 2', dialect)} "
+        f"ELSE {_funnel(j, dialect)} END"
+    )
+
+
+def _funnel(position: str, dialect: str) -> str:
+    if dialect == "postgresql":
+        return f"(ARRAY{FUNNEL.replace('(', '[').replace(')', ']')})[({position}) + 1]"
+    names = FUNNEL.strip("()").split(", ")
+    cases = " ".join(f"WHEN {position} = {n} THEN {name}" for n, name in enumerate(names))
+    return f"CASE {cases} END"
+
+
+def _rule(i: str, j: str) -> str:
+    last = f"{j} = {MOVES.format(i=i)} - 1"
+    ending = ENDING.format(i=i)
+    return (
+        f"CASE WHEN {j} = 0 THEN 'new-lead' WHEN {last} AND {ending} = 8 THEN 'competitor' "
+        f"WHEN {last} AND {ending} = 9 THEN 'unsubscribed' "
+        f"WHEN {last} AND ({ending} >= 6 OR {j} = 6) THEN 'cooled-off' ELSE 'advance' END"
+    )
+
+
+def load(engine: sa.Engine, leads: int) -> None:
+    dialect = engine.dialect.name
+    if dialect == "postgresql":
+        numbers = f"generate_series(1, {leads}::bigint) AS n(i)"
+        moves = "generate_series(0, 6) AS m(j)"
+        seconds, json, true = "to_timestamp({})", "'{}'::json", "true"
+        prefix = ""
+    else:
+        numbers = "n"
+        moves = "(SELECT 0 AS j UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 "
+        moves += "UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6) AS m"
+        seconds, json, true = "strftime('%Y-%m-%d %H:%M:%f000', {}, 'unixepoch')", "'{}'", "1"
+        prefix = "WITH RECURSIVE n(i) AS "
+        prefix += f"(SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {leads}) "
+    last = f"{MOVES.format(i='i')} - 1"
+    domain = "CASE WHEN i % 5 = 0 THEN NULL ELSE 'co' || (i % 100000) || '.com' END"
+    score = "((i * 37) % 120)"
+    lead_sql = (
+        f"{prefix}INSERT INTO lead (id, email, attributes, score, temperature, stage, "
+        "stage_entered_at, tags, subscribed, version, created_at, updated_at, account_domain) "
+        f"SELECT i, 'lead' || i || '@' || COALESCE({domain}, 'gmail.com'), {json}, {score}, "
+        f"CASE WHEN {score} >= 70 THEN 'hot' WHEN {score} >= 40 THEN 'warm' ELSE 'cold' END, "
+        f"{_stage('i', last, dialect)}, {seconds.format(AT.format(i='i', j=last))}, "
+        f"'[]', {true}, 1, {seconds.format(str(int(NOW.timestamp())))}, "
+        f"{seconds.format(str(int(NOW.timestamp())))}, {domain} FROM {numbers}"
+    )
+    history_sql = (
+        f"{prefix}INSERT INTO stage_history (lead_id, from_stage, to_stage, rule, event_id, at) "
+        f"SELECT i, CASE WHEN j = 0 THEN NULL ELSE {_funnel('j - 1', dialect)} END, "
+        f"{_stage('i', 'j', dialect)}, {_rule('i', 'j')}, NULL, "
+        f"{seconds.format(AT.format(i='i', j='j'))} "
+        f"FROM {numbers} CROSS JOIN {moves} WHERE j < {MOVES.format(i='i')}"
+    )
+    with engine.begin() as conn:
+        for sql in (lead_sql, history_sql):
+            # psycopg reads % as a placeholder.
+            conn.exec_driver_sql(sql.replace("%", "%%") if dialect == "postgresql" else sql)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+
+
+def timed(label: str, work: object) -> object:
+    start = time.perf_counter()
+    result = work() if callable(work) else None
+    print(f"  {label}: {time.perf_counter() - start:.2f} s")
+    return result
+
+
+def bench(url: str, name: str, leads: int) -> None:
+    database.upgrade(url)
+    engine = database.connect(url)
+    ruleset = load_ruleset(RULESET)
+    print(f"{name}:")
+    timed(f"load {leads:,} leads and their stage changes", lambda: load(engine, leads))
+    with engine.connect() as conn:
+        changes = conn.execute(sa.text("SELECT count(*) FROM stage_history")).scalar_one()
+    print(f"  ({changes:,} stage changes)")
+    report = timed("pipeline, whole history", lambda: pipeline(engine, ruleset, now=NOW))
+    timed(
+        "pipeline, last 90 days",
+        lambda: pipeline(engine, ruleset, since=NOW - timedelta(days=90), now=NOW),
+    )
+    timed(
+        "pipeline, whole history with cohorts",
+        lambda: pipeline(engine, ruleset, now=NOW, cohorts=True),
+    )
+    timed("accounts, top 20", lambda: hottest_accounts(engine, ruleset, 20))
+    assert isinstance(report, dict)
+    for row in report["stages"]:
+        print(
+            f"    {row['stage']:<13} leads {row['leads']:>8,}  entered {row['entered']:>8,}  "
+            f"rate {row['conversion_rate']}  median {row['median_days']}  p90 {row['p90_days']}  "
+            f"stuck {row['stuck']}"
+        )
+    engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--leads", type=int, default=1_000_000)
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = parser.parse_args()
+
+    if not args.skip_sqlite:
+        args.out.mkdir(parents=True, exist_ok=True)
+        db_file = args.out / f"pipeline-{uuid.uuid4().hex[:8]}.db"
+        try:
+            bench(f"sqlite:///{db_file}", "SQLite", args.leads)
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db_file}{suffix}").unlink(missing_ok=True)
+
+    if not args.skip_pg:
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(database.normalise_url(args.pg_url))
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        url = (
+            sa.engine.make_url(database.normalise_url(args.pg_url))
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+        try:
+            bench(url, "PostgreSQL", args.leads)
+        finally:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+if __name__ == "__main__":
+    main()
