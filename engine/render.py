@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -241,10 +242,12 @@ class Renderer:
             return TemplateError(message, where or file, line)
         finally:
             _budget.until = float("inf")
-        subject = " ".join(parts["subject"].split())  # one line, whatever the template did
+        # Autoescaping is for the HTML: the subject and text parts are plain text, so what it
+        # escaped there is turned back (a company called "A&B" stays "A&B").
+        subject = " ".join(unescape(parts["subject"]).split())  # one line, whatever it was
         if not subject:
             return TemplateError("the subject is empty", file)
-        return Rendered(subject, html, parts.get("text", "").strip())
+        return Rendered(subject, html, unescape(parts.get("text", "")).strip())
 
     def check(self) -> list[TemplateError]:
         """Every template compiles, and every email template (one with a subject block)

@@ -291,6 +291,17 @@ def test_pipeline_counts_leads_per_stage(api: TestClient) -> None:
     assert list(stages)[-2:] == ["disqualified", "unsubscribed"]
 
 
+def test_pipeline_takes_the_report_options_and_names_a_bad_one(api: TestClient) -> None:
+    api.post("/api/events", json=[{"email": "b@x.io", "type": "demo_request"}])
+    report = api.get("/api/pipeline", params={"since": "2000-01-01", "cohort": "true",
+                                              "stuck_days": ["lead=7"]}).json()  # fmt: skip
+    assert report["period"]["since"].startswith("2000-01-01")
+    assert report["stuck_days"]["lead"] == 7 and report["cohorts"] is not None
+    bad = api.get("/api/pipeline", params={"since": "last tuesday"})
+    assert bad.status_code == 422 and "since" in bad.json()["detail"]
+    assert api.get("/api/pipeline", params={"stuck_days": "nope=3"}).status_code == 422
+
+
 def test_validate_reports_lines_and_changes_nothing(api: TestClient, db_url: str) -> None:
     good = api.post(
         "/api/rulesets/validate",

@@ -71,6 +71,15 @@ def test_a_missing_profile_attribute_is_empty_but_a_misspelt_one_is_an_error(
     assert "frist_name" in str(caught.value)
 
 
+def test_the_subject_and_text_are_plain_text_not_html(tmp_path: Path) -> None:
+    out = render_one(
+        tmp_path, email("Tips & {{ lead.company }}", "<p>x</p>", "For {{ lead.company }}"),
+        company="A&B <Co>",
+    )  # fmt: skip
+    assert out.subject == "Tips & A&B <Co>"  # type: ignore[attr-defined]
+    assert out.text == "For A&B <Co>"  # type: ignore[attr-defined]
+
+
 def test_values_are_escaped_and_cannot_be_unescaped(tmp_path: Path) -> None:
     out = render_one(
         tmp_path, email("x", "<p>{{ lead.company }}</p>"), company="<script>x</script>"

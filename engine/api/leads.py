@@ -16,6 +16,8 @@ from engine.api.auth import require_token
 from engine.api.intake import in_force, read_json, score
 from engine.api.models import LeadDetail, LeadIn, LeadSummary, Pipeline, errors
 from engine.ingest.parse import InvalidRecord, LeadRecord, record
+from engine.pipeline import DEFAULT_STUCK_DAYS, pipeline, stuck_thresholds
+from engine.timeutil import parse_instant
 
 router = APIRouter(prefix="/api", tags=["leads"], dependencies=[Depends(require_token)])
 Ctx = Annotated[Context, Depends(context)]
@@ -44,11 +46,6 @@ def lead_or_404(ctx: Context, email: str) -> dict[str, Any]:
     if detail is None:
         raise HTTPException(404, "no lead with that email")
     return detail
-
-
-def pipeline_report(ctx: Context) -> dict[str, Any]:
-    """The one place the pipeline report is made: today the funnel (leads per stage now)."""
-    return report.funnel(ctx.db, in_force(ctx).ruleset)
 
 
 @router.post(
@@ -94,7 +91,30 @@ def get_lead(email: str, ctx: Ctx) -> dict[str, Any]:
     return lead_or_404(ctx, email)
 
 
-@router.get("/pipeline", response_model=Pipeline, responses=errors(401, 503))
-def pipeline(ctx: Ctx) -> dict[str, Any]:
-    """The funnel: leads per stage, in funnel order with the exits last."""
-    return pipeline_report(ctx)
+@router.get("/pipeline", response_model=Pipeline, responses=errors(401, 422, 503))
+def pipeline_report(
+    ctx: Ctx,
+    since: Annotated[str | None, Query(description="Period start, ISO date or time.")] = None,
+    until: Annotated[str | None, Query(description="Period end (excluded).")] = None,
+    stuck_days: Annotated[
+        list[str] | None,
+        Query(description="Days in a stage before a lead counts as stuck: `45` or `mql=14`."),
+    ] = None,
+    cohort: Annotated[bool, Query(description="Add the monthly cohorts.")] = False,
+) -> dict[str, Any]:
+    """The pipeline report, as `nurture pipeline --json` gives it: per stage the leads now,
+    entries, conversion to the next stage, time in stage and stuck leads; backward moves and
+    exits with their rules; cohorts on request."""
+    ruleset = in_force(ctx).ruleset
+    options: dict[str, Any] = {"cohorts": cohort}
+    parsers: dict[str, Any] = {
+        "since": lambda: parse_instant(since) if since else None,
+        "until": lambda: parse_instant(until) if until else None,
+        "stuck_days": lambda: stuck_thresholds(stuck_days or [str(DEFAULT_STUCK_DAYS)], ruleset),
+    }
+    for name, parse in parsers.items():
+        try:
+            options[name] = parse()
+        except ValueError as error:
+            raise HTTPException(422, f"{name}: {error}") from None
+    return pipeline(ctx.db, ruleset, **options)
