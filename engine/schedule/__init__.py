@@ -1,0 +1,1 @@
+"""Scheduled work: the jobs and the due campaign steps they run."""
