@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from engine.api.app import Context, context
 from engine.api.auth import require_token
 from engine.api.intake import read_json, score, too_large
-from engine.api.models import EventIn, IngestAnswer, ItemOutcome, Rejected, errors
+from engine.api.models import EventIn, IngestAnswer, ItemOutcome, Rejected, errors, json_body
 from engine.ingest.parse import InvalidRecord, Parsed, Rejection, record
 from engine.store.scoring import IngestResult
 
@@ -60,12 +60,7 @@ def answer(parsed: list[Parsed], result: IngestResult) -> IngestAnswer:
     "/events",
     response_model=IngestAnswer,
     responses=errors(400, 401, 413, 422, 503),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": BODY_SCHEMA}},
-        }
-    },
+    openapi_extra=json_body(BODY_SCHEMA),
 )
 async def post_events(request: Request, ctx: Ctx) -> IngestAnswer:
     """Score one event (an object) or several (a list), idempotent by event id. Bad items are

@@ -14,7 +14,7 @@ from engine import report
 from engine.api.app import Context, context
 from engine.api.auth import require_token
 from engine.api.intake import in_force, read_json, score
-from engine.api.models import LeadDetail, LeadIn, LeadSummary, Pipeline, errors
+from engine.api.models import LeadDetail, LeadIn, LeadSummary, Pipeline, errors, json_body
 from engine.ingest.parse import InvalidRecord, LeadRecord, record
 from engine.pipeline import DEFAULT_STUCK_DAYS, pipeline, stuck_thresholds
 from engine.timeutil import parse_instant
@@ -52,12 +52,7 @@ def lead_or_404(ctx: Context, email: str) -> dict[str, Any]:
     "/leads",
     response_model=LeadDetail,
     responses=errors(400, 401, 413, 422, 503),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": LeadIn.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(LeadIn.model_json_schema()),
 )
 async def upsert_lead(request: Request, ctx: Ctx) -> dict[str, Any]:
     """Create or update a lead by email: the attributes given are set (others kept) and the lead

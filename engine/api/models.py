@@ -14,6 +14,11 @@ class ApiError(BaseModel):
     detail: str | list[dict[str, Any]]
 
 
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its JSON body itself (to bound its size first)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the error statuses an endpoint may answer."""
     meaning = {
