@@ -19,8 +19,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine, Table, bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
@@ -29,6 +27,7 @@ from engine.render import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
 from engine.settings import Settings
 from engine.store import schema
+from engine.store.db import append_rows
 from engine.unsubscribe import list_unsubscribe_headers, unsubscribe_url
 
 log = logging.getLogger(__name__)
@@ -157,10 +156,10 @@ class StepRunner:
             moves.append({"b_id": row.id, **move})
         messages = self._render(pending, report)
         if messages:
-            insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            conn.execute(
-                insert(OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]), messages
-            )
+            # The enrollments are locked and move past these steps in this transaction, so no
+            # other scheduler can write the same (enrollment, step): a plain append is safe, and
+            # the unique idempotency key would fail the batch rather than let a duplicate in.
+            append_rows(conn, OUTBOX, messages)
         conn.execute(
             update(ENROLLMENTS)
             .where(ENROLLMENTS.c.id == bindparam("b_id"))

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from psycopg.types.json import Json
-from sqlalchemy import JSON, Connection, Engine, Table, bindparam, select, update
+from sqlalchemy import Connection, Engine, Table, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -45,6 +44,7 @@ from engine.rules.evaluate import (
 )
 from engine.rules.history import MemoryHistory
 from engine.store import schema
+from engine.store.db import append_rows
 from engine.timeutil import epoch, utcnow
 
 LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
@@ -126,20 +126,6 @@ def ingest(
             on_progress(len(chunk))
     result.rejected.sort(key=lambda r: r.line)
     return result
-
-
-def _insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Append rows: COPY on PostgreSQL (several times fewer round trips than INSERT), else an
-    executemany INSERT."""
-    if conn.dialect.name != "postgresql":
-        conn.execute(table.insert(), rows)
-        return
-    columns = list(rows[0])
-    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])
 
 
 def _batches(items: Iterable[Parsed], size: int) -> Iterator[list[Parsed]]:
@@ -550,7 +536,7 @@ class _Batch:
             (ACTIONS, "actions"),
         ):
             if rows[key]:
-                _insert_many(conn, table, rows[key])
+                append_rows(conn, table, rows[key])
         if rows["enroll"]:
             insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             conn.execute(
