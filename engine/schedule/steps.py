@@ -200,17 +200,16 @@ class StepRunner:
         sent: dict[int, list[datetime]] = defaultdict(list)
         if not caps:
             return sent
+        # Status is checked here rather than in SQL: a status condition leads SQLite to scan
+        # every queued or sent message instead of reading each lead's few from the index.
         query = (
-            select(OUTBOX.c.lead_id, OUTBOX.c.created_at)
-            .where(
-                OUTBOX.c.lead_id.in_(list(leads)),
-                OUTBOX.c.created_at > now - max(caps),
-                OUTBOX.c.status.in_(COUNTED),
-            )
+            select(OUTBOX.c.lead_id, OUTBOX.c.created_at, OUTBOX.c.status)
+            .where(OUTBOX.c.lead_id.in_(list(leads)), OUTBOX.c.created_at > now - max(caps))
             .order_by(OUTBOX.c.created_at)
         )
-        for lead_id, at in conn.execute(query):
-            sent[lead_id].append(at)
+        for lead_id, at, status in conn.execute(query):
+            if status in COUNTED:
+                sent[lead_id].append(at)
         return sent
 
     def _decide(

@@ -174,6 +174,8 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_status_due", "status", "next_attempt_at"),
         # Alerts are claimed by kind every second, past any backlog of campaign emails.
         Index("ix_outbox_kind_status_due", "kind", "status", "next_attempt_at"),
+        # Frequency caps read a lead's recent messages from this index alone.
+        Index("ix_outbox_lead_created", "lead_id", "created_at", "status"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
