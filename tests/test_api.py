@@ -157,6 +157,13 @@ def test_what_the_database_could_not_store_is_rejected_not_a_500(api: TestClient
     assert api.get("/api/leads").json() == []
 
 
+def test_a_nul_in_a_query_or_path_parameter_is_a_422_naming_it(api: TestClient) -> None:
+    listed = api.get("/api/leads?stage=%00")
+    assert listed.status_code == 422
+    assert listed.json()["detail"][0]["loc"] == ["query", "stage"]
+    assert api.get("/api/leads/a%00b@c.io").json()["detail"][0]["loc"] == ["path", "email"]
+
+
 def test_a_bad_body_is_refused_with_a_reason(api: TestClient) -> None:
     broken = api.post("/api/events", content=b'{"email": ', headers={"Content-Type": "text/json"})
     assert broken.status_code == 400

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Engine
 
 from engine.settings import Settings
@@ -24,6 +25,20 @@ def context(request: Request) -> Context:
     """The dependency every route takes: this app's settings and database."""
     found: Context = request.app.state.nurture
     return found
+
+
+def no_nul(request: Request) -> None:
+    """PostgreSQL stores no NUL in text: a query or path parameter holding one is refused with a
+    422 naming it (as ingest refuses NUL in records) instead of failing in the database."""
+    found = [("query", k) for k, v in request.query_params.multi_items() if "\x00" in v]
+    found += [("path", k) for k, v in request.path_params.items() if "\x00" in str(v)]
+    if found:
+        raise RequestValidationError(
+            [
+                {"type": "value_error", "loc": loc, "msg": "must not contain NUL characters"}
+                for loc in found
+            ]
+        )
 
 
 def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = False) -> FastAPI:
@@ -51,7 +66,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
         finally:
             clock.shutdown(wait=False)
 
-    app = FastAPI(title="nurture", lifespan=lifespan)
+    app = FastAPI(title="nurture", lifespan=lifespan, dependencies=[Depends(no_nul)])
     app.state.nurture = Context(settings, db)
     app.include_router(webhooks.router)
     for router in (events.router, leads.router, rulesets.router, ops.router, dashboard.router):
