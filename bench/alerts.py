@@ -26,12 +26,14 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
+
+from engine.store import db as database
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -93,20 +95,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def pg_schema() -> str:
-    from engine.store import db as database
-
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(database.normalise_url(PG_URL))
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    admin.dispose()
-    url = sa.engine.make_url(database.normalise_url(PG_URL))
-    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
-
-
 def body_for(endpoint: str, lead: int) -> Any:
     email = f"bench-{lead}@example.com"
     if endpoint == "/api/events":
@@ -130,7 +118,12 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="nurture-bench-alerts-"))
     (home / "rulesets").mkdir()
     (home / "rulesets/alert-bench.yaml").write_text(RULESET)
-    url = pg_schema() if args.pg else f"sqlite:///{home / 'nurture.db'}"
+    scratch = ExitStack()
+    url = (
+        scratch.enter_context(database.scratch_schema(PG_URL, "bench"))
+        if args.pg
+        else f"sqlite:///{home / 'nurture.db'}"
+    )
     receiver = Receiver()
     port = free_port()
     env = {
@@ -179,8 +172,9 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    database = "PostgreSQL" if args.pg else "SQLite"
-    print(f"{args.events} events via POST {endpoint} on {database}, each making a new lead hot")
+        scratch.close()
+    name = "PostgreSQL" if args.pg else "SQLite"
+    print(f"{args.events} events via POST {endpoint} on {name}, each making a new lead hot")
     print(
         f"  POST answered:        p50 {statistics.median(posts) * 1000:.0f} ms, "
         f"p99 {percentile(posts, 0.99) * 1000:.0f} ms"

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 
-from engine.store.db import normalise_url
+from engine.store.db import scratch_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 NURTURE = str(Path(sys.executable).with_name("nurture"))
@@ -164,24 +163,6 @@ def bench(label: str, database_url: str, args: argparse.Namespace) -> None:
             print(figures.line(f"{label}, {size}/request"), flush=True)
 
 
-@contextmanager
-def pg_schema(url: str) -> Iterator[str]:
-    """A fresh schema on the PostgreSQL at ``url``, dropped afterwards."""
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(normalise_url(url))
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    try:
-        scoped = sa.engine.make_url(normalise_url(url)).update_query_dict(
-            {"options": f"-csearch_path={schema}"}
-        )
-        yield scoped.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=4000, help="events per request size")
@@ -205,7 +186,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         bench("SQLite", f"sqlite:///{folder}/bench.db", args)
     if not args.skip_pg:
-        with pg_schema(args.pg_url) as url:
+        with scratch_schema(args.pg_url, "bench") as url:
             bench("PostgreSQL", url, args)
 
 

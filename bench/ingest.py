@@ -19,15 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from engine.ingest.parse import LeadRecord, Rejection, parse_jsonl
 from engine.rules.compile import compile_ruleset
 from engine.rules.evaluate import Event, LeadState, evaluate, new_lead
 from engine.rules.history import MemoryHistory
 from engine.rules.load import load_ruleset
 from engine.sample import sample_records, write_jsonl
-from engine.store.db import normalise_url
+from engine.store.db import scratch_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 RULESET = ROOT / "rulesets" / "b2b-saas.yaml"
@@ -139,24 +137,12 @@ def main() -> None:
         Path(f"{db_file}{suffix}").unlink(missing_ok=True)
 
     if not args.skip_pg:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(normalise_url(args.pg_url))
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        url = (
-            sa.engine.make_url(normalise_url(args.pg_url))
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-        try:
+        with scratch_schema(args.pg_url, "bench") as url:
             elapsed, rss, output = run_ingest(url, path, args.batch)
-            print(
-                f"nurture ingest, PostgreSQL: {records / elapsed:,.0f} records/s "
-                f"({elapsed:.1f} s), peak RSS {rss:,.0f} MiB  [{output}]"
-            )
-        finally:
-            with admin.begin() as conn:
-                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        print(
+            f"nurture ingest, PostgreSQL: {records / elapsed:,.0f} records/s "
+            f"({elapsed:.1f} s), peak RSS {rss:,.0f} MiB  [{output}]"
+        )
 
 
 if __name__ == "__main__":

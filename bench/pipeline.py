@@ -177,20 +177,8 @@ def main() -> None:
                 Path(f"{db_file}{suffix}").unlink(missing_ok=True)
 
     if not args.skip_pg:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(database.normalise_url(args.pg_url))
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        url = (
-            sa.engine.make_url(database.normalise_url(args.pg_url))
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-        try:
+        with database.scratch_schema(args.pg_url, "bench") as url:
             bench(url, "PostgreSQL", args.leads)
-        finally:
-            with admin.begin() as conn:
-                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Campaign sending throughput, printed (not asserted).
 
-    python bench/send.py --steps 100000               # SQLite (and PostgreSQL when reachable)
+    python bench/send.py --steps 100000               # SQLite and PostgreSQL (NURTURE_TEST_PG_URL)
     python bench/send.py --steps 20000 --dispatch 5000 --skip-pg
 
 Figures:
@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,7 +42,7 @@ from engine.store import db as database  # noqa: E402
 from tests.fake_sendgrid import FakeSendGrid  # noqa: E402
 
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # a Monday, inside every shipped send window
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def jinja_alone(count: int) -> float:
@@ -132,23 +134,6 @@ def dispatch(url: str, count: int, concurrency: int, latency: float) -> float:
     return count / elapsed
 
 
-def pg_url() -> str | None:
-    base = database.normalise_url(PG_URL)
-    try:
-        engine = sa.create_engine(base)
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        engine.dispose()
-    except Exception:
-        return None
-    return (
-        sa.engine.make_url(base)
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-        .render_as_string(hide_password=False)
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100_000)
@@ -158,11 +143,13 @@ def main() -> None:
     args = parser.parse_args()
 
     print(f"Jinja2 alone (warm/case-study): {jinja_alone(min(args.steps, 20_000)):,.0f} renders/s")
-    targets = []
-    with tempfile.TemporaryDirectory() as folder:
-        targets.append(("SQLite", lambda: f"sqlite:///{folder}/{uuid.uuid4().hex}.db"))
-        if not args.skip_pg and pg_url() is not None:
-            targets.append(("PostgreSQL", lambda: pg_url() or ""))
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as scratch:
+        targets = [("SQLite", lambda: f"sqlite:///{folder}/{uuid.uuid4().hex}.db")]
+        if not args.skip_pg:
+            # Each run gets its own schema on the local PostgreSQL, all dropped at the end.
+            targets.append(
+                ("PostgreSQL", lambda: scratch.enter_context(database.scratch_schema(PG_URL)))
+            )
         for name, url in targets:
             rate = render_and_enqueue(url(), args.steps)
             print(f"{name}: render and enqueue {args.steps:,} due steps: {rate:,.0f} messages/s")

@@ -5,7 +5,6 @@ rather than a skip)."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,18 +48,8 @@ def pg_url(pg_available: bool) -> Iterator[str]:
     """A fresh schema on the test PostgreSQL, dropped afterwards."""
     if not pg_available:
         pytest.skip("no PostgreSQL reachable (set NURTURE_TEST_PG_URL)")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(database.normalise_url(PG_URL))
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    url = sa.engine.make_url(database.normalise_url(PG_URL)).update_query_dict(
-        {"options": f"-csearch_path={schema}"}
-    )
-    yield url.render_as_string(hide_password=False)
-    database.connect(url.render_as_string(hide_password=False)).dispose()
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with database.scratch_schema(PG_URL, "t") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

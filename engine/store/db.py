@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from psycopg.types.json import Json
-from sqlalchemy import JSON, Connection, Engine, Table, create_engine, event
+from sqlalchemy import JSON, Connection, Engine, Table, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -34,6 +37,25 @@ def connect(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     return engine
+
+
+@contextmanager
+def scratch_schema(url: str, prefix: str = "scratch") -> Iterator[str]:
+    """The URL of a fresh schema on the PostgreSQL at ``url``, dropped with all it holds
+    afterwards: where tests and benchmarks run, beside whatever else that database keeps."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(url))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    scoped = make_url(normalise_url(url)).update_query_dict({"options": f"-csearch_path={schema}"})
+    scoped_url = scoped.render_as_string(hide_password=False)
+    try:
+        yield scoped_url
+    finally:
+        connect(scoped_url).dispose()  # the cached engine's connections would block the DROP
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:
