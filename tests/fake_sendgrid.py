@@ -23,11 +23,11 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import shared_data
+
 SPEC_CANDIDATES = [
     Path(os.environ.get("NURTURE_SENDGRID_OPENAPI", "/nonexistent")),
-    ROOT.parent / "shared/data/sendgrid/mail-v3.openapi.json",
-    Path("/work/shared/data/sendgrid/mail-v3.openapi.json"),
+    shared_data("sendgrid/mail-v3.openapi.json"),
 ]
 SPEC_URI = "urn:sendgrid-mail-v3"
 BODY_SCHEMA = "/components/requestBodies/PostMailSend/content/application~1json/schema"

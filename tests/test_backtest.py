@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from engine.cli import app
 from engine.pastleads import PastLeadsError, attribute_name, parse_past_leads, read_past_leads
 from engine.settings import get_settings
+from tests.helpers import shared_data
 
 ROOT = Path(__file__).resolve().parent.parent
-XEDU = ROOT.parent / "shared" / "data" / "x-education-leads.csv"
+XEDU = shared_data("x-education-leads.csv")
 EXAMPLE = ROOT / "rulesets" / "examples" / "x-education.yaml"
 
 runner = CliRunner()

@@ -18,6 +18,7 @@ from engine.pastleads import parse_past_leads
 from engine.predict import load_model, save, train
 from engine.rules.load import RulesetError, parse_ruleset
 from engine.settings import get_settings
+from tests.helpers import shared_data
 
 runner = CliRunner()
 
@@ -220,7 +221,7 @@ def test_a_backtest_compares_rules_model_and_mix(home: Path, tmp_path: Path) -> 
     assert parts["rules"] < parts["model"]  # one coarse rule ranks worse than the model
 
 
-XEDU = Path(__file__).resolve().parents[2] / "shared" / "data" / "x-education-leads.csv"
+XEDU = shared_data("x-education-leads.csv")
 EXAMPLE = Path(__file__).resolve().parents[1] / "rulesets" / "examples" / "x-education.yaml"
 
 
