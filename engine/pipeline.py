@@ -51,7 +51,7 @@ from sqlalchemy import (
 from engine.rules import spec
 from engine.store.db import reading
 from engine.store.scoring import LEADS, STAGES
-from engine.timeutil import isoformat, utcnow
+from engine.timeutil import isoformat, parse_instant, utcnow
 
 DEFAULT_STUCK_DAYS = 30
 # (numerator, denominator) of the percentiles reported: the median and p90.
@@ -165,6 +165,29 @@ def stuck_thresholds(values: list[str], ruleset: spec.Ruleset) -> int | dict[str
         return DEFAULT_STUCK_DAYS if every is None else every
     base = DEFAULT_STUCK_DAYS if every is None else every
     return {stage: per_stage.get(stage, base) for stage in ruleset.stages[:-1]}
+
+
+def report_options(
+    ruleset: spec.Ruleset,
+    since: str | None = None,
+    until: str | None = None,
+    stuck_days: list[str] | None = None,
+    cohorts: bool = False,
+) -> dict[str, Any]:
+    """The keyword arguments of ``pipeline`` from their text forms (the API's query and the
+    dashboard's form); a ValueError starts with the option at fault: ``since: not an ISO…``."""
+    options: dict[str, Any] = {"cohorts": cohorts}
+    parsers: dict[str, Any] = {
+        "since": lambda: parse_instant(since) if since else None,
+        "until": lambda: parse_instant(until) if until else None,
+        "stuck_days": lambda: stuck_thresholds(stuck_days or [str(DEFAULT_STUCK_DAYS)], ruleset),
+    }
+    for name, parse in parsers.items():
+        try:
+            options[name] = parse()
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    return options
 
 
 def _iso(at: datetime | None) -> str | None:

@@ -4,6 +4,7 @@ PostgreSQL, against counts taken straight from the tables."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -100,6 +101,51 @@ def test_a_lead_page_shows_its_emails_and_what_the_lead_did_with_them(client: Te
         "/leads/M1@camp.example"
     )
     assert client.get("/leads/nobody@example.com").status_code == 404
+
+
+def cells(page: str, row_class: str, cell: str) -> dict[str, str]:
+    """Per row of a table (its data-* key): the text of the cell with class ``cell``."""
+    found = re.findall(
+        rf'<tr class="{row_class}" data-{row_class}="([^"]+)">.*?<td class="num {cell}">(.*?)</td>',
+        page,
+        flags=re.S,
+    )
+    return {key: re.sub(r"<[^>]+>", "", value).strip() for key, value in found}
+
+
+def test_the_pipeline_page_shows_the_report_and_its_bottleneck(client: TestClient) -> None:
+    client.cookies.set(COOKIE, TOKEN)
+    page = client.get("/pipeline").text
+    db = database.connect(str(client.app.state.nurture.db.url))  # type: ignore[attr-defined]
+    now = {stage: int(n.replace(",", "")) for stage, n in cells(page, "stage", "leads").items()}
+    assert {stage: n for stage, n in now.items() if n} == stage_counts(db)
+    entered = cells(page, "stage", "entered")
+    assert entered["subscriber"] == f"{sum(stage_counts(db).values()):,}"  # all start there
+    stuck = {s: int(v.split()[0]) for s, v in cells(page, "stage", "stuck").items() if v != "–"}
+    worst = max(stuck, key=lambda stage: stuck[stage])
+    assert stuck[worst] > 0
+    assert re.search(
+        rf'data-stage="{worst}">\s*<td>{worst} <span class="chip neg bottleneck"', page
+    )
+    assert page.count("bottleneck</span>") == 1
+    assert 'id="cohorts"' not in page
+
+    with_cohorts = client.get("/pipeline", params={"cohort": "true", "stuck_days": "1000"}).text
+    months = re.findall(r'<tr class="cohort" data-cohort="(\d{4}-\d{2})"><td>[^<]*</td>'
+                        r'<td class="num">([\d,]+)</td>', with_cohorts)  # fmt: skip
+    assert months and sum(int(n.replace(",", "")) for _, n in months) == sum(now.values())
+    assert "bottleneck" not in with_cohorts  # nobody has been stuck for 1,000 days
+
+    future = client.get("/pipeline", params={"since": "2100-01-01"}).text
+    assert set(cells(future, "stage", "entered").values()) == {"0"}
+
+
+def test_the_pipeline_page_names_a_bad_option(client: TestClient) -> None:
+    client.cookies.set(COOKIE, TOKEN)
+    bad = client.get("/pipeline", params={"since": "last tuesday"})
+    assert bad.status_code == 400
+    assert "since: not an ISO 8601 time: &#39;last tuesday&#39;" in bad.text
+    assert "stuck_days:" in client.get("/pipeline", params={"stuck_days": "-3"}).text
 
 
 def test_figures_on_both_databases(tmp_path: Path, db_url: str) -> None:

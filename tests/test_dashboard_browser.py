@@ -1,8 +1,8 @@
 """The dashboard in a real browser: Debian's headless Chromium, driven by Playwright, against the
 app served by uvicorn on 127.0.0.1 over a seeded SQLite database. Checks what a person would:
 a wrong token is refused and the right one lets them in, the funnel chart's counts, a hot lead
-with its reasons leading to its page and score chart, the campaign figures. Screenshots land in
-``test-artifacts/``.
+with its reasons leading to its page and score chart, the campaign figures, the pipeline page
+with a period and cohorts. Screenshots land in ``test-artifacts/``.
 
 Without Chromium (or Playwright) these tests skip, unless ``NURTURE_REQUIRE_BROWSER=1`` (as CI
 sets it), in which case they fail."""
@@ -216,3 +216,27 @@ def test_campaign_figures(page: Any) -> None:
         for name in ("sent", "opened", "clicked", "unsubscribed")
     }
     assert figures == {"sent": "4", "opened": "2 50%", "clicked": "1 25%", "unsubscribed": "1 25%"}
+
+
+def test_the_pipeline_page_from_the_header_with_a_period_and_cohorts(
+    page: Any, server: tuple[str, sa.Engine]
+) -> None:
+    sign_in(page, TOKEN)
+    page.click("header a:has-text('Pipeline')")
+    page.wait_for_url("**/pipeline")
+    leads = page.locator("#stages tr.stage td.leads").all_inner_texts()
+    assert sum(int(n.replace(",", "")) for n in leads) == sum(stage_counts(server[1]).values())
+    assert page.locator(".bottleneck").count() == 1
+
+    page.fill("input[name=since]", "2100-01-01")  # a date input, filled as a person picks it
+    page.click("button:has-text('Show')")
+    page.wait_for_url("**/pipeline?since=2100-01-01*")
+    assert set(page.locator("#stages td.entered").all_inner_texts()) == {"0"}
+
+    page.fill("input[name=since]", "")
+    page.check("input[name=cohort]")
+    page.click("button:has-text('Show')")
+    page.wait_for_url("**cohort=true*")
+    assert page.locator("#cohorts tr.cohort").count() >= 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "pipeline.png"), full_page=True)

@@ -1,5 +1,6 @@
 """The dashboard: server-rendered pages at ``/`` for marketers and sales reps (the funnel, hot
-leads and why, campaign figures, one lead's whole story), behind the API token. The sign-in page
+leads and why, campaign figures, the pipeline report, one lead's whole story), behind the API
+token. The sign-in page
 puts the token in the ``nurture_token`` cookie (HttpOnly, SameSite=Strict) that
 ``engine.api.auth`` accepts; a page asked for without it redirects there and back.
 
@@ -9,6 +10,7 @@ inline SVG drawn from ``engine.charts``; no script runs in the page."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -16,7 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from engine import charts, dashboard
+from engine import charts, dashboard, pipeline
 from engine.api.app import Context, context
 from engine.api.auth import COOKIE, presented, valid
 from engine.rules.spec import Ruleset
@@ -146,3 +148,44 @@ def lead(email: str, ctx: Ctx) -> HTMLResponse:
     ruleset = ruleset_in_force(ctx.db, ctx.settings).compiled.ruleset
     chart = charts.score_chart(detail["series"], utcnow(), ruleset.temperature)
     return render("lead.html", lead=detail, chart=chart, bands=band_classes(ruleset))
+
+
+@router.get("/pipeline", response_class=HTMLResponse, dependencies=[SignedIn])
+def pipeline_page(
+    ctx: Ctx,
+    since: str = "",
+    until: str = "",
+    stuck_days: str = "",
+    cohort: bool = False,
+) -> HTMLResponse:
+    """``nurture pipeline`` as a page: the period and stuck threshold from a form (dates as the
+    browser's date input sends them), the bottleneck marked, cohorts on request."""
+    ruleset = ruleset_in_force(ctx.db, ctx.settings).compiled.ruleset
+    form = {"since": since, "until": until, "stuck_days": stuck_days, "cohort": cohort}
+    ninety_days_ago = (utcnow().date() - timedelta(days=90)).isoformat()
+    try:
+        options = pipeline.report_options(
+            ruleset, since or None, until or None, [stuck_days] if stuck_days else None, cohort
+        )
+    except ValueError as error:
+        return render(
+            "pipeline.html",
+            400,
+            form=form,
+            error=str(error),
+            report=None,
+            ninety_days_ago=ninety_days_ago,
+        )
+    report = pipeline.pipeline(ctx.db, ruleset, **options)
+    stuck = [row for row in report["stages"] if row["stuck"]]
+    worst = max(stuck, key=lambda row: row["stuck"])["stage"] if stuck else None
+    return render(
+        "pipeline.html",
+        form=form,
+        error=None,
+        report=report,
+        funnel=ruleset.stages,
+        exits=ruleset.exits,
+        bottleneck=worst,
+        ninety_days_ago=ninety_days_ago,
+    )

@@ -16,8 +16,7 @@ from engine.api.auth import require_token
 from engine.api.intake import in_force, read_json, score
 from engine.api.models import LeadDetail, LeadIn, LeadSummary, Pipeline, errors, json_body
 from engine.ingest.parse import InvalidRecord, LeadRecord, record
-from engine.pipeline import DEFAULT_STUCK_DAYS, pipeline, stuck_thresholds
-from engine.timeutil import parse_instant
+from engine.pipeline import pipeline, report_options
 
 router = APIRouter(prefix="/api", tags=["leads"], dependencies=[Depends(require_token)])
 Ctx = Annotated[Context, Depends(context)]
@@ -101,15 +100,8 @@ def pipeline_report(
     entries, conversion to the next stage, time in stage and stuck leads; backward moves and
     exits with their rules; cohorts on request."""
     ruleset = in_force(ctx).ruleset
-    options: dict[str, Any] = {"cohorts": cohort}
-    parsers: dict[str, Any] = {
-        "since": lambda: parse_instant(since) if since else None,
-        "until": lambda: parse_instant(until) if until else None,
-        "stuck_days": lambda: stuck_thresholds(stuck_days or [str(DEFAULT_STUCK_DAYS)], ruleset),
-    }
-    for name, parse in parsers.items():
-        try:
-            options[name] = parse()
-        except ValueError as error:
-            raise HTTPException(422, f"{name}: {error}") from None
+    try:
+        options = report_options(ruleset, since, until, stuck_days, cohort)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from None
     return pipeline(ctx.db, ruleset, **options)
