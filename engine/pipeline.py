@@ -54,6 +54,7 @@ from engine.store.scoring import LEADS, STAGES
 from engine.timeutil import isoformat, parse_instant, utcnow
 
 DEFAULT_STUCK_DAYS = 30
+MAX_STUCK_DAYS = 100_000  # ~270 years: far longer would reach back before year 1, no date
 # (numerator, denominator) of the percentiles reported: the median and p90.
 PERCENTILES = {"median_days": (1, 2), "p90_days": (9, 10)}
 DAY = 86_400
@@ -155,6 +156,8 @@ def stuck_thresholds(values: list[str], ruleset: spec.Ruleset) -> int | dict[str
         stage, _, days = value.rpartition("=")
         if not days.strip().isdigit():
             raise ValueError(f"{value!r}: write days as a whole number, e.g. 30 or mql=14")
+        if int(days) > MAX_STUCK_DAYS:
+            raise ValueError(f"{value!r}: at most {MAX_STUCK_DAYS} days")
         if stage and stage not in ruleset.stages[:-1]:
             raise ValueError(f"{value!r}: no stage {stage!r} that leads can be stuck in")
         if stage:

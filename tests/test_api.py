@@ -307,6 +307,8 @@ def test_pipeline_takes_the_report_options_and_names_a_bad_one(api: TestClient) 
     bad = api.get("/api/pipeline", params={"since": "last tuesday"})
     assert bad.status_code == 422 and "since" in bad.json()["detail"]
     assert api.get("/api/pipeline", params={"stuck_days": "nope=3"}).status_code == 422
+    ages = api.get("/api/pipeline", params={"stuck_days": "739943"})  # back past year 1
+    assert ages.status_code == 422 and "at most 100000 days" in ages.json()["detail"]
 
 
 def test_validate_reports_lines_and_changes_nothing(api: TestClient, db_url: str) -> None:
