@@ -17,14 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, case, func, select
+from sqlalchemy import Connection, Engine, case, func, select
 
 from engine.rules import spec
 from engine.rules.account import Aggregate, Peers, account_score
-from engine.store import schema
 from engine.store.db import reading
-
-LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
+from engine.store.schema import LEADS
 
 FREE_MAIL = frozenset(
     {

@@ -10,7 +10,6 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +25,7 @@ from engine.accounts import hottest_accounts
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.load import load_campaigns
 from engine.ingest.parse import parse_stream
-from engine.pipeline import pipeline, stuck_thresholds
+from engine.pipeline import OptionError, pipeline, report_options
 from engine.render import Renderer
 from engine.rules.lint import warnings
 from engine.rules.load import Problem, RulesetError, ruleset_files
@@ -494,13 +493,6 @@ def test_command(
         raise typer.Exit(1)
 
 
-def _instant(option: str, value: str | None) -> datetime | None:
-    try:
-        return parse_instant(value) if value else None
-    except ValueError as error:
-        raise fail(f"{option}: {error}") from None
-
-
 def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -522,17 +514,10 @@ def pipeline_command(
     db = open_db(settings)
     ruleset = in_force(db, settings).compiled.ruleset
     try:
-        thresholds = stuck_thresholds(stuck_days or [], ruleset)
-    except ValueError as error:
-        raise fail(f"--stuck-days {error}") from None
-    data = pipeline(
-        db,
-        ruleset,
-        since=_instant("--since", since),
-        until=_instant("--until", until),
-        stuck_days=thresholds,
-        cohorts=cohort,
-    )
+        options = report_options(ruleset, since, until, stuck_days, cohort)
+    except OptionError as error:
+        raise fail(f"--{error.option.replace('_', '-')}: {error.problem}") from None
+    data = pipeline(db, ruleset, **options)
     if as_json:
         emit_json(data)
         return

@@ -9,17 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Engine, String, Table, case, cast, func, select
+from sqlalchemy import BigInteger, ColumnElement, Engine, String, case, cast, func, select
 
 from engine import report
 from engine.ingest.parse import InvalidRecord, normalise_email
 from engine.rules.spec import Ruleset
-from engine.store import schema
 from engine.store.db import reading
-from engine.store.scoring import ENROLLMENTS, EVENTS, LEADS, STAGES
+from engine.store.schema import ENROLLMENTS, EVENTS, LEADS, OUTBOX, STAGES
 from engine.timeutil import isoformat, parse_instant
 
-OUTBOX: Table = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
 # Email feedback events and the figure each one counts towards.
 FEEDBACK = {"email_open": "opened", "email_click": "clicked", "unsubscribe": "unsubscribed"}
 

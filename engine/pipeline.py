@@ -50,7 +50,7 @@ from sqlalchemy import (
 
 from engine.rules import spec
 from engine.store.db import reading
-from engine.store.scoring import LEADS, STAGES
+from engine.store.schema import LEADS, STAGES
 from engine.timeutil import isoformat, parse_instant, utcnow
 
 DEFAULT_STUCK_DAYS = 30
@@ -170,6 +170,14 @@ def stuck_thresholds(values: list[str], ruleset: spec.Ruleset) -> int | dict[str
     return {stage: per_stage.get(stage, base) for stage in ruleset.stages[:-1]}
 
 
+class OptionError(ValueError):
+    """A report option that does not parse: ``option`` names it as ``pipeline`` takes it."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option}: {problem}")
+        self.option, self.problem = option, problem
+
+
 def report_options(
     ruleset: spec.Ruleset,
     since: str | None = None,
@@ -178,7 +186,7 @@ def report_options(
     cohorts: bool = False,
 ) -> dict[str, Any]:
     """The keyword arguments of ``pipeline`` from their text forms (the API's query and the
-    dashboard's form); a ValueError starts with the option at fault: ``since: not an ISO…``."""
+    dashboard's form, the command line); an OptionError names the option at fault."""
     options: dict[str, Any] = {"cohorts": cohorts}
     parsers: dict[str, Any] = {
         "since": lambda: parse_instant(since) if since else None,
@@ -189,7 +197,7 @@ def report_options(
         try:
             options[name] = parse()
         except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
+            raise OptionError(name, str(error)) from None
     return options
 
 

@@ -9,13 +9,9 @@ from sqlalchemy import Connection, Engine, func, select
 
 from engine.ingest.parse import normalise_email
 from engine.rules import spec
-from engine.store import schema
 from engine.store.db import reading
-from engine.store.scoring import EVENTS, LEADS, LEDGER, SCORES, STAGES
+from engine.store.schema import ALERTS, EVENTS, LEADS, LEDGER, OUTBOX, SCORES, STAGES
 from engine.timeutil import isoformat
-
-ALERTS = schema.Alert.__table__  # type: ignore[attr-defined]
-OUTBOX = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 def _summary(row: Any, scores: dict[str, int]) -> dict[str, Any]:
@@ -181,12 +177,11 @@ def funnel(db: Engine, ruleset: spec.Ruleset) -> dict[str, Any]:
 
 def emails_by_template(db: Engine) -> list[tuple[str, str, int]]:
     """(campaign, template, emails sent) in campaign then template order."""
-    outbox = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
     query = (
-        select(outbox.c.campaign, outbox.c.template, func.count())
-        .where(outbox.c.status == "sent")
-        .group_by(outbox.c.campaign, outbox.c.template)
-        .order_by(outbox.c.campaign, outbox.c.template)
+        select(OUTBOX.c.campaign, OUTBOX.c.template, func.count())
+        .where(OUTBOX.c.status == "sent")
+        .group_by(OUTBOX.c.campaign, OUTBOX.c.template)
+        .order_by(OUTBOX.c.campaign, OUTBOX.c.template)
     )
     with reading(db) as conn:
         return [(c, t, int(n)) for c, t, n in conn.execute(query)]

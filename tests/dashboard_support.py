@@ -16,8 +16,8 @@ from engine.ingest.parse import parse_jsonl
 from engine.sample import DEFAULT_END, sample_records
 from engine.settings import Settings
 from engine.store import db as database
-from engine.store import schema
 from engine.store.rulesets import ruleset_in_force
+from engine.store.schema import LEADS, OUTBOX
 from engine.store.scoring import ingest
 from tests.conftest import ROOT
 
@@ -46,22 +46,17 @@ def seed(home: Path, db_url: str, leads: int = 300) -> Settings:
     records.append({"email": MARKUP_EMAIL, "first_name": MARKUP_NAME, "company": "<b>Evil</b>"})
     records += [{"email": email, "first_name": "Mailed"} for email in MAILED]
     _ingest(db, compiled, records)
-
-    outbox = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
-    leads_table = schema.Lead.__table__  # type: ignore[attr-defined]
     sent_at = DEFAULT_END + timedelta(days=1)
     with db.begin() as conn:
         ids = dict(
             conn.execute(
-                sa.select(leads_table.c.email, leads_table.c.id).where(
-                    leads_table.c.email.in_(list(MAILED))
-                )
+                sa.select(LEADS.c.email, LEADS.c.id).where(LEADS.c.email.in_(list(MAILED)))
             ).all()
         )
         outbox_ids = {}
         for email in MAILED:
             outbox_ids[email] = conn.execute(
-                outbox.insert()
+                OUTBOX.insert()
                 .values(
                     idempotency_key=f"test:{email}",
                     kind="campaign",
@@ -81,7 +76,7 @@ def seed(home: Path, db_url: str, leads: int = 300) -> Settings:
                     created_at=sent_at,
                     sent_at=sent_at,
                 )
-                .returning(outbox.c.id)
+                .returning(OUTBOX.c.id)
             ).scalar_one()
     feedback: list[dict[str, Any]] = []
     for email, kinds in MAILED.items():

@@ -14,7 +14,7 @@ from typer.testing import CliRunner, Result
 
 from engine.cli import app
 from engine.store import db as database
-from engine.store.scoring import ACTIONS, EVENTS, FIRINGS, LEADS, LEDGER, SCORES, STAGES
+from engine.store.schema import ACTIONS, EVENTS, FIRINGS, LEADS, LEDGER, SCORES, STAGES
 from tests.conftest import PG_URL
 
 runner = CliRunner()

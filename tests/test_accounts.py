@@ -18,7 +18,8 @@ from engine.ingest.parse import parse_jsonl
 from engine.rules.load import RulesetError, parse_ruleset
 from engine.settings import get_settings
 from engine.store import db as database
-from engine.store.scoring import LEADS, ingest
+from engine.store.schema import LEADS
+from engine.store.scoring import ingest
 from tests.helpers import compiled
 from tests.store_support import another_database, nurture
 

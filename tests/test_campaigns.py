@@ -19,7 +19,8 @@ from engine.campaigns.spec import FrequencyCap, SendWindow
 from engine.ingest.parse import parse_jsonl
 from engine.rules.load import RulesetError
 from engine.schedule.steps import cap_frees_at, lead_zone, next_opening
-from engine.store.scoring import ENROLLMENTS, ingest
+from engine.store.schema import ENROLLMENTS
+from engine.store.scoring import ingest
 from tests.helpers import compiled
 
 RULESET = """\

@@ -16,7 +16,8 @@ from engine.decay import decay
 from engine.ingest.parse import parse_jsonl
 from engine.report import lead_detail
 from engine.settings import get_settings
-from engine.store.scoring import LEADS, LEDGER, SCORES, STAGES, ingest
+from engine.store.schema import LEADS, LEDGER, SCORES, STAGES
+from engine.store.scoring import ingest
 from tests.conftest import ROOT
 from tests.helpers import compiled
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from engine.pipeline import pipeline
 from engine.rules.load import parse_ruleset
 from engine.settings import get_settings
-from engine.store.scoring import LEADS, STAGES
+from engine.store.schema import LEADS, STAGES
 from tests.store_support import nurture
 
 RULESET = """

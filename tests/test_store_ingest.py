@@ -16,7 +16,8 @@ from engine.report import lead_detail
 from engine.sample import sample_records
 from engine.settings import get_settings
 from engine.store import db as database
-from engine.store.scoring import EVENTS, LEDGER, ingest
+from engine.store.schema import EVENTS, LEDGER
+from engine.store.scoring import ingest
 from tests.conftest import ROOT
 from tests.helpers import compiled
 from tests.store_support import another_database, lead_state, ledger_sums, nurture, tables

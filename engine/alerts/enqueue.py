@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -25,15 +25,8 @@ from engine.alerts.decide import Firing, LastAlert, Policy, decide, recipient
 from engine.report import reasons_by_lead
 from engine.send.dispatch import WEBHOOK
 from engine.settings import Settings
-from engine.store import schema
+from engine.store.schema import ACTIONS, ALERTS, EVENTS, LEADS, LEDGER, OUTBOX
 from engine.timeutil import isoformat
-
-ALERTS: Table = schema.Alert.__table__  # type: ignore[attr-defined]
-ACTIONS: Table = schema.LeadAction.__table__  # type: ignore[attr-defined]
-LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
-EVENTS: Table = schema.EventRecord.__table__  # type: ignore[attr-defined]
-LEDGER: Table = schema.LedgerEntry.__table__  # type: ignore[attr-defined]
-OUTBOX: Table = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
 
 EMAIL = "alert"  # the outbox kind of an alert email
 KINDS = (EMAIL, WEBHOOK)

@@ -23,8 +23,8 @@ from engine.api.intake import score
 from engine.api.models import errors
 from engine.ingest.parse import InvalidRecord, Parsed, Rejection, record
 from engine.send.dispatch import settle_processed
-from engine.store import schema
 from engine.store.db import reading
+from engine.store.schema import LEADS
 from engine.store.scoring import IngestResult
 from engine.timeutil import isoformat, utcnow
 from engine.unsubscribe import BadToken, matches, read_token
@@ -135,9 +135,8 @@ def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
         lead_id, digest = read_token(ctx.settings.signing_key(), token)
     except BadToken as error:
         raise HTTPException(400, str(error)) from None
-    leads = schema.Lead.__table__  # type: ignore[attr-defined]
     with reading(ctx.db) as conn:
-        email = conn.execute(select(leads.c.email).where(leads.c.id == lead_id)).scalar()
+        email = conn.execute(select(LEADS.c.email).where(LEADS.c.id == lead_id)).scalar()
     if email is None or not matches(digest, email):
         raise HTTPException(400, "the unsubscribe link is not valid")
     # One event per lead and hour: a client that follows the link twice unsubscribes once.

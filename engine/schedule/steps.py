@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
@@ -26,16 +26,12 @@ from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
 from engine.render import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
 from engine.settings import Settings
-from engine.store import schema
 from engine.store.db import append_rows
+from engine.store.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.unsubscribe import list_unsubscribe_headers, unsubscribe_url
 
 log = logging.getLogger(__name__)
 
-ENROLLMENTS: Table = schema.Enrollment.__table__  # type: ignore[attr-defined]
-OUTBOX: Table = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
-LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
-SCORES: Table = schema.LeadScore.__table__  # type: ignore[attr-defined]
 
 # Outbox rows that count against a frequency cap: everything that went or is going out.
 COUNTED = ("queued", "sending", "sent")

@@ -28,20 +28,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 
 from engine import metrics
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.send.webhook import WebhookSender
 from engine.settings import Settings
-from engine.store import schema
 from engine.store.db import reading
+from engine.store.schema import EVENTS, LEADS, OUTBOX
 
 log = logging.getLogger(__name__)
 
-OUTBOX: Table = schema.OutboxMessage.__table__  # type: ignore[attr-defined]
-LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
-EVENTS: Table = schema.EventRecord.__table__  # type: ignore[attr-defined]
 
 # Events after which an address must not be mailed again, whatever the rules say.
 SUPPRESSING = ("bounce", "spam_report")

@@ -24,10 +24,8 @@ from engine.rules.load import Problem, RulesetError, load_ruleset, parse_ruleset
 from engine.rules.spec import Ruleset
 from engine.settings import Settings
 from engine.store.db import reading
-from engine.store.schema import RulesetVersion
+from engine.store.schema import VERSIONS
 from engine.timeutil import utcnow
-
-VERSIONS = RulesetVersion.__table__  # type: ignore[attr-defined]
 
 
 @dataclass

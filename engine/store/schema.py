@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from engine.timeutil import utcnow
@@ -234,3 +234,22 @@ class Alert(SQLModel, table=True):
     reasons: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
+
+
+def _table(model: type[SQLModel]) -> Table:
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+# The tables as SQLAlchemy Core sees them: what the set-based queries and bulk writes use.
+LEADS = _table(Lead)
+SCORES = _table(LeadScore)
+EVENTS = _table(EventRecord)
+LEDGER = _table(LedgerEntry)
+STAGES = _table(StageHistory)
+FIRINGS = _table(RuleFiring)
+ACTIONS = _table(LeadAction)
+VERSIONS = _table(RulesetVersion)
+ENROLLMENTS = _table(Enrollment)
+OUTBOX = _table(OutboxMessage)
+ALERTS = _table(Alert)

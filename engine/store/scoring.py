@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -43,18 +43,9 @@ from engine.rules.evaluate import (
     prime,
 )
 from engine.rules.history import MemoryHistory
-from engine.store import schema
 from engine.store.db import append_rows
+from engine.store.schema import ACTIONS, ENROLLMENTS, EVENTS, FIRINGS, LEADS, LEDGER, SCORES, STAGES
 from engine.timeutil import epoch, utcnow
-
-LEADS: Table = schema.Lead.__table__  # type: ignore[attr-defined]
-SCORES: Table = schema.LeadScore.__table__  # type: ignore[attr-defined]
-EVENTS: Table = schema.EventRecord.__table__  # type: ignore[attr-defined]
-LEDGER: Table = schema.LedgerEntry.__table__  # type: ignore[attr-defined]
-STAGES: Table = schema.StageHistory.__table__  # type: ignore[attr-defined]
-FIRINGS: Table = schema.RuleFiring.__table__  # type: ignore[attr-defined]
-ACTIONS: Table = schema.LeadAction.__table__  # type: ignore[attr-defined]
-ENROLLMENTS: Table = schema.Enrollment.__table__  # type: ignore[attr-defined]
 
 # Event types that withdraw consent whatever the ruleset says.
 OPT_OUTS = frozenset({"unsubscribe", "spam_report"})
