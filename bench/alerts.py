@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from engine.store import db as database
+from engine import db as database
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from engine.store.db import scratch_schema
+from engine.db import scratch_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 NURTURE = str(Path(sys.executable).with_name("nurture"))

@@ -19,13 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
+from engine.db import scratch_schema
+from engine.demo.sample import sample_records, write_jsonl
+from engine.home import load_ruleset
 from engine.ingest.parse import LeadRecord, Rejection, parse_jsonl
 from engine.rules.compile import compile_ruleset
 from engine.rules.evaluate import Event, LeadState, evaluate, new_lead
 from engine.rules.history import MemoryHistory
-from engine.rules.load import load_ruleset
-from engine.sample import sample_records, write_jsonl
-from engine.store.db import scratch_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 RULESET = ROOT / "rulesets" / "b2b-saas.yaml"

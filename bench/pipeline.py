@@ -5,8 +5,8 @@
 
 Loads N leads and ~5 N stage changes set-based (a recursive CTE on SQLite, generate_series on
 PostgreSQL: INSERT ... SELECT, nothing row by row from Python) into a freshly migrated database,
-then times `engine.pipeline.pipeline` (whole history; the last 90 days; with cohorts) and
-`engine.accounts.hottest_accounts`.
+then times `engine.reports.pipeline.pipeline` (whole history; the last 90 days; with cohorts) and
+`engine.reports.accounts.hottest_accounts`.
 
 Lead i has 3 + (7 i mod 5) stage changes (5 on average), days to weeks apart from a first one
 spread over a year: new-lead into subscriber, then up the funnel; the last move of 2 leads in 10
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from engine.accounts import hottest_accounts
-from engine.pipeline import pipeline
-from engine.rules.load import load_ruleset
-from engine.store import db as database
+from engine import db as database
+from engine.home import load_ruleset
+from engine.reports.accounts import hottest_accounts
+from engine.reports.pipeline import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 RULESET = ROOT / "rulesets" / "b2b-saas.yaml"

@@ -30,15 +30,14 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from engine import db as database  # noqa: E402
 from engine.campaigns.compile import CompiledCampaigns  # noqa: E402
-from engine.campaigns.load import load_campaigns  # noqa: E402
-from engine.render import Renderer, sample_context  # noqa: E402
-from engine.rules.load import load_ruleset  # noqa: E402
+from engine.home import load_campaigns, load_ruleset  # noqa: E402
+from engine.render.templates import Renderer, sample_context  # noqa: E402
 from engine.schedule.steps import StepRunner  # noqa: E402
 from engine.send.dispatch import Dispatcher  # noqa: E402
 from engine.send.sendgrid import SendGridMailer  # noqa: E402
 from engine.settings import Settings  # noqa: E402
-from engine.store import db as database  # noqa: E402
 from tests.fake_sendgrid import FakeSendGrid  # noqa: E402
 
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # a Monday, inside every shipped send window

@@ -12,13 +12,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from engine import db as database
+from engine.active import ruleset_in_force
+from engine.db.schema import LEADS, OUTBOX
+from engine.demo.sample import DEFAULT_END, sample_records
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
-from engine.sample import DEFAULT_END, sample_records
 from engine.settings import Settings
-from engine.store import db as database
-from engine.store.rulesets import ruleset_in_force
-from engine.store.schema import LEADS, OUTBOX
-from engine.store.scoring import ingest
 from tests.conftest import ROOT
 
 TOKEN = "test-token-0123456789"

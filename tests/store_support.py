@@ -12,9 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
+from engine import db as database
 from engine.cli import app
-from engine.store import db as database
-from engine.store.schema import ACTIONS, EVENTS, FIRINGS, LEADS, LEDGER, SCORES, STAGES
+from engine.db.schema import ACTIONS, EVENTS, FIRINGS, LEADS, LEDGER, SCORES, STAGES
 from tests.conftest import PG_URL
 
 runner = CliRunner()

@@ -13,13 +13,15 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from engine.accounts import account_domain, hottest_accounts
+from engine import db as database
+from engine.db.schema import LEADS
+from engine.errors import ProblemsError
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
-from engine.rules.load import RulesetError, parse_ruleset
+from engine.reports.accounts import hottest_accounts
+from engine.rules.account import account_domain
+from engine.rules.load import parse_ruleset
 from engine.settings import get_settings
-from engine.store import db as database
-from engine.store.schema import LEADS
-from engine.store.scoring import ingest
 from tests.helpers import compiled
 from tests.store_support import another_database, nurture
 
@@ -154,7 +156,7 @@ def test_account_key() -> None:
 )
 def test_account_key_errors(account: str, line: int, message: str) -> None:
     text = RULESET.replace("account: {aggregate: sum}", account)
-    with pytest.raises(RulesetError) as error:
+    with pytest.raises(ProblemsError) as error:
         parse_ruleset(text, "bad.yaml")
     assert error.value.problems[0].line == line
     assert message in error.value.problems[0].message
@@ -162,7 +164,7 @@ def test_account_key_errors(account: str, line: int, message: str) -> None:
 
 def test_unknown_account_field() -> None:
     text = RULESET.replace("lead.account.leads", "lead.account.size")
-    with pytest.raises(RulesetError) as error:
+    with pytest.raises(ProblemsError) as error:
         parse_ruleset(text, "bad.yaml")
     assert "lead.account.size" in str(error.value)
     assert "lead.account.score or lead.account.leads" in str(error.value)

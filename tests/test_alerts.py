@@ -22,10 +22,10 @@ import sqlalchemy as sa
 from prometheus_client import REGISTRY
 
 from engine.alerts.job import AlertRunner
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
 from engine.schedule.jobs import Jobs
 from engine.settings import Settings, get_settings
-from engine.store.scoring import ingest
 from engine.timeutil import utcnow
 from tests.helpers import compiled
 from tests.store_support import nurture

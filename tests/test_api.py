@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from engine import cli
+from engine import db as database
 from engine.api import ops
 from engine.api.app import create_app
 from engine.settings import Settings, get_settings
-from engine.store import db as database
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,8 +11,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from engine.analysis.pastleads import (
+    PastLeadsError,
+    attribute_name,
+    parse_past_leads,
+    read_past_leads,
+)
 from engine.cli import app
-from engine.pastleads import PastLeadsError, attribute_name, parse_past_leads, read_past_leads
 from engine.settings import get_settings
 from tests.helpers import shared_data
 
@@ -279,7 +284,7 @@ def test_the_example_ruleset_checks_and_its_tests_pass() -> None:
 
 
 def test_the_example_is_not_a_second_candidate_ruleset(monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.store.rulesets import choose_file
+    from engine.active import choose_file
 
     monkeypatch.setenv("NURTURE_HOME", str(ROOT))
     get_settings.cache_clear()

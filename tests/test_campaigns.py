@@ -14,13 +14,14 @@ import pytest
 import sqlalchemy as sa
 
 from engine.campaigns.compile import CompiledCampaigns
-from engine.campaigns.load import load_campaigns, parse_campaign
+from engine.campaigns.load import parse_campaign
 from engine.campaigns.spec import FrequencyCap, SendWindow
+from engine.db.schema import ENROLLMENTS
+from engine.errors import ProblemsError
+from engine.home import load_campaigns
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
-from engine.rules.load import RulesetError
 from engine.schedule.steps import cap_frees_at, lead_zone, next_opening
-from engine.store.schema import ENROLLMENTS
-from engine.store.scoring import ingest
 from tests.helpers import compiled
 
 RULESET = """\
@@ -116,7 +117,7 @@ def test_campaign_file_loads_as_written() -> None:
     ],
 )
 def test_campaign_errors_name_the_line(edit: tuple[str, str], line: int, message: str) -> None:
-    with pytest.raises(RulesetError) as caught:
+    with pytest.raises(ProblemsError) as caught:
         parse_campaign(WARM.replace(*edit), "campaigns/warm.yaml", compiled(RULESET).ruleset)
     problems = caught.value.problems
     assert any(p.line == line and message in p.message for p in problems), problems
@@ -127,7 +128,7 @@ def test_folder_checks_templates_names_and_rule_targets(tmp_path: Path) -> None:
     ruleset = compiled(RULESET).ruleset
     folder = write_campaigns(tmp_path / "campaigns", WARM, HOT)
     (folder / "copy.yaml").write_text(HOT)
-    with pytest.raises(RulesetError) as caught:
+    with pytest.raises(ProblemsError) as caught:
         load_campaigns(folder, ruleset, templates=["warm/a", "warm/b", "hot/a"])
     text = str(caught.value)
     assert "campaign 'hot-followup' defined twice" in text

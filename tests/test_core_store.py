@@ -12,12 +12,12 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from engine.cli import app
-from engine.decay import decay
+from engine.db.schema import LEADS, LEDGER, SCORES, STAGES
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
-from engine.report import lead_detail
+from engine.reports.leads import lead_detail
+from engine.schedule.decay import decay
 from engine.settings import get_settings
-from engine.store.schema import LEADS, LEDGER, SCORES, STAGES
-from engine.store.scoring import ingest
 from tests.conftest import ROOT
 from tests.helpers import compiled
 

@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from engine import charts, dashboard
+from engine import db as database
+from engine.active import ruleset_in_force
 from engine.api.app import create_app
 from engine.api.auth import COOKIE
-from engine.store import db as database
-from engine.store.rulesets import ruleset_in_force
+from engine.reports import charts, overview
 from tests.dashboard_support import (
     CAMPAIGN,
     MAILED,
@@ -153,7 +153,7 @@ def test_figures_on_both_databases(tmp_path: Path, db_url: str) -> None:
     db = database.connect(db_url)
     ruleset = ruleset_in_force(db, settings).compiled.ruleset
 
-    funnel = dashboard.funnel(db, ruleset)
+    funnel = overview.funnel(db, ruleset)
     counts = stage_counts(db)
     assert {row["stage"]: row["leads"] for row in funnel["stages"] if row["leads"]} == counts
     assert funnel["total"] == sum(counts.values())
@@ -172,13 +172,13 @@ def test_figures_on_both_databases(tmp_path: Path, db_url: str) -> None:
             assert row["conversion"] == expected
     assert funnel["stages"][0]["reached"] == funnel["total"]  # every lead starts in the funnel
 
-    figures = {row["campaign"]: row for row in dashboard.campaigns(db)}
+    figures = {row["campaign"]: row for row in overview.campaigns(db)}
     spring = figures[CAMPAIGN]
     assert (spring["sent"], spring["recipients"]) == (len(MAILED), len(MAILED))
     assert (spring["opened"], spring["clicked"], spring["unsubscribed"]) == (2, 1, 1)
     assert spring["opened_rate"] == 0.5
 
-    hot = dashboard.hot_leads(db, ruleset, limit=5)
+    hot = overview.hot_leads(db, ruleset, limit=5)
     assert hot and all(lead["temperature"] == "hot" for lead in hot)
     assert [lead["score"] for lead in hot] == sorted((lead["score"] for lead in hot), reverse=True)
     for lead in hot:
@@ -186,7 +186,7 @@ def test_figures_on_both_databases(tmp_path: Path, db_url: str) -> None:
         times = [event["occurred_at"] for event in lead["events"]]
         assert times == sorted(times, reverse=True)
 
-    page = dashboard.lead_page(db, "m3@camp.example")
+    page = overview.lead_page(db, "m3@camp.example")
     assert page is not None
     assert [(e["campaign"], e["reactions"]) for e in page["emails"]] == [
         (CAMPAIGN, ["unsubscribed"])

@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
+from engine import db as database
 from engine.api.app import create_app
-from engine.store import db as database
 from tests.conftest import ROOT
 from tests.dashboard_support import CAMPAIGN, TOKEN, seed, stage_counts
 

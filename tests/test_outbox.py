@@ -21,17 +21,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from engine import db as database
 from engine.campaigns.compile import CompiledCampaigns
-from engine.campaigns.load import load_campaigns
+from engine.home import load_campaigns
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
-from engine.render import Renderer
+from engine.render.templates import Renderer
 from engine.schedule.steps import StepRunner
 from engine.send.dispatch import Dispatcher, settle_processed
 from engine.send.file import FileMailer
 from engine.send.sendgrid import SendGridMailer
 from engine.settings import Settings
-from engine.store import db as database
-from engine.store.scoring import ingest
 from tests.fake_sendgrid import FakeSendGrid
 from tests.helpers import compiled
 from tests.test_campaigns import HOT, RULESET, T0, VIP, WARM, write_campaigns
@@ -320,7 +320,7 @@ from datetime import datetime
 from engine.send.dispatch import Dispatcher
 from engine.send.sendgrid import SendGridMailer
 from engine.settings import Settings
-from engine.store import db
+from engine import db
 settings = Settings(database_url=sys.argv[1], dispatch_batch=int(sys.argv[3]), lease_seconds=60)
 Dispatcher(db.connect(sys.argv[1]), settings, SendGridMailer("SG.k", sys.argv[2], 5)).run(
     datetime.fromisoformat(sys.argv[4])

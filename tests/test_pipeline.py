@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.pipeline import pipeline
+from engine.db.schema import LEADS, STAGES
+from engine.reports.pipeline import pipeline
 from engine.rules.load import parse_ruleset
 from engine.settings import get_settings
-from engine.store.schema import LEADS, STAGES
 from tests.store_support import nurture
 
 RULESET = """

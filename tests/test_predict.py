@@ -13,10 +13,12 @@ import joblib
 import pytest
 from typer.testing import CliRunner
 
+from engine.analysis.pastleads import parse_past_leads
+from engine.analysis.predict import load_model, save, train
 from engine.cli import app
-from engine.pastleads import parse_past_leads
-from engine.predict import load_model, save, train
-from engine.rules.load import RulesetError, parse_ruleset
+from engine.errors import ProblemsError
+from engine.home import model_loader
+from engine.rules.load import parse_ruleset
 from engine.settings import get_settings
 from tests.helpers import shared_data
 
@@ -135,7 +137,7 @@ def test_train_errors(tmp_path: Path, extra: list[str], message: str) -> None:
 
 
 def test_a_component_reads_its_model(home: Path) -> None:
-    ruleset = parse_ruleset(RULESET, "p.yaml")
+    ruleset = parse_ruleset(RULESET, "p.yaml", model_loader(home))
     model = ruleset.components["predicted"].model
     assert model is not None and model.version == "plans-v1"
     likely = model.score({"plan": "pro", "visits": 11})
@@ -159,8 +161,8 @@ def test_model_problems_name_file_and_line(
 ) -> None:
     (home / "models" / "notes.txt").write_text("not a model")
     joblib.dump({"format": "something else"}, home / "models" / "dict.joblib")
-    with pytest.raises(RulesetError) as error:
-        parse_ruleset(RULESET.replace(*change), "p.yaml")
+    with pytest.raises(ProblemsError) as error:
+        parse_ruleset(RULESET.replace(*change), "p.yaml", model_loader(home))
     assert message in str(error.value)
 
 

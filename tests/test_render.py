@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.render import Renderer, TemplateError, context, lead_context, sample_context
+from engine.render.templates import Renderer, TemplateError, context, lead_context, sample_context
 
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 

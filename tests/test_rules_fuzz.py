@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from engine.errors import ProblemsError
+from engine.home import load_ruleset
 from engine.ingest.parse import (
     COMPUTED,
     EventRecord,
@@ -25,7 +27,7 @@ from engine.ingest.parse import (
 from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
 from engine.rules.evaluate import ChainError, Event, LeadState, evaluate, new_lead
 from engine.rules.history import MemoryHistory
-from engine.rules.load import RulesetError, load_ruleset, parse_ruleset
+from engine.rules.load import parse_ruleset
 
 ROOT = Path(__file__).resolve().parent.parent
 B2B = compile_ruleset(load_ruleset(ROOT / "rulesets" / "b2b-saas.yaml"))
@@ -479,7 +481,7 @@ def check_ruleset(text: str, attributes: dict[str, Any], kinds: list[str], amoun
     """Load, compile and run TEXT; True when it was valid. Any other exception fails the test."""
     try:
         ruleset = parse_ruleset(text, "fuzz.yaml")
-    except RulesetError as error:
+    except ProblemsError as error:
         assert error.problems
         lines = text.count("\n") + 1
         for problem in error.problems:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from engine.errors import Problem, ProblemsError
 from engine.rules import spec
-from engine.rules.load import Problem, RulesetError, parse_ruleset
+from engine.rules.load import parse_ruleset
 
 # Lines 1-8 of every ruleset below; rules start on line 9.
 HEAD = """\
@@ -22,10 +23,10 @@ FIRST_RULE_LINE = 9
 
 
 def problems(rules: str, head: str = HEAD) -> list[Problem]:
-    with pytest.raises(RulesetError) as caught:
+    with pytest.raises(ProblemsError) as caught:
         parse_ruleset(head + rules, "x.yaml")
     found = caught.value.problems
-    assert found, "a RulesetError must carry at least one problem"
+    assert found, "a ProblemsError must carry at least one problem"
     assert all(p.file == "x.yaml" for p in found)
     # str(error) lists every problem as file:line: message, one per line.
     assert str(caught.value).splitlines() == [str(p) for p in found]
@@ -273,7 +274,7 @@ def test_unknown_top_level_key() -> None:
     text = HEAD.replace("rules:\n", "rule_set: oops\nrules:\n") + (
         "  - name: a\n    when: {event.type: x}\n    then: {score: {fit: 1}}\n"
     )
-    with pytest.raises(RulesetError) as caught:
+    with pytest.raises(ProblemsError) as caught:
         parse_ruleset(text, "x.yaml")
     (problem,) = caught.value.problems
     assert problem.line == 8
@@ -419,7 +420,7 @@ def test_points_must_be_integers() -> None:
 
 def test_not_a_mapping_and_empty_file() -> None:
     for text in ("", "- just\n- a list\n", "ruleset\n"):
-        with pytest.raises(RulesetError) as caught:
+        with pytest.raises(ProblemsError) as caught:
             parse_ruleset(text, "x.yaml")
         (problem,) = caught.value.problems
         assert problem.line == 1

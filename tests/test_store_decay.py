@@ -1,6 +1,6 @@
-"""Score decay (`nurture tick`, engine.decay.decay) on SQLite and PostgreSQL: points per whole
-period since the component last rose, half-life toward the minimum, never below it, temperature
-following, and ticks that are idempotent however often or late they run."""
+"""Score decay (`nurture tick`, engine.schedule.decay.decay) on SQLite and PostgreSQL: points per
+whole period since the component last rose, half-life toward the minimum, never below it,
+temperature following, and ticks that are idempotent however often or late they run."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.decay import decay
+from engine import db as database
+from engine.demo.sample import sample_records
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
-from engine.report import lead_detail
+from engine.reports.leads import lead_detail
 from engine.rules.compile import CompiledRuleset
-from engine.sample import sample_records
+from engine.schedule.decay import decay
 from engine.settings import get_settings
-from engine.store import db as database
-from engine.store.scoring import ingest
 from tests.conftest import ROOT
 from tests.helpers import compiled
 from tests.store_support import another_database, lead_state, ledger_sums, nurture, tables

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from engine import db as database
+from engine.db.schema import EVENTS, LEDGER
+from engine.demo.sample import sample_records
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
-from engine.report import lead_detail
-from engine.sample import sample_records
+from engine.reports.leads import lead_detail
 from engine.settings import get_settings
-from engine.store import db as database
-from engine.store.schema import EVENTS, LEDGER
-from engine.store.scoring import ingest
 from tests.conftest import ROOT
 from tests.helpers import compiled
 from tests.store_support import another_database, lead_state, ledger_sums, nurture, tables

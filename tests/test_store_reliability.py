@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from engine import db as database
+from engine.db.schema import EVENTS, FIRINGS, LEADS, LEDGER, STAGES
+from engine.demo.sample import sample_records, write_jsonl
 from engine.rules.load import parse_ruleset
-from engine.sample import sample_records, write_jsonl
 from engine.settings import get_settings
-from engine.store import db as database
-from engine.store.schema import EVENTS, FIRINGS, LEADS, LEDGER, STAGES
 from tests.conftest import ROOT
 from tests.store_support import lead_state, ledger_sums, nurture, pg_schema
 

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
+from engine import db as database
 from engine.api.app import create_app
+from engine.send.unsubscribe import unsubscribe_url
 from engine.settings import Settings
-from engine.store import db as database
-from engine.unsubscribe import unsubscribe_url
 from tests.test_campaigns import RULESET, T0
 from tests.test_outbox import home as home
 from tests.test_outbox import seed_outbox, settings_for

@@ -17,15 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from engine.alerts.content import AlertView, display_name, email_parts, lead_url, slack_payload
 from engine.alerts.decide import Firing, LastAlert, Policy, decide, recipient
-from engine.report import reasons_by_lead
+from engine.db import upsert
+from engine.db.schema import ACTIONS, ALERTS, EVENTS, LEADS, LEDGER, OUTBOX
+from engine.reports.leads import reasons_by_lead
 from engine.send.dispatch import WEBHOOK
 from engine.settings import Settings
-from engine.store.schema import ACTIONS, ALERTS, EVENTS, LEADS, LEDGER, OUTBOX
 from engine.timeutil import isoformat
 
 EMAIL = "alert"  # the outbox kind of an alert email
@@ -229,8 +228,9 @@ class _Batch:
         owners: dict[int, Any],
     ) -> None:
         conn = self.conn
-        insert = pg_insert if self.pg else sqlite_insert
-        conn.execute(insert(ALERTS).on_conflict_do_nothing(index_elements=["action_id"]), alerts)
+        conn.execute(
+            upsert(conn, ALERTS).on_conflict_do_nothing(index_elements=["action_id"]), alerts
+        )
         written = select(ALERTS.c.action_id, ALERTS.c.id).where(
             ALERTS.c.action_id.in_([row["action_id"] for row in alerts])
         )
@@ -267,7 +267,8 @@ class _Batch:
                 )  # fmt: skip
         if messages:
             conn.execute(
-                insert(OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]), messages
+                upsert(conn, OUTBOX).on_conflict_do_nothing(index_elements=["idempotency_key"]),
+                messages,
             )
         if owners:
             conn.execute(

@@ -18,12 +18,12 @@ from sqlalchemy import Engine, select
 from engine import metrics
 from engine.alerts import wake
 from engine.alerts.enqueue import KINDS, any_pending, enqueue
+from engine.db import reading
+from engine.db.schema import ALERTS, OUTBOX
 from engine.send.dispatch import WEBHOOK, Dispatcher, DispatchReport
 from engine.send.email import Mailer
 from engine.send.webhook import WebhookSender
 from engine.settings import Settings
-from engine.store.db import reading
-from engine.store.schema import ALERTS, OUTBOX
 from engine.timeutil import utcnow
 
 log = logging.getLogger(__name__)

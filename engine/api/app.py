@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Engine
 
+from engine import db as database
 from engine.settings import Settings
-from engine.store import db as database
 
 
 @dataclass
@@ -25,6 +26,9 @@ def context(request: Request) -> Context:
     """The dependency every route takes: this app's settings and database."""
     found: Context = request.app.state.nurture
     return found
+
+
+Ctx = Annotated[Context, Depends(context)]
 
 
 def no_nul(request: Request) -> None:

@@ -5,27 +5,26 @@ puts the token in the ``nurture_token`` cookie (HttpOnly, SameSite=Strict) that
 ``engine.api.auth`` accepts; a page asked for without it redirects there and back.
 
 Templates are Jinja2 files shipped in ``engine/api/pages/`` with autoescaping on; the charts are
-inline SVG drawn from ``engine.charts``; no script runs in the page."""
+inline SVG drawn from ``engine.reports.charts``; no script runs in the page."""
 
 from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from engine import charts, dashboard, pipeline
-from engine.api.app import Context, context
+from engine.active import ruleset_in_force
+from engine.api.app import Ctx
 from engine.api.auth import COOKIE, presented, valid
+from engine.reports import charts, overview, pipeline
 from engine.rules.spec import Ruleset
-from engine.store.rulesets import ruleset_in_force
 from engine.timeutil import parse_instant, utcnow
 
-Ctx = Annotated[Context, Depends(context)]
 SESSION_DAYS = 14
 
 pages = Environment(
@@ -118,9 +117,9 @@ def logout() -> RedirectResponse:
 
 
 @router.get("/", response_class=HTMLResponse, dependencies=[SignedIn])
-def overview(ctx: Ctx) -> HTMLResponse:
+def overview_page(ctx: Ctx) -> HTMLResponse:
     ruleset = ruleset_in_force(ctx.db, ctx.settings).compiled.ruleset
-    funnel = dashboard.funnel(ctx.db, ruleset)
+    funnel = overview.funnel(ctx.db, ruleset)
     chart = charts.bar_chart([(row["stage"], row["leads"]) for row in funnel["stages"]])
     return render(
         "overview.html",
@@ -128,8 +127,8 @@ def overview(ctx: Ctx) -> HTMLResponse:
         bands=band_classes(ruleset),
         funnel=funnel,
         chart=chart,
-        hot=dashboard.hot_leads(ctx.db, ruleset),
-        campaigns=dashboard.campaigns(ctx.db),
+        hot=overview.hot_leads(ctx.db, ruleset),
+        campaigns=overview.campaigns(ctx.db),
     )
 
 
@@ -142,7 +141,7 @@ def look_up(email: str = "") -> RedirectResponse:
 
 @router.get("/leads/{email}", response_class=HTMLResponse, dependencies=[SignedIn])
 def lead(email: str, ctx: Ctx) -> HTMLResponse:
-    detail = dashboard.lead_page(ctx.db, email)
+    detail = overview.lead_page(ctx.db, email)
     if detail is None:
         return render("missing.html", 404, email=email)
     ruleset = ruleset_in_force(ctx.db, ctx.settings).compiled.ruleset

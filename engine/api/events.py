@@ -4,20 +4,20 @@ each item (accepted, duplicate of an event already stored, or rejected with the 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
-from engine.api.app import Context, context
+from engine.api.app import Ctx
 from engine.api.auth import require_token
 from engine.api.intake import read_json, score, too_large
 from engine.api.models import EventIn, IngestAnswer, ItemOutcome, Rejected, errors, json_body
-from engine.ingest.parse import InvalidRecord, Parsed, Rejection, record
-from engine.store.scoring import IngestResult
+from engine.errors import InvalidRecord
+from engine.ingest.batch import IngestResult
+from engine.ingest.parse import Parsed, Rejection, record
 
 router = APIRouter(prefix="/api", tags=["events"], dependencies=[Depends(require_token)])
-Ctx = Annotated[Context, Depends(context)]
 
 _EVENT = EventIn.model_json_schema()
 BODY_SCHEMA = {"anyOf": [_EVENT, {"type": "array", "items": _EVENT}]}

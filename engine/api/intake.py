@@ -1,5 +1,5 @@
 """The HTTP edge of ingest: request bodies read within the configured limits, and records scored
-through the one ingest path (``engine.store.scoring.ingest``) with the ruleset and campaigns in
+through the one ingest path (``engine.ingest.batch.ingest``) with the ruleset and campaigns in
 force, exactly as ``nurture ingest`` scores a file. ``POST /api/events``, ``POST /api/leads``, the
 SendGrid webhook and the unsubscribe link all come through here."""
 
@@ -10,33 +10,26 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
+from engine.active import Active, NoRuleset, active
 from engine.api.app import Context
+from engine.ingest.batch import IngestResult, ingest
 from engine.ingest.parse import Parsed
-from engine.render import Renderer
-from engine.rules.compile import CompiledRuleset
-from engine.rules.load import RulesetError
 from engine.settings import Settings
-from engine.store.rulesets import NoRuleset, campaigns_in_force, ruleset_in_force
-from engine.store.scoring import IngestResult, ingest
 
 
-def in_force(ctx: Context) -> CompiledRuleset:
-    """The ruleset in force, or 503: without one nothing can be scored or reported."""
+def in_force(ctx: Context) -> Active:
+    """The ruleset and campaigns in force, or 503: without a ruleset nothing can be scored or
+    reported."""
     try:
-        return ruleset_in_force(ctx.db, ctx.settings).compiled
-    except (NoRuleset, RulesetError) as error:
+        return active(ctx.db, ctx.settings)
+    except NoRuleset as error:
         raise HTTPException(503, f"no ruleset in force: {error}") from None
 
 
 def score(ctx: Context, items: list[Parsed]) -> IngestResult:
     """Records through the rules, with campaign enrollment and exit, like ``nurture ingest``."""
-    compiled = in_force(ctx)
-    templates = Renderer(ctx.settings.templates_dir).names()
-    try:
-        campaigns = campaigns_in_force(ctx.db, ctx.settings, compiled.ruleset, templates).compiled
-    except RulesetError:
-        campaigns = None  # campaigns broken with no good version: score without enrolling
-    return ingest(ctx.db, compiled, items, ctx.settings.batch_size, campaigns=campaigns)
+    found = in_force(ctx)
+    return ingest(ctx.db, found.compiled, items, ctx.settings.batch_size, campaigns=found.campaigns)
 
 
 def too_large(what: str) -> HTTPException:

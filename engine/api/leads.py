@@ -1,6 +1,6 @@
 """Leads over HTTP: upsert a profile (scored as a ``profile_update``, like a profile line of
 ``nurture ingest``), list leads, read one with its ledger and stage history, and the pipeline
-report. Reads come from ``engine.report``, the same as the CLI's ``--json``."""
+report. Reads come from ``engine.reports.leads``, the same as the CLI's ``--json``."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from engine import report
-from engine.api.app import Context, context
+from engine.api.app import Context, Ctx
 from engine.api.auth import require_token
 from engine.api.intake import in_force, read_json, score
 from engine.api.models import LeadDetail, LeadIn, LeadSummary, Pipeline, errors, json_body
-from engine.ingest.parse import InvalidRecord, LeadRecord, record
-from engine.pipeline import pipeline, report_options
+from engine.errors import InvalidRecord
+from engine.ingest.parse import LeadRecord, record
+from engine.reports import leads as report
+from engine.reports.pipeline import pipeline, report_options
 
 router = APIRouter(prefix="/api", tags=["leads"], dependencies=[Depends(require_token)])
-Ctx = Annotated[Context, Depends(context)]
 
 
 def profile(raw: Any) -> LeadRecord:
@@ -99,7 +99,7 @@ def pipeline_report(
     """The pipeline report, as `nurture pipeline --json` gives it: per stage the leads now,
     entries, conversion to the next stage, time in stage and stuck leads; backward moves and
     exits with their rules; cohorts on request."""
-    ruleset = in_force(ctx).ruleset
+    ruleset = in_force(ctx).compiled.ruleset
     try:
         options = report_options(ruleset, since, until, stuck_days, cohort)
     except ValueError as error:

@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.api.app import Context, context
+from engine.api.app import Ctx
 from engine.api.models import Health
-from engine.store.db import reading
+from engine.db import reading
 
 router = APIRouter(tags=["operations"])
 # The local part of an email address in a URL (``/api/leads/ana@acme.io``), plain or %-encoded.
@@ -43,9 +42,6 @@ ACCESS_LOG_FILTER = RedactEmails()
 def redact_access_log() -> None:
     """Called once the server has set up its logging (uvicorn's access log)."""
     logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG_FILTER)
-
-
-Ctx = Annotated[Context, Depends(context)]
 
 
 @router.get(

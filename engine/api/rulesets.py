@@ -5,26 +5,24 @@ every ruleset it is given until the process ends), so validating is free of side
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from engine.api.app import Context, context
+from engine.api.app import Ctx
 from engine.api.auth import require_token
 from engine.api.intake import read_body
 from engine.api.models import Finding, Validation, errors
+from engine.errors import ProblemsError
 from engine.rules.lint import warnings
-from engine.rules.load import RulesetError, parse_ruleset
+from engine.rules.load import parse_ruleset
 
 router = APIRouter(prefix="/api", tags=["rulesets"], dependencies=[Depends(require_token)])
-Ctx = Annotated[Context, Depends(context)]
 _TEXT = {"schema": {"type": "string"}}
 
 
 def validate(text: str) -> Validation:
     try:
         ruleset = parse_ruleset(text, "<request>")
-    except RulesetError as error:
+    except ProblemsError as error:
         problems = [Finding(line=p.line, message=p.message) for p in error.problems]
         return Validation(
             valid=False, ruleset=None, version=None, rules=0, problems=problems, warnings=[]

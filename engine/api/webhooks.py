@@ -9,29 +9,29 @@ import hashlib
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from sqlalchemy import select
 
-from engine.api.app import Context, context
+from engine.api.app import Context, Ctx
 from engine.api.intake import score
 from engine.api.models import errors
-from engine.ingest.parse import InvalidRecord, Parsed, Rejection, record
+from engine.db import reading
+from engine.db.schema import LEADS
+from engine.errors import InvalidRecord
+from engine.ingest.batch import IngestResult
+from engine.ingest.parse import Parsed, Rejection, record
 from engine.send.dispatch import settle_processed
-from engine.store.db import reading
-from engine.store.schema import LEADS
-from engine.store.scoring import IngestResult
+from engine.send.unsubscribe import BadToken, matches, read_token
 from engine.timeutil import isoformat, utcnow
-from engine.unsubscribe import BadToken, matches, read_token
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-Ctx = Annotated[Context, Depends(context)]
 
 # SendGrid event → our event type. Others (delivered, deferred, dropped, ...) do not score.
 EVENT_TYPES = {

@@ -8,7 +8,6 @@ ruleset's components, bands and stages, so `lead.temperature` means the same in 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -42,11 +41,9 @@ class CompiledCampaigns:
             for index, step in enumerate(campaign.steps):
                 if step.when is not None:
                     synthetic.append(self._rule(f"{campaign.name}#step{index}", step.when))
-        digest = hashlib.sha256(
-            repr(
-                (ruleset.version, [(c.name, c.audience, c.exit_when, c.steps) for c in campaigns])
-            ).encode()
-        ).hexdigest()[:12]
+        digest = rules.version_of(
+            repr((ruleset.version, [(c.name, c.audience, c.exit_when, c.steps) for c in campaigns]))
+        )
         self.compiled: CompiledRuleset | None = None
         self._memo: dict[frozenset[tuple[str, object]], frozenset[str]] = {}
         if synthetic:

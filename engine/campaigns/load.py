@@ -7,26 +7,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import time
-from pathlib import Path
 from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from engine.address import is_address
 from engine.campaigns import spec
+from engine.errors import Problem, ProblemsError
 from engine.rules import spec as rules
 from engine.rules.load import (
-    Problem,
-    RulesetError,
     condition_parser,
     key_line,
     node_line,
     read_yaml,
-    ruleset_files,
 )
 from engine.timeutil import parse_duration
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 KEYS = ("campaign", "audience", "exit_when", "from", "send_window", "frequency_cap", "steps")
 
@@ -67,7 +63,7 @@ class _CampaignParser:
                     key_line(doc, key, 1), f"unknown key {key!r}; a campaign has {', '.join(KEYS)}"
                 )
         name = doc.get("campaign")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not rules.NAME.match(name):
             self.problem(key_line(doc, "campaign", 1), "`campaign:` must name the campaign")
             name = "unnamed"
         audience = self.condition(doc, "audience", name, required=True)
@@ -103,7 +99,7 @@ class _CampaignParser:
 
     def sender(self, doc: CommentedMap) -> tuple[str, str | None]:
         node, line = doc.get("from"), key_line(doc, "from", 1)
-        if not isinstance(node, CommentedMap) or not _EMAIL.match(str(node.get("email", ""))):
+        if not isinstance(node, CommentedMap) or not is_address(str(node.get("email", ""))):
             self.problem(line, "`from:` needs {email: you@example.com, name: Sender}")
             return "", None
         name = node.get("name")
@@ -186,19 +182,8 @@ def parse_campaign(text: str, path: str, ruleset: rules.Ruleset) -> spec.Campaig
     parser = _CampaignParser(path, ruleset)
     campaign = parser.campaign(read_yaml(text, path))
     if campaign is None:
-        raise RulesetError(parser.problems)
+        raise ProblemsError(parser.problems)
     return campaign
-
-
-def read_sources(folder: Path) -> dict[str, str]:
-    """Path → text of every campaign file in ``folder`` (none when it does not exist)."""
-    sources: dict[str, str] = {}
-    for path in ruleset_files(folder) if folder.is_dir() else ():
-        try:
-            sources[str(path)] = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise RulesetError([Problem(str(path), 1, f"cannot read: {error}")]) from None
-    return sources
 
 
 def parse_campaigns(
@@ -211,7 +196,7 @@ def parse_campaigns(
     for path, text in sources.items():
         try:
             campaign = parse_campaign(text, path, ruleset)
-        except RulesetError as error:
+        except ProblemsError as error:
             problems.extend(error.problems)
             continue
         if any(c.name == campaign.name for c in campaigns):
@@ -230,11 +215,5 @@ def parse_campaigns(
                     Problem(ruleset.path, rule.line, f"rule {rule.name!r}: no campaign {target!r}")
                 )
     if problems:
-        raise RulesetError(problems)
+        raise ProblemsError(problems)
     return campaigns
-
-
-def load_campaigns(
-    folder: Path, ruleset: rules.Ruleset, templates: Iterable[str] | None = None
-) -> list[spec.Campaign]:
-    return parse_campaigns(read_sources(folder), ruleset, templates)

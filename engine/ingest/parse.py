@@ -8,17 +8,18 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
+from engine.address import normalise_email
+from engine.errors import InvalidRecord
+from engine.rules.spec import COMPUTED_FIELDS
 from engine.timeutil import parse_instant
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-# Profile fields the ruleset computes; an import may not overwrite them.
-COMPUTED = frozenset({"score", "scores", "temperature", "stage", "tags", "ledger", "stage_history"})
+# Fields of the lead JSON that the ruleset computes; an import may not overwrite them.
+COMPUTED = COMPUTED_FIELDS | {"ledger", "stage_history"}
 EVENT_KEYS = frozenset({"id", "email", "type", "occurred_at", "properties", "lead"})
 MAX_TYPE_LENGTH = 64
 
@@ -53,19 +54,6 @@ class Rejection:
 
 Record = LeadRecord | EventRecord
 Parsed = LeadRecord | EventRecord | Rejection
-
-
-class InvalidRecord(ValueError):
-    pass
-
-
-def normalise_email(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRecord("email: missing")
-    email = value.strip().lower()
-    if len(email) > 320 or not _EMAIL.match(email):
-        raise InvalidRecord("email: not an email address")
-    return email
 
 
 def _derived_id(kind: str, body: Mapping[str, Any]) -> str:

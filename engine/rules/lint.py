@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from engine.errors import Problem
 from engine.rules import spec
-from engine.rules.load import Problem
 
 
 def _reads_event(condition: spec.Condition) -> bool:

@@ -6,51 +6,26 @@ A ruleset with any problem is rejected as a whole: callers keep the ruleset in f
 from __future__ import annotations
 
 import difflib
-import hashlib
 import math
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from engine.errors import NurtureError, Problem, ProblemsError
 from engine.rules import spec
 from engine.rules.account import ACCOUNT_FIELDS, AGGREGATES, Aggregate
 from engine.rules.compile import MAX_GROUPS, rule_groups
-from engine.settings import get_settings
 from engine.timeutil import parse_duration
 
 DEFAULT_STAGES = ("subscriber", "lead", "mql", "sql", "opportunity", "customer")
 DEFAULT_EXITS = ("disqualified", "unsubscribed")
 # Attributes a `set:` may not overwrite: they are computed or identify the lead.
-RESERVED_ATTRIBUTES = ("email", "score", "scores", "temperature", "stage", "tags")
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 # Fields of every lead, besides its attributes.
-BUILT_IN_FIELDS = ("score", "temperature", "stage", "tags", "email")
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
-
-
-class RulesetError(Exception):
-    """One or more problems; ``str()`` lists them one per line."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 def read_yaml(text: str, path: str) -> Any:
@@ -61,9 +36,9 @@ def read_yaml(text: str, path: str) -> Any:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark is not None else 1
         reason = error.problem or error.context or "invalid YAML"
-        raise RulesetError([Problem(path, line, f"YAML syntax: {reason}")]) from None
+        raise ProblemsError([Problem(path, line, f"YAML syntax: {reason}")]) from None
     except YAMLError as error:
-        raise RulesetError([Problem(path, 1, f"YAML syntax: {error}")]) from None
+        raise ProblemsError([Problem(path, 1, f"YAML syntax: {error}")]) from None
 
 
 def key_line(node: Any, key: object, default: int) -> int:
@@ -86,9 +61,9 @@ def node_line(node: Any, default: int) -> int:
 class _Parser:
     """Walks one ruleset document, collecting every problem instead of stopping at the first."""
 
-    def __init__(self, path: str, home: Path | None = None) -> None:
+    def __init__(self, path: str, models: spec.ModelLoader | None = None) -> None:
         self.path = path
-        self.home = home  # where model paths start; None: NURTURE_HOME
+        self.models = models  # None: model paths are checked for shape, never loaded
         self.problems: list[Problem] = []
         self.components: dict[str, spec.Component] = {}
         self.stages: tuple[str, ...] = DEFAULT_STAGES
@@ -120,7 +95,7 @@ class _Parser:
                     f"unknown key {key!r}; a ruleset has {', '.join(sorted(known))}",
                 )
         name = doc.get("ruleset")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not spec.NAME.match(name):
             self.problem(key_line(doc, "ruleset", 1), "`ruleset:` must name the ruleset")
             name = "unnamed"
         self.parse_components(doc)
@@ -136,7 +111,7 @@ class _Parser:
             return None
         return spec.Ruleset(
             name=name,
-            version=hashlib.sha256(text.encode()).hexdigest()[:12],
+            version=spec.version_of(text),
             path=self.path,
             components=self.components,
             temperature=self.bands,
@@ -171,12 +146,15 @@ class _Parser:
             if unknown:
                 self.problem(at, f"component {name!r}: unknown key {sorted(unknown)[0]!r}")
             decay = self.parse_decay(body.get("decay"), key_line(body, "decay", at), name)
-            model = None
+            model, model_path = None, None
             if "model" in body:
+                model_path = str(body["model"])
                 model = self.parse_model(body["model"], key_line(body, "model", at), name)
                 if decay is not None:
                     self.problem(at, f"component {name!r}: a model sets it, so it cannot decay")
-            self.components[str(name)] = spec.Component(str(name), low, high, decay, model)
+            self.components[str(name)] = spec.Component(
+                str(name), low, high, decay, model, model_path
+            )
 
     def parse_decay(
         self, node: Any, line: int, component: str
@@ -216,18 +194,17 @@ class _Parser:
         return "sum"
 
     def parse_model(self, node: Any, line: int, component: str) -> spec.Predictor | None:
-        """``model: models/NAME-vN.joblib``: a file `nurture model train` wrote, under
-        NURTURE_HOME."""
-        from engine.predict import ModelError, load_model  # scikit-learn loads only when used
-
+        """``model: models/NAME-vN.joblib``: a file `nurture model train` wrote. Loaded only
+        when the caller passes a loader (validation never loads one)."""
         if not isinstance(node, str) or not node.strip():
             self.problem(line, f"component {component!r}: model is the path of a model file")
             return None
-        home = self.home if self.home is not None else get_settings().home
+        if self.models is None:
+            return None
         try:
-            return load_model(home / node.strip())
-        except ModelError as error:
-            self.problem(line, f"component {component!r}: {error} (paths are relative to {home})")
+            return self.models(node.strip())
+        except NurtureError as error:
+            self.problem(line, f"component {component!r}: {error}")
             return None
 
     def parse_bands(self, doc: CommentedMap) -> None:
@@ -277,7 +254,7 @@ class _Parser:
                 continue
             at = node_line(body, at)
             name = body.get("name")
-            if not isinstance(name, str) or not _NAME.match(name):
+            if not isinstance(name, str) or not spec.NAME.match(name):
                 self.problem(at, "rule needs a `name:` (letters, digits, - _ .)")
                 name = f"rule-{index + 1}"
             elif name in seen:
@@ -397,7 +374,7 @@ class _Parser:
         if parts[0] == "lead" and len(parts) == 2 and parts[1] and parts[1] != "scores":
             # Any attribute may be read, but one a letter or two from a built-in field is a typo
             # that would otherwise never match.
-            close = difflib.get_close_matches(parts[1], BUILT_IN_FIELDS, n=1, cutoff=0.8)
+            close = difflib.get_close_matches(parts[1], spec.BUILT_IN_FIELDS, n=1, cutoff=0.8)
             if close and close[0] != parts[1]:
                 return f"unknown field {path!r}: did you mean lead.{close[0]}?"
             return None
@@ -457,7 +434,7 @@ class _Parser:
                 for component, points in value.items():
                     if component not in self.components:
                         self.problem(at, f"rule {rule!r}: unknown score component {component!r}")
-                    elif self.components[component].model is not None:
+                    elif self.components[component].model_path is not None:
                         self.problem(
                             at, f"rule {rule!r}: component {component!r} is set by a model"
                         )
@@ -475,7 +452,7 @@ class _Parser:
                     self.problem(at, f"rule {rule!r}: set needs {{attribute: value}}")
                     continue
                 for attribute, new in value.items():
-                    if attribute in RESERVED_ATTRIBUTES:
+                    if attribute in spec.COMPUTED_FIELDS or attribute == "email":
                         self.problem(at, f"rule {rule!r}: {attribute!r} cannot be set by a rule")
                     elif isinstance(new, dict | list):
                         self.problem(at, f"rule {rule!r}: set {attribute!r} to a scalar")
@@ -546,31 +523,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_ruleset(text: str, path: str = "<ruleset>", home: Path | None = None) -> spec.Ruleset:
+def parse_ruleset(
+    text: str, path: str = "<ruleset>", models: spec.ModelLoader | None = None
+) -> spec.Ruleset:
     doc = read_yaml(text, path)
-    parser = _Parser(path, home)
+    parser = _Parser(path, models)
     ruleset = parser.ruleset(doc, text)
     if ruleset is None:
-        raise RulesetError(parser.problems)
+        raise ProblemsError(parser.problems)
     return ruleset
-
-
-def load_ruleset(path: Path) -> spec.Ruleset:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise RulesetError([Problem(str(path), 1, f"cannot read: {error}")]) from None
-    return parse_ruleset(text, str(path))
-
-
-def ruleset_files(path: Path) -> Iterator[Path]:
-    """The ruleset files under PATH (a file, or a folder's *.yaml/*.yml without tests/)."""
-    if path.is_file():
-        yield path
-        return
-    for candidate in sorted(path.glob("*.y*ml")):
-        if candidate.suffix in (".yaml", ".yml"):
-            yield candidate
 
 
 def condition_parser(path: str, ruleset: spec.Ruleset) -> _Parser:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Protocol
 
 from engine.rules.account import Aggregate
+
+
+def version_of(source: str) -> str:
+    """The version of a ruleset or of a campaigns folder: a hash of its source text."""
+    return hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+# Names of rules, components, bands, stages, tags and campaigns.
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+# Lead fields the ruleset computes: neither an import nor a rule's `set:` writes them.
+COMPUTED_FIELDS = frozenset({"score", "scores", "temperature", "stage", "tags"})
+# What `lead.<name>` reads besides attributes.
+BUILT_IN_FIELDS = ("score", "temperature", "stage", "tags", "email")
 
 # Operators a `when` leaf may use, as DESIGN.md lists them.
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "matches", "exists")
@@ -26,7 +41,7 @@ class HalfLifeDecay:
 
 
 class Predictor(Protocol):
-    """A trained model that scores a lead from its attributes (see engine/predict.py)."""
+    """A trained model that scores a lead from its attributes (see engine.analysis.predict)."""
 
     version: str
 
@@ -39,6 +54,10 @@ class Predictor(Protocol):
         ...
 
 
+# The model at a ``model:`` path (as written in the ruleset); raises NurtureError saying why not.
+ModelLoader = Callable[[str], Predictor]
+
+
 @dataclass(frozen=True)
 class Component:
     name: str
@@ -47,6 +66,7 @@ class Component:
     decay: PointsDecay | HalfLifeDecay | None = None
     # Set, the component is fed by this model (``model:`` in YAML), not by rules.
     model: Predictor | None = field(default=None, compare=False, repr=False)
+    model_path: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from engine.errors import Problem, ProblemsError
 from engine.rules.compile import CompiledRuleset, window_start
 from engine.rules.evaluate import ChainError, Event, LeadState, evaluate, new_lead
 from engine.rules.history import MemoryHistory
-from engine.rules.load import Problem, RulesetError, key_line, read_yaml
+from engine.rules.load import key_line, read_yaml
 from engine.timeutil import parse_instant
 
 START = datetime.fromisoformat("2026-01-05T10:00:00+00:00")
@@ -51,35 +51,33 @@ class Case:
     expect: dict[str, Any]
 
 
-def load_cases(path: Path) -> list[Case]:
-    text = path.read_text(encoding="utf-8")
-    doc = read_yaml(text, str(path))
+def parse_cases(text: str, path: str) -> list[Case]:
+    """The cases of one test file (its text, and its path for problems)."""
+    doc = read_yaml(text, path)
     if not isinstance(doc, CommentedSeq):
-        raise RulesetError([Problem(str(path), 1, "a test file is a list of cases")])
+        raise ProblemsError([Problem(path, 1, "a test file is a list of cases")])
     cases, problems = [], []
     for index, body in enumerate(doc):
         line = key_line(doc, index, 1)
         if not isinstance(body, CommentedMap) or not isinstance(body.get("name"), str):
-            problems.append(Problem(str(path), line, "a case needs name, lead, events, expect"))
+            problems.append(Problem(path, line, "a case needs name, lead, events, expect"))
             continue
         expect = body.get("expect")
         unknown = set(expect or {}) - set(EXPECT_KEYS)
         if not isinstance(expect, CommentedMap) or unknown:
             problems.append(
-                Problem(
-                    str(path), line, f"case {body['name']!r}: expect takes {', '.join(EXPECT_KEYS)}"
-                )
+                Problem(path, line, f"case {body['name']!r}: expect takes {', '.join(EXPECT_KEYS)}")
             )
             continue
         events = body.get("events") or []
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-            problems.append(Problem(str(path), line, f"case {body['name']!r}: events is a list"))
+            problems.append(Problem(path, line, f"case {body['name']!r}: events is a list"))
             continue
         cases.append(
-            Case(body["name"], str(path), line, dict(body.get("lead") or {}), events, dict(expect))
+            Case(body["name"], path, line, dict(body.get("lead") or {}), events, dict(expect))
         )
     if problems:
-        raise RulesetError(problems)
+        raise ProblemsError(problems)
     return cases
 
 

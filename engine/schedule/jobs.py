@@ -22,15 +22,15 @@ from apscheduler.events import EVENT_SCHEDULER_SHUTDOWN, EVENT_SCHEDULER_START, 
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import Engine
 
+from engine.active import campaigns_in_force, ruleset_in_force
 from engine.alerts.job import AlertJob, AlertReport, AlertRunner
-from engine.decay import decay
-from engine.render import Renderer
+from engine.render.templates import Renderer
+from engine.schedule.decay import decay
 from engine.schedule.steps import StepReport, StepRunner
 from engine.send.backends import mailer_for
 from engine.send.dispatch import Dispatcher, DispatchReport
 from engine.send.email import Mailer
 from engine.settings import Settings
-from engine.store.rulesets import campaigns_in_force, ruleset_in_force
 from engine.timeutil import isoformat, utcnow
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ class Jobs:
 
     def steps(self, now: datetime) -> StepReport:
         ruleset = ruleset_in_force(self.db, self.settings).compiled.ruleset
-        active = campaigns_in_force(self.db, self.settings, ruleset, self.renderer.names())
-        self.warnings.extend(str(problem) for problem in active.problems)
-        runner = StepRunner(self.db, self.settings, active.compiled, self.renderer)
+        found = campaigns_in_force(self.db, self.settings, ruleset, self.renderer.names())
+        self.warnings.extend(str(problem) for problem in found.problems)
+        runner = StepRunner(self.db, self.settings, found.compiled, self.renderer)
         return runner.run(now)
 
     def dispatch(self, now: datetime) -> DispatchReport:

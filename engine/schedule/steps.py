@@ -23,12 +23,12 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
-from engine.render import Renderer, TemplateError, context, lead_context
+from engine.db import append_rows
+from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
+from engine.render.templates import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
+from engine.send.unsubscribe import list_unsubscribe_headers, unsubscribe_url
 from engine.settings import Settings
-from engine.store.db import append_rows
-from engine.store.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
-from engine.unsubscribe import list_unsubscribe_headers, unsubscribe_url
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 
 from engine import metrics
+from engine.db import reading
+from engine.db.schema import EVENTS, LEADS, OUTBOX
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.send.webhook import WebhookSender
 from engine.settings import Settings
-from engine.store.db import reading
-from engine.store.schema import EVENTS, LEADS, OUTBOX
 
 log = logging.getLogger(__name__)
 

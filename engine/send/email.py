@@ -13,6 +13,8 @@ from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 from typing import Protocol
 
+from engine.errors import NurtureError
+
 
 @dataclass(frozen=True)
 class Email:
@@ -27,7 +29,7 @@ class Email:
     category: str | None = None  # the campaign, for the provider's statistics
 
 
-class TransientError(Exception):
+class TransientError(NurtureError):
     """Worth another try later; ``retry_after`` is the provider's hint, in seconds."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
@@ -35,8 +37,20 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
-class PermanentError(Exception):
+class PermanentError(NurtureError):
     """Another try would fail the same way."""
+
+
+def http_failure(status: int, reason: str, retry_after: object) -> TransientError | PermanentError:
+    """An HTTP provider's refusal: 429 and 5xx are worth another try (after ``Retry-After``
+    seconds, when it is a number), anything else is not."""
+    if status == 429 or status >= 500:
+        try:
+            wait = float(retry_after) if isinstance(retry_after, str | int | float) else None
+        except ValueError:
+            wait = None
+        return TransientError(reason, wait)
+    return PermanentError(reason)
 
 
 class Mailer(Protocol):

@@ -23,7 +23,7 @@ from sendgrid.helpers.mail import (
     To,
 )
 
-from engine.send.email import Email, PermanentError, TransientError
+from engine.send.email import Email, TransientError, http_failure
 
 
 class SendGridMailer:
@@ -54,9 +54,9 @@ class SendGridMailer:
         except HTTPError as error:
             status = int(error.status_code)
             reason = f"SendGrid {status}: {_detail(error.body)}"
-            if status == 429 or status >= 500:
-                raise TransientError(reason, _retry_after(error.headers)) from None
-            raise PermanentError(reason) from None
+            headers = error.headers
+            wait = headers.get("Retry-After") if hasattr(headers, "get") else None
+            raise http_failure(status, reason, wait) from None
         except (URLError, TimeoutError, ConnectionError) as error:
             raise TransientError(f"SendGrid unreachable: {error}") from None
         found = response.headers.get("X-Message-Id") if response.headers else None
@@ -66,11 +66,3 @@ class SendGridMailer:
 def _detail(body: object) -> str:
     text = body.decode(errors="replace") if isinstance(body, bytes) else str(body or "")
     return " ".join(text.split())[:300] or "no detail"
-
-
-def _retry_after(headers: object) -> float | None:
-    value = headers.get("Retry-After") if hasattr(headers, "get") else None
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

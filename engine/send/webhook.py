@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from engine.send.email import PermanentError, TransientError
+from engine.send.email import TransientError, http_failure
 
 
 class WebhookSender:
@@ -33,16 +33,7 @@ class WebhookSender:
         if status < 300:
             return
         reason = f"webhook {status}: {' '.join(response.text.split())[:300] or 'no detail'}"
-        if status == 429 or status >= 500:
-            raise TransientError(reason, _retry_after(response.headers.get("Retry-After")))
-        raise PermanentError(reason)
+        raise http_failure(status, reason, response.headers.get("Retry-After"))
 
     def close(self) -> None:
         self.client.close()
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None

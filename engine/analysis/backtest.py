@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
-from engine.pastleads import PastLeads
+from engine.analysis.pastleads import PastLeads
 from engine.rules.compile import CompiledRuleset
 from engine.rules.evaluate import ChainError, prime
 from engine.rules.spec import Ruleset

@@ -33,7 +33,7 @@ class Lead(SQLModel, table=True):
     version: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
-    # The account key (see engine.accounts.account_domain); None: no account (free mail).
+    # The account key (see engine.rules.account.account_domain); None: no account (free mail).
     account_domain: str | None = Field(default=None, max_length=255)
 
 

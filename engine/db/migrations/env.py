@@ -1,4 +1,4 @@
-"""Alembic environment: migrations run on the connection ``engine.store.db.upgrade`` passes in,
+"""Alembic environment: migrations run on the connection ``engine.db.connect.upgrade`` passes in,
 or on ``sqlalchemy.url`` when alembic is run by hand."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
-import engine.store.schema  # noqa: F401  (registers the tables on SQLModel.metadata)
+import engine.db.schema  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -1,4 +1,5 @@
-"""Which ruleset (and which campaigns) are in force. A file that fails its checks never replaces
+"""Which ruleset (and which campaigns) are in force: one service for the CLI, the API and the
+scheduler. A file that fails its checks never replaces
 the last good version: each good version's source is kept in ``ruleset_version`` and a broken
 file falls back to it. The campaigns folder is kept the same way, as one unit.
 
@@ -18,13 +19,16 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.campaigns.compile import CompiledCampaigns
-from engine.campaigns.load import parse_campaigns, read_sources
-from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
-from engine.rules.load import Problem, RulesetError, load_ruleset, parse_ruleset, ruleset_files
-from engine.rules.spec import Ruleset
+from engine.campaigns.load import parse_campaigns
+from engine.db import reading
+from engine.db.schema import VERSIONS
+from engine.errors import NurtureError, Problem, ProblemsError
+from engine.home import compile_checked, model_loader, read_sources, ruleset_files
+from engine.render.templates import Renderer
+from engine.rules.compile import CompiledRuleset, compile_ruleset
+from engine.rules.load import parse_ruleset
+from engine.rules.spec import Ruleset, version_of
 from engine.settings import Settings
-from engine.store.db import reading
-from engine.store.schema import VERSIONS
 from engine.timeutil import utcnow
 
 
@@ -35,8 +39,8 @@ class InForce:
     problems: list[Problem] = field(default_factory=list)
 
 
-class NoRuleset(Exception):
-    pass
+class NoRuleset(NurtureError):
+    """No ruleset can be in force: none on disk, or only a broken one and no earlier version."""
 
 
 def choose_file(settings: Settings) -> Path:
@@ -53,15 +57,6 @@ def choose_file(settings: Settings) -> Path:
         raise NoRuleset(f"no ruleset in {folder}: set NURTURE_HOME or write {folder}/NAME.yaml")
     names = ", ".join(f.stem for f in files)
     raise NoRuleset(f"several rulesets in {folder} ({names}): set NURTURE_RULESET to one")
-
-
-def compile_checked(path: Path) -> CompiledRuleset:
-    """Load and compile, every failure as a RulesetError naming the file."""
-    ruleset = load_ruleset(path)
-    try:
-        return compile_ruleset(ruleset)
-    except CompileError as error:
-        raise RulesetError([Problem(str(path), 1, str(error))]) from None
 
 
 def _last_good(db: Engine, key: str) -> str | None:
@@ -130,20 +125,21 @@ def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
     last = _LAST.get(slot)
     if last is not None and last[0] == fingerprint and isinstance(last[1], InForce):
         return last[1]
-    found = _ruleset_in_force(db, path)
+    found = _ruleset_in_force(db, path, settings.home)
     _LAST[slot] = (fingerprint, found)
     return found
 
 
-def _ruleset_in_force(db: Engine, path: Path) -> InForce:
+def _ruleset_in_force(db: Engine, path: Path, home: Path) -> InForce:
     key = str(path.resolve())
     try:
-        compiled = compile_checked(path)
-    except RulesetError as error:
+        compiled = compile_checked(path, home)
+    except ProblemsError as error:
         source = _last_good(db, key)
         if source is None:
             raise
-        return InForce(compile_ruleset(parse_ruleset(source, str(path))), error.problems)
+        models = model_loader(home)
+        return InForce(compile_ruleset(parse_ruleset(source, str(path), models)), error.problems)
     ruleset = compiled.ruleset
     _remember(db, key, ruleset.name, ruleset.version, ruleset.source)
     return InForce(compiled)
@@ -164,7 +160,7 @@ def campaigns_in_force(
     names = sorted(templates) if templates is not None else None
     try:
         sources = read_sources(settings.campaigns_dir)
-    except RulesetError as error:
+    except ProblemsError as error:
         return _kept_campaigns(db, key, ruleset, names, error)
     slot = ("campaigns", str(db.url), key)
     fingerprint = _fingerprint(
@@ -172,13 +168,13 @@ def campaigns_in_force(
     )
     last = _LAST.get(slot)
     if last is not None and last[0] == fingerprint:
-        if isinstance(last[1], RulesetError):
-            raise RulesetError(last[1].problems)  # a fresh one: a re-raise grows its traceback
+        if isinstance(last[1], ProblemsError):
+            raise ProblemsError(last[1].problems)  # a fresh one: a re-raise grows its traceback
         if isinstance(last[1], CampaignsInForce):
             return last[1]
     try:
         found = _campaigns_in_force(db, key, sources, ruleset, names)
-    except RulesetError as error:
+    except ProblemsError as error:
         _LAST[slot] = (fingerprint, error)
         raise
     _LAST[slot] = (fingerprint, found)
@@ -190,18 +186,18 @@ def _campaigns_in_force(
 ) -> CampaignsInForce:
     try:
         campaigns = parse_campaigns(sources, ruleset, names)
-    except RulesetError as error:
+    except ProblemsError as error:
         return _kept_campaigns(db, key, ruleset, names, error)
     compiled = CompiledCampaigns(ruleset, campaigns)
     if sources:
         source = json.dumps(sources, sort_keys=True)
-        version = hashlib.sha256(source.encode()).hexdigest()[:12]
+        version = version_of(source)
         _remember(db, key, "campaigns:" + key[-150:], version, source)
     return CampaignsInForce(compiled)
 
 
 def _kept_campaigns(
-    db: Engine, key: str, ruleset: Ruleset, names: list[str] | None, error: RulesetError
+    db: Engine, key: str, ruleset: Ruleset, names: list[str] | None, error: ProblemsError
 ) -> CampaignsInForce:
     """The last good campaigns, with the problems of the folder on disk; else ``error``."""
     stored = _last_good(db, key)
@@ -209,6 +205,45 @@ def _kept_campaigns(
         raise error
     try:
         kept = parse_campaigns(json.loads(stored), ruleset, names)
-    except RulesetError:
+    except ProblemsError:
         raise error from None
     return CampaignsInForce(CompiledCampaigns(ruleset, kept), error.problems)
+
+
+@dataclass
+class Active:
+    """What scoring runs with: the ruleset in force, the campaigns in force (None when the
+    campaigns folder is broken with no good version: scoring goes on without enrolling anyone),
+    and warnings about files on disk whose last good version stays in force."""
+
+    compiled: CompiledRuleset
+    campaigns: CompiledCampaigns | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def active(db: Engine, settings: Settings) -> Active:
+    """The ruleset and campaigns in force; NoRuleset when there is no ruleset to score with."""
+    try:
+        ruleset = ruleset_in_force(db, settings)
+    except ProblemsError as error:
+        raise NoRuleset(
+            f"the ruleset has errors and no earlier version is in force:\n{error}"
+        ) from None
+    warnings = []
+    if ruleset.problems:
+        warnings.append(
+            f"the ruleset file has errors; version {ruleset.compiled.ruleset.version} stays in "
+            "force:\n" + "\n".join(str(p) for p in ruleset.problems)
+        )
+    templates = Renderer(settings.templates_dir).names()
+    try:
+        found = campaigns_in_force(db, settings, ruleset.compiled.ruleset, templates)
+    except ProblemsError as error:
+        warnings.append(f"campaigns not applied (no good version yet):\n{error}")
+        return Active(ruleset.compiled, None, warnings)
+    if found.problems:
+        warnings.append(
+            "the campaigns have errors; the last good version stays in force:\n"
+            + "\n".join(str(p) for p in found.problems)
+        )
+    return Active(ruleset.compiled, found.compiled, warnings)

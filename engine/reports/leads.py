@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from engine.ingest.parse import normalise_email
+from engine.address import normalise_email
+from engine.db import reading
+from engine.db.schema import ALERTS, EVENTS, LEADS, LEDGER, OUTBOX, SCORES, STAGES
 from engine.rules import spec
-from engine.store.db import reading
-from engine.store.schema import ALERTS, EVENTS, LEADS, LEDGER, OUTBOX, SCORES, STAGES
 from engine.timeutil import isoformat
 
 

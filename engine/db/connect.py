@@ -12,11 +12,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from psycopg.types.json import Json
-from sqlalchemy import JSON, Connection, Engine, Table, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def normalise_url(url: str) -> str:
@@ -99,18 +98,3 @@ def upgrade(url: str) -> None:
         config = alembic_config(url)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-
-
-def append_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Append rows (all with the same keys): COPY on PostgreSQL (several times fewer round trips
-    than INSERT), else an executemany INSERT. For rows that cannot conflict: a unique key they
-    break fails the transaction."""
-    if conn.dialect.name != "postgresql":
-        conn.execute(table.insert(), rows)
-        return
-    columns = list(rows[0])
-    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])

@@ -1,8 +1,8 @@
 """What the dashboard shows, read from the database: the funnel with stage-to-stage conversion,
 the hot leads with their reasons and last events, campaign figures, and everything about one
 lead. Each function takes the Engine, aggregates in SQL (lists are limited, so a page stays fast
-on a large database) and returns plain data for the templates; ``engine.report`` supplies what it
-already computes."""
+on a large database) and returns plain data for the templates; ``engine.reports.leads``
+supplies what it already computes."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, Engine, String, case, cast, func, select
 
-from engine import report
-from engine.ingest.parse import InvalidRecord, normalise_email
+from engine.address import normalise_email
+from engine.db import reading
+from engine.db.schema import ENROLLMENTS, EVENTS, LEADS, OUTBOX, STAGES
+from engine.errors import InvalidRecord
+from engine.reports import leads as report
 from engine.rules.spec import Ruleset
-from engine.store.db import reading
-from engine.store.schema import ENROLLMENTS, EVENTS, LEADS, OUTBOX, STAGES
 from engine.timeutil import isoformat, parse_instant
 
 # Email feedback events and the figure each one counts towards.

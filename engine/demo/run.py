@@ -13,14 +13,14 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
-from engine import report
 from engine.campaigns.compile import CompiledCampaigns
+from engine.demo.sample import DEFAULT_END, sample_records
+from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
+from engine.reports import leads as report
 from engine.rules.compile import CompiledRuleset
-from engine.sample import DEFAULT_END, sample_records
 from engine.schedule.jobs import Jobs, TickReport
 from engine.settings import Settings
-from engine.store.scoring import ingest
 from engine.timeutil import isoformat
 
 DAYS = 14

@@ -28,6 +28,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from engine.errors import NurtureError
 from engine.rules.compile import as_number
 
 FORMAT = "nurture-model/1"
@@ -40,7 +41,7 @@ SEED = 0
 MEMO_SIZE = 100_000
 
 
-class ModelError(ValueError):
+class ModelError(NurtureError, ValueError):
     pass
 
 

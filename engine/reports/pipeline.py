@@ -48,9 +48,9 @@ from sqlalchemy import (
     union_all,
 )
 
+from engine.db import reading
+from engine.db.schema import LEADS, STAGES
 from engine.rules import spec
-from engine.store.db import reading
-from engine.store.schema import LEADS, STAGES
 from engine.timeutil import isoformat, parse_instant, utcnow
 
 DEFAULT_STUCK_DAYS = 30

@@ -6,7 +6,7 @@ Create Date: 2026-11-23 09:50:00
 
 The pipeline report walks each lead's stage history in order and counts leads per stage and
 time in stage; accounts group leads by ``lead.account_domain``, filled here for existing leads
-with the same rule as ``engine.accounts.account_domain``.
+with the same rule as ``engine.rules.account.account_domain`` (then).
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,46 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from engine.accounts import FREE_MAIL
+# Frozen as it was when this migration was written: migrations import no live code.
+FREE_MAIL = frozenset(
+    {
+        "gmail.com",
+        "googlemail.com",
+        "yahoo.com",
+        "yahoo.co.uk",
+        "yahoo.fr",
+        "ymail.com",
+        "hotmail.com",
+        "hotmail.co.uk",
+        "hotmail.fr",
+        "outlook.com",
+        "live.com",
+        "msn.com",
+        "aol.com",
+        "icloud.com",
+        "me.com",
+        "mac.com",
+        "proton.me",
+        "protonmail.com",
+        "pm.me",
+        "gmx.com",
+        "gmx.de",
+        "gmx.net",
+        "web.de",
+        "mail.com",
+        "yandex.com",
+        "yandex.ru",
+        "mail.ru",
+        "qq.com",
+        "163.com",
+        "126.com",
+        "zoho.com",
+        "fastmail.com",
+        "hey.com",
+        "tutanota.com",
+    }
+)
+
 
 revision: str = "0004"
 down_revision: str | None = "0003"

@@ -1,0 +1,37 @@
+"""The ``nurture`` command's Typer apps, and what every command opens: the database (migrated
+first) and the ruleset and campaigns in force."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+from sqlalchemy import Engine
+
+from engine import db as database
+from engine.active import Active, NoRuleset, active
+from engine.cli.output import err, fail
+from engine.settings import Settings
+
+app = typer.Typer(help="Rules-engine lead scoring and nurturing.", no_args_is_help=True)
+rules_app = typer.Typer(help="Check and test rulesets.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+model_app = typer.Typer(help="Predictive scores that rulesets can read.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
+app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
+
+
+def open_db(settings: Settings) -> Engine:
+    database.upgrade(settings.database_url)
+    return database.connect(settings.database_url)
+
+
+def scoring(db: Engine, settings: Settings) -> Active:
+    """The ruleset and campaigns in force, warnings printed; exit 1 when there is no ruleset."""
+    try:
+        found = active(db, settings)
+    except NoRuleset as error:
+        raise fail(str(error)) from None
+    for warning in found.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    return found

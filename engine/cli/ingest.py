@@ -1,0 +1,68 @@
+"""``nurture ingest``: files and stdin through the ingest stage, with a progress bar."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine.cli.app import app, open_db, scoring
+from engine.cli.output import JsonFlag, emit_json, err, fail, out, progress_bar
+from engine.ingest.batch import IngestResult, ingest
+from engine.ingest.parse import parse_stream
+from engine.settings import get_settings
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+
+
+def print_ingest(result: IngestResult, as_json: bool) -> None:
+    if as_json:
+        emit_json(result.as_json())
+        return
+    for rejection in result.rejected[:50]:
+        err.print(f"line {rejection.line}: {rejection.error}", highlight=False, markup=False)
+    if len(result.rejected) > 50:
+        err.print(f"... and {len(result.rejected) - 50} more rejected lines")
+    out.print(
+        f"accepted {result.accepted}, duplicates {result.duplicates}, "
+        f"rejected {len(result.rejected)}"
+    )
+
+
+@app.command("ingest")
+def ingest_command(
+    file: Annotated[str, typer.Argument(help="JSON Lines or CSV of events or leads; - for stdin.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Score events and lead profiles. Idempotent by event id; bad lines are reported."""
+    settings = get_settings()
+    db = open_db(settings)
+    active = scoring(db, settings)
+    if file == "-":
+        stream, total = sys.stdin, None
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="surrogateescape")
+    else:
+        path = Path(file)
+        if not path.is_file():
+            raise fail(f"{file}: no such file")
+        stream = path.open(encoding="utf-8", errors="surrogateescape", newline="")
+        total = _count_lines(path)
+    with stream, progress_bar(total, err.is_terminal and not as_json) as advance:
+        result = ingest(
+            db,
+            active.compiled,
+            parse_stream(stream, file),
+            batch_size=settings.batch_size,
+            on_progress=advance,
+            campaigns=active.campaigns,
+        )
+    print_ingest(result, as_json)
+    if result.rejected:
+        raise typer.Exit(1)

@@ -1,0 +1,169 @@
+"""Ingest, step 3 (pure): an evaluation's outcome → the rows the batch writes (event, ledger,
+stage history, firings, pending actions, enrollments and exits) and the lead's new state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from engine.campaigns.compile import CompiledCampaigns
+from engine.rules.evaluate import Event, LeadState, Outcome
+from engine.rules.history import MemoryHistory
+from engine.timeutil import epoch
+
+Row = dict[str, Any]
+
+
+@dataclass
+class LoadedLead:
+    """A lead of the batch: its stored state, then its state as the batch evaluates it."""
+
+    id: int
+    email: str
+    version: int
+    state: LeadState
+    subscribed: bool
+    stage_entered_at: datetime
+    decay: dict[str, list[int | None]]  # component → [rose_at, peak, decay_steps]
+    new: bool
+    created_at: datetime  # when its first record happened
+    history: MemoryHistory = field(default_factory=MemoryHistory)
+    # Ledger rows for components that start away from 0 (a minimum above 0): the ledger sums
+    # to the score from the start.
+    opening: list[dict[str, Any]] = field(default_factory=list)
+    enrolled: dict[str, str] = field(default_factory=dict)  # campaign → enrollment status
+
+
+@dataclass
+class Rows:
+    """What a batch writes, table by table, in evaluation order."""
+
+    events: list[Row] = field(default_factory=list)
+    ledger: list[Row] = field(default_factory=list)
+    stages: list[Row] = field(default_factory=list)
+    firings: list[Row] = field(default_factory=list)
+    actions: list[Row] = field(default_factory=list)
+    enroll: list[Row] = field(default_factory=list)
+    exit: list[Row] = field(default_factory=list)
+
+
+def record(
+    rows: Rows,
+    lead: LoadedLead,
+    event: Event,
+    outcome: Outcome,
+    version: str,
+    received_at: datetime,
+    campaigns_applied: bool,
+) -> None:
+    """Append the rows of one evaluation and move ``lead`` to its outcome. With
+    ``campaigns_applied``, enroll/exit intents are applied in the same transaction; alerts
+    always wait for the dispatcher."""
+    at = event.occurred_at
+    rows.events.append(
+        {
+            "event_id": event.id,
+            "lead_id": lead.id,
+            "type": event.type,
+            "occurred_at": at,
+            "properties": dict(event.properties),
+            "received_at": received_at,
+        }
+    )
+    for change in outcome.score_changes:
+        rows.ledger.append(
+            {
+                "lead_id": lead.id,
+                "component": change.component,
+                "delta": change.delta,
+                "score_after": change.score_after,
+                "rule": change.rule,
+                "ruleset_version": version,
+                "event_id": event.id,
+                "at": at,
+            }
+        )
+        if change.delta > 0:
+            rose_at = lead.decay.get(change.component, [None, 0, 0])[0]
+            if rose_at is None or epoch(at) >= rose_at:
+                value = outcome.state.scores[change.component]
+                lead.decay[change.component] = [epoch(at), value, 0]
+            else:
+                # A late rise, before the last one: its points join what half-life decay
+                # halves from the last rise, instead of being taken back by the next tick.
+                entry = lead.decay[change.component]
+                entry[1] = (entry[1] or 0) + change.delta
+    for stage in outcome.stage_changes:
+        rows.stages.append(
+            {
+                "lead_id": lead.id,
+                "from_stage": stage.from_stage,
+                "to_stage": stage.to_stage,
+                "rule": stage.rule,
+                "event_id": event.id,
+                "at": at,
+            }
+        )
+        lead.stage_entered_at = at
+    for rule in outcome.fired:
+        rows.firings.append({"lead_id": lead.id, "rule": rule, "event_id": event.id, "at": at})
+        lead.history.add_firing(rule, at)
+    for intent in outcome.intents:
+        rows.actions.append(
+            {
+                "lead_id": lead.id,
+                "kind": intent.kind,
+                "target": intent.target,
+                "rule": intent.rule,
+                "event_id": event.id,
+                "at": at,
+                "status": "applied" if campaigns_applied and intent.kind != "alert" else "pending",
+            }
+        )
+    lead.state = outcome.state
+
+
+def enrollments(
+    rows: Rows, lead: LoadedLead, event: Event, outcome: Outcome, campaigns: CompiledCampaigns
+) -> None:
+    """Enrollments that start and end after one evaluation (audiences, exits, intents)."""
+    requested = [
+        (i.kind, i.target, i.rule) for i in outcome.intents if i.kind in ("enroll", "exit")
+    ]
+    changes = campaigns.changes(lead.state, lead.subscribed, lead.enrolled, requested)
+    at = event.occurred_at
+    for name, reason in changes.enroll.items():
+        first = campaigns.campaigns[name].steps[0]
+        rows.enroll.append(
+            {
+                "lead_id": lead.id,
+                "campaign": name,
+                "step": 0,
+                "status": "active",
+                "enrolled_at": at,
+                "next_due_at": at + first.wait,
+                "ended_at": None,
+                "reason": reason,
+            }
+        )
+        lead.enrolled[name] = "active"
+    for name, reason in changes.exit.items():
+        rows.exit.append({"b_lead": lead.id, "b_campaign": name, "b_at": at, "b_reason": reason})
+        lead.enrolled[name] = "exited"
+
+
+def new_lead_stages(leads: list[LoadedLead], first_stage: str) -> list[Row]:
+    """A new lead's first stage is history too: pipeline reports count entries from it."""
+    return [
+        {
+            "lead_id": lead.id,
+            "from_stage": None,
+            "to_stage": first_stage,
+            "rule": "new-lead",
+            "event_id": None,
+            "at": lead.created_at,
+        }
+        for lead in leads
+        if lead.new
+    ]

@@ -1,0 +1,201 @@
+"""Ingest, step 2: a batch's leads as the rules need them, in a few set-based queries: create the
+unknown leads, lock the batch's leads, find events already stored, and load scores, history,
+enrollments and account peers."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select
+
+from engine.db import upsert
+from engine.db.schema import ENROLLMENTS, EVENTS, FIRINGS, LEADS, SCORES
+from engine.ingest.outcome import LoadedLead
+from engine.ingest.parse import Record
+from engine.rules.account import AccountBook, Peers, account_domain
+from engine.rules.compile import CompiledRuleset, longest_window, window_start
+from engine.rules.evaluate import LeadState, new_lead, prime
+from engine.rules.spec import Ruleset
+
+
+def create_missing(
+    conn: Connection, ruleset: Ruleset, first_seen: dict[str, datetime], now: datetime
+) -> None:
+    start = ruleset.stages[0]
+    rows = [
+        {
+            "email": email,
+            "attributes": {},
+            "score": 0,
+            "temperature": ruleset.band(0),
+            "stage": start,
+            "stage_entered_at": at,
+            "tags": [],
+            "subscribed": True,
+            "version": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        # Sorted: concurrent writers then take unique-index locks in one order.
+        for email, at in sorted(first_seen.items())
+    ]
+    conn.execute(upsert(conn, LEADS).on_conflict_do_nothing(index_elements=["email"]), rows)
+
+
+def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
+    query = select(LEADS).where(LEADS.c.email.in_(emails)).order_by(LEADS.c.id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    leads = {}
+    for row in conn.execute(query).mappings():
+        attributes = dict(row["attributes"])
+        attributes["email"] = row["email"]
+        if row["version"] == 0:
+            attributes.setdefault("domain", row["email"].rsplit("@", 1)[1])
+        state = LeadState(attributes, {}, row["stage"], list(row["tags"]))
+        leads[row["email"]] = LoadedLead(
+            row["id"],
+            row["email"],
+            row["version"],
+            state,
+            row["subscribed"],
+            row["stage_entered_at"],
+            {},
+            new=row["version"] == 0,
+            created_at=row["stage_entered_at"],
+        )
+    return leads
+
+
+def stored_ids(conn: Connection, ids: list[str]) -> set[str]:
+    query = select(EVENTS.c.event_id).where(EVENTS.c.event_id.in_(ids))
+    return set(conn.execute(query).scalars())
+
+
+def load_scores(
+    conn: Connection,
+    ruleset: Ruleset,
+    leads: dict[str, LoadedLead],
+    first_seen: dict[str, datetime],
+) -> None:
+    by_id = {lead.id: lead for lead in leads.values()}
+    query = select(SCORES).where(SCORES.c.lead_id.in_(list(by_id)))
+    for row in conn.execute(query).mappings():
+        lead = by_id[row["lead_id"]]
+        lead.state.scores[row["component"]] = row["value"]
+        lead.decay[row["component"]] = [row["rose_at"], row["peak"], row["decay_steps"]]
+    start = new_lead(ruleset, {}).scores
+    for lead in leads.values():
+        # Components a lead has not scored on yet (new lead, or new in this ruleset).
+        total = sum(lead.state.scores.get(name, 0) for name in ruleset.components)
+        for name, value in start.items():
+            if name in lead.state.scores:
+                continue
+            lead.state.scores[name] = value
+            if value:
+                total += value
+                lead.opening.append(
+                    {
+                        "lead_id": lead.id,
+                        "component": name,
+                        "delta": value,
+                        "score_after": total,
+                        "rule": "new-lead" if lead.new else "new-component",
+                        "ruleset_version": ruleset.version,
+                        "event_id": None,
+                        "at": first_seen[lead.email],
+                    }
+                )
+        lead.state.scores = {name: lead.state.scores[name] for name in ruleset.components}
+
+
+def load_history(
+    conn: Connection,
+    compiled: CompiledRuleset,
+    leads: dict[str, LoadedLead],
+    records: list[Record],
+    now: datetime,
+) -> None:
+    counts = compiled.count_windows
+    limited = compiled.limited_rules
+    if not counts and not limited:
+        return
+    times = [r.occurred_at or now for r in records]
+    since = window_start(min(times), longest_window(compiled))
+    by_id = {lead.id: lead for lead in leads.values()}
+    ids = list(by_id)
+    if counts:
+        query = select(EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at).where(
+            EVENTS.c.lead_id.in_(ids),
+            EVENTS.c.type.in_({c.type for c in counts}),
+            EVENTS.c.occurred_at > since,
+        )
+        for lead_id, kind, at in conn.execute(query):
+            by_id[lead_id].history.add_event(kind, at)
+    if limited:
+        ever = [r.name for r in limited if r.limit and r.limit.per is None]
+        query = select(FIRINGS.c.lead_id, FIRINGS.c.rule, FIRINGS.c.at).where(
+            FIRINGS.c.lead_id.in_(ids),
+            FIRINGS.c.rule.in_([r.name for r in limited]),
+            (FIRINGS.c.at > since) | FIRINGS.c.rule.in_(ever),
+        )
+        for lead_id, rule, at in conn.execute(query):
+            by_id[lead_id].history.add_firing(rule, at)
+
+
+def load_accounts(
+    conn: Connection, leads: dict[str, LoadedLead], records: list[Record]
+) -> AccountBook:
+    """The batch's accounts in one query: each lead's, and any a record's `domain` names."""
+    ids = [lead.id for lead in leads.values()]
+    book = AccountBook(lambda domains: stored_peers(conn, domains, ids))
+    for lead in leads.values():
+        book.place(lead.id, account_domain(lead.state.attributes, lead.email), lead.state.score)
+    book.prefetch(
+        [account_domain(lead.state.attributes, lead.email) for lead in leads.values()]
+        + [account_domain(r.attributes, r.email) for r in records if "domain" in r.attributes]
+    )
+    return book
+
+
+def stored_peers(
+    conn: Connection, domains: Collection[str], exclude: Collection[int]
+) -> dict[str, Peers]:
+    """Count, score total and top score of each account's stored leads, leaving out ``exclude``
+    (the batch's own leads, which the batch tracks as they change)."""
+    found = {domain: Peers(0, 0, None) for domain in domains}
+    if not domains:
+        return found
+    query = (
+        select(
+            LEADS.c.account_domain, func.count(), func.sum(LEADS.c.score), func.max(LEADS.c.score)
+        )
+        .where(LEADS.c.account_domain.in_(list(domains)), LEADS.c.id.not_in(list(exclude)))
+        .group_by(LEADS.c.account_domain)
+    )
+    for domain, count, total, top in conn.execute(query):
+        found[domain] = Peers(int(count), int(total), int(top))
+    return found
+
+
+def prime_models(ruleset: Ruleset, leads: dict[str, LoadedLead], records: list[Record]) -> None:
+    """Components fed by a model: predict the batch's leads in one call, each with the
+    attributes it will have when its record is evaluated."""
+    if all(c.model is None for c in ruleset.components.values()):
+        return
+    merged = {email: dict(lead.state.attributes) for email, lead in leads.items()}
+    rows = []
+    for record in records:
+        merged[record.email].update(record.attributes)
+        rows.append(dict(merged[record.email]))
+    prime(ruleset, rows)
+
+
+def load_enrollments(conn: Connection, leads: dict[str, LoadedLead]) -> None:
+    by_id = {lead.id: lead for lead in leads.values()}
+    query = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
+    for lead_id, campaign, status in conn.execute(
+        query.where(ENROLLMENTS.c.lead_id.in_(list(by_id)))
+    ):
+        by_id[lead_id].enrolled[campaign] = status
