@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check engine tests $(wildcard bench)
 	$(BIN)/ruff format --check engine tests $(wildcard bench)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -1,7 +1,8 @@
-"""Settings from the environment (``NURTURE_*``), as DESIGN.md lists them."""
+"""Settings from the environment (``NURTURE_*``), as docs/design.md lists them."""
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,7 @@ class Settings(BaseSettings):
     # Which ruleset in rulesets/ scores leads: a name or a file; default the only one there.
     ruleset: str | None = None
     batch_size: int = 2000
+    log_level: str = "INFO"  # serve and worker: DEBUG, INFO, WARNING, ERROR
 
     # Sending: the backend, its endpoints, and how the dispatcher paces itself.
     mail_backend: str = "file"
@@ -103,6 +105,16 @@ def _kept_secret(path: Path) -> str:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(32))
     return path.read_text().strip()
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: Settings) -> None:
+    """One logging set-up for ``serve`` and ``worker``, at ``NURTURE_LOG_LEVEL``."""
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, force=True)
+    # httpx logs every request's URL at INFO, and the sales webhook's URL is a secret.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @lru_cache

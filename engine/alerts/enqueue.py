@@ -25,6 +25,7 @@ from engine.db.schema import ACTIONS, ALERTS, EVENTS, LEADS, LEDGER, OUTBOX
 from engine.reports.leads import reasons_by_lead
 from engine.send.dispatch import WEBHOOK
 from engine.settings import Settings
+from engine.status import ActionStatus, OutboxStatus
 from engine.timeutil import isoformat
 
 EMAIL = "alert"  # the outbox kind of an alert email
@@ -42,7 +43,9 @@ class EnqueueReport:
 
 def any_pending(conn: Connection) -> bool:
     """One index lookup: is there an alert action to decide?"""
-    query = select(ACTIONS.c.id).where(ACTIONS.c.kind == "alert", ACTIONS.c.status == "pending")
+    query = select(ACTIONS.c.id).where(
+        ACTIONS.c.kind == "alert", ACTIONS.c.status == ActionStatus.PENDING
+    )
     return conn.execute(query.limit(1)).first() is not None
 
 
@@ -77,7 +80,7 @@ class _Batch:
         actions = conn.execute(
             select(ACTIONS.c.id, ACTIONS.c.lead_id, ACTIONS.c.rule, ACTIONS.c.event_id)
             .add_columns(ACTIONS.c.at)
-            .where(ACTIONS.c.kind == "alert", ACTIONS.c.status == "pending")
+            .where(ACTIONS.c.kind == "alert", ACTIONS.c.status == ActionStatus.PENDING)
             .order_by(ACTIONS.c.at, ACTIONS.c.id)
             .limit(size)
         ).all()
@@ -244,7 +247,7 @@ class _Batch:
             base = {
                 "lead_id": row["lead_id"],
                 "alert_id": alert_id,
-                "status": "queued",
+                "status": OutboxStatus.QUEUED,
                 "attempts": 0,
                 "next_attempt_at": self.now,
                 "created_at": self.now,
@@ -287,7 +290,9 @@ class _Batch:
             [
                 {
                     "b_id": row["action_id"],
-                    "b_status": "applied" if row["suppressed"] is None else "suppressed",
+                    "b_status": ActionStatus.APPLIED
+                    if row["suppressed"] is None
+                    else ActionStatus.SUPPRESSED,
                 }
                 for row in alerts
             ],

@@ -2,7 +2,7 @@
 row of the CSV is a new lead evaluated as a ``profile_update`` in memory (the path of
 ``nurture rules test``), and the scores it ends with are compared with the outcomes.
 
-The report (DESIGN.md's backtest shape, plus ``stages``, each decile's ``cumulative_gain`` and,
+The report (docs/design.md's backtest shape, plus ``stages``, each decile's ``cumulative_gain`` and,
 when a component is fed by a model, ``auc_parts``) is computed from the scores alone;
 ``plot_report`` draws it. Ties in score are ranked in a fixed pseudo-random order, so the order
 of the file never decides which decile a lead lands in.

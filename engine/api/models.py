@@ -1,4 +1,4 @@
-"""The API's JSON shapes as pydantic models (DESIGN.md's JSON section), so that /openapi.json
+"""The API's JSON shapes as pydantic models (docs/design.md, "JSON shapes"), so that /openapi.json
 describes exactly what each endpoint answers, and the error answers each one documents."""
 
 from __future__ import annotations

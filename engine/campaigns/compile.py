@@ -15,6 +15,7 @@ from engine.campaigns.spec import Campaign
 from engine.rules import spec as rules
 from engine.rules.compile import CompiledRuleset, compile_ruleset
 from engine.rules.evaluate import LeadState, state_fields
+from engine.status import EnrollmentStatus
 
 MEMO_SIZE = 4096
 
@@ -108,7 +109,11 @@ class CompiledCampaigns:
                 for name, why in enroll.items()
                 if name not in enrolled and name not in leave and subscribed
             },
-            exit={name: why for name, why in leave.items() if enrolled.get(name) == "active"},
+            exit={
+                name: why
+                for name, why in leave.items()
+                if enrolled.get(name) == EnrollmentStatus.ACTIVE
+            },
         )
 
     def step_holds(self, campaign: str, index: int, holding: frozenset[str]) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from contextlib import suppress
 from typing import Annotated
 
@@ -14,7 +13,7 @@ from engine.cli.app import app, db_app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, err, fail, out
 from engine.errors import ProblemsError
 from engine.schedule.jobs import Jobs
-from engine.settings import get_settings
+from engine.settings import configure_logging, get_settings
 from engine.timeutil import isoformat, parse_instant, utcnow
 
 
@@ -61,10 +60,8 @@ def worker_command() -> None:
     """The scheduler and dispatcher only (no HTTP), for scale-out: run as many as you like."""
     from apscheduler.schedulers.blocking import BlockingScheduler
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     settings = get_settings()
+    configure_logging(settings)
     db = open_db(settings)
     scoring(db, settings)
     scheduler = BlockingScheduler(timezone="UTC")
@@ -88,6 +85,7 @@ def serve_command(
     from engine.api.app import create_app
 
     settings = get_settings()
+    configure_logging(settings)
     db = open_db(settings)
     scoring(db, settings)
     settings.access_token()  # creates the kept token file before anyone is told to read it
@@ -98,7 +96,9 @@ def serve_command(
         f"(API reference at /docs); the API token is {where}",
         highlight=False,
     )
-    uvicorn.run(create_app(settings, db, scheduler=True), host=host, port=port)
+    app = create_app(settings, db, scheduler=True)
+    # log_config=None: uvicorn logs through the handlers configure_logging set up.
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level=settings.log_level.lower())
 
 
 @db_app.command("upgrade")

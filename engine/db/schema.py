@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from engine.status import ActionStatus, EnrollmentStatus, OutboxStatus
 from engine.timeutil import utcnow
 
 
@@ -124,7 +125,7 @@ class LeadAction(SQLModel, table=True):
     rule: str = Field(max_length=200)
     event_id: str | None = Field(default=None, max_length=200)
     at: datetime
-    status: str = Field(default="pending", max_length=16, index=True)
+    status: str = Field(default=ActionStatus.PENDING, max_length=16, index=True)
 
 
 class RulesetVersion(SQLModel, table=True):
@@ -155,7 +156,7 @@ class Enrollment(SQLModel, table=True):
     lead_id: int = Field(foreign_key="lead.id")
     campaign: str = Field(max_length=200)
     step: int = 0  # index of the next step to send
-    status: str = Field(default="active", max_length=16)  # active, exited, completed
+    status: str = Field(default=EnrollmentStatus.ACTIVE, max_length=16)
     enrolled_at: datetime
     next_due_at: datetime | None = None
     ended_at: datetime | None = None
@@ -194,7 +195,7 @@ class OutboxMessage(SQLModel, table=True):
     html: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="queued", max_length=16)
+    status: str = Field(default=OutboxStatus.QUEUED, max_length=16)
     attempts: int = 0
     next_attempt_at: datetime
     lease_until: datetime | None = None

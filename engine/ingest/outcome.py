@@ -10,6 +10,7 @@ from typing import Any
 from engine.campaigns.compile import CompiledCampaigns
 from engine.rules.evaluate import Event, LeadState, Outcome
 from engine.rules.history import MemoryHistory
+from engine.status import ActionStatus, EnrollmentStatus
 from engine.timeutil import epoch
 
 Row = dict[str, Any]
@@ -118,7 +119,9 @@ def record(
                 "rule": intent.rule,
                 "event_id": event.id,
                 "at": at,
-                "status": "applied" if campaigns_applied and intent.kind != "alert" else "pending",
+                "status": ActionStatus.APPLIED
+                if campaigns_applied and intent.kind != "alert"
+                else ActionStatus.PENDING,
             }
         )
     lead.state = outcome.state
@@ -140,17 +143,17 @@ def enrollments(
                 "lead_id": lead.id,
                 "campaign": name,
                 "step": 0,
-                "status": "active",
+                "status": EnrollmentStatus.ACTIVE,
                 "enrolled_at": at,
                 "next_due_at": at + first.wait,
                 "ended_at": None,
                 "reason": reason,
             }
         )
-        lead.enrolled[name] = "active"
+        lead.enrolled[name] = EnrollmentStatus.ACTIVE
     for name, reason in changes.exit.items():
         rows.exit.append({"b_lead": lead.id, "b_campaign": name, "b_at": at, "b_reason": reason})
-        lead.enrolled[name] = "exited"
+        lead.enrolled[name] = EnrollmentStatus.EXITED
 
 
 def new_lead_stages(leads: list[LoadedLead], first_stage: str) -> list[Row]:

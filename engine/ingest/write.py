@@ -14,6 +14,7 @@ from engine.errors import NurtureError
 from engine.ingest.outcome import LoadedLead, Rows
 from engine.rules.account import account_domain
 from engine.rules.spec import Ruleset
+from engine.status import EnrollmentStatus
 
 
 class ConflictError(NurtureError):
@@ -45,10 +46,10 @@ def write(
             .where(
                 ENROLLMENTS.c.lead_id == bindparam("b_lead"),
                 ENROLLMENTS.c.campaign == bindparam("b_campaign"),
-                ENROLLMENTS.c.status == "active",
+                ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
             )
             .values(
-                status="exited",
+                status=EnrollmentStatus.EXITED,
                 ended_at=bindparam("b_at"),
                 reason=bindparam("b_reason"),
                 next_due_at=None,

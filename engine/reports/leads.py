@@ -1,5 +1,5 @@
 """Reading leads back: one lead with its ledger and stage history, lists, the funnel, and the
-reasons behind a score. Shapes follow DESIGN.md's JSON section."""
+reasons behind a score. Shapes follow docs/design.md's JSON section."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from engine.address import normalise_email
 from engine.db import reading
 from engine.db.schema import ALERTS, EVENTS, LEADS, LEDGER, OUTBOX, SCORES, STAGES
 from engine.rules import spec
+from engine.status import OutboxStatus
 from engine.timeutil import isoformat
 
 
@@ -179,7 +180,7 @@ def emails_by_template(db: Engine) -> list[tuple[str, str, int]]:
     """(campaign, template, emails sent) in campaign then template order."""
     query = (
         select(OUTBOX.c.campaign, OUTBOX.c.template, func.count())
-        .where(OUTBOX.c.status == "sent")
+        .where(OUTBOX.c.status == OutboxStatus.SENT)
         .group_by(OUTBOX.c.campaign, OUTBOX.c.template)
         .order_by(OUTBOX.c.campaign, OUTBOX.c.template)
     )

@@ -17,6 +17,7 @@ from engine.db.schema import ENROLLMENTS, EVENTS, LEADS, OUTBOX, STAGES
 from engine.errors import InvalidRecord
 from engine.reports import leads as report
 from engine.rules.spec import Ruleset
+from engine.status import OutboxStatus
 from engine.timeutil import isoformat, parse_instant
 
 # Email feedback events and the figure each one counts towards.
@@ -150,7 +151,7 @@ def campaigns(db: Engine, limit: int = 50) -> list[dict[str, Any]]:
     ).group_by(attributed.c.campaign)
     sent = (
         select(OUTBOX.c.campaign, func.count(), func.count(func.distinct(OUTBOX.c.lead_id)))
-        .where(OUTBOX.c.status == "sent", OUTBOX.c.campaign.is_not(None))
+        .where(OUTBOX.c.status == OutboxStatus.SENT, OUTBOX.c.campaign.is_not(None))
         .group_by(OUTBOX.c.campaign)
     )
     figures: dict[str, dict[str, Any]] = {}

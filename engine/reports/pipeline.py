@@ -70,7 +70,7 @@ def pipeline(
     cohorts: bool = False,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """The report as DESIGN.md's pipeline JSON, plus ``period``, ``stuck_days``, ``backward``,
+    """The report as docs/design.md's pipeline JSON, plus ``period``, ``stuck_days``, ``backward``,
     ``exits`` and ``cohorts`` (None unless asked for). ``stuck_days``: one threshold for every
     stage, or per stage (others keep DEFAULT_STUCK_DAYS)."""
     now = now or utcnow()

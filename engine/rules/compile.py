@@ -2,7 +2,7 @@
 
 durable-rules decides which rules match. We feed it one flat fact per evaluation round and read
 back the rules whose actions ran. The fact is built only from what the rules reference, with
-values put in the shape the engine compares soundly (see ``../shared/durable-rules.md``):
+values put in the shape the engine compares soundly (see ``docs/durable-rules.md``):
 
 * ``v<i>``  the value of a field, strings folded to lower case (comparisons ignore case);
 * ``n<i>``  its numeric value, only when it is a number (the engine orders ``'abc' >= 5`` true);

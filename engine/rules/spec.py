@@ -24,7 +24,7 @@ COMPUTED_FIELDS = frozenset({"score", "scores", "temperature", "stage", "tags"})
 # What `lead.<name>` reads besides attributes.
 BUILT_IN_FIELDS = ("score", "temperature", "stage", "tags", "email")
 
-# Operators a `when` leaf may use, as DESIGN.md lists them.
+# Operators a `when` leaf may use, as docs/design.md lists them.
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "matches", "exists")
 NUMERIC_OPERATORS = ("gt", "gte", "lt", "lte")
 

@@ -29,12 +29,13 @@ from engine.render.templates import Renderer, TemplateError, context, lead_conte
 from engine.rules.evaluate import LeadState
 from engine.send.unsubscribe import list_unsubscribe_headers, unsubscribe_url
 from engine.settings import Settings
+from engine.status import EnrollmentStatus, OutboxStatus
 
 log = logging.getLogger(__name__)
 
 
 # Outbox rows that count against a frequency cap: everything that went or is going out.
-COUNTED = ("queued", "sending", "sent")
+COUNTED = (OutboxStatus.QUEUED, OutboxStatus.SENDING, OutboxStatus.SENT)
 BATCH = 500
 
 
@@ -132,7 +133,9 @@ class StepRunner:
             select(
                 ENROLLMENTS.c.id, ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.step
             )
-            .where(ENROLLMENTS.c.status == "active", ENROLLMENTS.c.next_due_at <= now)
+            .where(
+                ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE, ENROLLMENTS.c.next_due_at <= now
+            )
             .order_by(ENROLLMENTS.c.next_due_at, ENROLLMENTS.c.id)
             .limit(size)
         )
@@ -221,7 +224,7 @@ class StepRunner:
         """What happens to one due enrollment; appends the email to send to ``pending``."""
 
         def end(status: str, reason: str) -> dict[str, Any]:
-            if status == "exited":
+            if status == EnrollmentStatus.EXITED:
                 report.exited += 1
             else:
                 report.completed += 1
@@ -230,26 +233,26 @@ class StepRunner:
 
         def advance(step: int) -> dict[str, Any]:
             if campaign is None or step >= len(campaign.steps):
-                return end("completed", "all steps done")
+                return end(EnrollmentStatus.COMPLETED, "all steps done")
             due = now + campaign.steps[step].wait
-            return {"b_step": step, "b_status": "active", "b_due": due, "b_ended": None,
-                    "b_reason": None}  # fmt: skip
+            return {"b_step": step, "b_status": EnrollmentStatus.ACTIVE, "b_due": due,
+                    "b_ended": None, "b_reason": None}  # fmt: skip
 
         def wait_until(moment: datetime) -> dict[str, Any]:
             report.deferred += 1
-            return {"b_step": row.step, "b_status": "active", "b_due": moment, "b_ended": None,
-                    "b_reason": None}  # fmt: skip
+            return {"b_step": row.step, "b_status": EnrollmentStatus.ACTIVE, "b_due": moment,
+                    "b_ended": None, "b_reason": None}  # fmt: skip
 
         if campaign is None:
-            return end("exited", "campaign removed")
+            return end(EnrollmentStatus.EXITED, "campaign removed")
         if not lead["subscribed"]:
-            return end("exited", "unsubscribed")
+            return end(EnrollmentStatus.EXITED, "unsubscribed")
         if row.step >= len(campaign.steps):
-            return end("completed", "all steps done")
+            return end(EnrollmentStatus.COMPLETED, "all steps done")
         state = LeadState(lead["attributes"], lead["scores"], lead["stage"], lead["tags"])
         holding = self.campaigns.holding(state)
         if self.campaigns.exits(campaign.name, holding):
-            return end("exited", "exit_when")
+            return end(EnrollmentStatus.EXITED, "exit_when")
         if not self.campaigns.step_holds(campaign.name, row.step, holding):
             report.skipped += 1
             return advance(row.step + 1)
@@ -310,11 +313,11 @@ class StepRunner:
             if isinstance(result, TemplateError):
                 report.held += 1
                 report.errors.append(f"{message['campaign']} step {message['step'] + 1}: {result}")
-                rows.append({**message, "status": "held", "last_error": str(result),
+                rows.append({**message, "status": OutboxStatus.HELD, "last_error": str(result),
                              "subject": None, "html": None, "text": None})  # fmt: skip
             else:
                 report.queued += 1
-                rows.append({**message, "status": "queued", "last_error": None,
+                rows.append({**message, "status": OutboxStatus.QUEUED, "last_error": None,
                              "subject": result.subject, "html": result.html,
                              "text": result.text})  # fmt: skip
         return rows

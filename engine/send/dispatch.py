@@ -36,6 +36,7 @@ from engine.db.schema import EVENTS, LEADS, OUTBOX
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.send.webhook import WebhookSender
 from engine.settings import Settings
+from engine.status import OutboxStatus
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,8 @@ class Dispatcher:
         return and_(
             OUTBOX.c.kind.in_(self.kinds),
             or_(
-                and_(OUTBOX.c.status == "queued", OUTBOX.c.next_attempt_at <= now),
-                and_(OUTBOX.c.status == "sending", OUTBOX.c.lease_until < now),
+                and_(OUTBOX.c.status == OutboxStatus.QUEUED, OUTBOX.c.next_attempt_at <= now),
+                and_(OUTBOX.c.status == OutboxStatus.SENDING, OUTBOX.c.lease_until < now),
             ),
         )
 
@@ -139,7 +140,9 @@ class Dispatcher:
             conn.execute(
                 update(OUTBOX)
                 .where(OUTBOX.c.id.in_(chosen))
-                .values(status="sending", lease_until=lease, attempts=OUTBOX.c.attempts + 1)
+                .values(
+                    status=OutboxStatus.SENDING, lease_until=lease, attempts=OUTBOX.c.attempts + 1
+                )
             )
             return list(conn.execute(select(OUTBOX).where(OUTBOX.c.id.in_(chosen))).all())
 
@@ -155,7 +158,7 @@ class Dispatcher:
         for row in rows:
             if row.kind == CAMPAIGN and row.lead_id in blocked:
                 report.suppressed += 1
-                settled.append(_settle(row.id, "suppressed", error=blocked[row.lead_id]))
+                settled.append(_settle(row.id, OutboxStatus.SUPPRESSED, error=blocked[row.lead_id]))
             else:
                 to_send.append(row)
         for row, outcome in zip(to_send, pool.map(self._send_one, to_send), strict=True):
@@ -163,7 +166,7 @@ class Dispatcher:
         with self.db.begin() as conn:
             conn.execute(
                 update(OUTBOX)
-                .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == "sending")
+                .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == OutboxStatus.SENDING)
                 .values(
                     status=bindparam("b_status"),
                     provider_id=bindparam("b_provider"),
@@ -198,7 +201,7 @@ class Dispatcher:
         if not isinstance(outcome, Exception):
             report.sent += 1
             report.sent_ids.append(row.id)
-            return _settle(row.id, "sent", b_provider=outcome, b_sent=now)
+            return _settle(row.id, OutboxStatus.SENT, b_provider=outcome, b_sent=now)
         reason = str(outcome) or type(outcome).__name__
         if isinstance(outcome, TransientError) and row.attempts < self.settings.max_attempts:
             report.retried += 1
@@ -206,10 +209,10 @@ class Dispatcher:
             log.info(
                 "outbox %s: try %s failed (%s); retry in %s", row.id, row.attempts, reason, wait
             )
-            return _settle(row.id, "queued", error=reason, b_next=now + wait)
+            return _settle(row.id, OutboxStatus.QUEUED, error=reason, b_next=now + wait)
         report.failed += 1
         log.warning("outbox %s: failed after %s tries: %s", row.id, row.attempts, reason)
-        return _settle(row.id, "failed", error=reason)
+        return _settle(row.id, OutboxStatus.FAILED, error=reason)
 
     @staticmethod
     def _suppressed(conn: Connection, lead_ids: set[int]) -> dict[int, str]:
@@ -240,8 +243,10 @@ def settle_processed(db: Engine, outbox_ids: list[int], provider_ids: dict[int, 
     with db.begin() as conn:
         result = conn.execute(
             update(OUTBOX)
-            .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == "sending")
-            .values(status="sent", provider_id=bindparam("b_provider"), lease_until=None),
+            .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == OutboxStatus.SENDING)
+            .values(
+                status=OutboxStatus.SENT, provider_id=bindparam("b_provider"), lease_until=None
+            ),
             [{"b_id": i, "b_provider": provider_ids.get(i)} for i in outbox_ids],
         )
         return int(result.rowcount or 0)

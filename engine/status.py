@@ -1,0 +1,32 @@
+"""The states stored in status columns, one enumeration per table. They are ``StrEnum``s: the
+database keeps the plain text, and comparisons with text still hold."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ActionStatus(StrEnum):
+    """A rule's pending action (``lead_action``): an alert waits for the alerts job."""
+
+    PENDING = "pending"
+    APPLIED = "applied"
+    SUPPRESSED = "suppressed"
+
+
+class EnrollmentStatus(StrEnum):
+    ACTIVE = "active"
+    EXITED = "exited"
+    COMPLETED = "completed"
+
+
+class OutboxStatus(StrEnum):
+    """queued → sending (claimed under a lease) → sent | failed; or held (render error) /
+    suppressed (opted out, bounced, spam report) instead."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    HELD = "held"
+    SUPPRESSED = "suppressed"
