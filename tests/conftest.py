@@ -4,6 +4,7 @@ rather than a skip)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,3 +64,14 @@ def db_url(request: pytest.FixtureRequest) -> str:
 def db(db_url: str) -> sa.Engine:
     database.upgrade(db_url)
     return database.connect(db_url)
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """``serve`` and ``worker`` configure the root logger (handlers on the CLI runner's stream);
+    each test starts from and leaves the logging set-up pytest made."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
