@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import Engine
 
 from engine import db as database
+from engine.api.limits import BodyLimit
 from engine.settings import Settings
 
 
@@ -72,6 +73,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
 
     app = FastAPI(title="nurture", lifespan=lifespan, dependencies=[Depends(no_nul)])
     app.state.nurture = Context(settings, db)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.include_router(webhooks.router)
     for router in (events.router, leads.router, rulesets.router, ops.router, dashboard.router):
         app.include_router(router)
