@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     )
     sendgrid_host: str = "https://api.sendgrid.com"
     sendgrid_webhook_public_key: str | None = None
+    # Without a public key the webhook refuses every call, unless this opens it (tests, a
+    # private network): then anyone who can reach it can unsubscribe or score leads.
+    sendgrid_webhook_insecure: bool = False
     smtp_url: str = "smtp://127.0.0.1:25"
     send_timeout: float = 10.0  # seconds, per provider call
     dispatch_batch: int = 50  # messages claimed per round

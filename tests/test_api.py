@@ -45,7 +45,7 @@ rules:
 
 
 def make_home(tmp_path: Path) -> Path:
-    (tmp_path / "rulesets").mkdir()
+    (tmp_path / "rulesets").mkdir(exist_ok=True)
     (tmp_path / "rulesets" / "api-test.yaml").write_text(RULESET)
     return tmp_path
 
@@ -398,19 +398,37 @@ def test_the_access_log_does_not_name_the_lead(path: str, logged: str) -> None:
     assert record.getMessage() == f'127.0.0.1:5000 - "GET {logged} HTTP/1.1" 200'
 
 
-def test_serve_says_where_the_token_is_never_the_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[Any, Any]:
+    """``nurture serve`` up to where uvicorn would start: its output and what uvicorn got."""
     started: list[tuple[Any, dict[str, Any]]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
     monkeypatch.setenv("NURTURE_HOME", str(make_home(tmp_path)))
     monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
     monkeypatch.delenv("NURTURE_API_TOKEN", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(cli.app, ["serve", "--port", "8123"])
     finally:
         get_settings.cache_clear()
+    return result, started
+
+
+def test_serve_warns_when_the_sendgrid_webhook_takes_unsigned_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quiet, _ = serve(tmp_path, monkeypatch)
+    assert "warning" not in quiet.output
+    result, _ = serve(tmp_path, monkeypatch, NURTURE_SENDGRID_WEBHOOK_INSECURE="1")
+    assert result.exit_code == 0, result.output
+    assert "warning: NURTURE_SENDGRID_WEBHOOK_INSECURE=1" in " ".join(result.output.split())
+
+
+def test_serve_says_where_the_token_is_never_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, started = serve(tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     token = (tmp_path / ".nurture-token").read_text().strip()
     assert f"the API token is in {tmp_path / '.nurture-token'}" in result.output

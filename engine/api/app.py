@@ -3,6 +3,7 @@ and (in ``nurture serve``) the scheduler started and stopped with the app."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from sqlalchemy import Engine
 from engine import db as database
 from engine.api.limits import BodyLimit
 from engine.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +74,8 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
         finally:
             clock.shutdown(wait=False)
 
+    if warning := webhooks.open_webhook_warning(settings):
+        log.warning(warning)
     app = FastAPI(title="nurture", lifespan=lifespan, dependencies=[Depends(no_nul)])
     app.state.nurture = Context(settings, db)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from engine.ingest.batch import IngestResult
 from engine.ingest.parse import Parsed, Rejection, record
 from engine.send.dispatch import settle_processed
 from engine.send.unsubscribe import BadToken, matches, read_token
+from engine.settings import Settings
 from engine.timeutil import isoformat, utcnow
 
 log = logging.getLogger(__name__)
@@ -47,14 +49,42 @@ SETTLING = frozenset({"processed", "delivered"})
 PROPERTIES = ("outbox_id", "url", "reason", "sg_message_id", "useragent", "category")
 
 
+# How far a signed call's timestamp may be from our clock: older is a replay, later a forgery
+# made for later use. SendGrid signs each delivery (retries included) when it sends it.
+SIGNATURE_WINDOW = 600  # seconds
+
+
+def open_webhook_warning(settings: Settings) -> str | None:
+    """What ``nurture serve`` and the log say at start when the webhook takes unsigned calls."""
+    if settings.sendgrid_webhook_insecure and not settings.sendgrid_webhook_public_key:
+        return (
+            "NURTURE_SENDGRID_WEBHOOK_INSECURE=1 and no NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY: "
+            "/webhooks/sendgrid takes unsigned calls, so anyone who can reach it can "
+            "unsubscribe, score or settle"
+        )
+    return None
+
+
 def _verify(ctx: Context, request: Request, body: bytes) -> None:
     key = ctx.settings.sendgrid_webhook_public_key
     if not key:
-        return
+        if ctx.settings.sendgrid_webhook_insecure:
+            return
+        raise HTTPException(
+            403,
+            "the SendGrid webhook is closed: set NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY (or "
+            "NURTURE_SENDGRID_WEBHOOK_INSECURE=1 to accept unsigned calls)",
+        )
     signature = request.headers.get(EventWebhookHeader.SIGNATURE)
     timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
-    if not signature or not timestamp:
+    if not signature or timestamp is None:
         raise HTTPException(403, "missing SendGrid signature headers")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise HTTPException(403, "the SendGrid timestamp is not a number of seconds")
+    if abs(time.time() - int(timestamp)) > SIGNATURE_WINDOW:
+        raise HTTPException(
+            403, f"the SendGrid timestamp is more than {SIGNATURE_WINDOW} seconds from now"
+        )
     try:
         genuine = EventWebhook(key).verify_signature(body.decode("utf-8"), signature, timestamp)
     except (ValueError, UnicodeDecodeError):
@@ -92,7 +122,9 @@ def _event(index: int, item: Any) -> Parsed | None:
 async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     """SendGrid's event webhook: opens, clicks, bounces, spam reports and unsubscribes score
     through the rules (duplicates by ``sg_event_id`` are dropped); ``processed`` events settle
-    messages a crashed dispatcher left uncertain. Signature-checked when a key is set."""
+    messages a crashed dispatcher left uncertain. Only calls signed with the key
+    ``NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY`` within the last minutes are taken (unless
+    ``NURTURE_SENDGRID_WEBHOOK_INSECURE=1``)."""
     body = await request.body()
     _verify(ctx, request, body)
     try:

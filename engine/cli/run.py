@@ -83,6 +83,7 @@ def serve_command(
     import uvicorn
 
     from engine.api.app import create_app
+    from engine.api.webhooks import open_webhook_warning
 
     settings = get_settings()
     configure_logging(settings)
@@ -97,6 +98,8 @@ def serve_command(
         highlight=False,
     )
     app = create_app(settings, db, scheduler=True)
+    if warning := open_webhook_warning(settings):
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     # log_config=None: uvicorn logs through the handlers configure_logging set up.
     uvicorn.run(app, host=host, port=port, log_config=None, log_level=settings.log_level.lower())
 
