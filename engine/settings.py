@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import tempfile
+from contextlib import suppress
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.errors import NurtureError
 from engine.timeutil import parse_duration
+
+# The shortest secret taken, from the environment or a kept file: a random 32-byte token is 43.
+MIN_SECRET = 32
+MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+class SettingsError(NurtureError):
+    """A setting or kept secret that nurture will not run with; ``str()`` names it."""
 
 
 class Settings(BaseSettings):
@@ -60,6 +73,17 @@ class Settings(BaseSettings):
     alert_rearm_margin: int = 10  # ...nor before its score fell this far below hot
     alert_max_age: timedelta = timedelta(days=1)  # older events (a backfill) page nobody
 
+    @field_validator("api_token", "secret_key")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        """An empty or short secret is a guessable one: refused, never taken as unset."""
+        if value is not None and len(value.strip()) < MIN_SECRET:
+            raise ValueError(
+                f"must be at least {MIN_SECRET} characters (it has {len(value.strip())}); "
+                f"make one with {MAKE_ONE}"
+            )
+        return value
+
     @field_validator("alert_cooldown", "alert_max_age", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
@@ -89,12 +113,14 @@ class Settings(BaseSettings):
     def signing_key(self) -> str:
         """``NURTURE_SECRET_KEY``, else a random key kept in ``<home>/.nurture-secret`` so that
         links stay valid across restarts of a single-machine install."""
-        return self.secret_key or _kept_secret(self.home / ".nurture-secret")
+        if self.secret_key is not None:
+            return self.secret_key
+        return _kept_secret(self.home / ".nurture-secret")
 
     def access_token(self) -> str:
         """``NURTURE_API_TOKEN``, else a random token kept in ``<home>/.nurture-token`` (which
         ``nurture serve`` points to): the API is never open for want of a setting."""
-        return self.api_token or _kept_secret(self.token_file)
+        return self.api_token if self.api_token is not None else _kept_secret(self.token_file)
 
     @property
     def token_file(self) -> Path:
@@ -102,11 +128,37 @@ class Settings(BaseSettings):
 
 
 def _kept_secret(path: Path) -> str:
-    if not path.exists():
-        import secrets
+    """The secret kept in ``path``, made on first use. Made whole in a private temporary file
+    and linked into place, so that of processes starting together exactly one makes it and the
+    others read that one (never a half-written or empty file)."""
+    try:
+        try:
+            secret = path.read_text().strip()
+        except FileNotFoundError:
+            secret = _make_secret(path)
+    except OSError as error:
+        raise SettingsError(f"cannot keep a secret in {path}: {error.strerror}") from None
+    if len(secret) < MIN_SECRET:
+        held = f"{len(secret)} characters" if secret else "nothing"
+        raise SettingsError(
+            f"{path} holds {held}; a secret needs at least {MIN_SECRET} characters: delete the "
+            "file to have a new one made"
+        )
+    return secret
 
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+
+def _make_secret(path: Path) -> str:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.")  # 0600
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+            file.flush()
+            os.fsync(file.fileno())
+        # Another process that linked its file first made the secret: theirs is read below.
+        with suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
     return path.read_text().strip()
 
 
@@ -122,4 +174,15 @@ def configure_logging(settings: Settings) -> None:
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment; SettingsError naming each bad variable (never its
+    value: it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError("; ".join(_problem(e) for e in error.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    name = str(error["loc"][0]).upper() if error["loc"] else ""
+    variable = name if name.startswith(("NURTURE_", "SENDGRID_")) else f"NURTURE_{name}"
+    return f"{variable}: {error['msg'].removeprefix('Value error, ')}"

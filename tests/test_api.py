@@ -23,7 +23,7 @@ from engine.api import ops
 from engine.api.app import create_app
 from engine.settings import Settings, get_settings
 
-TOKEN = "test-token-123"
+TOKEN = "test-token-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RULESET = r"""ruleset: api-test
 components:

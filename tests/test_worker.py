@@ -45,7 +45,7 @@ def env(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[st
         "NURTURE_HOME": str(home),
         "NURTURE_DATABASE_URL": db_url,
         "NURTURE_OUTBOX_DIR": str(home / "outbox"),
-        "NURTURE_SECRET_KEY": "test",
+        "NURTURE_SECRET_KEY": "worker-test-secret-0123456789abcdef",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)

@@ -62,6 +62,7 @@ def worker_command() -> None:
 
     settings = get_settings()
     configure_logging(settings)
+    settings.signing_key()  # unsubscribe links are signed with it: refused now if unusable
     db = open_db(settings)
     scoring(db, settings)
     scheduler = BlockingScheduler(timezone="UTC")
@@ -89,7 +90,10 @@ def serve_command(
     configure_logging(settings)
     db = open_db(settings)
     scoring(db, settings)
-    settings.access_token()  # creates the kept token file before anyone is told to read it
+    # Both secrets made (or refused) now, not on the first request: the kept token file exists
+    # before anyone is told to read it.
+    settings.access_token()
+    settings.signing_key()
     # Where the token is, never the token itself: this line ends up in logs.
     where = "NURTURE_API_TOKEN" if settings.api_token else f"in {settings.token_file}"
     err.print(
