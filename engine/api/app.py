@@ -53,8 +53,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
     from engine.api import dashboard, events, leads, ops, rulesets, webhooks
 
     if db is None:
-        database.upgrade(settings.database_url)
-        db = database.connect(settings.database_url)
+        db = database.open_database(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.api.app import Ctx
 from engine.api.models import Health
-from engine.db import reading
+from engine.db import failure, reading
 
 router = APIRouter(tags=["operations"])
 # The local part of an email address in a URL (``/api/leads/ana@acme.io``), plain or %-encoded.
@@ -55,9 +55,7 @@ def healthz(ctx: Ctx) -> Health | JSONResponse:
         with reading(ctx.db) as conn:
             migrated = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as error:
-        # The driver's first line says what failed (refused, unknown table) without the URL.
-        cause = str(getattr(error, "orig", None) or error).strip().splitlines()
-        reason = f"database: {cause[0] if cause else type(error).__name__}"
+        reason = f"database: {failure(error)}"
         return JSONResponse(Health(status="unavailable", reason=reason).model_dump(), 503)
     if migrated is None:
         body = Health(status="unavailable", reason="database: not migrated (nurture db upgrade)")

@@ -40,8 +40,8 @@ app.add_typer(model_app, name="model")
 
 
 def open_db(settings: Settings) -> Engine:
-    database.upgrade(settings.database_url)
-    return database.connect(settings.database_url)
+    """The database, migrated; one sentence and exit 1 (see ``Commands``) when it cannot be."""
+    return database.open_database(settings.database_url)
 
 
 def scoring(db: Engine, settings: Settings) -> Active:

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from engine import db as database
 from engine.cli.app import app, db_app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, err, fail, out
 from engine.errors import ProblemsError
@@ -111,8 +110,7 @@ def serve_command(
 @db_app.command("upgrade")
 def upgrade_command() -> None:
     """Apply migrations (every command also does this on start)."""
-    settings = get_settings()
-    database.upgrade(settings.database_url)
+    open_db(get_settings())
     out.print("database is up to date")
 
 
