@@ -11,11 +11,13 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.errors import NurtureError
+from engine.redact import Redacting
 from engine.timeutil import parse_duration
 
 # The shortest secret taken, from the environment or a kept file: a random 32-byte token is 43.
@@ -126,6 +128,15 @@ class Settings(BaseSettings):
     def token_file(self) -> Path:
         return self.home / ".nurture-token"
 
+    def secrets(self) -> list[str]:
+        """The configured values no log line may show: tokens, keys, the sales webhook's URL
+        (the URL is the credential) and passwords in URLs."""
+        found = [self.api_token, self.secret_key, self.sendgrid_api_key, self.sales_webhook_url]
+        for url in (self.smtp_url, self.database_url):
+            with suppress(ValueError):
+                found.append(urlsplit(url).password)
+        return [secret for secret in found if secret]
+
 
 def _kept_secret(path: Path) -> str:
     """The secret kept in ``path``, made on first use. Made whole in a private temporary file
@@ -168,6 +179,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure_logging(settings: Settings) -> None:
     """One logging set-up for ``serve`` and ``worker``, at ``NURTURE_LOG_LEVEL``."""
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, force=True)
+    # No address, token or configured secret in any line, whichever library logs it.
+    redacting = Redacting(settings.secrets())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redacting)
     # httpx logs every request's URL at INFO, and the sales webhook's URL is a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

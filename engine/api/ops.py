@@ -5,9 +5,6 @@ counts and rule names."""
 
 from __future__ import annotations
 
-import logging
-import re
-
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,29 +16,6 @@ from engine.api.models import Health
 from engine.db import failure, reading
 
 router = APIRouter(tags=["operations"])
-# The local part of an email address in a URL (``/api/leads/ana@acme.io``), plain or %-encoded.
-_EMAIL_IN_PATH = re.compile(r"([^/?&=@%\s])[^/?&=@\s]*(@|%40)", re.IGNORECASE)
-
-
-class RedactEmails(logging.Filter):
-    """Access log lines keep the first letter and the domain of an email in a path: enough to
-    tell requests apart, not enough to name a person."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _EMAIL_IN_PATH.sub(r"\1***\2", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        return True
-
-
-ACCESS_LOG_FILTER = RedactEmails()
-
-
-def redact_access_log() -> None:
-    """Called once the server has set up its logging (uvicorn's access log)."""
-    logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG_FILTER)
 
 
 @router.get(
