@@ -186,9 +186,9 @@ def test_api_needs_the_token_but_health_and_metrics_do_not(api: TestClient) -> N
             assert response.headers["WWW-Authenticate"] == "Bearer"
     assert api.get("/healthz", headers={"Authorization": ""}).status_code == 200
     assert api.get("/metrics", headers={"Authorization": ""}).status_code == 200
-    # The dashboard's cookie is as good as the header.
+    # The token in a cookie (as the dashboard once kept it) is no credential: bearer only.
     api.cookies.set("nurture_token", TOKEN)
-    assert api.get("/api/leads", headers={"Authorization": ""}).status_code == 200
+    assert api.get("/api/leads", headers={"Authorization": ""}).status_code == 401
 
 
 def test_oversized_requests_are_refused_whole_naming_the_limit(tmp_path: Path) -> None:
