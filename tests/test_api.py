@@ -421,3 +421,15 @@ def test_serve_says_where_the_token_is_never_the_token(
     client = TestClient(app)
     assert client.get("/api/leads").status_code == 401
     assert client.get("/api/leads", headers={"Authorization": f"Bearer {token}"}).json() == []
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_reference_needs_nothing_from_the_internet(api: TestClient, page: str) -> None:
+    html = api.get(page, headers={"Authorization": ""}).text
+    assert re.findall(r"\w+://\S+", html) == []  # no CDN, no web fonts
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert len(assets) >= 2 and all(url.startswith("/") for url in assets), assets
+    for url in assets:
+        served = api.get(url, headers={"Authorization": ""})
+        assert served.status_code == 200 and len(served.content) > 1000, url
+    assert api.get("/openapi.json").json()["info"]["title"] == "nurture"

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
 from engine import db as database
@@ -77,7 +78,14 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
 
     if warning := webhooks.open_webhook_warning(settings):
         log.warning(warning)
-    app = FastAPI(title="nurture", lifespan=lifespan, dependencies=[Depends(no_nul)])
+    # /docs and /redoc with their scripts and styles served from the fastapi-offline package:
+    # the reference works where no CDN can be reached.
+    app = FastAPIOffline(
+        title="nurture",
+        lifespan=lifespan,
+        dependencies=[Depends(no_nul)],
+        static_url="/docs-assets",
+    )
     app.state.nurture = Context(settings, db)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     for router in routers:
