@@ -137,7 +137,7 @@ def test_the_session_cookie_is_no_api_credential(client: TestClient) -> None:
 
 
 def test_form_posts_from_another_site_are_refused(client: TestClient) -> None:
-    for origin in ("https://evil.example", "null"):
+    for origin in ("https://evil.example", "null", "http://[::1", "http://testserver.evil"):
         forged = client.post("/login", data={"token": TOKEN, "next": "/"},
                              headers={"Origin": origin}, follow_redirects=False)  # fmt: skip
         assert forged.status_code == 403 and COOKIE not in forged.cookies

@@ -138,6 +138,36 @@ def test_without_a_public_key_the_webhook_is_closed_unless_explicitly_opened(
     assert len(warned) == 1 and "anyone" in warned[0]
 
 
+def test_hostile_events_are_rejected_one_by_one_never_a_500(service: Any) -> None:
+    client, _settings, db = service
+    seed_outbox(db, 1)
+    odd = [
+        {**sg("open", "t1@example.com"), "timestamp": 1e300},
+        {**sg("open", "t2@example.com"), "timestamp": -1e18},
+        {**sg("open", "t3@example.com"), "timestamp": True},
+        sg("processed", "l0@example.com", outbox_id="9" * 30),
+        sg("processed", "l0@example.com", outbox_id=1e308),
+        sg("processed", "l0@example.com", outbox_id=-1),
+        {"event": ["processed"], "outbox_id": 1},
+        sg("open", "ok@example.com"),
+    ]
+    body = json.dumps(odd).encode()
+    response = client.post("/webhooks/sendgrid", content=body, headers=signed(body))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["accepted"] == 1 and answer["settled"] == 0
+    assert [r["index"] for r in answer["rejected"]] == [0, 1, 2]
+    assert all(r["error"].startswith("timestamp:") for r in answer["rejected"])
+    nan = (
+        json.dumps([sg("open", "n@example.com")]).replace(str(int(T0.timestamp())), "NaN").encode()
+    )
+    rejected = client.post("/webhooks/sendgrid", content=nan, headers=signed(nan)).json()
+    assert rejected["rejected"][0]["error"].startswith("timestamp:")
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    too_deep = client.post("/webhooks/sendgrid", content=deep, headers=signed(deep))
+    assert too_deep.status_code == 400
+
+
 def test_bounce_spam_and_unsubscribe_events(service: Any) -> None:
     client, _settings, db = service
     response = post_events(

@@ -78,8 +78,11 @@ def _signed_in(request: Request, ctx: Ctx) -> bool:
     return valid(presented(request), ctx) or is_open(ctx.db, session, ctx.settings.access_token())
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
+def _origin(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: no origin of ours
+        return None
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 

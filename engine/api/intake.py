@@ -41,8 +41,9 @@ async def read_body(request: Request) -> bytes:
     return await request.body()
 
 
-async def read_json(request: Request) -> Any:
-    body = await read_body(request)
+def parse_json(body: bytes) -> Any:
+    """A body's JSON, or 400 saying why not (not UTF-8, not JSON, nested deeper than the parser
+    goes)."""
     try:
         return json.loads(body)
     except UnicodeDecodeError:
@@ -52,3 +53,9 @@ async def read_json(request: Request) -> Any:
             400,
             f"the body is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})",
         ) from None
+    except RecursionError:
+        raise HTTPException(400, "the body is not valid JSON: nested too deeply") from None
+
+
+async def read_json(request: Request) -> Any:
+    return parse_json(await read_body(request))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from sqlalchemy import select
 
 from engine.api.app import Context, Ctx
-from engine.api.intake import score
+from engine.api.intake import parse_json, read_body, score
 from engine.api.models import errors
 from engine.db import reading
 from engine.db.schema import LEADS
@@ -46,6 +47,7 @@ EVENT_TYPES = {
 }
 # Events that prove the provider holds a message.
 SETTLING = frozenset({"processed", "delivered"})
+MAX_ROW_ID = 2**31 - 1  # outbox ids are 32-bit integers
 PROPERTIES = ("outbox_id", "url", "reason", "sg_message_id", "useragent", "category")
 
 
@@ -110,12 +112,44 @@ def _event(index: int, item: Any) -> Parsed | None:
         "type": kind,
         "properties": {k: item[k] for k in PROPERTIES if k in item},
     }
-    if isinstance(item.get("timestamp"), int | float):
-        raw["occurred_at"] = isoformat(datetime.fromtimestamp(item["timestamp"], UTC))
+    if "timestamp" in item:
+        try:
+            raw["occurred_at"] = isoformat(_instant(item["timestamp"]))
+        except ValueError:
+            return Rejection(index, "timestamp: not a Unix time in seconds")
     try:
         return record(index, raw)
     except InvalidRecord as error:
         return Rejection(index, str(error))
+
+
+def _instant(stamp: Any) -> datetime:
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not math.isfinite(stamp):
+        raise ValueError(stamp)
+    try:
+        return datetime.fromtimestamp(stamp, UTC)
+    except (OverflowError, OSError) as error:  # beyond what a date holds
+        raise ValueError(stamp) from error
+
+
+def _outbox_id(item: dict[str, Any]) -> int | None:
+    """The outbox row a ``processed`` event names (SendGrid echoes it as text), if it is one."""
+    try:
+        found = int(str(item["outbox_id"]))
+    except (KeyError, ValueError):
+        return None
+    return found if 0 < found <= MAX_ROW_ID else None
+
+
+def _settling(payload: list[Any]) -> dict[int, str]:
+    """Outbox id → SendGrid's message id, for the events that prove SendGrid holds a message."""
+    settled: dict[int, str] = {}
+    for item in payload:
+        if not isinstance(item, dict) or not isinstance(item.get("event"), str):
+            continue
+        if item["event"] in SETTLING and (outbox_id := _outbox_id(item)) is not None:
+            settled[outbox_id] = str(item.get("sg_message_id") or "")[:200]
+    return settled
 
 
 @router.post("/webhooks/sendgrid", tags=["feedback"], responses=errors(400, 403, 503))
@@ -125,22 +159,13 @@ async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     messages a crashed dispatcher left uncertain. Only calls signed with the key
     ``NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY`` within the last minutes are taken (unless
     ``NURTURE_SENDGRID_WEBHOOK_INSECURE=1``)."""
-    body = await request.body()
+    body = await read_body(request)
     _verify(ctx, request, body)
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise HTTPException(400, "the body must be a JSON array of SendGrid events") from None
+    payload = parse_json(body)
     if not isinstance(payload, list):
         raise HTTPException(400, "the body must be a JSON array of SendGrid events")
     items = [found for i, item in enumerate(payload) if (found := _event(i, item)) is not None]
-    settled: dict[int, str] = {}
-    for item in payload:
-        if isinstance(item, dict) and item.get("event") in SETTLING:
-            try:
-                settled[int(item["outbox_id"])] = str(item.get("sg_message_id") or "")
-            except (KeyError, TypeError, ValueError):
-                continue
+    settled = _settling(payload)
     # Database work off the event loop: other requests go on being served meanwhile.
     result = await run_in_threadpool(score, ctx, items) if items else IngestResult()
     count = await run_in_threadpool(settle_processed, ctx.db, list(settled), settled)
