@@ -22,6 +22,7 @@ from engine.timeutil import parse_duration
 
 # The shortest secret taken, from the environment or a kept file: a random 32-byte token is 43.
 MIN_SECRET = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
@@ -36,7 +37,7 @@ class Settings(BaseSettings):
     home: Path = Path(".")
     # Which ruleset in rulesets/ scores leads: a name or a file; default the only one there.
     ruleset: str | None = None
-    batch_size: int = 2000
+    batch_size: int = Field(default=2000, gt=0)
     log_level: str = "INFO"  # serve and worker: DEBUG, INFO, WARNING, ERROR
 
     # Sending: the backend, its endpoints, and how the dispatcher paces itself.
@@ -51,11 +52,12 @@ class Settings(BaseSettings):
     # private network): then anyone who can reach it can unsubscribe or score leads.
     sendgrid_webhook_insecure: bool = False
     smtp_url: str = "smtp://127.0.0.1:25"
-    send_timeout: float = 10.0  # seconds, per provider call
-    dispatch_batch: int = 50  # messages claimed per round
-    send_concurrency: int = 8  # provider calls in flight per dispatcher
-    lease_seconds: int = 300  # a claimed message not settled by then is claimed again
-    max_attempts: int = 8  # tries before a message fails for good
+    send_timeout: float = Field(default=10.0, gt=0)  # seconds, per provider call
+    dispatch_batch: int = Field(default=50, gt=0)  # messages claimed per round
+    send_concurrency: int = Field(default=8, gt=0)  # provider calls in flight per dispatcher
+    # A claimed message not settled by then is claimed again.
+    lease_seconds: int = Field(default=300, gt=0)
+    max_attempts: int = Field(default=8, gt=0)  # tries before a message fails for good
     default_timezone: str = "UTC"  # for send windows when a lead has no `timezone`
 
     # Links and access.
@@ -63,8 +65,8 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     api_token: str | None = None
     # Limits on one API request: a body over either is refused whole (413) before any scoring.
-    max_body_bytes: int = 1_048_576
-    max_events_per_request: int = 1000
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_events_per_request: int = Field(default=1000, gt=0)
     sales_webhook_url: str | None = None
     sales_email: str | None = None
 
@@ -72,7 +74,7 @@ class Settings(BaseSettings):
     sales_roster: str = ""  # comma-separated reps, assigned round-robin to leads without owner
     alert_from: str | None = None  # the alert email's sender; default NURTURE_SALES_EMAIL
     alert_cooldown: timedelta = timedelta(days=7)  # no second alert for a lead within this
-    alert_rearm_margin: int = 10  # ...nor before its score fell this far below hot
+    alert_rearm_margin: int = Field(default=10, ge=0)  # ...nor before it fell this far below hot
     alert_max_age: timedelta = timedelta(days=1)  # older events (a backfill) page nobody
 
     @field_validator("api_token", "secret_key")
@@ -85,6 +87,35 @@ class Settings(BaseSettings):
                 f"make one with {MAKE_ONE}"
             )
         return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("sendgrid_webhook_public_key")
+    @classmethod
+    def _webhook_key(cls, value: str | None) -> str | None:
+        """SendGrid's verification key (base64 DER, as its settings page shows it), checked now:
+        a key that is none would refuse every genuine call, silently."""
+        if value is None or not value.strip():
+            return None
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from sendgrid.helpers.eventwebhook import EventWebhook
+
+        try:
+            key = EventWebhook(value.strip()).public_key
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            key = None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError(
+                "not an ECDSA public key (copy the verification key of SendGrid's signed event "
+                "webhook)"
+            )
+        return value.strip()
 
     @field_validator("alert_cooldown", "alert_max_age", mode="before")
     @classmethod
@@ -198,6 +229,7 @@ def get_settings() -> Settings:
 
 
 def _problem(error: Any) -> str:
-    name = str(error["loc"][0]).upper() if error["loc"] else ""
-    variable = name if name.startswith(("NURTURE_", "SENDGRID_")) else f"NURTURE_{name}"
+    name = str(error["loc"][0]) if error["loc"] else ""
+    # A field is read from NURTURE_<FIELD>; anything else named is an alias (SENDGRID_API_KEY).
+    variable = f"NURTURE_{name.upper()}" if name in Settings.model_fields else name.upper()
     return f"{variable}: {error['msg'].removeprefix('Value error, ')}"

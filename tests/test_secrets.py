@@ -120,3 +120,49 @@ def test_six_processes_starting_at_once_keep_one_key(tmp_path: Path) -> None:
         for name in KEPT.values():
             assert stat.S_IMODE((home / name).stat().st_mode) == 0o600
         assert sorted(p.name for p in home.iterdir()) == [".nurture-secret", ".nurture-token"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("NURTURE_LOG_LEVEL", "chatty"),
+        ("NURTURE_BATCH_SIZE", "0"),
+        ("NURTURE_BATCH_SIZE", "lots"),
+        ("NURTURE_MAX_BODY_BYTES", "-1"),
+        ("NURTURE_SEND_CONCURRENCY", "0"),
+        ("NURTURE_MAX_ATTEMPTS", "0"),
+        ("NURTURE_SEND_TIMEOUT", "0"),
+    ],
+)
+def test_a_setting_nurture_cannot_run_with_is_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setenv("NURTURE_HOME", str(make_home(tmp_path)))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'n.db'}")
+    monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli.app, ["serve"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {name}: ") and len(result.output.splitlines()) == 1
+
+
+def test_a_webhook_public_key_that_is_no_key_stops_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
+    monkeypatch.setenv("NURTURE_HOME", str(make_home(tmp_path)))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'n.db'}")
+    monkeypatch.setenv("NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY", "bm90IGEga2V5")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli.app, ["serve"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "error: NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY: not an ECDSA public key"
+    )
