@@ -107,3 +107,23 @@ def test_the_worker_sends_due_email_on_its_own_clock(env: dict[str, str], tmp_pa
         _, errors = worker.communicate(timeout=30)
     assert len(list(outbox.glob("*.eml"))) == 1, errors
     assert "cy@acme.io" not in errors  # no full addresses in the logs
+
+
+def test_a_job_stopped_by_a_problem_the_operator_can_fix_logs_it_in_one_line(
+    env: dict[str, str],
+) -> None:
+    home = Path(env["NURTURE_HOME"])
+    (home / "campaigns" / "broken.yaml").write_text("campaign: broken\naudience: {lead.x: 1}\n")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "worker"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(8)
+    worker.terminate()
+    _, errors = worker.communicate(timeout=30)
+    failed = [line for line in errors.splitlines() if "job steps" in line]
+    assert failed and "broken.yaml" in failed[0] and "it runs again" in failed[0], errors
+    assert "Traceback" not in errors
