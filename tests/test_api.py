@@ -12,14 +12,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
-from engine import cli
 from engine import db as database
 from engine.api.app import create_app
-from engine.settings import Settings, get_settings
+from engine.settings import Settings
+from tests.helpers import run_cli
 
 TOKEN = "test-token-0123456789abcdef0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -387,29 +385,13 @@ def test_openapi_documents_auth_and_errors(api: TestClient) -> None:
     assert "security" not in spec["paths"]["/healthz"]["get"]
 
 
-def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[Any, Any]:
-    """``nurture serve`` up to where uvicorn would start: its output and what uvicorn got."""
-    started: list[tuple[Any, dict[str, Any]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
-    monkeypatch.setenv("NURTURE_HOME", str(make_home(tmp_path)))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
-    monkeypatch.delenv("NURTURE_API_TOKEN", raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli.app, ["serve", "--port", "8123"])
-    finally:
-        get_settings.cache_clear()
-    return result, started
-
-
 def test_serve_warns_when_the_sendgrid_webhook_takes_unsigned_calls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    quiet, _ = serve(tmp_path, monkeypatch)
+    quiet, _ = run_cli(monkeypatch, make_home(tmp_path), ["serve"])
     assert "warning" not in quiet.output
-    result, _ = serve(tmp_path, monkeypatch, NURTURE_SENDGRID_WEBHOOK_INSECURE="1")
+    insecure = {"NURTURE_SENDGRID_WEBHOOK_INSECURE": "1"}
+    result, _ = run_cli(monkeypatch, make_home(tmp_path), ["serve", "--port", "8123"], **insecure)
     assert result.exit_code == 0, result.output
     assert "warning: NURTURE_SENDGRID_WEBHOOK_INSECURE=1" in " ".join(result.output.split())
 
@@ -417,7 +399,7 @@ def test_serve_warns_when_the_sendgrid_webhook_takes_unsigned_calls(
 def test_serve_says_where_the_token_is_never_the_token(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result, started = serve(tmp_path, monkeypatch)
+    result, started = run_cli(monkeypatch, make_home(tmp_path), ["serve", "--port", "8123"])
     assert result.exit_code == 0, result.output
     token = (tmp_path / ".nurture-token").read_text().strip()
     assert f"the API token is in {tmp_path / '.nurture-token'}" in result.output

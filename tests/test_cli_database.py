@@ -7,12 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import uvicorn
-from typer.testing import CliRunner
 
-from engine import cli
-from engine.settings import get_settings
 from tests.conftest import PG_URL
+from tests.helpers import run_cli
 from tests.test_api import make_home
 
 PASSWORD = "s3cr3t-pw"
@@ -32,17 +29,10 @@ COMMANDS = [
 
 
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, args: list[str]) -> str:
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
     monkeypatch.chdir(make_home(tmp_path))
     (tmp_path / "events.jsonl").write_text('{"email": "ana@acme.io", "type": "page_view"}\n')
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli.app, args)
-    finally:
-        get_settings.cache_clear()
-    assert result.exit_code == 1, (args, result.output)
+    result, started = run_cli(monkeypatch, tmp_path, args, NURTURE_DATABASE_URL=url)
+    assert result.exit_code == 1 and not started, (args, result.output)
     assert "Traceback" not in result.output and PASSWORD not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, (args, result.output)

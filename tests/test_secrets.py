@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-import uvicorn
-from typer.testing import CliRunner
 
-from engine import cli
 from engine.errors import NurtureError
-from engine.settings import Settings, get_settings
+from engine.settings import Settings
 from tests.conftest import ROOT
+from tests.helpers import run_cli
 from tests.test_api import make_home
 
 KEPT = {"access_token": ".nurture-token", "signing_key": ".nurture-secret"}
@@ -42,14 +40,7 @@ def test_an_empty_or_short_kept_secret_is_refused(
 def test_an_empty_or_short_secret_in_the_environment_is_one_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
-    monkeypatch.setenv("NURTURE_HOME", str(make_home(tmp_path)))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'n.db'}")
-    monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli.app, ["leads"])
-    finally:
-        get_settings.cache_clear()
+    result, _ = run_cli(monkeypatch, make_home(tmp_path), ["leads"], **{name: value})
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
@@ -61,16 +52,8 @@ def test_serve_refuses_an_empty_kept_token_rather_than_accepting_an_empty_cookie
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (make_home(tmp_path) / ".nurture-token").write_text("")
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'n.db'}")
-    monkeypatch.delenv("NURTURE_API_TOKEN", raising=False)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli.app, ["serve"])
-    finally:
-        get_settings.cache_clear()
-    assert result.exit_code == 1
+    result, started = run_cli(monkeypatch, tmp_path, ["serve"])
+    assert result.exit_code == 1 and not started
     assert ".nurture-token" in result.output and "Traceback" not in result.output
 
 
@@ -137,15 +120,7 @@ def test_six_processes_starting_at_once_keep_one_key(tmp_path: Path) -> None:
 def test_a_setting_nurture_cannot_run_with_is_one_line_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
-    monkeypatch.setenv("NURTURE_HOME", str(make_home(tmp_path)))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'n.db'}")
-    monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli.app, ["serve"])
-    finally:
-        get_settings.cache_clear()
+    result, _ = run_cli(monkeypatch, make_home(tmp_path), ["serve"], **{name: value})
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {name}: ") and len(result.output.splitlines()) == 1
 
@@ -153,15 +128,8 @@ def test_a_setting_nurture_cannot_run_with_is_one_line_naming_it(
 def test_a_webhook_public_key_that_is_no_key_stops_serve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: None)
-    monkeypatch.setenv("NURTURE_HOME", str(make_home(tmp_path)))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'n.db'}")
-    monkeypatch.setenv("NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY", "bm90IGEga2V5")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli.app, ["serve"])
-    finally:
-        get_settings.cache_clear()
+    key = {"NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY": "bm90IGEga2V5"}
+    result, _ = run_cli(monkeypatch, make_home(tmp_path), ["serve"], **key)
     assert result.exit_code == 1
     assert result.output.startswith(
         "error: NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY: not an ECDSA public key"

@@ -83,6 +83,17 @@ def test_a_held_email_is_reported_by_tick(env: dict[str, str], tmp_path: Path) -
     assert not (home / "outbox").exists()
 
 
+def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
+    """``nurture worker`` in its own process; its log on ``stderr``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "worker"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_the_worker_sends_due_email_on_its_own_clock(env: dict[str, str], tmp_path: Path) -> None:
     now = datetime.now(UTC)
     assert (
@@ -90,13 +101,7 @@ def test_the_worker_sends_due_email_on_its_own_clock(env: dict[str, str], tmp_pa
         == 0
     )
     outbox = Path(env["NURTURE_HOME"]) / "outbox"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "worker"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_worker(env)
     try:
         deadline = time.monotonic() + 60
         while not list(outbox.glob("*.eml")) and time.monotonic() < deadline:
@@ -114,13 +119,7 @@ def test_a_job_stopped_by_a_problem_the_operator_can_fix_logs_it_in_one_line(
 ) -> None:
     home = Path(env["NURTURE_HOME"])
     (home / "campaigns" / "broken.yaml").write_text("campaign: broken\naudience: {lead.x: 1}\n")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "worker"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_worker(env)
     time.sleep(8)
     worker.terminate()
     _, errors = worker.communicate(timeout=30)
