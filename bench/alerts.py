@@ -37,7 +37,7 @@ from engine import db as database
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789abcdef0123456789"
 RULESET = """\
 ruleset: alert-bench
 components: {engagement: {min: 0, max: 100}}

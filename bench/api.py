@@ -34,7 +34,7 @@ from engine.db import scratch_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 NURTURE = str(Path(sys.executable).with_name("nurture"))
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789abcdef0123456789"
 PAGES = ("/pricing", "/blog/rules", "/features", "/docs/start", "/case-studies")
 
 

@@ -97,7 +97,9 @@ def render_and_enqueue(url: str, count: int) -> float:
     campaigns = CompiledCampaigns(
         ruleset, load_campaigns(ROOT / "campaigns", ruleset, renderer.names())
     )
-    settings = Settings(home=ROOT, database_url=url, secret_key="bench")
+    settings = Settings(
+        home=ROOT, database_url=url, secret_key="bench-secret-0123456789abcdef0123456789"
+    )
     start = time.perf_counter()
     report = StepRunner(db, settings, campaigns, renderer).run(NOW)
     elapsed = time.perf_counter() - start

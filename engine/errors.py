@@ -29,6 +29,11 @@ class ProblemsError(NurtureError):
         self.problems = problems
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message as one log line (a ProblemsError lists a problem per line)."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 class InvalidRecord(NurtureError, ValueError):
     """A record (an event, a profile, a form post) that cannot be stored; ``str()`` names the
     field and the problem."""

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import tempfile
+from contextlib import suppress
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.errors import NurtureError
+from engine.redact import Redacting
 from engine.timeutil import parse_duration
+
+# The shortest secret taken, from the environment or a kept file: a random 32-byte token is 43.
+MIN_SECRET = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+class SettingsError(NurtureError):
+    """A setting or kept secret that nurture will not run with; ``str()`` names it."""
 
 
 class Settings(BaseSettings):
@@ -21,7 +37,7 @@ class Settings(BaseSettings):
     home: Path = Path(".")
     # Which ruleset in rulesets/ scores leads: a name or a file; default the only one there.
     ruleset: str | None = None
-    batch_size: int = 2000
+    batch_size: int = Field(default=2000, gt=0)
     log_level: str = "INFO"  # serve and worker: DEBUG, INFO, WARNING, ERROR
 
     # Sending: the backend, its endpoints, and how the dispatcher paces itself.
@@ -32,12 +48,16 @@ class Settings(BaseSettings):
     )
     sendgrid_host: str = "https://api.sendgrid.com"
     sendgrid_webhook_public_key: str | None = None
+    # Without a public key the webhook refuses every call, unless this opens it (tests, a
+    # private network): then anyone who can reach it can unsubscribe or score leads.
+    sendgrid_webhook_insecure: bool = False
     smtp_url: str = "smtp://127.0.0.1:25"
-    send_timeout: float = 10.0  # seconds, per provider call
-    dispatch_batch: int = 50  # messages claimed per round
-    send_concurrency: int = 8  # provider calls in flight per dispatcher
-    lease_seconds: int = 300  # a claimed message not settled by then is claimed again
-    max_attempts: int = 8  # tries before a message fails for good
+    send_timeout: float = Field(default=10.0, gt=0)  # seconds, per provider call
+    dispatch_batch: int = Field(default=50, gt=0)  # messages claimed per round
+    send_concurrency: int = Field(default=8, gt=0)  # provider calls in flight per dispatcher
+    # A claimed message not settled by then is claimed again.
+    lease_seconds: int = Field(default=300, gt=0)
+    max_attempts: int = Field(default=8, gt=0)  # tries before a message fails for good
     default_timezone: str = "UTC"  # for send windows when a lead has no `timezone`
 
     # Links and access.
@@ -45,8 +65,8 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     api_token: str | None = None
     # Limits on one API request: a body over either is refused whole (413) before any scoring.
-    max_body_bytes: int = 1_048_576
-    max_events_per_request: int = 1000
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    max_events_per_request: int = Field(default=1000, gt=0)
     sales_webhook_url: str | None = None
     sales_email: str | None = None
 
@@ -54,8 +74,48 @@ class Settings(BaseSettings):
     sales_roster: str = ""  # comma-separated reps, assigned round-robin to leads without owner
     alert_from: str | None = None  # the alert email's sender; default NURTURE_SALES_EMAIL
     alert_cooldown: timedelta = timedelta(days=7)  # no second alert for a lead within this
-    alert_rearm_margin: int = 10  # ...nor before its score fell this far below hot
+    alert_rearm_margin: int = Field(default=10, ge=0)  # ...nor before it fell this far below hot
     alert_max_age: timedelta = timedelta(days=1)  # older events (a backfill) page nobody
+
+    @field_validator("api_token", "secret_key")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        """An empty or short secret is a guessable one: refused, never taken as unset."""
+        if value is not None and len(value.strip()) < MIN_SECRET:
+            raise ValueError(
+                f"must be at least {MIN_SECRET} characters (it has {len(value.strip())}); "
+                f"make one with {MAKE_ONE}"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
+
+    @field_validator("sendgrid_webhook_public_key")
+    @classmethod
+    def _webhook_key(cls, value: str | None) -> str | None:
+        """SendGrid's verification key (base64 DER, as its settings page shows it), checked now:
+        a key that is none would refuse every genuine call, silently."""
+        if value is None or not value.strip():
+            return None
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from sendgrid.helpers.eventwebhook import EventWebhook
+
+        try:
+            key = EventWebhook(value.strip()).public_key
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            key = None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError(
+                "not an ECDSA public key (copy the verification key of SendGrid's signed event "
+                "webhook)"
+            )
+        return value.strip()
 
     @field_validator("alert_cooldown", "alert_max_age", mode="before")
     @classmethod
@@ -86,24 +146,61 @@ class Settings(BaseSettings):
     def signing_key(self) -> str:
         """``NURTURE_SECRET_KEY``, else a random key kept in ``<home>/.nurture-secret`` so that
         links stay valid across restarts of a single-machine install."""
-        return self.secret_key or _kept_secret(self.home / ".nurture-secret")
+        if self.secret_key is not None:
+            return self.secret_key
+        return _kept_secret(self.home / ".nurture-secret")
 
     def access_token(self) -> str:
         """``NURTURE_API_TOKEN``, else a random token kept in ``<home>/.nurture-token`` (which
         ``nurture serve`` points to): the API is never open for want of a setting."""
-        return self.api_token or _kept_secret(self.token_file)
+        return self.api_token if self.api_token is not None else _kept_secret(self.token_file)
 
     @property
     def token_file(self) -> Path:
         return self.home / ".nurture-token"
 
+    def secrets(self) -> list[str]:
+        """The configured values no log line may show: tokens, keys, the sales webhook's URL
+        (the URL is the credential) and passwords in URLs."""
+        found = [self.api_token, self.secret_key, self.sendgrid_api_key, self.sales_webhook_url]
+        for url in (self.smtp_url, self.database_url):
+            with suppress(ValueError):
+                found.append(urlsplit(url).password)
+        return [secret for secret in found if secret]
+
 
 def _kept_secret(path: Path) -> str:
-    if not path.exists():
-        import secrets
+    """The secret kept in ``path``, made on first use. Made whole in a private temporary file
+    and linked into place, so that of processes starting together exactly one makes it and the
+    others read that one (never a half-written or empty file)."""
+    try:
+        try:
+            secret = path.read_text().strip()
+        except FileNotFoundError:
+            secret = _make_secret(path)
+    except OSError as error:
+        raise SettingsError(f"cannot keep a secret in {path}: {error.strerror}") from None
+    if len(secret) < MIN_SECRET:
+        held = f"{len(secret)} characters" if secret else "nothing"
+        raise SettingsError(
+            f"{path} holds {held}; a secret needs at least {MIN_SECRET} characters: delete the "
+            "file to have a new one made"
+        )
+    return secret
 
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+
+def _make_secret(path: Path) -> str:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.")  # 0600
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+            file.flush()
+            os.fsync(file.fileno())
+        # Another process that linked its file first made the secret: theirs is read below.
+        with suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
     return path.read_text().strip()
 
 
@@ -113,10 +210,26 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def configure_logging(settings: Settings) -> None:
     """One logging set-up for ``serve`` and ``worker``, at ``NURTURE_LOG_LEVEL``."""
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT, force=True)
+    # No address, token or configured secret in any line, whichever library logs it.
+    redacting = Redacting(settings.secrets())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redacting)
     # httpx logs every request's URL at INFO, and the sales webhook's URL is a secret.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from the environment; SettingsError naming each bad variable (never its
+    value: it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError("; ".join(_problem(e) for e in error.errors())) from None
+
+
+def _problem(error: Any) -> str:
+    name = str(error["loc"][0]) if error["loc"] else ""
+    # A field is read from NURTURE_<FIELD>; anything else named is an alias (SENDGRID_API_KEY).
+    variable = f"NURTURE_{name.upper()}" if name in Settings.model_fields else name.upper()
+    return f"{variable}: {error['msg'].removeprefix('Value error, ')}"

@@ -21,7 +21,7 @@ from engine.ingest.parse import parse_jsonl
 from engine.settings import Settings
 from tests.conftest import ROOT
 
-TOKEN = "test-token-0123456789"
+TOKEN = "dashboard-token-0123456789abcdef01234"
 CAMPAIGN = "spring-launch"
 MARKUP_EMAIL = "mallory@evil.example"
 MARKUP_NAME = "<script>alert(1)</script>"

@@ -4,10 +4,12 @@ PostgreSQL, against counts taken straight from the tables."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +18,7 @@ from fastapi.testclient import TestClient
 from engine import db as database
 from engine.active import ruleset_in_force
 from engine.api.app import create_app
-from engine.api.auth import COOKIE
+from engine.api.sessions import COOKIE
 from engine.reports import charts, overview
 from tests.dashboard_support import (
     CAMPAIGN,
@@ -36,8 +38,16 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
+def sign_in(client: TestClient, **headers: str) -> str:
+    """Signs in through the form; the session cookie's value."""
+    signed = client.post("/login", data={"token": TOKEN, "next": "/"}, headers=headers,
+                         follow_redirects=False)  # fmt: skip
+    assert signed.status_code == 303, signed.text
+    return str(signed.cookies[COOKIE])
+
+
 def test_pages_send_a_visitor_without_the_token_to_sign_in_and_back(client: TestClient) -> None:
-    for cookies in ({}, {COOKIE: "wrong"}):
+    for cookies in ({}, {COOKIE: "wrong"}, {"nurture_token": TOKEN}):
         client.cookies.clear()
         client.cookies.update(cookies)
         response = client.get("/leads/m1@camp.example?x=1", follow_redirects=False)
@@ -56,14 +66,101 @@ def test_pages_send_a_visitor_without_the_token_to_sign_in_and_back(client: Test
     )
     assert signed.status_code == 303 and signed.headers["location"] == "/leads/m1@camp.example"
     cookie = signed.headers["set-cookie"].lower()
-    assert f"{COOKIE}={TOKEN}".lower() in cookie
+    assert cookie.startswith(f"{COOKIE}=") and TOKEN.lower() not in cookie
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert "secure" not in cookie  # plain http here; see the https test
     assert "m1@camp.example" in client.get("/leads/m1@camp.example").text
 
     out = client.post("/logout", follow_redirects=False)
     assert out.headers["location"] == "/login" and f'{COOKIE}=""' in out.headers["set-cookie"]
     client.cookies.clear()
     assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def sessions(client: TestClient) -> list[dict[str, Any]]:
+    with client.app.state.nurture.db.connect() as conn:  # type: ignore[attr-defined]
+        rows = conn.execute(sa.text("SELECT * FROM dashboard_session"))
+        return [row._asdict() for row in rows]
+
+
+def test_a_session_is_a_random_id_kept_hashed_and_signing_out_revokes_it(
+    client: TestClient,
+) -> None:
+    first, second = sign_in(client), sign_in(client)
+    assert first != second and TOKEN not in (first, second)
+    stored = json.dumps(sessions(client), default=str)
+    assert first not in stored and second not in stored and TOKEN not in stored
+    client.cookies.clear()
+    client.cookies.set(COOKIE, first)
+    assert client.post("/logout", follow_redirects=False).status_code == 303
+    # The revoked id opens nothing, even sent again by a client that kept it; the other lives.
+    client.cookies.clear()
+    client.cookies.set(COOKIE, first)
+    assert client.get("/", follow_redirects=False).status_code == 303
+    client.cookies.clear()
+    client.cookies.set(COOKIE, second)
+    assert client.get("/", follow_redirects=False).status_code == 200
+    assert len(sessions(client)) == 1
+
+
+def test_a_session_expires_and_ends_when_the_token_changes(tmp_path: Path, db_url: str) -> None:
+    settings = seed(tmp_path / "home", db_url, leads=5)
+    with TestClient(create_app(settings)) as client:
+        session = sign_in(client)
+        assert client.get("/", follow_redirects=False).status_code == 200
+        db = client.app.state.nurture.db  # type: ignore[attr-defined]
+        with db.begin() as conn:
+            conn.execute(
+                sa.text("UPDATE dashboard_session SET expires_at = :past"),
+                {"past": datetime.now(UTC) - timedelta(seconds=1)},
+            )
+        assert client.get("/", follow_redirects=False).status_code == 303
+        fresh = sign_in(client)
+    rotated = settings.model_copy(update={"api_token": "a-new-token-0123456789abcdef012345"})
+    with TestClient(create_app(rotated)) as client:
+        for cookie in (session, fresh):
+            client.cookies.set(COOKIE, cookie)
+            assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_the_session_cookie_is_no_api_credential(client: TestClient) -> None:
+    sign_in(client)
+    assert client.get("/", follow_redirects=False).status_code == 200
+    assert client.get("/api/leads").status_code == 401
+    event = {"email": "csrf@victim.example", "type": "demo_request"}
+    for content_type in ("application/json", "text/plain"):
+        forged = client.post(
+            "/api/events", content=json.dumps(event), headers={"Content-Type": content_type}
+        )
+        assert forged.status_code == 401
+    assert client.get("/leads/csrf@victim.example").status_code == 404
+
+
+def test_form_posts_from_another_site_are_refused(client: TestClient) -> None:
+    for origin in ("https://evil.example", "null", "http://[::1", "http://testserver.evil"):
+        forged = client.post("/login", data={"token": TOKEN, "next": "/"},
+                             headers={"Origin": origin}, follow_redirects=False)  # fmt: skip
+        assert forged.status_code == 403 and COOKIE not in forged.cookies
+    forged = client.post("/login", data={"token": TOKEN}, follow_redirects=False,
+                         headers={"Referer": "https://evil.example/page"})  # fmt: skip
+    assert forged.status_code == 403
+    sign_in(client, Origin="http://testserver")
+    out = client.post("/logout", headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert out.status_code == 403
+    assert client.get("/", follow_redirects=False).status_code == 200  # still signed in
+    assert client.post("/logout", headers={"Origin": "http://testserver"},
+                       follow_redirects=False).status_code == 303  # fmt: skip
+
+
+def test_behind_https_the_cookie_is_secure_and_the_public_origin_is_ours(tmp_path: Path) -> None:
+    settings = seed(tmp_path / "home", f"sqlite:///{tmp_path / 'n.db'}", leads=5)
+    public = settings.model_copy(update={"public_url": "https://nurture.acme.io/"})
+    with TestClient(create_app(public)) as client:
+        signed = client.post("/login", data={"token": TOKEN},
+                             headers={"Origin": "https://nurture.acme.io"},
+                             follow_redirects=False)  # fmt: skip
+        assert signed.status_code == 303
+        assert "secure" in signed.headers["set-cookie"].lower()
 
 
 def test_sign_in_only_returns_to_a_page_of_this_site(client: TestClient) -> None:
@@ -80,7 +177,7 @@ def test_the_bearer_token_opens_the_pages_too(client: TestClient) -> None:
 
 
 def test_markup_in_lead_data_and_addresses_is_shown_as_text(client: TestClient) -> None:
-    client.cookies.set(COOKIE, TOKEN)
+    sign_in(client)
     page = client.get(f"/leads/{MARKUP_EMAIL}")
     assert page.status_code == 200
     assert MARKUP_NAME not in page.text and "<b>Evil</b>" not in page.text
@@ -93,7 +190,7 @@ def test_markup_in_lead_data_and_addresses_is_shown_as_text(client: TestClient) 
 
 
 def test_a_lead_page_shows_its_emails_and_what_the_lead_did_with_them(client: TestClient) -> None:
-    client.cookies.set(COOKIE, TOKEN)
+    sign_in(client)
     page = client.get("/leads/m1@camp.example").text
     assert "Spring is here" in page and CAMPAIGN in page
     assert '<span class="chip">opened</span>' in page
@@ -114,7 +211,7 @@ def cells(page: str, row_class: str, cell: str) -> dict[str, str]:
 
 
 def test_the_pipeline_page_shows_the_report_and_its_bottleneck(client: TestClient) -> None:
-    client.cookies.set(COOKIE, TOKEN)
+    sign_in(client)
     page = client.get("/pipeline").text
     db = database.connect(str(client.app.state.nurture.db.url))  # type: ignore[attr-defined]
     now = {stage: int(n.replace(",", "")) for stage, n in cells(page, "stage", "leads").items()}
@@ -141,7 +238,7 @@ def test_the_pipeline_page_shows_the_report_and_its_bottleneck(client: TestClien
 
 
 def test_the_pipeline_page_names_a_bad_option(client: TestClient) -> None:
-    client.cookies.set(COOKIE, TOKEN)
+    sign_in(client)
     bad = client.get("/pipeline", params={"since": "last tuesday"})
     assert bad.status_code == 400
     assert "since: not an ISO 8601 time: &#39;last tuesday&#39;" in bad.text

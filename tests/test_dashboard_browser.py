@@ -117,7 +117,7 @@ def test_a_wrong_token_is_refused_and_the_right_one_signs_in(page: Any) -> None:
     assert page.locator("h1").inner_text().startswith("m1@camp.example")
     [cookie] = page.context.cookies()
     assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
-        "nurture_token",
+        "nurture_session",
         True,
         "Strict",
     )

@@ -67,7 +67,7 @@ def settings_for(home: Path, db_url: str, **extra: Any) -> Settings:
         home=home,
         database_url=db_url,
         outbox_dir=home / "outbox",
-        secret_key="test-secret",
+        secret_key="test-secret-0123456789abcdef0123456789",
         public_url="https://nurture.example",
         **extra,
     )

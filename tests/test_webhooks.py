@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,8 +48,8 @@ def service(home: Path, db_url: str) -> Iterator[tuple[TestClient, Settings, sa.
         yield client, settings, db
 
 
-def signed(body: bytes) -> dict[str, str]:
-    stamp = str(int(time.time()))
+def signed(body: bytes, stamp: str | None = None) -> dict[str, str]:
+    stamp = str(int(time.time())) if stamp is None else stamp
     signature = KEY.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
     return {
         "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
@@ -96,6 +97,75 @@ def test_a_forged_or_unsigned_webhook_is_refused_and_changes_nothing(service: An
     assert unsigned.status_code == 403
     with db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM lead")).scalar() == 0
+
+
+@pytest.mark.parametrize(
+    "stamp",
+    ["-63072000", "-660", "+3600", "not-a-number", "1.7e9", ""],
+    ids=["two-years-old", "eleven-minutes-old", "an-hour-ahead", "text", "float", "empty"],
+)
+def test_a_signed_body_with_a_stale_or_odd_timestamp_is_refused(service: Any, stamp: str) -> None:
+    client, _settings, db = service
+    if stamp.startswith(("+", "-")):  # an age relative to now: a replayed or post-dated call
+        stamp = str(int(time.time()) + int(stamp))
+    body = json.dumps([sg("open")]).encode()
+    response = client.post("/webhooks/sendgrid", content=body, headers=signed(body, stamp))
+    assert response.status_code == 403
+    assert "timestamp" in response.json()["detail"]
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lead")).scalar() == 0
+
+
+def test_without_a_public_key_the_webhook_is_closed_unless_explicitly_opened(
+    home: Path, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    (home / "rulesets").mkdir()
+    (home / "rulesets/test.yaml").write_text(RULES_WITH_EMAIL)
+    database.upgrade(db_url)
+    db = database.connect(db_url)
+    body = json.dumps([sg("spamreport", "victim@example.com")]).encode()
+    with TestClient(create_app(settings_for(home, db_url), db)) as client:
+        refused = client.post("/webhooks/sendgrid", content=body, headers=signed(body))
+    assert refused.status_code == 403
+    assert "NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY" in refused.json()["detail"]
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM lead")).scalar() == 0
+    opened = settings_for(home, db_url, sendgrid_webhook_insecure=True)
+    with caplog.at_level(logging.WARNING), TestClient(create_app(opened, db)) as client:
+        assert client.post("/webhooks/sendgrid", content=body).json()["accepted"] == 1
+        assert client.post("/webhooks/sendgrid", content=body).json()["duplicates"] == 1
+    warned = [r.getMessage() for r in caplog.records if "INSECURE" in r.getMessage()]
+    assert len(warned) == 1 and "anyone" in warned[0]
+
+
+def test_hostile_events_are_rejected_one_by_one_never_a_500(service: Any) -> None:
+    client, _settings, db = service
+    seed_outbox(db, 1)
+    odd = [
+        {**sg("open", "t1@example.com"), "timestamp": 1e300},
+        {**sg("open", "t2@example.com"), "timestamp": -1e18},
+        {**sg("open", "t3@example.com"), "timestamp": True},
+        sg("processed", "l0@example.com", outbox_id="9" * 30),
+        sg("processed", "l0@example.com", outbox_id=1e308),
+        sg("processed", "l0@example.com", outbox_id=-1),
+        {"event": ["processed"], "outbox_id": 1},
+        sg("open", "ok@example.com"),
+    ]
+    body = json.dumps(odd).encode()
+    response = client.post("/webhooks/sendgrid", content=body, headers=signed(body))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["accepted"] == 1 and answer["settled"] == 0
+    assert [r["index"] for r in answer["rejected"]] == [0, 1, 2]
+    assert all(r["error"].startswith("timestamp:") for r in answer["rejected"])
+    nan = (
+        json.dumps([sg("open", "n@example.com")]).replace(str(int(T0.timestamp())), "NaN").encode()
+    )
+    rejected = client.post("/webhooks/sendgrid", content=nan, headers=signed(nan)).json()
+    assert rejected["rejected"][0]["error"].startswith("timestamp:")
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    too_deep = client.post("/webhooks/sendgrid", content=deep, headers=signed(deep))
+    assert too_deep.status_code == 400
 
 
 def test_bounce_spam_and_unsubscribe_events(service: Any) -> None:

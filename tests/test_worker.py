@@ -45,7 +45,7 @@ def env(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[st
         "NURTURE_HOME": str(home),
         "NURTURE_DATABASE_URL": db_url,
         "NURTURE_OUTBOX_DIR": str(home / "outbox"),
-        "NURTURE_SECRET_KEY": "test",
+        "NURTURE_SECRET_KEY": "worker-test-secret-0123456789abcdef",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -83,6 +83,17 @@ def test_a_held_email_is_reported_by_tick(env: dict[str, str], tmp_path: Path) -
     assert not (home / "outbox").exists()
 
 
+def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
+    """``nurture worker`` in its own process; its log on ``stderr``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "worker"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_the_worker_sends_due_email_on_its_own_clock(env: dict[str, str], tmp_path: Path) -> None:
     now = datetime.now(UTC)
     assert (
@@ -90,13 +101,7 @@ def test_the_worker_sends_due_email_on_its_own_clock(env: dict[str, str], tmp_pa
         == 0
     )
     outbox = Path(env["NURTURE_HOME"]) / "outbox"
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "worker"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_worker(env)
     try:
         deadline = time.monotonic() + 60
         while not list(outbox.glob("*.eml")) and time.monotonic() < deadline:
@@ -107,3 +112,17 @@ def test_the_worker_sends_due_email_on_its_own_clock(env: dict[str, str], tmp_pa
         _, errors = worker.communicate(timeout=30)
     assert len(list(outbox.glob("*.eml"))) == 1, errors
     assert "cy@acme.io" not in errors  # no full addresses in the logs
+
+
+def test_a_job_stopped_by_a_problem_the_operator_can_fix_logs_it_in_one_line(
+    env: dict[str, str],
+) -> None:
+    home = Path(env["NURTURE_HOME"])
+    (home / "campaigns" / "broken.yaml").write_text("campaign: broken\naudience: {lead.x: 1}\n")
+    worker = start_worker(env)
+    time.sleep(8)
+    worker.terminate()
+    _, errors = worker.communicate(timeout=30)
+    failed = [line for line in errors.splitlines() if "job steps" in line]
+    assert failed and "broken.yaml" in failed[0] and "it runs again" in failed[0], errors
+    assert "Traceback" not in errors

@@ -20,6 +20,7 @@ from engine.alerts import wake
 from engine.alerts.enqueue import KINDS, any_pending, enqueue
 from engine.db import reading
 from engine.db.schema import ALERTS, OUTBOX
+from engine.errors import NurtureError, one_line
 from engine.send.dispatch import WEBHOOK, Dispatcher, DispatchReport
 from engine.send.email import Mailer
 from engine.send.webhook import WebhookSender
@@ -106,6 +107,9 @@ class AlertRunner:
         while not self._stop.is_set():
             try:
                 self.job()
+            except NurtureError as error:  # the operator can act on it: no traceback
+                log.error("alerts job failed: %s; it runs again in %s s", one_line(error),
+                          self.interval)  # fmt: skip
             except Exception:
                 log.exception("alerts job failed; it runs again in %s s", self.interval)
             wake.wait(self.interval)

@@ -3,19 +3,25 @@ and (in ``nurture serve``) the scheduler started and stopped with the app."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
 from engine import db as database
+from engine.api.limits import BodyLimit
 from engine.errors import NurtureError
+from engine.redact import Redacting
 from engine.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,31 +63,56 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
     from engine.api import dashboard, events, leads, ops, rulesets, webhooks
 
     if db is None:
-        database.upgrade(settings.database_url)
-        db = database.connect(settings.database_url)
+        db = database.open_database(settings.database_url)
+
+    routers = (webhooks.router, events.router, leads.router, rulesets.router, ops.router,
+               dashboard.router)  # fmt: skip
+    # uvicorn's access log: addresses and tokens in URLs redacted, the route of a lead's page
+    # (`/api/leads/`, before `{email}`) kept.
+    paths = [getattr(route, "path", "") for router in routers for route in router.routes]
+    access_log = Redacting(settings.secrets(), keep={p.split("{")[0] for p in paths if "{" in p})
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ops.redact_access_log()
-        if not scheduler:
-            yield
-            return
-        from apscheduler.schedulers.background import BackgroundScheduler
-
-        from engine.schedule.jobs import Jobs
-
-        clock = BackgroundScheduler(timezone="UTC")
-        Jobs(db, settings).schedule(clock)
-        clock.start()
+        logging.getLogger("uvicorn.access").addFilter(access_log)
         try:
-            yield
+            if scheduler:
+                with _scheduled(db, settings):
+                    yield
+            else:
+                yield
         finally:
-            clock.shutdown(wait=False)
+            logging.getLogger("uvicorn.access").removeFilter(access_log)
 
-    app = FastAPI(title="nurture", lifespan=lifespan, dependencies=[Depends(no_nul)])
+    if warning := webhooks.open_webhook_warning(settings):
+        log.warning(warning)
+    # /docs and /redoc with their scripts and styles served from the fastapi-offline package:
+    # the reference works where no CDN can be reached.
+    app = FastAPIOffline(
+        title="nurture",
+        lifespan=lifespan,
+        dependencies=[Depends(no_nul)],
+        static_url="/docs-assets",
+    )
     app.state.nurture = Context(settings, db)
     app.add_exception_handler(NurtureError, _unprocessable)
-    app.include_router(webhooks.router)
-    for router in (events.router, leads.router, rulesets.router, ops.router, dashboard.router):
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    for router in routers:
         app.include_router(router)
     return app
+
+
+@contextmanager
+def _scheduled(db: Engine, settings: Settings) -> Iterator[None]:
+    """The scheduler of ``nurture serve``, running while the app serves."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from engine.schedule.jobs import Jobs
+
+    clock = BackgroundScheduler(timezone="UTC")
+    Jobs(db, settings).schedule(clock)
+    clock.start()
+    try:
+        yield
+    finally:
+        clock.shutdown(wait=False)

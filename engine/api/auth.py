@@ -1,6 +1,7 @@
 """Who may call the API: the bearer token ``NURTURE_API_TOKEN`` (header ``Authorization: Bearer
-…``), or the same token in the ``nurture_token`` cookie that the dashboard's sign-in page sets.
-The unsubscribe link, the signed SendGrid webhook and ``/healthz`` do not use this."""
+…``), and nothing else: no cookie, so no page of another site can make a signed-in browser call
+the API (the dashboard's own sessions are ``engine.api.sessions``). The unsubscribe link, the
+signed SendGrid webhook and ``/healthz`` do not use this."""
 
 from __future__ import annotations
 
@@ -12,17 +13,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.api.app import Context, context
 
-COOKIE = "nurture_token"
-# Declares the scheme in /openapi.json; the check itself is `valid`, which also reads the cookie.
+# Declares the scheme in /openapi.json; the check itself is `valid`.
 BEARER = HTTPBearer(auto_error=False, description="NURTURE_API_TOKEN")
 
 
 def presented(request: Request) -> str | None:
-    """The token a request carries, from the header or else the cookie."""
+    """The token a request carries in its Authorization header."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value:
+    if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return request.cookies.get(COOKIE)
+    return None
 
 
 def valid(token: str | None, ctx: Context) -> bool:

@@ -1,8 +1,8 @@
 """The dashboard: server-rendered pages at ``/`` for marketers and sales reps (the funnel, hot
 leads and why, campaign figures, the pipeline report, one lead's whole story), behind the API
-token. The sign-in page
-puts the token in the ``nurture_token`` cookie (HttpOnly, SameSite=Strict) that
-``engine.api.auth`` accepts; a page asked for without it redirects there and back.
+token. The sign-in page takes the token and opens a session (``engine.api.sessions``); a page
+asked for without one redirects there and back. The sign-in and sign-out forms are refused when
+posted from another site (their Origin, or else Referer, must be this one).
 
 Templates are Jinja2 files shipped in ``engine/api/pages/`` with autoescaping on; the charts are
 inline SVG drawn from ``engine.reports.charts``; no script runs in the page."""
@@ -12,21 +12,21 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from engine.active import ruleset_in_force
 from engine.api.app import Ctx
-from engine.api.auth import COOKIE, presented, valid
+from engine.api.auth import presented, valid
+from engine.api.sessions import COOKIE, LIFETIME, close_session, is_open, open_session
 from engine.errors import NurtureError
 from engine.reports import charts, overview, pipeline
 from engine.rules.spec import Ruleset
 from engine.timeutil import parse_instant, utcnow
-
-SESSION_DAYS = 14
 
 pages = Environment(
     loader=PackageLoader("engine.api", "pages"),
@@ -66,11 +66,38 @@ def band_classes(ruleset: Ruleset) -> dict[str, str]:
 
 
 def signed_in(request: Request, ctx: Ctx) -> None:
-    """Pages need the token; without it the browser is sent to sign in, then back here."""
-    if not valid(presented(request), ctx):
+    """Pages need a session (or the bearer token, for scripts); without one the browser is sent
+    to sign in, then back here."""
+    if not _signed_in(request, ctx):
         back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         login = "/login?" + urlencode({"next": back})
         raise HTTPException(303, "sign in first", headers={"Location": login})
+
+
+def _signed_in(request: Request, ctx: Ctx) -> bool:
+    session = request.cookies.get(COOKIE)
+    return valid(presented(request), ctx) or is_open(ctx.db, session, ctx.settings.access_token())
+
+
+def _origin(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: no origin of ours
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def from_this_site(request: Request, ctx: Ctx) -> None:
+    """A form post must come from a page of this site: its Origin (or, without one, its Referer)
+    is this server as the browser reached it, or ``NURTURE_PUBLIC_URL``. A post with neither is
+    not a browser's form (a script): SameSite=Strict already keeps other sites' posts without
+    the session cookie."""
+    sender = request.headers.get("origin") or request.headers.get("referer")
+    if sender is None:
+        return
+    here = {_origin(str(request.base_url)), _origin(ctx.settings.public_url)}
+    if _origin(sender) not in here:
+        raise HTTPException(403, "this form can only be sent from nurture's own pages")
 
 
 def _local(target: str | None) -> str:
@@ -82,27 +109,29 @@ def _local(target: str | None) -> str:
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 SignedIn = Depends(signed_in)
+FromThisSite = Depends(from_this_site)
 
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, ctx: Ctx, next: str = "/") -> Response:
-    if valid(presented(request), ctx):
+    if _signed_in(request, ctx):
         return RedirectResponse(_local(next), 303)
     return render("login.html", next=_local(next), error=None)
 
 
-@router.post("/login", response_class=HTMLResponse)
+@router.post("/login", response_class=HTMLResponse, dependencies=[FromThisSite])
 async def login(request: Request, ctx: Ctx) -> Response:
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     token = form.get("token", [""])[0].strip()
     target = _local(form.get("next", ["/"])[0])
     if not valid(token, ctx):
         return render("login.html", 401, next=target, error="That token is not valid.")
+    session = await run_in_threadpool(open_session, ctx.db, token)
     response = RedirectResponse(target, 303)
     response.set_cookie(
         COOKIE,
-        token,
-        max_age=SESSION_DAYS * 86400,
+        session,
+        max_age=int(LIFETIME.total_seconds()),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https" or ctx.settings.public_url.startswith("https:"),
@@ -110,8 +139,10 @@ async def login(request: Request, ctx: Ctx) -> Response:
     return response
 
 
-@router.post("/logout")
-def logout() -> RedirectResponse:
+@router.post("/logout", dependencies=[FromThisSite])
+def logout(request: Request, ctx: Ctx) -> RedirectResponse:
+    """Ends the session for good (a copy of the cookie opens nothing after this)."""
+    close_session(ctx.db, request.cookies.get(COOKIE))
     response = RedirectResponse("/login", 303)
     response.delete_cookie(COOKIE, httponly=True, samesite="strict")
     return response

@@ -66,7 +66,7 @@ async def post_events(request: Request, ctx: Ctx) -> IngestAnswer:
     """Score one event (an object) or several (a list), idempotent by event id. Bad items are
     rejected with the reason and the rest kept; the answer is 200 whatever became of each item,
     listed in ``items`` in request order."""
-    payload = await read_json(request, ctx.settings)
+    payload = await read_json(request)
     if isinstance(payload, dict):
         payload = [payload]
     if not isinstance(payload, list):

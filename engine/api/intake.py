@@ -1,7 +1,7 @@
-"""The HTTP edge of ingest: request bodies read within the configured limits, and records scored
-through the one ingest path (``engine.ingest.batch.ingest``) with the ruleset and campaigns in
-force, exactly as ``nurture ingest`` scores a file. ``POST /api/events``, ``POST /api/leads``, the
-SendGrid webhook and the unsubscribe link all come through here."""
+"""The HTTP edge of ingest: request bodies (within the limit ``engine.api.limits`` enforces) and
+records scored through the one ingest path (``engine.ingest.batch.ingest``) with the ruleset and
+campaigns in force, exactly as ``nurture ingest`` scores a file. ``POST /api/events``,
+``POST /api/leads``, the SendGrid webhook and the unsubscribe link all come through here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from engine.active import Active, NoRuleset, active
 from engine.api.app import Context
 from engine.ingest.batch import IngestResult, ingest
 from engine.ingest.parse import Parsed
-from engine.settings import Settings
 
 
 def in_force(ctx: Context) -> Active:
@@ -36,25 +35,15 @@ def too_large(what: str) -> HTTPException:
     return HTTPException(413, what)
 
 
-async def read_body(request: Request, settings: Settings) -> bytes:
-    """The body, refused with 413 as soon as it passes ``NURTURE_MAX_BODY_BYTES``: a declared
-    length over the limit is refused before reading, an undeclared one while streaming, so an
-    oversized body never sits whole in memory."""
-    limit = settings.max_body_bytes
-    message = f"the body is larger than {limit} bytes (NURTURE_MAX_BODY_BYTES)"
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(message)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large(message)
-    return bytes(body)
+async def read_body(request: Request) -> bytes:
+    """The body, already known to be within ``NURTURE_MAX_BODY_BYTES`` (``engine.api.limits``
+    refuses a larger one before any route runs)."""
+    return await request.body()
 
 
-async def read_json(request: Request, settings: Settings) -> Any:
-    body = await read_body(request, settings)
+def parse_json(body: bytes) -> Any:
+    """A body's JSON, or 400 saying why not (not UTF-8, not JSON, nested deeper than the parser
+    goes)."""
     try:
         return json.loads(body)
     except UnicodeDecodeError:
@@ -64,3 +53,9 @@ async def read_json(request: Request, settings: Settings) -> Any:
             400,
             f"the body is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})",
         ) from None
+    except RecursionError:
+        raise HTTPException(400, "the body is not valid JSON: nested too deeply") from None
+
+
+async def read_json(request: Request) -> Any:
+    return parse_json(await read_body(request))

@@ -57,7 +57,7 @@ async def upsert_lead(request: Request, ctx: Ctx) -> dict[str, Any]:
     """Create or update a lead by email: the attributes given are set (others kept) and the lead
     is scored as a ``profile_update``. Answers the lead as it is now."""
     try:
-        item = profile(await read_json(request, ctx.settings))
+        item = profile(await read_json(request))
     except InvalidRecord as error:
         raise HTTPException(422, str(error)) from None
     result = await run_in_threadpool(score, ctx, [item])

@@ -5,9 +5,6 @@ counts and rule names."""
 
 from __future__ import annotations
 
-import logging
-import re
-
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,32 +13,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.api.app import Ctx
 from engine.api.models import Health
-from engine.db import reading
+from engine.db import failure, reading
 
 router = APIRouter(tags=["operations"])
-# The local part of an email address in a URL (``/api/leads/ana@acme.io``), plain or %-encoded.
-_EMAIL_IN_PATH = re.compile(r"([^/?&=@%\s])[^/?&=@\s]*(@|%40)", re.IGNORECASE)
-
-
-class RedactEmails(logging.Filter):
-    """Access log lines keep the first letter and the domain of an email in a path: enough to
-    tell requests apart, not enough to name a person."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                _EMAIL_IN_PATH.sub(r"\1***\2", arg) if isinstance(arg, str) else arg
-                for arg in record.args
-            )
-        return True
-
-
-ACCESS_LOG_FILTER = RedactEmails()
-
-
-def redact_access_log() -> None:
-    """Called once the server has set up its logging (uvicorn's access log)."""
-    logging.getLogger("uvicorn.access").addFilter(ACCESS_LOG_FILTER)
 
 
 @router.get(
@@ -55,9 +29,7 @@ def healthz(ctx: Ctx) -> Health | JSONResponse:
         with reading(ctx.db) as conn:
             migrated = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except SQLAlchemyError as error:
-        # The driver's first line says what failed (refused, unknown table) without the URL.
-        cause = str(getattr(error, "orig", None) or error).strip().splitlines()
-        reason = f"database: {cause[0] if cause else type(error).__name__}"
+        reason = f"database: {failure(error)}"
         return JSONResponse(Health(status="unavailable", reason=reason).model_dump(), 503)
     if migrated is None:
         body = Health(status="unavailable", reason="database: not migrated (nurture db upgrade)")

@@ -52,7 +52,7 @@ def validate(text: str) -> Validation:
 async def validate_ruleset(request: Request, ctx: Ctx) -> Validation:
     """Check a ruleset (its YAML text as the body): every problem with its line and a sentence,
     and the warnings ``nurture rules check`` gives. 200 whether or not it is valid."""
-    body = await read_body(request, ctx.settings)
+    body = await read_body(request)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +21,7 @@ from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from sqlalchemy import select
 
 from engine.api.app import Context, Ctx
-from engine.api.intake import score
+from engine.api.intake import parse_json, read_body, score
 from engine.api.models import errors
 from engine.db import reading
 from engine.db.schema import LEADS
@@ -28,6 +30,7 @@ from engine.ingest.batch import IngestResult
 from engine.ingest.parse import Parsed, Rejection, record
 from engine.send.dispatch import settle_processed
 from engine.send.unsubscribe import BadToken, matches, read_token
+from engine.settings import Settings
 from engine.timeutil import isoformat, utcnow
 
 log = logging.getLogger(__name__)
@@ -44,17 +47,46 @@ EVENT_TYPES = {
 }
 # Events that prove the provider holds a message.
 SETTLING = frozenset({"processed", "delivered"})
+MAX_ROW_ID = 2**31 - 1  # outbox ids are 32-bit integers
 PROPERTIES = ("outbox_id", "url", "reason", "sg_message_id", "useragent", "category")
+
+
+# How far a signed call's timestamp may be from our clock: older is a replay, later a forgery
+# made for later use. SendGrid signs each delivery (retries included) when it sends it.
+SIGNATURE_WINDOW = 600  # seconds
+
+
+def open_webhook_warning(settings: Settings) -> str | None:
+    """What ``nurture serve`` and the log say at start when the webhook takes unsigned calls."""
+    if settings.sendgrid_webhook_insecure and not settings.sendgrid_webhook_public_key:
+        return (
+            "NURTURE_SENDGRID_WEBHOOK_INSECURE=1 and no NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY: "
+            "/webhooks/sendgrid takes unsigned calls, so anyone who can reach it can "
+            "unsubscribe, score or settle"
+        )
+    return None
 
 
 def _verify(ctx: Context, request: Request, body: bytes) -> None:
     key = ctx.settings.sendgrid_webhook_public_key
     if not key:
-        return
+        if ctx.settings.sendgrid_webhook_insecure:
+            return
+        raise HTTPException(
+            403,
+            "the SendGrid webhook is closed: set NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY (or "
+            "NURTURE_SENDGRID_WEBHOOK_INSECURE=1 to accept unsigned calls)",
+        )
     signature = request.headers.get(EventWebhookHeader.SIGNATURE)
     timestamp = request.headers.get(EventWebhookHeader.TIMESTAMP)
-    if not signature or not timestamp:
+    if not signature or timestamp is None:
         raise HTTPException(403, "missing SendGrid signature headers")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise HTTPException(403, "the SendGrid timestamp is not a number of seconds")
+    if abs(time.time() - int(timestamp)) > SIGNATURE_WINDOW:
+        raise HTTPException(
+            403, f"the SendGrid timestamp is more than {SIGNATURE_WINDOW} seconds from now"
+        )
     try:
         genuine = EventWebhook(key).verify_signature(body.decode("utf-8"), signature, timestamp)
     except (ValueError, UnicodeDecodeError):
@@ -80,35 +112,60 @@ def _event(index: int, item: Any) -> Parsed | None:
         "type": kind,
         "properties": {k: item[k] for k in PROPERTIES if k in item},
     }
-    if isinstance(item.get("timestamp"), int | float):
-        raw["occurred_at"] = isoformat(datetime.fromtimestamp(item["timestamp"], UTC))
+    if "timestamp" in item:
+        try:
+            raw["occurred_at"] = isoformat(_instant(item["timestamp"]))
+        except ValueError:
+            return Rejection(index, "timestamp: not a Unix time in seconds")
     try:
         return record(index, raw)
     except InvalidRecord as error:
         return Rejection(index, str(error))
 
 
+def _instant(stamp: Any) -> datetime:
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not math.isfinite(stamp):
+        raise ValueError(stamp)
+    try:
+        return datetime.fromtimestamp(stamp, UTC)
+    except (OverflowError, OSError) as error:  # beyond what a date holds
+        raise ValueError(stamp) from error
+
+
+def _outbox_id(item: dict[str, Any]) -> int | None:
+    """The outbox row a ``processed`` event names (SendGrid echoes it as text), if it is one."""
+    try:
+        found = int(str(item["outbox_id"]))
+    except (KeyError, ValueError):
+        return None
+    return found if 0 < found <= MAX_ROW_ID else None
+
+
+def _settling(payload: list[Any]) -> dict[int, str]:
+    """Outbox id → SendGrid's message id, for the events that prove SendGrid holds a message."""
+    settled: dict[int, str] = {}
+    for item in payload:
+        if not isinstance(item, dict) or not isinstance(item.get("event"), str):
+            continue
+        if item["event"] in SETTLING and (outbox_id := _outbox_id(item)) is not None:
+            settled[outbox_id] = str(item.get("sg_message_id") or "")[:200]
+    return settled
+
+
 @router.post("/webhooks/sendgrid", tags=["feedback"], responses=errors(400, 403, 503))
 async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     """SendGrid's event webhook: opens, clicks, bounces, spam reports and unsubscribes score
     through the rules (duplicates by ``sg_event_id`` are dropped); ``processed`` events settle
-    messages a crashed dispatcher left uncertain. Signature-checked when a key is set."""
-    body = await request.body()
+    messages a crashed dispatcher left uncertain. Only calls signed with the key
+    ``NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY`` within the last minutes are taken (unless
+    ``NURTURE_SENDGRID_WEBHOOK_INSECURE=1``)."""
+    body = await read_body(request)
     _verify(ctx, request, body)
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise HTTPException(400, "the body must be a JSON array of SendGrid events") from None
+    payload = parse_json(body)
     if not isinstance(payload, list):
         raise HTTPException(400, "the body must be a JSON array of SendGrid events")
     items = [found for i, item in enumerate(payload) if (found := _event(i, item)) is not None]
-    settled: dict[int, str] = {}
-    for item in payload:
-        if isinstance(item, dict) and item.get("event") in SETTLING:
-            try:
-                settled[int(item["outbox_id"])] = str(item.get("sg_message_id") or "")
-            except (KeyError, TypeError, ValueError):
-                continue
+    settled = _settling(payload)
     # Database work off the event loop: other requests go on being served meanwhile.
     result = await run_in_threadpool(score, ctx, items) if items else IngestResult()
     count = await run_in_threadpool(settle_processed, ctx.db, list(settled), settled)

@@ -3,16 +3,34 @@ first) and the ruleset and campaigns in force."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.markup import escape
 from sqlalchemy import Engine
+from typer.core import TyperGroup
 
 from engine import db as database
 from engine.active import Active, NoRuleset, active
 from engine.cli.output import err, fail
+from engine.errors import NurtureError
 from engine.settings import Settings
 
-app = typer.Typer(help="Rules-engine lead scoring and nurturing.", no_args_is_help=True)
+
+class Commands(TyperGroup):
+    """The root command: an error the user can act on (:class:`NurtureError`: a bad setting, an
+    unreachable database, ...) ends any command with its sentence and exit 1, not a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer.Context; typed loosely as typer vendors click
+        try:
+            return super().invoke(ctx)
+        except NurtureError as error:
+            raise fail(str(error)) from None
+
+
+app = typer.Typer(
+    help="Rules-engine lead scoring and nurturing.", no_args_is_help=True, cls=Commands
+)
 rules_app = typer.Typer(help="Check and test rulesets.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 model_app = typer.Typer(help="Predictive scores that rulesets can read.", no_args_is_help=True)
@@ -22,8 +40,8 @@ app.add_typer(model_app, name="model")
 
 
 def open_db(settings: Settings) -> Engine:
-    database.upgrade(settings.database_url)
-    return database.connect(settings.database_url)
+    """The database, migrated; one sentence and exit 1 (see ``Commands``) when it cannot be."""
+    return database.open_database(settings.database_url)
 
 
 def scoring(db: Engine, settings: Settings) -> Active:

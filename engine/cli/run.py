@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from engine import db as database
 from engine.cli.app import app, db_app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, err, fail, out
 from engine.errors import NurtureError
@@ -62,6 +61,7 @@ def worker_command() -> None:
 
     settings = get_settings()
     configure_logging(settings)
+    settings.signing_key()  # unsubscribe links are signed with it: refused now if unusable
     db = open_db(settings)
     scoring(db, settings)
     scheduler = BlockingScheduler(timezone="UTC")
@@ -83,12 +83,16 @@ def serve_command(
     import uvicorn
 
     from engine.api.app import create_app
+    from engine.api.webhooks import open_webhook_warning
 
     settings = get_settings()
     configure_logging(settings)
     db = open_db(settings)
     scoring(db, settings)
-    settings.access_token()  # creates the kept token file before anyone is told to read it
+    # Both secrets made (or refused) now, not on the first request: the kept token file exists
+    # before anyone is told to read it.
+    settings.access_token()
+    settings.signing_key()
     # Where the token is, never the token itself: this line ends up in logs.
     where = "NURTURE_API_TOKEN" if settings.api_token else f"in {settings.token_file}"
     err.print(
@@ -97,6 +101,8 @@ def serve_command(
         highlight=False,
     )
     app = create_app(settings, db, scheduler=True)
+    if warning := open_webhook_warning(settings):
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     # log_config=None: uvicorn logs through the handlers configure_logging set up.
     uvicorn.run(app, host=host, port=port, log_config=None, log_level=settings.log_level.lower())
 
@@ -104,8 +110,7 @@ def serve_command(
 @db_app.command("upgrade")
 def upgrade_command() -> None:
     """Apply migrations (every command also does this on start)."""
-    settings = get_settings()
-    database.upgrade(settings.database_url)
+    open_db(get_settings())
     out.print("database is up to date")
 
 

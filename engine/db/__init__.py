@@ -3,19 +3,25 @@ writes (:mod:`.bulk`). Imports nothing of ``engine`` above it."""
 
 from engine.db.bulk import append_rows, upsert
 from engine.db.connect import (
+    DatabaseUnavailable,
     alembic_config,
     connect,
+    failure,
     normalise_url,
+    open_database,
     reading,
     scratch_schema,
     upgrade,
 )
 
 __all__ = [
+    "DatabaseUnavailable",
     "alembic_config",
     "append_rows",
     "connect",
+    "failure",
     "normalise_url",
+    "open_database",
     "reading",
     "scratch_schema",
     "upgrade",

@@ -12,10 +12,22 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from engine.errors import NurtureError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SUPPORTED = ("sqlite", "postgresql")
+KINDS = "use sqlite:///PATH or postgresql://USER@HOST/DB"
+CONNECT_TIMEOUT = 10  # seconds: an unreachable PostgreSQL host is reported, not waited on
+
+
+class DatabaseUnavailable(NurtureError):
+    """The database cannot be opened; ``str()`` names it (password hidden) and why, in one
+    sentence."""
 
 
 def normalise_url(url: str) -> str:
@@ -34,8 +46,40 @@ def connect(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 60})
         _sqlite_serialised_writes(engine)
     else:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(
+            url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT}
+        )
     return engine
+
+
+def open_database(url: str) -> Engine:
+    """The database at ``url``, migrated: what every command and the server open first.
+    Whatever stops that (a URL that is none, a kind of database nurture does not run on, a
+    server that refuses, a missing file or database) is :class:`DatabaseUnavailable`."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Not parsed, so its password cannot be told apart: the URL is not repeated.
+        raise DatabaseUnavailable(f"NURTURE_DATABASE_URL is not a database URL ({KINDS})") from None
+    where = f"cannot open the database at {parsed.render_as_string(hide_password=True)}"
+    kind = parsed.get_backend_name()
+    if kind not in SUPPORTED:
+        raise DatabaseUnavailable(f"{where}: {kind} databases are not supported ({KINDS})")
+    try:
+        upgrade(url)
+    except (SQLAlchemyError, CommandError, ImportError) as error:
+        reason = failure(error)
+        if parsed.password:
+            reason = reason.replace(str(parsed.password), "***")
+        raise DatabaseUnavailable(f"{where}: {reason}") from None
+    return connect(url)
+
+
+def failure(error: BaseException) -> str:
+    """The first line of what the driver said (refused, unknown database, no such table), which
+    names the problem without the URL."""
+    cause = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return cause[0].strip() if cause else type(error).__name__
 
 
 @contextmanager

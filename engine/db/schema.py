@@ -237,6 +237,19 @@ class Alert(SQLModel, table=True):
     )
 
 
+class DashboardSession(SQLModel, table=True):
+    """A signed-in dashboard browser. Keyed by the SHA-256 of the session id (the id itself is
+    only in the browser's cookie); ``credential`` fingerprints the API token it was opened with,
+    so that a new token ends every session. Signing out deletes the row."""
+
+    __tablename__ = "dashboard_session"
+
+    id_hash: str = Field(max_length=64, primary_key=True)
+    credential: str = Field(max_length=64)
+    created_at: datetime
+    expires_at: datetime = Field(index=True)
+
+
 def _table(model: type[SQLModel]) -> Table:
     table: Table = model.__table__  # type: ignore[attr-defined]
     return table
@@ -254,3 +267,4 @@ VERSIONS = _table(RulesetVersion)
 ENROLLMENTS = _table(Enrollment)
 OUTBOX = _table(OutboxMessage)
 ALERTS = _table(Alert)
+SESSIONS = _table(DashboardSession)

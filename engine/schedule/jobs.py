@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 
 from engine.active import campaigns_in_force, ruleset_in_force
 from engine.alerts.job import AlertJob, AlertReport, AlertRunner
+from engine.errors import NurtureError, one_line
 from engine.render.templates import Renderer
 from engine.schedule.decay import decay
 from engine.schedule.steps import StepReport, StepRunner
@@ -141,6 +142,12 @@ def _logged(
     def run() -> None:
         try:
             result = job(utcnow())
+        except NurtureError as error:
+            # A problem the operator can fix (a broken campaign file): its sentence, no traceback.
+            log.error(
+                "job %s failed: %s; it runs again at its next interval", name, one_line(error)
+            )
+            return
         except Exception:
             log.exception("job %s failed; it runs again at its next interval", name)
             return

@@ -33,6 +33,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, u
 from engine import metrics
 from engine.db import reading
 from engine.db.schema import EVENTS, LEADS, OUTBOX
+from engine.redact import redact
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.send.webhook import WebhookSender
 from engine.settings import Settings
@@ -202,7 +203,8 @@ class Dispatcher:
             report.sent += 1
             report.sent_ids.append(row.id)
             return _settle(row.id, OutboxStatus.SENT, b_provider=outcome, b_sent=now)
-        reason = str(outcome) or type(outcome).__name__
+        # Providers quote the recipient in their errors: kept and logged without it.
+        reason = redact(str(outcome) or type(outcome).__name__)
         if isinstance(outcome, TransientError) and row.attempts < self.settings.max_attempts:
             report.retried += 1
             wait = backoff(row.attempts, outcome.retry_after)
