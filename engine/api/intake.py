@@ -5,11 +5,11 @@ SendGrid webhook and the unsubscribe link all come through here."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import HTTPException, Request
 
+from engine import jsontext
 from engine.active import Active, NoRuleset, active
 from engine.api.app import Context
 from engine.ingest.batch import IngestResult, ingest
@@ -56,11 +56,6 @@ async def read_body(request: Request, settings: Settings) -> bytes:
 async def read_json(request: Request, settings: Settings) -> Any:
     body = await read_body(request, settings)
     try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise HTTPException(400, "the body is not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise HTTPException(
-            400,
-            f"the body is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})",
-        ) from None
+        return jsontext.loads(body)
+    except jsontext.JsonError as error:
+        raise HTTPException(400, f"the body is not valid JSON: {error}") from None

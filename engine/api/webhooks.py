@@ -18,6 +18,7 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from sqlalchemy import select
 
+from engine import jsontext
 from engine.api.app import Context, Ctx
 from engine.api.intake import score
 from engine.api.models import errors
@@ -81,7 +82,10 @@ def _event(index: int, item: Any) -> Parsed | None:
         "properties": {k: item[k] for k in PROPERTIES if k in item},
     }
     if isinstance(item.get("timestamp"), int | float):
-        raw["occurred_at"] = isoformat(datetime.fromtimestamp(item["timestamp"], UTC))
+        try:
+            raw["occurred_at"] = isoformat(datetime.fromtimestamp(item["timestamp"], UTC))
+        except (OverflowError, OSError, ValueError):  # NaN, 1e400, milliseconds, ...
+            return Rejection(index, "timestamp: not a time")
     try:
         return record(index, raw)
     except InvalidRecord as error:
@@ -96,9 +100,10 @@ async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     body = await request.body()
     _verify(ctx, request, body)
     try:
-        payload = json.loads(body)
-    except ValueError:
-        raise HTTPException(400, "the body must be a JSON array of SendGrid events") from None
+        payload = jsontext.loads(body)
+    except jsontext.JsonError as error:
+        message = f"the body must be a JSON array of SendGrid events: {error}"
+        raise HTTPException(400, message) from None
     if not isinstance(payload, list):
         raise HTTPException(400, "the body must be a JSON array of SendGrid events")
     items = [found for i, item in enumerate(payload) if (found := _event(i, item)) is not None]
@@ -106,9 +111,11 @@ async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     for item in payload:
         if isinstance(item, dict) and item.get("event") in SETTLING:
             try:
-                settled[int(item["outbox_id"])] = str(item.get("sg_message_id") or "")
-            except (KeyError, TypeError, ValueError):
+                outbox_id = int(item["outbox_id"])
+            except (KeyError, TypeError, ValueError, OverflowError):
                 continue
+            if 0 < outbox_id < 2**63:  # ids the database can hold; others settle nothing
+                settled[outbox_id] = str(item.get("sg_message_id") or "")
     # Database work off the event loop: other requests go on being served meanwhile.
     result = await run_in_threadpool(score, ctx, items) if items else IngestResult()
     count = await run_in_threadpool(settle_processed, ctx.db, list(settled), settled)
