@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     home: Path = Path(".")
     # Which ruleset in rulesets/ scores leads: a name or a file; default the only one there.
     ruleset: str | None = None
-    batch_size: int = 2000
+    batch_size: int = Field(default=2000, ge=1, le=100_000)  # records per transaction
     log_level: str = "INFO"  # serve and worker: DEBUG, INFO, WARNING, ERROR
 
     # Sending: the backend, its endpoints, and how the dispatcher paces itself.

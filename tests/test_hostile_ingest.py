@@ -5,6 +5,7 @@ is one rejection naming its line (or item) and the problem; every other record i
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -14,15 +15,25 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.alerts.content import AlertView, slack_payload
 from engine.alerts.decide import recipient
 from engine.api.app import create_app
 from engine.campaigns.load import parse_campaign
-from engine.db.schema import EVENTS
+from engine.db.schema import EVENTS, LEADS
 from engine.errors import InvalidRecord, ProblemsError
 from engine.ingest.batch import ingest
-from engine.ingest.parse import EventRecord, parse_jsonl, record
+from engine.ingest.parse import (
+    MAX_FIELDS,
+    EventRecord,
+    LeadRecord,
+    Rejection,
+    parse_jsonl,
+    parse_stream,
+    record,
+)
 from engine.settings import Settings, get_settings
 from tests.helpers import compiled
 from tests.store_support import nurture
@@ -429,3 +440,63 @@ def test_conflicts_are_found_in_one_query_per_batch(db_url: str, home: Path) -> 
     assert (result.accepted, len(result.rejected)) == (0, 49)
     event_reads = [s for s in statements if s.lstrip().startswith("SELECT") and "event" in s]
     assert len(event_reads) == 1, event_reads
+
+
+# -- whatever a file holds ---------------------------------------------------------------------
+
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True)
+pieces = st.sampled_from(
+    ['"', '""', ",", "\r", "\n", "\r\n", "x", " ", "{", "[", "]", "}", ":", "\x00", "\ufeff",
+     "id", "email", "type", "ana@acme.io", "page_view", "\\", "'", "\u2028", "\ud800", "9" * 30]
+)  # fmt: skip
+garbage = st.lists(pieces, max_size=40).map("".join)
+
+
+def parsed_from(text: str, name: str) -> list[Any]:
+    return list(parse_stream(io.StringIO(text, newline=""), name))
+
+
+@FUZZ
+@given(garbage, st.sampled_from(["x.csv", "x.jsonl", "-"]))
+def test_any_text_is_records_or_rejections_never_a_traceback(text: str, name: str) -> None:
+    lines = len(re.split(r"\r\n|\r|\n", text))
+    for item in parsed_from(text, name):
+        assert isinstance(item, LeadRecord | EventRecord | Rejection)
+        assert 1 <= item.line <= lines, (item, lines)
+        if isinstance(item, Rejection):
+            assert item.error
+
+
+@FUZZ
+@given(st.integers(0, 6), garbage.filter(lambda t: "\n" not in t), st.sampled_from(["\n", "\r\n"]))
+def test_one_broken_csv_line_loses_no_other_row(where: int, bad: str, end: str) -> None:
+    rows = [f"v{i},ana@acme.io,page_view" for i in range(6)]
+    rows.insert(where, bad.replace("\r\n", "\r"))
+    found = parsed_from(end.join(["id,email,type", *rows]) + end, "x.csv")
+    kept = {item.id for item in found if isinstance(item, EventRecord)}
+    assert {f"v{i}" for i in range(6)} <= kept, found
+
+
+def test_a_batch_size_that_would_drop_every_record_is_refused() -> None:
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="batch_size"):
+            Settings(batch_size=size)
+
+
+def test_a_lead_gathers_at_most_so_many_attributes(db_url: str) -> None:
+    from engine import db as database
+
+    database.upgrade(db_url)
+    db = database.connect(db_url)
+    profiles = [
+        {"id": f"p{n}", "email": "ana@acme.io", **{f"a{n}_{i}": i for i in range(400)}}
+        for n in range(3)
+    ]
+    result = ingest(db, RULES, parse_jsonl([json.dumps(p) for p in profiles]))
+    assert result.accepted == 2
+    assert [(r.line, r.error) for r in result.rejected] == [
+        (3, f"a2_0: the lead would have more than {MAX_FIELDS} attributes")
+    ]
+    with db.connect() as conn:
+        stored = conn.execute(sa.select(LEADS.c.attributes)).scalar_one()
+    assert len(stored if isinstance(stored, dict) else json.loads(stored)) < MAX_FIELDS

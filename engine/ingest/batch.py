@@ -29,7 +29,7 @@ from engine.alerts import wake
 from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest import outcome, state
 from engine.ingest.outcome import LoadedLead, Rows
-from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
+from engine.ingest.parse import MAX_FIELDS, LeadRecord, Parsed, Record, Rejection
 from engine.ingest.write import ConflictError, write
 from engine.rules.account import ACCOUNT_FIELDS, AccountBook, account_domain
 from engine.rules.compile import CompiledRuleset
@@ -207,6 +207,12 @@ class _Batch:
         event = Event(record.id, kind, at, properties)
         attributes = dict(record.attributes)
         subscribed = attributes.pop("subscribed", None)
+        added = [key for key in attributes if key not in lead.state.attributes]
+        if added and len(lead.state.attributes) + len(added) > MAX_FIELDS:
+            # Each record is bounded; so is what a lead gathers from many of them.
+            error = f"{added[0]}: the lead would have more than {MAX_FIELDS} attributes"
+            self.result.rejected.append(Rejection(record.line, error))
+            return False
         lead.state.attributes.update(attributes)
         if self.accounts is not None:
             domain = account_domain(lead.state.attributes, lead.email)
