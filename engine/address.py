@@ -12,6 +12,7 @@ rather than turned into the address it imitates.
 from __future__ import annotations
 
 import unicodedata
+from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -20,6 +21,7 @@ from engine.errors import InvalidRecord
 MAX_LENGTH = 320
 
 
+@lru_cache(maxsize=1 << 16)  # a lead's address comes again with each of its events
 def normal_address(text: str) -> str:
     """``text`` as a lead key (trimmed, lower-cased, ASCII domain), or ValueError saying why."""
     text = text.strip()

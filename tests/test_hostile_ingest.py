@@ -30,6 +30,7 @@ from engine.ingest.parse import (
     EventRecord,
     LeadRecord,
     Rejection,
+    csv_value,
     parse_jsonl,
     parse_stream,
     record,
@@ -500,3 +501,32 @@ def test_a_lead_gathers_at_most_so_many_attributes(db_url: str) -> None:
     with db.connect() as conn:
         stored = conn.execute(sa.select(LEADS.c.attributes)).scalar_one()
     assert len(stored if isinstance(stored, dict) else json.loads(stored)) < MAX_FIELDS
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"type": "page\nview"}, "type: must be a name"),
+        ({"type": "page\u200bview"}, "type: must be a name"),
+        ({"id": "e\x1b[31m1"}, "id: must be text"),
+        ({"id": "e" * 201}, "id: must be text"),
+        ({"properties": {"\x1b[2Jred": 1}}, "properties.'\\x1b[2Jred': a field name is"),
+        ({"properties": {"k" * 201: 1}}, f"properties.'{'k' * 40}': a field name is 1 to 200"),
+        ({"properties": {"": 1}}, "properties.'': a field name"),
+        ({"properties": {f"k{i}": i for i in range(1001)}}, "properties: more than 1000 fields"),
+        ({"lead": {"job\u2028title": "VP"}}, "lead.'job\\u2028title': a field name"),
+        ({"lead": {f"k{i}": i for i in range(1001)}}, "lead: more than 1000 fields"),
+    ],
+)
+def test_names_are_bounded_and_visible(changes: dict[str, Any], error: str) -> None:
+    with pytest.raises(InvalidRecord) as caught:
+        record(1, {**view("e1"), **changes})
+    assert str(caught.value).startswith(error)
+
+
+def test_a_profile_with_too_many_attributes_is_refused_and_words_stay_words() -> None:
+    with pytest.raises(InvalidRecord, match=r"^the record: more than 1000 fields"):
+        record(1, {"email": "ana@acme.io", **{f"k{i}": i for i in range(1001)}})
+    assert [csv_value(cell) for cell in ("nan", "inf", "-inf", "1e400", "12", "1.5")] == [
+        "nan", "inf", "-inf", "1e400", 12, 1.5
+    ]  # fmt: skip

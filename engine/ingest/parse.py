@@ -88,7 +88,7 @@ def _is_name(text: str, limit: int = MAX_NAME_LENGTH) -> bool:
 def _names(raw: Mapping[str, Any], where: str) -> None:
     """An object's keys as names a person can read and rules can address, and not too many."""
     if len(raw) > MAX_FIELDS:
-        raise InvalidRecord(f"{where or 'a record'}: more than {MAX_FIELDS} fields")
+        raise InvalidRecord(f"{where.rstrip('.') or 'the record'}: more than {MAX_FIELDS} fields")
     for key in raw:
         if not _is_name(key):
             raise InvalidRecord(
