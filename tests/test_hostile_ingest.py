@@ -510,6 +510,7 @@ def test_a_lead_gathers_at_most_so_many_attributes(db_url: str) -> None:
         ({"properties": {f"k{i}": i for i in range(1001)}}, "properties: more than 1000 fields"),
         ({"lead": {"job\u2028title": "VP"}}, "lead.'job\\u2028title': a field name"),
         ({"lead": {f"k{i}": i for i in range(1001)}}, "lead: more than 1000 fields"),
+        ({"\x1b]0;owned\x07": 1}, "'\\x1b]0;owned\\x07': unknown field"),  # no terminal codes
     ],
 )
 def test_names_are_bounded_and_visible(changes: dict[str, Any], error: str) -> None:

@@ -85,6 +85,12 @@ def _is_name(text: str, limit: int = MAX_NAME_LENGTH) -> bool:
     return 0 < len(text) <= limit and _HIDDEN.search(text) is None
 
 
+def _shown(key: str) -> str:
+    """A key as an error message may show it: quoted and cut when it is no name (a terminal
+    would act on its escape sequences)."""
+    return key if _is_name(key) else repr(key[:40])
+
+
 def _names(raw: Mapping[str, Any], where: str) -> None:
     """An object's keys as names a person can read and rules can address, and not too many."""
     if len(raw) > MAX_FIELDS:
@@ -92,7 +98,7 @@ def _names(raw: Mapping[str, Any], where: str) -> None:
     for key in raw:
         if not _is_name(key):
             raise InvalidRecord(
-                f"{where}{key[:40]!r}: a field name is 1 to {MAX_NAME_LENGTH} characters, "
+                f"{where}{_shown(key)}: a field name is 1 to {MAX_NAME_LENGTH} characters, "
                 "without control or invisible characters"
             )
 
@@ -163,7 +169,7 @@ def record(line: int, raw: object) -> Record:
     unknown = set(raw) - EVENT_KEYS
     if unknown:
         raise InvalidRecord(
-            f"{sorted(unknown)[0]}: unknown field; event properties go under `properties`"
+            f"{_shown(sorted(unknown)[0])}: unknown field; event properties go under `properties`"
         )
     properties = raw.get("properties") or {}
     if not isinstance(properties, dict):
