@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.address import normal_address
 from engine.errors import NurtureError
 from engine.redact import Redacting
 from engine.timeutil import parse_duration
@@ -37,7 +38,7 @@ class Settings(BaseSettings):
     home: Path = Path(".")
     # Which ruleset in rulesets/ scores leads: a name or a file; default the only one there.
     ruleset: str | None = None
-    batch_size: int = Field(default=2000, gt=0)
+    batch_size: int = Field(default=2000, ge=1, le=100_000)  # records per transaction
     log_level: str = "INFO"  # serve and worker: DEBUG, INFO, WARNING, ERROR
 
     # Sending: the backend, its endpoints, and how the dispatcher paces itself.
@@ -123,9 +124,23 @@ class Settings(BaseSettings):
         """Durations as rulesets write them: ``7d``, ``12h``, ``0s``."""
         return parse_duration(value, zero=True) if isinstance(value, str) else value
 
+    @field_validator("sales_email", "alert_from", "sales_roster")
+    @classmethod
+    def _addresses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Addresses alerts go to or come from, in the strict syntax leads' addresses have (the
+        roster is a comma-separated list of them)."""
+        if not value:
+            return value
+        parts = value.split(",") if info.field_name == "sales_roster" else [value]
+        try:
+            return ",".join(normal_address(part) for part in parts if part.strip())
+        except ValueError as error:
+            name = f"NURTURE_{str(info.field_name).upper()}"
+            raise ValueError(f"{name}: not an email address ({error})") from None
+
     @property
     def roster(self) -> list[str]:
-        return [rep.strip() for rep in self.sales_roster.split(",") if rep.strip()]
+        return [rep for rep in self.sales_roster.split(",") if rep]
 
     @property
     def alert_sender(self) -> str:

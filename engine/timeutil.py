@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from engine.errors import NurtureError
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

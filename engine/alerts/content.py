@@ -48,13 +48,24 @@ def _why(view: AlertView) -> str:
 
 
 def _escape(text: str) -> str:
-    """Slack mrkdwn treats &, < and > as markup."""
+    """Slack mrkdwn reads &, < and > as markup (links, @channel, mentions): escaped as Slack's
+    formatting guide says, so lead data shows as the text it is."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _link(url: str, label: str) -> str:
+    """A mrkdwn link ``<url|label>``. In the URL a ``|`` would end it and ``>`` the link, so
+    both (and ``<``) are percent-encoded; a label holding a ``|`` has no safe spelling (Slack
+    has no escape for it), so such a label is shown as plain text without the link."""
+    if "|" in label:
+        return _escape(label)
+    target = url.replace("|", "%7C").replace("<", "%3C").replace(">", "%3E")
+    return f"<{_escape(target)}|{_escape(label)}>"
 
 
 def slack_payload(view: AlertView) -> dict[str, Any]:
     fields = [
-        ("Lead", f"<mailto:{view.email}|{_escape(view.email)}>"),
+        ("Lead", _link(f"mailto:{quote(view.email, safe='@')}", view.email)),
         ("Company", _escape(view.company or "—")),
         ("Score", f"{view.score} ({view.temperature})"),
         ("Stage", _escape(view.stage)),
@@ -66,7 +77,8 @@ def slack_payload(view: AlertView) -> dict[str, Any]:
         for r in view.reasons
     )
     events = "\n".join(
-        f"• {e['at']} {_escape(e['type'])}" + (f" {_escape(e['detail'])}" if e["detail"] else "")
+        f"• {_escape(str(e['at']))} {_escape(e['type'])}"
+        + (f" {_escape(e['detail'])}" if e["detail"] else "")
         for e in view.events
     )
     blocks: list[dict[str, Any]] = [
@@ -103,7 +115,7 @@ def slack_payload(view: AlertView) -> dict[str, Any]:
         }
     )
     text = _escape(f"{headline(view)}. Why: {_why(view)}.")
-    return {"text": f"{text} <{view.url}|Open lead>", "blocks": blocks}
+    return {"text": f"{text} {_link(view.url, 'Open lead')}", "blocks": blocks}
 
 
 def _reason_line(reason: dict[str, Any]) -> str:

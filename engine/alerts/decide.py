@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from engine.address import address_or_none
 from engine.timeutil import isoformat
 
 
@@ -86,8 +87,9 @@ def recipient(
     """Who the alert email goes to, and why: the lead's ``owner`` when it is an address, else the
     roster's rep at ``turn`` (round-robin; the caller writes them back as the owner), else the
     sales team's address. (None, None) when there is nobody."""
-    if isinstance(owner, str) and "@" in owner:
-        return owner.strip(), "owner"
+    address = address_or_none(owner)
+    if address is not None:
+        return address, "owner"
     if roster and not owner:
         return roster[turn % len(roster)], "roster"
     if sales_email:

@@ -5,11 +5,11 @@ campaigns in force, exactly as ``nurture ingest`` scores a file. ``POST /api/eve
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import HTTPException, Request
 
+from engine import jsontext
 from engine.active import Active, NoRuleset, active
 from engine.api.app import Context
 from engine.ingest.batch import IngestResult, ingest
@@ -45,16 +45,9 @@ def parse_json(body: bytes) -> Any:
     """A body's JSON, or 400 saying why not (not UTF-8, not JSON, nested deeper than the parser
     goes)."""
     try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise HTTPException(400, "the body is not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise HTTPException(
-            400,
-            f"the body is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})",
-        ) from None
-    except RecursionError:
-        raise HTTPException(400, "the body is not valid JSON: nested too deeply") from None
+        return jsontext.loads(body)
+    except jsontext.JsonError as error:
+        raise HTTPException(400, f"the body is not valid JSON: {error}") from None
 
 
 async def read_json(request: Request) -> Any:

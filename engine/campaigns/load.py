@@ -11,7 +11,7 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from engine.address import is_address
+from engine.address import normal_address
 from engine.campaigns import spec
 from engine.errors import Problem, ProblemsError
 from engine.rules import spec as rules
@@ -99,11 +99,15 @@ class _CampaignParser:
 
     def sender(self, doc: CommentedMap) -> tuple[str, str | None]:
         node, line = doc.get("from"), key_line(doc, "from", 1)
-        if not isinstance(node, CommentedMap) or not is_address(str(node.get("email", ""))):
+        try:
+            if not isinstance(node, CommentedMap):
+                raise ValueError("missing")
+            email = normal_address(str(node.get("email", "")))
+        except ValueError:
             self.problem(line, "`from:` needs {email: you@example.com, name: Sender}")
             return "", None
         name = node.get("name")
-        return str(node["email"]), str(name) if name is not None else None
+        return email, str(name) if name is not None else None
 
     def send_window(self, doc: CommentedMap) -> spec.SendWindow | None:
         node, line = doc.get("send_window"), key_line(doc, "send_window", 1)

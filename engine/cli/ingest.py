@@ -47,7 +47,8 @@ def ingest_command(
     if file == "-":
         stream, total = sys.stdin, None
         if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="surrogateescape")
+            # No newline translation, as for files: a bare CR inside a row must reach the reader.
+            stream.reconfigure(errors="surrogateescape", newline="")
     else:
         path = Path(file)
         if not path.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import suppress
+from datetime import timedelta
 from typing import Annotated
 
 import typer
@@ -13,7 +14,9 @@ from engine.cli.output import JsonFlag, emit_json, err, fail, out
 from engine.errors import NurtureError
 from engine.schedule.jobs import Jobs
 from engine.settings import configure_logging, get_settings
-from engine.timeutil import isoformat, parse_instant, utcnow
+from engine.timeutil import EPOCH, isoformat, parse_instant, utcnow
+
+TICK_AHEAD = timedelta(days=100 * 365)  # how far ahead `tick --now` may simulate
 
 
 @app.command("tick")
@@ -29,6 +32,10 @@ def tick_command(
         moment = parse_instant(now) if now else utcnow()
     except NurtureError as error:
         raise fail(f"--now: {error}") from None
+    # Waits, windows and send windows are added to this time: bounded, they cannot overflow.
+    latest = utcnow() + TICK_AHEAD
+    if not EPOCH <= moment <= latest:
+        raise fail(f"--now: must be between {EPOCH:%Y-%m-%d} and {latest:%Y-%m-%d}")
     db = open_db(settings)
     scoring(db, settings)
     try:

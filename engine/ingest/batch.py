@@ -1,13 +1,13 @@
 """Ingest, the stage's entry point: records → rules → effects in SQL, a batch per transaction.
 
 For each batch: create unknown leads, lock the batch's leads (``FOR UPDATE`` on PostgreSQL;
-``BEGIN IMMEDIATE`` already holds SQLite's write lock), drop events already stored, load the
-state and history the rules need in a few set-based queries, evaluate every record in file order
-in memory, then write events, ledger, stage history, firings, intents and lead state in bulk
-(``executemany``; ``COPY`` for appends on PostgreSQL). An event and all its effects commit
-together; a crash loses at most the uncommitted batch, which a re-run scores again (event ids
-make it idempotent). A batch that fired ``alert: sales`` wakes this process's alerts job once
-it has committed.
+``BEGIN IMMEDIATE`` already holds SQLite's write lock), drop events already stored (rejecting a
+record whose id was stored with other content), load the state and history the rules need in a
+few set-based queries, evaluate every record in file order in memory, then write events, ledger,
+stage history, firings, intents and lead state in bulk (``executemany``; ``COPY`` for appends
+on PostgreSQL). An event and all its effects commit together; a crash loses at most the
+uncommitted batch, which a re-run scores again (event ids make it idempotent). A batch that
+fired ``alert: sales`` wakes this process's alerts job once it has committed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from engine.alerts import wake
 from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest import outcome, state
 from engine.ingest.outcome import LoadedLead, Rows
-from engine.ingest.parse import LeadRecord, Parsed, Record, Rejection
+from engine.ingest.parse import MAX_FIELDS, LeadRecord, Parsed, Record, Rejection
 from engine.ingest.write import ConflictError, write
 from engine.rules.account import ACCOUNT_FIELDS, AccountBook, account_domain
 from engine.rules.compile import CompiledRuleset
@@ -39,6 +39,15 @@ from engine.timeutil import utcnow
 # Event types that withdraw consent whatever the ruleset says.
 OPT_OUTS = frozenset({"unsubscribe", "spam_report"})
 RETRIES = 5
+REUSED_ID = "id: event id reused with different content; the stored event is kept"
+
+
+def _stored_form(record: Record) -> tuple[str, dict[str, Any]]:
+    """The type and properties a record's event is stored with (a profile: ``profile_update``
+    and none; its attributes go to the lead, not the event)."""
+    if isinstance(record, LeadRecord):
+        return "profile_update", {}
+    return record.type, record.properties
 
 
 @dataclass
@@ -157,15 +166,20 @@ class _Batch:
             first_seen[record.email] = min(first_seen.get(record.email, at), at)
         state.create_missing(self.conn, self.ruleset, first_seen, self.now)
         leads = state.lock(self.conn, list(first_seen))
-        seen = state.stored_ids(self.conn, [r.id for r in records])
+        seen = state.stored_events(self.conn, [r.id for r in records])
         fresh: list[Record] = []
         for record in records:
-            if record.id in seen:
+            kind, properties = _stored_form(record)
+            digest = state.content_digest(record.email, kind, properties)
+            stored = seen.get(record.id)
+            if stored is None:
+                seen[record.id] = state.Stored(digest, record.occurred_at or self.now)
+                fresh.append(record)
+            elif stored.digest == digest and record.occurred_at in (None, stored.at):
                 self.result.duplicates += 1
                 self.result.duplicate_lines.append(record.line)
             else:
-                seen.add(record.id)
-                fresh.append(record)
+                self.result.rejected.append(Rejection(record.line, REUSED_ID))
         if fresh:
             state.load_scores(self.conn, self.ruleset, leads, first_seen)
             state.load_history(self.conn, self.compiled, leads, fresh, self.now)
@@ -189,13 +203,16 @@ class _Batch:
         """Evaluate one record against its lead; False when it was rejected."""
         at = record.occurred_at or self.now
         before = lead.state.copy()
-        if isinstance(record, LeadRecord):
-            attributes, event = record.attributes, Event(record.id, "profile_update", at)
-        else:
-            attributes = record.attributes
-            event = Event(record.id, record.type, at, record.properties)
-        attributes = dict(attributes)
+        kind, properties = _stored_form(record)
+        event = Event(record.id, kind, at, properties)
+        attributes = dict(record.attributes)
         subscribed = attributes.pop("subscribed", None)
+        added = [key for key in attributes if key not in lead.state.attributes]
+        if added and len(lead.state.attributes) + len(added) > MAX_FIELDS:
+            # Each record is bounded; so is what a lead gathers from many of them.
+            error = f"{added[0]}: the lead would have more than {MAX_FIELDS} attributes"
+            self.result.rejected.append(Rejection(record.line, error))
+            return False
         lead.state.attributes.update(attributes)
         if self.accounts is not None:
             domain = account_domain(lead.state.attributes, lead.email)

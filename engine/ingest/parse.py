@@ -5,23 +5,36 @@ Pure: no database. A bad line never stops the good ones.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
+import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TextIO
 
+from engine import jsontext
 from engine.address import normalise_email
 from engine.errors import InvalidRecord
+from engine.ingest import reader
+from engine.ingest.reader import Rejection as Rejection  # the parser answers with it too
 from engine.rules.spec import COMPUTED_FIELDS
-from engine.timeutil import parse_instant
+from engine.timeutil import parse_instant, utcnow
 
 # Fields of the lead JSON that the ruleset computes; an import may not overwrite them.
 COMPUTED = COMPUTED_FIELDS | {"ledger", "stage_history"}
 EVENT_KEYS = frozenset({"id", "email", "type", "occurred_at", "properties", "lead"})
 MAX_TYPE_LENGTH = 64
+MAX_NAME_LENGTH = 200  # of an id, an attribute or a property
+MAX_FIELDS = 1000  # attributes or properties in one record
+# How far ahead of the clock a time may be: clocks drift, time zones get mislabelled; beyond
+# that a time is a mistake, and years like 9999 overflow the date arithmetic of windows and waits.
+FUTURE_SLACK = timedelta(days=1)
+# Characters no name holds: controls, and the invisible ones that make look-alike names.
+_HIDDEN = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]"
+)
 
 
 @dataclass(frozen=True)
@@ -46,12 +59,6 @@ class EventRecord:
     attributes: dict[str, Any] = field(default_factory=dict)  # the optional nested `lead`
 
 
-@dataclass(frozen=True)
-class Rejection:
-    line: int
-    error: str
-
-
 Record = LeadRecord | EventRecord
 Parsed = LeadRecord | EventRecord | Rejection
 
@@ -66,12 +73,38 @@ def _time(value: object) -> datetime | None:
     if value is None or value == "":
         return None
     try:
-        return parse_instant(value)
+        moment = parse_instant(value)
     except ValueError as error:
         raise InvalidRecord(f"occurred_at: {error}") from None
+    if moment > utcnow() + FUTURE_SLACK:
+        raise InvalidRecord("occurred_at: more than a day in the future")
+    return moment
+
+
+def _is_name(text: str, limit: int = MAX_NAME_LENGTH) -> bool:
+    return 0 < len(text) <= limit and _HIDDEN.search(text) is None
+
+
+def _shown(key: str) -> str:
+    """A key as an error message may show it: quoted and cut when it is no name (a terminal
+    would act on its escape sequences)."""
+    return key if _is_name(key) else repr(key[:40])
+
+
+def _names(raw: Mapping[str, Any], where: str) -> None:
+    """An object's keys as names a person can read and rules can address, and not too many."""
+    if len(raw) > MAX_FIELDS:
+        raise InvalidRecord(f"{where.rstrip('.') or 'the record'}: more than {MAX_FIELDS} fields")
+    for key in raw:
+        if not _is_name(key):
+            raise InvalidRecord(
+                f"{where}{_shown(key)}: a field name is 1 to {MAX_NAME_LENGTH} characters, "
+                "without control or invisible characters"
+            )
 
 
 def _attributes(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    _names(raw, where)
     attributes: dict[str, Any] = {}
     for key, value in raw.items():
         if key in COMPUTED:
@@ -85,9 +118,13 @@ def _attributes(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _storable(raw: Mapping[str, Any]) -> None:
-    """Refuse what would pass here and fail in the database: JSON's escapes can spell lone
-    surrogates (not UTF-8) and NUL (PostgreSQL stores no NUL in text), and Python's JSON reads
-    NaN and Infinity, which standard JSON columns refuse."""
+    """Refuse what would pass here and fail in the database or in what reads it: nesting deeper
+    than :data:`jsontext.MAX_DEPTH`; JSON's escapes can spell lone surrogates (not UTF-8) and NUL
+    (PostgreSQL stores no NUL in text), and Python's JSON reads NaN and Infinity, which standard
+    JSON columns refuse."""
+    for key, value in raw.items():
+        if isinstance(value, dict | list) and jsontext.too_deep(value, jsontext.MAX_DEPTH - 1):
+            raise InvalidRecord(f"{key}: nested deeper than {jsontext.MAX_DEPTH} levels")
     try:
         text = json.dumps(raw, allow_nan=False, ensure_ascii=False, default=str)
         text.encode("utf-8")
@@ -103,8 +140,11 @@ def _client_id(value: object) -> str | None:
     """A record's own id as text, or None when it has none (one is derived instead)."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str | int) or isinstance(value, bool) or len(str(value)) > 200:
-        raise InvalidRecord("id: must be text or a number, at most 200 characters")
+    if not isinstance(value, str | int) or isinstance(value, bool) or not _is_name(str(value)):
+        raise InvalidRecord(
+            f"id: must be text or a number, at most {MAX_NAME_LENGTH} characters, without "
+            "control or invisible characters"
+        )
     return str(value)
 
 
@@ -121,16 +161,20 @@ def record(line: int, raw: object) -> Record:
         key = _client_id(raw.get("id")) or _derived_id("profile", {"email": email, **raw})
         return LeadRecord(line, email, attributes, key, occurred_at)
     kind = raw["type"]
-    if not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_TYPE_LENGTH:
-        raise InvalidRecord(f"type: must be a name of at most {MAX_TYPE_LENGTH} characters")
+    if not isinstance(kind, str) or not _is_name(kind.strip(), MAX_TYPE_LENGTH):
+        raise InvalidRecord(
+            f"type: must be a name of at most {MAX_TYPE_LENGTH} characters, without control or "
+            "invisible characters"
+        )
     unknown = set(raw) - EVENT_KEYS
     if unknown:
         raise InvalidRecord(
-            f"{sorted(unknown)[0]}: unknown field; event properties go under `properties`"
+            f"{_shown(sorted(unknown)[0])}: unknown field; event properties go under `properties`"
         )
     properties = raw.get("properties") or {}
     if not isinstance(properties, dict):
         raise InvalidRecord("properties: must be an object")
+    _names(properties, "properties.")
     lead = raw.get("lead") or {}
     if not isinstance(lead, dict):
         raise InvalidRecord("lead: must be an object of profile attributes")
@@ -155,17 +199,21 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def parse_jsonl(lines: Iterable[str]) -> Iterator[Parsed]:
+def parse_jsonl(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
+    """One record per line; a line the reader already refused (too long) stays refused."""
     for number, text in enumerate(lines, start=1):
+        if isinstance(text, Rejection):
+            yield text
+            continue
         if not text.strip():
             continue
         if not _is_utf8(text):
             yield Rejection(number, "not valid UTF-8 text")
             continue
         try:
-            yield record(number, json.loads(text))
-        except json.JSONDecodeError as error:
-            yield Rejection(number, f"not valid JSON: {error.msg} (column {error.colno})")
+            yield record(number, jsontext.loads(text))
+        except jsontext.JsonError as error:
+            yield Rejection(number, f"not valid JSON: {error}")
         except InvalidRecord as error:
             yield Rejection(number, str(error))
 
@@ -180,17 +228,27 @@ def csv_value(text: str) -> Any:
             number = cast(text)
         except ValueError:
             continue
-        if str(number) == text:
+        if str(number) == text and math.isfinite(number):  # "nan" and "inf" are words
             return number
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     return text
 
 
-def parse_csv(stream: Iterable[str]) -> Iterator[Parsed]:
-    reader = csv.DictReader(stream)
-    for row in reader:
-        number = reader.line_num
+def parse_csv(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
+    """One record per row, its cells named by the header; rows the reader could not read are
+    rejected with the line they start on (see :mod:`engine.ingest.reader`)."""
+    rows = reader.csv_rows(lines)
+    header = next(rows, None)
+    if isinstance(header, Rejection):
+        yield Rejection(header.line, f"the header row: {header.error}; no row was read")
+        return
+    fieldnames = header[1] if header else []
+    for item in rows:
+        if isinstance(item, Rejection):
+            yield item
+            continue
+        number, row = item[0], _by_name(fieldnames, item[1])
         if not all(_is_utf8(cell) for cell in row.values() if isinstance(cell, str)):
             yield Rejection(number, "not valid UTF-8 text")
             continue
@@ -222,6 +280,16 @@ def parse_csv(stream: Iterable[str]) -> Iterator[Parsed]:
             yield Rejection(number, str(error))
 
 
+def _by_name(fieldnames: list[str], cells: list[str]) -> dict[str | None, Any]:
+    """A row as ``csv.DictReader`` gives it: cells past the header under None, missing ones None."""
+    row: dict[str | None, Any] = dict(zip(fieldnames, cells, strict=False))
+    if len(cells) > len(fieldnames):
+        row[None] = cells[len(fieldnames) :]
+    for name in fieldnames[len(cells) :]:
+        row[name] = None
+    return row
+
+
 def sniff_format(name: str, head: str) -> str:
     if name.endswith(".csv"):
         return "csv"
@@ -235,13 +303,5 @@ def parse_stream(stream: TextIO, name: str = "-") -> Iterator[Parsed]:
     head = stream.read(1)
     if head == "\ufeff":  # a byte order mark (Excel's "CSV UTF-8" writes one): not data
         head = stream.read(1)
-    body = _rejoined(head, stream)
+    body = reader.lines(stream, head)
     return parse_csv(body) if sniff_format(name, head) == "csv" else parse_jsonl(body)
-
-
-def _rejoined(head: str, stream: TextIO) -> Iterator[str]:
-    """The lines of ``stream`` with the already-read first character put back."""
-    first = head + stream.readline() if head else ""
-    if first:
-        yield first
-    yield from stream

@@ -4,8 +4,12 @@ enrollments and account peers."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import hashlib
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection, func, select
 
@@ -68,9 +72,32 @@ def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
     return leads
 
 
-def stored_ids(conn: Connection, ids: list[str]) -> set[str]:
-    query = select(EVENTS.c.event_id).where(EVENTS.c.event_id.in_(ids))
-    return set(conn.execute(query).scalars())
+@dataclass(frozen=True)
+class Stored:
+    """What an event id stands for: a digest of its lead, type and properties, and its time."""
+
+    digest: str
+    at: datetime
+
+
+def content_digest(email: str, kind: str, properties: Mapping[str, Any]) -> str:
+    text = json.dumps([email, kind, properties], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def stored_events(conn: Connection, ids: list[str]) -> dict[str, Stored]:
+    """The batch's event ids already stored, with their content, in one query: a record whose
+    id is here is a duplicate when its content matches, else an id reused for other content."""
+    query = (
+        select(*(EVENTS.c[name] for name in ("event_id", "type", "occurred_at", "properties")))
+        .add_columns(LEADS.c.email)
+        .join(LEADS, LEADS.c.id == EVENTS.c.lead_id)
+        .where(EVENTS.c.event_id.in_(ids))
+    )
+    return {
+        key: Stored(content_digest(email, kind, properties), at)
+        for key, kind, at, properties, email in conn.execute(query)
+    }
 
 
 def load_scores(
