@@ -172,7 +172,7 @@ def test_a_bad_body_is_refused_with_a_reason(api: TestClient) -> None:
 def test_json_nested_too_deep_is_a_400_not_a_500(api: TestClient, path: str) -> None:
     response = api.post(path, content="[" * 100_000 + "]" * 100_000)
     assert response.status_code == 400
-    assert response.json()["detail"] == "the body is not valid JSON: nested too deeply"
+    assert response.json()["detail"] == "the body is not valid JSON: nested deeper than 64 levels"
 
 
 def test_api_needs_the_token_but_health_and_metrics_do_not(api: TestClient) -> None:

@@ -52,7 +52,7 @@ rules:
     then: {score: {engagement: 5}}
 """
 RULES = compiled(RULESET, "hostile.yaml")
-TOKEN = "hostile-token-123"
+TOKEN = "hostile-token-0123456789abcdefghijklmnop"
 DEEP = "[" * 100_000 + "]" * 100_000
 
 
