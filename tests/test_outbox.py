@@ -143,6 +143,32 @@ def test_a_template_error_holds_the_email_with_the_reason(
     assert sent.sent == 0 and not (home / "outbox").exists()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        # recursion only this lead's data sets off
+        "{% macro down(n) %}{% if lead.company == 'Loop' %}{{ down(n + 1) }}{% endif %}"
+        "{% endmacro %}<p>{{ down(0) }}</p>",
+        # a value css-inline cannot parse fails its whole call
+        '<style>p { margin: 0 }</style><p style="color: {{ lead.company }}">Hi</p>',
+    ],
+    ids=["recursion", "css"],
+)
+def test_one_bad_email_is_held_and_the_rest_of_the_batch_goes(
+    db: sa.Engine, db_url: str, home: Path, body: str
+) -> None:
+    (home / "templates/warm/a.j2").write_text(email_template("Hi", body))
+    settings = settings_for(home, db_url)
+    warm(db, home, "bad@example.com", company="Loop" if "down" in body else "red; {")
+    warm(db, home, "good@example.com", company="blue")
+    report = run_steps(db, home, T0, settings)
+    assert (report.queued, report.held) == (1, 1)
+    status = {r["to_email"]: (r["status"], r["last_error"]) for r in outbox(db)}
+    assert status["good@example.com"] == ("queued", None)
+    held, error = status["bad@example.com"]
+    assert held == "held" and "warm/a.j2" in error
+
+
 def test_send_window_defers_to_the_leads_morning(db: sa.Engine, db_url: str, home: Path) -> None:
     settings = settings_for(home, db_url)
     warm(db, home, "cy@example.com", timezone="America/New_York")
