@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,25 @@ def test_dispatch_sends_each_message_once_to_the_file_outbox(
     message = BytesParser(policy=policy.default).parsebytes(eml.read_bytes())
     assert message["To"] == "gus@example.com" and message["Subject"] == "warm/a for Gus"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_every_try_of_a_message_has_the_same_message_id_in_our_domain(
+    db: sa.Engine, db_url: str, home: Path
+) -> None:
+    settings = settings_for(home, db_url)
+    warm(db, home, "gus@example.com")
+    run_steps(db, home, T0, settings)
+    mailer = FileMailer(home / "outbox")
+    ids = []
+    for at in (T0, T0 + timedelta(minutes=5)):
+        assert Dispatcher(db, settings, mailer).run(at).sent == 1
+        [eml] = (home / "outbox").glob("*.eml")
+        message = BytesParser(policy=policy.default).parsebytes(eml.read_bytes())
+        ids.append(message["Message-ID"])
+        assert parsedate_to_datetime(message["Date"]) == at
+        with db.begin() as conn:  # as if the provider's answer had been lost: sent again
+            conn.execute(sa.text("UPDATE outbox_message SET status = 'queued'"))
+    assert ids[0] == ids[1] and ids[0].endswith("@nurture.example>")
 
 
 def test_unsubscribing_between_render_and_dispatch_sends_nothing(

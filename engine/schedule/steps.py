@@ -183,6 +183,7 @@ class StepRunner:
             LEADS.c.stage,
             LEADS.c.tags,
             LEADS.c.subscribed,
+            LEADS.c.created_at,
         ).where(LEADS.c.id.in_(ids))
         for row in conn.execute(query):
             leads[row.id] = {**row._asdict(), "scores": {}}
@@ -273,7 +274,7 @@ class StepRunner:
         self, row: Any, lead: dict[str, Any], campaign: Campaign, state: LeadState, now: datetime
     ) -> Pending:
         step = campaign.steps[row.step]
-        url = unsubscribe_url(self.settings.public_url, self.key, lead["id"], lead["email"])
+        url = unsubscribe_url(self.settings.public_url, self.key, lead["id"], lead["created_at"])
         message: dict[str, Any] = {
             "idempotency_key": f"enrollment:{row.id}:step:{row.step}",
             "kind": "campaign",
