@@ -46,7 +46,7 @@ def no_nul(request: Request) -> None:
 
 
 def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = False) -> FastAPI:
-    from engine.api import dashboard, events, leads, ops, rulesets, webhooks
+    from engine.api import dashboard, events, leads, ops, outbox, rulesets, webhooks
 
     if db is None:
         database.upgrade(settings.database_url)
@@ -73,6 +73,13 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
     app = FastAPI(title="nurture", lifespan=lifespan, dependencies=[Depends(no_nul)])
     app.state.nurture = Context(settings, db)
     app.include_router(webhooks.router)
-    for router in (events.router, leads.router, rulesets.router, ops.router, dashboard.router):
+    for router in (
+        events.router,
+        leads.router,
+        outbox.router,
+        rulesets.router,
+        ops.router,
+        dashboard.router,
+    ):
         app.include_router(router)
     return app

@@ -4,10 +4,10 @@ command group, registered on :data:`engine.cli.app.app`."""
 
 from __future__ import annotations
 
-from engine.cli import analysis, ingest, leads, reports, rules, run
+from engine.cli import analysis, ingest, leads, outbox, reports, rules, run
 from engine.cli.app import app
 
-__all__ = ["analysis", "app", "ingest", "leads", "main", "reports", "rules", "run"]
+__all__ = ["analysis", "app", "ingest", "leads", "main", "outbox", "reports", "rules", "run"]
 
 
 def main() -> None:
