@@ -267,3 +267,12 @@ def test_a_template_cannot_build_a_huge_value(tmp_path: Path, body: str) -> None
 def test_ordinary_formatting_still_works(tmp_path: Path, body: str, shown: str) -> None:
     out = render_one(tmp_path, email("x", f"<p>{body}</p>"))
     assert f"<p>{shown}</p>" in out.html  # type: ignore[attr-defined]
+
+
+def test_check_reports_a_template_too_deep_to_compile(tmp_path: Path) -> None:
+    write(tmp_path, "deep", email("x", "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"))
+    write(tmp_path, "good", email("Hi", "<p>x</p>"))
+    problems = Renderer(tmp_path).check()
+    assert [Path(p.file or "").stem for p in problems] == ["deep"]
+    with pytest.raises(TemplateError):
+        Renderer(tmp_path).render("deep", variables())

@@ -175,6 +175,9 @@ class Renderer:
             return TemplateError(f"no text part can be derived from the HTML: {error}", file)
         if len(draft.subject) + len(page) + len(text) > MAX_OUTPUT:
             return TemplateError(f"the email is longer than {MAX_OUTPUT:,} characters", file)
+        if any("\x00" in part for part in (draft.subject, page, text)):
+            # PostgreSQL stores no NUL in text: the batch's transaction would fail.
+            return TemplateError("the email contains a NUL character", file)
         return Rendered(draft.subject, page, text)
 
     def _draft(self, name: str, variables: Mapping[str, Any]) -> Rendered | TemplateError:

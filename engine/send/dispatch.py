@@ -49,6 +49,7 @@ BACKOFF_BASE = 60.0  # seconds before the first retry; doubles per attempt
 BACKOFF_MAX = 6 * 3600.0
 CAMPAIGN = "campaign"  # emails to the lead: the only kind consent suppresses
 WEBHOOK = "webhook"  # a JSON POST to the sales webhook instead of an email
+MAX_ERROR = 2000  # characters of a provider's answer kept in last_error
 
 
 @dataclass
@@ -221,7 +222,7 @@ class Dispatcher:
             report.sent += 1
             report.sent_ids.append(row.id)
             return _settle(row.id, OutboxStatus.SENT, b_provider=outcome, b_sent=now)
-        reason = str(outcome) or type(outcome).__name__
+        reason = _reason(outcome)
         if isinstance(outcome, TransientError) and row.attempts < self.settings.max_attempts:
             report.retried += 1
             wait = backoff(row.attempts, outcome.retry_after)
@@ -248,6 +249,13 @@ class Dispatcher:
         for lead_id, kind in conn.execute(bad):
             blocked.setdefault(lead_id, kind)
         return blocked
+
+
+def _reason(error: Exception) -> str:
+    """A failure as ``last_error`` keeps it: what the provider said, which may hold anything,
+    without NUL (PostgreSQL refuses it, and the whole batch's settlement with it) and bounded."""
+    text = (str(error) or type(error).__name__).replace("\x00", "\ufffd")
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
 def _settle(outbox_id: int, status: str, error: str | None = None, **extra: Any) -> dict[str, Any]:
