@@ -1,18 +1,21 @@
 """Prometheus metrics for every stage of the flow, defined in one place and incremented where the
 work is done: ingest (events by outcome, rules fired), the step runner (emails queued or held),
-the dispatcher (emails sent, retried, failed, suppressed) and the alerts (sent, latency).
-``GET /metrics`` serves them in Prometheus' text format.
+the dispatcher (emails sent, retried, failed, suppressed) and the alerts (sent, latency); and
+gauges of the outbox (backlog, held, failed, the oldest wait) that ``GET /metrics`` reads from
+the database when it is scraped. It serves them in Prometheus' text format.
 
 Counts are added only after the transaction that did the work commits, so a batch retried
 after a lost race is counted once. Metrics live in the process's default registry: each
-``nurture serve`` / ``nurture worker`` reports its own share and Prometheus sums them."""
+``nurture serve`` / ``nurture worker`` reports its own share and Prometheus sums them. The
+outbox gauges are the database's figures, the same from every process: take their max, not
+their sum."""
 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 # `*_created` timestamps double the series and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -39,6 +42,17 @@ ALERT_LATENCY = Histogram(
     "nurture_alert_latency_seconds",
     "From the event that made a lead hot being received to its alert being delivered.",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
+)
+
+OUTBOX = Gauge(
+    "nurture_outbox_messages",
+    "Outbox messages by status, when scraped: queued (the backlog), held (a template error "
+    "waiting for a fix: nurture outbox --release) and failed (nurture outbox --retry).",
+    ["status"],
+)
+OUTBOX_WAIT = Gauge(
+    "nurture_outbox_oldest_queued_seconds",
+    "How long the longest-waiting queued message has been due, when scraped (0: none is late).",
 )
 
 EMAIL_OUTCOMES = ("queued", "held", "sent", "retried", "failed", "suppressed")
@@ -75,3 +89,10 @@ def emails_settled(statuses: Iterable[str]) -> None:
 def emails_prepared(queued: int, held: int) -> None:
     EMAILS.labels("queued").inc(queued)
     EMAILS.labels("held").inc(held)
+
+
+def outbox_state(counts: Mapping[str, float], oldest_seconds: float) -> None:
+    """The outbox gauges, from the database at scrape time (NaN when it could not be read)."""
+    for status, count in counts.items():
+        OUTBOX.labels(status).set(count)
+    OUTBOX_WAIT.set(oldest_seconds)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,7 @@ class Inbox:
 
     def __init__(self) -> None:
         self.received: list[EmailMessage] = []
+        self.raw: list[bytes] = []
         self.refuse: dict[str, str] = {}
 
     async def handle_RCPT(
@@ -60,6 +64,7 @@ class Inbox:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
+        self.raw.append(data)
         self.received.append(message_from_bytes(data, policy=policy.default))  # type: ignore[arg-type]
         return "250 Message accepted"
 
@@ -157,3 +162,50 @@ def test_the_backend_comes_from_the_settings(tmp_path: Path) -> None:
         mailer_for(Settings(mail_backend="sendgrid", sendgrid_api_key=None))
     with pytest.raises(ValueError, match="file, smtp, sendgrid"):
         mailer_for(Settings(mail_backend="pigeon"))
+
+
+LONG_LINK = "https://nurture.example/unsubscribe?token=" + "A1b2-C3d4_" * 20
+# What a provider must accept: a date, a stable id, the unsubscribe link as the plain
+# `<https://…>` form however long it is, and headers that stay one header each whatever the
+# from name and subject hold.
+HOSTILE = replace(
+    an_email(),
+    from_name="Acme\r\nBcc: evil@attacker.io",
+    subject="Hello\r\nBcc: evil@attacker.io\x00",
+    headers={"List-Unsubscribe": f"<{LONG_LINK}>", "List-Unsubscribe-Post": "One-Click"},
+    message_id="<nurture.enrollment.1.step.0@nurture.example>",
+    date=datetime(2026, 11, 2, 10, 0, tzinfo=UTC),
+)
+
+
+def assert_acceptable(raw: bytes) -> None:
+    head = raw.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode()
+    assert f"\nList-Unsubscribe: <{LONG_LINK}>\n" in head
+    message = message_from_bytes(raw, policy=policy.default)
+    assert parsedate_to_datetime(message["Date"]) == datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+    assert message["Message-ID"] == "<nurture.enrollment.1.step.0@nurture.example>"
+    assert message["Subject"] == "Hello Bcc: evil@attacker.io"
+    assert message["From"] == '"Acme Bcc: evil@attacker.io" <hello@acme.io>'
+    assert message["Bcc"] is None and message.get_all("To") == ["ana@acme.io"]
+
+
+def test_file_and_smtp_messages_are_what_providers_accept(
+    tmp_path: Path, smtp_server: tuple[Inbox, str]
+) -> None:
+    FileMailer(tmp_path).send(HOSTILE)
+    assert_acceptable((tmp_path / "7.eml").read_bytes())
+    inbox, url = smtp_server
+    assert SmtpMailer(url, timeout=5).send(HOSTILE) == HOSTILE.message_id
+    [raw] = inbox.raw
+    assert_acceptable(raw)
+
+
+def test_sendgrid_gets_the_plain_link_our_message_id_and_one_line_headers() -> None:
+    with FakeSendGrid() as fake:
+        SendGridMailer("SG.test", fake.url, timeout=5).send(HOSTILE)
+    assert fake.invalid == []
+    [body] = fake.messages
+    assert body["headers"]["List-Unsubscribe"] == f"<{LONG_LINK}>"
+    assert body["headers"]["Message-ID"] == HOSTILE.message_id
+    assert body["subject"] == "Hello Bcc: evil@attacker.io"
+    assert body["from"]["name"] == "Acme Bcc: evil@attacker.io"

@@ -114,6 +114,11 @@ def test_campaign_file_loads_as_written() -> None:
         (("{lead.score: {gte: 55}}", "{event.type: page_view}"), 10, "reads event.type"),
         (("hello@acme.io", "hello"), 4, "`from:` needs"),
         (("lead.temperature: warm", "lead.temprature: warm"), 2, "temprature"),
+        # Longer than the outbox's columns: the step batch would fail on PostgreSQL.
+        (("name: Acme", "name: " + "A" * 201), 4, "at most 200"),
+        (("name: Acme", 'name: "Acme\\r\\nBcc: x@y.io"'), 4, "one line"),
+        (("warm-nurture", "w" * 201), 1, "at most 200"),
+        (("warm/b", "warm/" + "b" * 200), 9, "at most 200"),
     ],
 )
 def test_campaign_errors_name_the_line(edit: tuple[str, str], line: int, message: str) -> None:

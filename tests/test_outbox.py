@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.parser import BytesParser
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,12 @@ from engine.schedule.steps import StepRunner
 from engine.send.dispatch import Dispatcher, settle_processed
 from engine.send.file import FileMailer
 from engine.send.sendgrid import SendGridMailer
+from engine.send.smtp import SmtpMailer
 from engine.settings import Settings
 from tests.fake_sendgrid import FakeSendGrid
 from tests.helpers import compiled
+from tests.test_backends import Inbox
+from tests.test_backends import smtp_server as smtp_server  # the fixture
 from tests.test_campaigns import HOT, RULESET, T0, VIP, WARM, write_campaigns
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +147,32 @@ def test_a_template_error_holds_the_email_with_the_reason(
     assert sent.sent == 0 and not (home / "outbox").exists()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        # recursion only this lead's data sets off
+        "{% macro down(n) %}{% if lead.company == 'Loop' %}{{ down(n + 1) }}{% endif %}"
+        "{% endmacro %}<p>{{ down(0) }}</p>",
+        # a value css-inline cannot parse fails its whole call
+        '<style>p { margin: 0 }</style><p style="color: {{ lead.company }}">Hi</p>',
+    ],
+    ids=["recursion", "css"],
+)
+def test_one_bad_email_is_held_and_the_rest_of_the_batch_goes(
+    db: sa.Engine, db_url: str, home: Path, body: str
+) -> None:
+    (home / "templates/warm/a.j2").write_text(email_template("Hi", body))
+    settings = settings_for(home, db_url)
+    warm(db, home, "bad@example.com", company="Loop" if "down" in body else "red; {")
+    warm(db, home, "good@example.com", company="blue")
+    report = run_steps(db, home, T0, settings)
+    assert (report.queued, report.held) == (1, 1)
+    status = {r["to_email"]: (r["status"], r["last_error"]) for r in outbox(db)}
+    assert status["good@example.com"] == ("queued", None)
+    held, error = status["bad@example.com"]
+    assert held == "held" and "warm/a.j2" in error
+
+
 def test_send_window_defers_to_the_leads_morning(db: sa.Engine, db_url: str, home: Path) -> None:
     settings = settings_for(home, db_url)
     warm(db, home, "cy@example.com", timezone="America/New_York")
@@ -204,6 +234,55 @@ def test_dispatch_sends_each_message_once_to_the_file_outbox(
     message = BytesParser(policy=policy.default).parsebytes(eml.read_bytes())
     assert message["To"] == "gus@example.com" and message["Subject"] == "warm/a for Gus"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_every_try_of_a_message_has_the_same_message_id_in_our_domain(
+    db: sa.Engine, db_url: str, home: Path
+) -> None:
+    settings = settings_for(home, db_url)
+    warm(db, home, "gus@example.com")
+    run_steps(db, home, T0, settings)
+    mailer = FileMailer(home / "outbox")
+    ids = []
+    for at in (T0, T0 + timedelta(minutes=5)):
+        assert Dispatcher(db, settings, mailer).run(at).sent == 1
+        [eml] = (home / "outbox").glob("*.eml")
+        message = BytesParser(policy=policy.default).parsebytes(eml.read_bytes())
+        ids.append(message["Message-ID"])
+        assert parsedate_to_datetime(message["Date"]) == at
+        with db.begin() as conn:  # as if the provider's answer had been lost: sent again
+            conn.execute(sa.text("UPDATE outbox_message SET status = 'queued'"))
+    assert ids[0] == ids[1] and ids[0].endswith("@nurture.example>")
+
+
+def test_a_nul_in_a_template_holds_that_email_only(db: sa.Engine, db_url: str, home: Path) -> None:
+    # PostgreSQL stores no NUL in text: one such email used to fail the batch's transaction.
+    (home / "templates/warm/a.j2").write_text(
+        email_template("Hi{% if lead.company == 'Nul' %}\x00{% endif %}", "<p>Hello</p>")
+    )
+    settings = settings_for(home, db_url)
+    warm(db, home, "bad@example.com", company="Nul")
+    warm(db, home, "good@example.com", company="Acme")
+    assert (run_steps(db, home, T0, settings).queued, len(outbox(db))) == (1, 2)
+    status = {r["to_email"]: (r["status"], r["last_error"]) for r in outbox(db)}
+    assert status["bad@example.com"][0] == "held" and "NUL" in status["bad@example.com"][1]
+
+
+def test_a_provider_answer_with_a_nul_fails_that_message_only(
+    db: sa.Engine, db_url: str, home: Path, smtp_server: tuple[Inbox, str]
+) -> None:
+    inbox, url = smtp_server
+    inbox.refuse = {"gone@example.com": "550 no\x00such user"}
+    settings = settings_for(home, db_url)
+    warm(db, home, "gone@example.com")
+    warm(db, home, "here@example.com")
+    run_steps(db, home, T0, settings)
+    report = Dispatcher(db, settings, SmtpMailer(url, timeout=5)).run(T0)
+    assert (report.sent, report.failed) == (1, 1)
+    status = {r["to_email"]: (r["status"], r["last_error"]) for r in outbox(db)}
+    failed, error = status["gone@example.com"]
+    assert failed == "failed" and "550" in error and "\x00" not in error
+    assert status["here@example.com"][0] == "sent"
 
 
 def test_unsubscribing_between_render_and_dispatch_sends_nothing(
@@ -319,6 +398,7 @@ import sys
 from datetime import datetime
 from engine.send.dispatch import Dispatcher
 from engine.send.sendgrid import SendGridMailer
+from engine.send.smtp import SmtpMailer
 from engine.settings import Settings
 from engine import db
 settings = Settings(database_url=sys.argv[1], dispatch_batch=int(sys.argv[3]), lease_seconds=60)

@@ -3,6 +3,8 @@ bounded in time, CSS inlined, a text part always present, errors with file and l
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -162,3 +164,115 @@ def test_sample_context_renders_the_shipped_templates() -> None:
         if name != "layout":
             out = renderer.render(name, sample_context())
             assert out.subject and "unsubscribe?token=" in out.html and out.text
+
+
+def test_a_recursive_macro_is_held_and_the_rest_of_the_batch_renders(tmp_path: Path) -> None:
+    # Recursion that only one lead's data sets off: that lead's email is held with a clear
+    # error, the other email of the batch renders.
+    write(
+        tmp_path,
+        "t",
+        "{% macro down(n) %}{% if lead.first_name == 'Loop' %}{{ down(n + 1) }}"
+        "{% endif %}{{ n }}{% endmacro %}" + email("Hi", "<p>{{ down(0) }}</p>"),
+    )
+    bad, good = Renderer(tmp_path).render_many(
+        [("t", variables(first_name="Loop")), ("t", variables(first_name="Ana"))]
+    )
+    assert isinstance(bad, TemplateError) and "nested" in str(bad)
+    assert not isinstance(good, TemplateError) and "<p>0</p>" in good.html
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{% include 't.j2' %}",  # a template that includes itself
+        "{{ {}.pop('x') }}",  # any Python error a method raises
+        "{{ [].pop() }}",
+    ],
+)
+def test_any_error_a_template_raises_is_a_template_error(tmp_path: Path, body: str) -> None:
+    with pytest.raises(TemplateError):
+        render_one(tmp_path, email("x", body))
+
+
+# Each builds a value far larger than an email from a few characters of template: refused
+# before the memory is taken, not after.
+BOMBS = {
+    "lipsum-paragraphs": "{{ lipsum(30000) }}",
+    "lipsum-words": "{{ lipsum(1, max=30000000) }}",
+    "ljust": "{{ 'x'.ljust(50000000) }}",
+    "center-method": "{{ 'x'.center(50000000) }}",
+    "center-filter": "{{ 'x'|center(50000000) }}",
+    "zfill": "{{ '7'.zfill(50000000) }}",
+    "expandtabs": "{{ 'a\tb'.expandtabs(50000000) }}",
+    "format-filter-width": "{{ '%050000000d'|format(7) }}",
+    "percent-width": "{{ '%050000000d' % 7 }}",
+    "percent-precision": "{{ '%.50000000f' % 1.5 }}",
+    "str-format-width": "{{ '{:>50000000}'.format(7) }}",
+    "str-format-nested-width": "{{ '{:{w}}'.format(7, w=50000000) }}",
+    "replace-filter": "{{ ('x' * 9000)|replace('', 'y' * 9000) }}",
+    "replace-method": "{{ ('x' * 9000).replace('', 'y' * 9000) }}",
+    "join-shared": "{{ (['x' * 9000] * 9000)|join }}",
+    "join-method": "{{ ('y' * 9000).join(['x'] * 9000) }}",
+    "map-shared": "{{ (['x' * 9000] * 9000)|map('upper')|join }}",
+    "wordwrap": "{{ ('a b ' * 5000)|wordwrap(1, wrapstring='y' * 9000) }}",
+    "indent": "{{ ('a\n' * 9000)|indent(9000) }}",
+    "batch-fill": "{{ [1]|batch(50000000, 0)|list|length }}",
+    "slice": "{{ [1]|slice(50000000)|list|length }}",
+    "string-of-shared": "{{ (['x' * 9000] * 9000)|string|length }}",
+    "print-shared": "{{ ['x' * 9000] * 9000 }}",
+    "big-integers": "{{ (10 ** 100) ** 100 * (10 ** 100) ** 100 }}",
+    "concat-doubling": "{% set ns = namespace(s='x') %}"
+    "{% for i in range(27) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    "plus-doubling": "{% set ns = namespace(s='x') %}"
+    "{% for i in range(27) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+    "extend-doubling": "{% set items = ['x'] %}"
+    "{% for i in range(24) %}{{ items.extend(items) or '' }}{% endfor %}{{ items|length }}",
+    "macro-output": "{% macro big() %}{% for i in range(1000) %}{{ 'x' * 90000 }}{% endfor %}"
+    "{% endmacro %}{{ big()|length }}",
+    "set-block-output": "{% set page %}{% for i in range(1000) %}{{ 'x' * 90000 }}{% endfor %}"
+    "{% endset %}{{ page|length }}",
+}
+
+
+@pytest.mark.parametrize("body", list(BOMBS.values()), ids=list(BOMBS))
+def test_a_template_cannot_build_a_huge_value(tmp_path: Path, body: str) -> None:
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(TemplateError):
+            render_one(tmp_path, email("x", body))
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 30_000_000, f"{peak:,} bytes taken"
+    assert elapsed < 5
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ("{{ '%05.1f'|format(lead.score) }}", "045.0"),
+        ("{{ '{:>6}'.format(lead.score) }}", "    45"),
+        ("{{ 'a' ~ lead.score ~ 'b' }}", "a45b"),
+        ("{{ ['a', 'b']|join(', ') }}", "a, b"),
+        ("{{ now.strftime('%d %B %Y') }}", "02 November 2026"),
+        ("{{ '{:%Y-%m-%d}'.format(now) }}", "2026-11-02"),
+        ("{{ lipsum(1, html=False, min=3, max=4)|wordcount }}", "3"),
+        ("{{ (lead.tags + ['x'])|join }}", "x"),
+        ("{{ 2 ** 10 * 3 }}", "3072"),
+    ],
+)
+def test_ordinary_formatting_still_works(tmp_path: Path, body: str, shown: str) -> None:
+    out = render_one(tmp_path, email("x", f"<p>{body}</p>"))
+    assert f"<p>{shown}</p>" in out.html  # type: ignore[attr-defined]
+
+
+def test_check_reports_a_template_too_deep_to_compile(tmp_path: Path) -> None:
+    write(tmp_path, "deep", email("x", "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"))
+    write(tmp_path, "good", email("Hi", "<p>x</p>"))
+    problems = Renderer(tmp_path).check()
+    assert [Path(p.file or "").stem for p in problems] == ["deep"]
+    with pytest.raises(TemplateError):
+        Renderer(tmp_path).render("deep", variables())

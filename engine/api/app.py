@@ -60,13 +60,13 @@ async def _unprocessable(_request: Request, error: Exception) -> JSONResponse:
 
 
 def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = False) -> FastAPI:
-    from engine.api import dashboard, events, leads, ops, rulesets, webhooks
+    from engine.api import dashboard, events, leads, ops, outbox, rulesets, webhooks
 
     if db is None:
         db = database.open_database(settings.database_url)
 
-    routers = (webhooks.router, events.router, leads.router, rulesets.router, ops.router,
-               dashboard.router)  # fmt: skip
+    routers = (webhooks.router, events.router, leads.router, outbox.router, rulesets.router,
+               ops.router, dashboard.router)  # fmt: skip
     # uvicorn's access log: addresses and tokens in URLs redacted, the route of a lead's page
     # (`/api/leads/`, before `{email}`) kept.
     paths = [getattr(route, "path", "") for router in routers for route in router.routes]

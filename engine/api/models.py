@@ -26,7 +26,9 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         "is not valid).",
         401: "No valid API token (header `Authorization: Bearer …`).",
         403: "The SendGrid signature is missing or does not match the body.",
-        404: "No such lead.",
+        404: "No such lead or outbox message.",
+        409: "The outbox message is not in the state the action applies to (held to release, "
+        "failed to retry).",
         413: "The body is over NURTURE_MAX_BODY_BYTES, or has more items than "
         "NURTURE_MAX_EVENTS_PER_REQUEST.",
         422: "The request is well-formed JSON but not what this endpoint takes.",

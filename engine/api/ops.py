@@ -5,16 +5,23 @@ counts and rule names."""
 
 from __future__ import annotations
 
+import logging
+import math
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from engine import metrics as gauges
 from engine.api.app import Ctx
 from engine.api.models import Health
 from engine.db import failure, reading
+from engine.send.outbox import LISTED, backlog
+from engine.timeutil import utcnow
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
 
 
@@ -42,6 +49,12 @@ def healthz(ctx: Ctx) -> Health | JSONResponse:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text."}},
 )
-def metrics() -> Response:
-    """Counters and histograms in Prometheus' text format (``nurture_*``)."""
+def metrics(ctx: Ctx) -> Response:
+    """Counters, histograms and the outbox gauges in Prometheus' text format (``nurture_*``)."""
+    try:
+        found = backlog(ctx.db, utcnow())
+        gauges.outbox_state(found.counts, found.oldest_seconds)
+    except SQLAlchemyError as error:  # the counters are still worth serving
+        log.warning("outbox gauges: the database could not be read: %s", type(error).__name__)
+        gauges.outbox_state(dict.fromkeys(LISTED, math.nan), math.nan)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -29,9 +29,9 @@ from engine.errors import InvalidRecord
 from engine.ingest.batch import IngestResult
 from engine.ingest.parse import Parsed, Rejection, record
 from engine.send.dispatch import settle_processed
-from engine.send.unsubscribe import BadToken, matches, read_token
+from engine.send.unsubscribe import BadToken, read_token
 from engine.settings import Settings
-from engine.timeutil import isoformat, utcnow
+from engine.timeutil import isoformat
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -176,32 +176,63 @@ UNSUBSCRIBE: dict[str, Any] = {
     "tags": ["feedback"],
     "responses": {200: {"content": {"text/html": {}}}, **errors(400, 422, 503)},
 }
-UNSUBSCRIBED_PAGE = """<!doctype html><html><head><meta charset="utf-8">
-<title>Unsubscribed</title></head>
-<body style="font-family:sans-serif;max-width:32em;margin:4em auto">
-<h1>You are unsubscribed</h1><p>You will not receive any more emails from us.</p></body></html>"""
+# The token is in the address: no search engine, cache or other site is to keep it.
+PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+PAGE = """<!doctype html><html><head><meta charset="utf-8">
+<meta name="robots" content="noindex"><title>{title}</title></head>
+<body style="font-family:sans-serif;max-width:32em;margin:4em auto">{body}</body></html>"""
+# No `action`: the form posts back to this page's address, token included, wherever the
+# service is mounted.
+CONFIRM = PAGE.format(
+    title="Unsubscribe",
+    body="""<h1>Unsubscribe?</h1><p>You will not receive any more emails from us.</p>
+<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Unsubscribe</button></form>""",
+)
+DONE = PAGE.format(
+    title="Unsubscribed",
+    body="<h1>You are unsubscribed</h1><p>You will not receive any more emails from us.</p>",
+)
 
 
-# Two routes rather than one with two methods: each OpenAPI operation needs its own id.
-@router.get("/unsubscribe", **UNSUBSCRIBE)
-@router.post("/unsubscribe", operation_id="unsubscribe_post", **UNSUBSCRIBE)
-def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
-    """The signed link in every email (and its RFC 8058 one-click POST): opts the lead out at
-    once. A forged or altered token is refused."""
+def _lead_of(ctx: Context, token: str) -> Any:
+    """The lead a genuine unsubscribe token names (id, email, subscribed, version); 400 for a
+    forged or altered token, or one for a lead that is no longer there."""
     try:
-        lead_id, digest = read_token(ctx.settings.signing_key(), token)
+        found = read_token(ctx.settings.signing_key(), token)
     except BadToken as error:
         raise HTTPException(400, str(error)) from None
+    query = select(
+        LEADS.c.id, LEADS.c.email, LEADS.c.created_at, LEADS.c.subscribed, LEADS.c.version
+    ).where(LEADS.c.id == found.lead_id)
     with reading(ctx.db) as conn:
-        email = conn.execute(select(LEADS.c.email).where(LEADS.c.id == lead_id)).scalar()
-    if email is None or not matches(digest, email):
+        lead = conn.execute(query).first()
+    if lead is None or not found.names(lead.email, lead.created_at):
         raise HTTPException(400, "the unsubscribe link is not valid")
-    # One event per lead and hour: a client that follows the link twice unsubscribes once.
-    hour = utcnow().strftime("%Y%m%dT%H")
-    raw = {"id": f"unsubscribe-link:{lead_id}:{hour}", "email": email, "type": "unsubscribe",
-           "properties": {"via": "link"}}  # fmt: skip
-    result = score(ctx, [record(0, raw)])
-    if result.rejected:
-        raise HTTPException(500, "could not record the unsubscribe; please try again")
-    log.info("lead %s unsubscribed by link", lead_id)
-    return HTMLResponse(UNSUBSCRIBED_PAGE)
+    return lead
+
+
+@router.get("/unsubscribe", **UNSUBSCRIBE)
+def unsubscribe_page(token: str, ctx: Ctx) -> HTMLResponse:
+    """The signed link in every email: a page that asks first, because link scanners and
+    previews follow links; its button (or the mail client's one click) is the POST."""
+    lead = _lead_of(ctx, token)
+    return HTMLResponse(CONFIRM if lead.subscribed else DONE, headers=PRIVATE)
+
+
+@router.post("/unsubscribe", operation_id="unsubscribe_post", **UNSUBSCRIBE)
+def unsubscribe(token: str, ctx: Ctx) -> HTMLResponse:
+    """Opts the lead out at once (RFC 8058 one click: ``List-Unsubscribe=One-Click``). A forged
+    or altered token is refused."""
+    lead = _lead_of(ctx, token)
+    if lead.subscribed:
+        # One event per click that finds the lead subscribed: the lead's version is in the id,
+        # so two clicks racing on the same state record one unsubscribe, and a click after a
+        # re-subscribe records another.
+        raw = {"id": f"unsubscribe-link:{lead.id}:v{lead.version}", "email": lead.email,
+               "type": "unsubscribe", "properties": {"via": "link"}}  # fmt: skip
+        result = score(ctx, [record(0, raw)])
+        if result.rejected:
+            raise HTTPException(500, "could not record the unsubscribe; please try again")
+        log.info("lead %s unsubscribed by link", lead.id)
+    return HTMLResponse(DONE, headers=PRIVATE)

@@ -24,6 +24,10 @@ from engine.rules.load import (
 from engine.timeutil import parse_duration
 
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+# Names the outbox stores (campaign, template, from name): longer would fail the whole batch of
+# emails being queued, so they are refused here, with the line.
+MAX_NAME = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 KEYS = ("campaign", "audience", "exit_when", "from", "send_window", "frequency_cap", "steps")
 
 
@@ -63,8 +67,11 @@ class _CampaignParser:
                     key_line(doc, key, 1), f"unknown key {key!r}; a campaign has {', '.join(KEYS)}"
                 )
         name = doc.get("campaign")
-        if not isinstance(name, str) or not rules.NAME.match(name):
-            self.problem(key_line(doc, "campaign", 1), "`campaign:` must name the campaign")
+        if not isinstance(name, str) or not rules.NAME.match(name) or len(name) > MAX_NAME:
+            self.problem(
+                key_line(doc, "campaign", 1),
+                f"`campaign:` must name the campaign, in at most {MAX_NAME} characters",
+            )
             name = "unnamed"
         audience = self.condition(doc, "audience", name, required=True)
         exit_when = self.condition(doc, "exit_when", name, required=False)
@@ -106,8 +113,10 @@ class _CampaignParser:
         except ValueError:
             self.problem(line, "`from:` needs {email: you@example.com, name: Sender}")
             return "", None
-        name = node.get("name")
-        return email, str(name) if name is not None else None
+        name = None if node.get("name") is None else str(node["name"])
+        if name is not None and (len(name) > MAX_NAME or _CONTROL.search(name)):
+            self.problem(line, f"`from: name` must be one line of at most {MAX_NAME} characters")
+        return email, name
 
     def send_window(self, doc: CommentedMap) -> spec.SendWindow | None:
         node, line = doc.get("send_window"), key_line(doc, "send_window", 1)
@@ -165,8 +174,12 @@ class _CampaignParser:
                 if key not in ("template", "wait", "when"):
                     self.problem(key_line(body, key, at), f"{label}: unknown key {key!r}")
             template = body.get("template")
-            if not isinstance(template, str) or not template:
-                self.problem(at, f"{label}: needs `template:` (a file in templates/, no .j2)")
+            if not isinstance(template, str) or not template or len(template) > MAX_NAME:
+                self.problem(
+                    at,
+                    f"{label}: needs `template:` (a file in templates/, no .j2; at most "
+                    f"{MAX_NAME} characters)",
+                )
                 continue
             try:
                 wait = parse_duration(body.get("wait", "0d"), zero=True)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from rich.markup import escape
 
-from engine.cli import analysis, ingest, leads, reports, rules, run
+from engine.cli import analysis, ingest, leads, outbox, reports, rules, run
 from engine.cli.app import app
 from engine.cli.output import err
 from engine.errors import NurtureError
 
-__all__ = ["analysis", "app", "ingest", "leads", "main", "reports", "rules", "run"]
+__all__ = ["analysis", "app", "ingest", "leads", "main", "outbox", "reports", "rules", "run"]
 
 
 def main() -> None:

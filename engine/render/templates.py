@@ -1,23 +1,22 @@
 """Templates → email parts: the render step between a due campaign step and the outbox.
 
 ``templates/NAME.j2`` defines the blocks ``subject``, ``html`` and optionally ``text``. Rendering
-is sandboxed and strict: Jinja2's SandboxedEnvironment (no access to Python internals), undefined
-variables are errors, HTML is autoescaped and cannot be un-escaped (no ``safe`` filter, no
-``{% autoescape false %}``), and every render has a time budget (calls, loop iterations and
-sequence arithmetic check it) and an output bound. CSS is inlined (css-inline) and a text part is
-derived from the HTML (inscriptis) when the template has none. Templates are compiled once and
-cached by Jinja2; an edit on disk is picked up on the next render.
+is sandboxed and strict: :mod:`engine.render.sandbox` (no access to Python internals; bounded in
+time, macro nesting and the size of every value and text), undefined variables are errors, HTML
+is autoescaped and cannot be un-escaped (no ``safe`` filter, no ``{% autoescape false %}``), and
+the email has an output bound. CSS is inlined (css-inline) and a text part is derived from the
+HTML (inscriptis) when the template has none. Templates are compiled once and cached by Jinja2;
+an edit on disk is picked up on the next render.
 
-A failure of any kind is a :class:`TemplateError` naming the template file and line, so the
-caller can hold the email with the reason instead of sending it blank.
+A failure of any kind, in one email of a batch, is a :class:`TemplateError` naming the template
+file and line, so the caller can hold that email with the reason and send the others.
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import os
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import unescape
@@ -27,19 +26,13 @@ from typing import Any
 import css_inline
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
-from jinja2 import (
-    FileSystemLoader,
-    StrictUndefined,
-    TemplateSyntaxError,
-    nodes,
-)
-from jinja2 import (
-    TemplateError as JinjaError,
-)
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateSyntaxError
+from jinja2 import TemplateError as JinjaError
+from jinja2.exceptions import TemplateNotFound
+from jinja2.loaders import split_template_path
 
 from engine.errors import NurtureError
+from engine.render.sandbox import MAX_VALUE, BoundedEnvironment, budget, joined
 
 SUFFIX = ".j2"
 # Profile attributes every lead has in a template (None when unknown), so `lead.first_name or
@@ -56,10 +49,9 @@ PROFILE = (
     "timezone",
     "owner",
 )
-RENDER_SECONDS = 1.0  # a render that takes longer is stopped and the email held
-MAX_OUTPUT = 1_000_000  # characters of subject + html + text
-MAX_RANGE = 10_000  # the longest range() a template may build
-MAX_SEQUENCE = 100_000  # the longest string or list `*` may build
+MAX_OUTPUT = MAX_VALUE  # characters of subject + html + text
+MAX_SUBJECT = 998  # RFC 5322's longest line: a subject longer than that is a template bug
+MAX_TEMPLATE_BYTES = 1_000_000  # a template file (or one it includes) larger is refused
 
 
 class TemplateError(NurtureError):
@@ -84,66 +76,8 @@ class Rendered:
     text: str
 
 
-# -- the render budget ---------------------------------------------------------------------------
-_budget = threading.local()
-
-
-def _tick() -> None:
-    if time.monotonic() > getattr(_budget, "until", float("inf")):
-        raise SecurityError(f"rendering took longer than {RENDER_SECONDS:g} s")
-
-
-def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
-    """Every template ``for`` loop iterates through this, so a loop cannot outrun the budget."""
-    for count, item in enumerate(iterable):
-        if not count % 256:
-            _tick()
-        yield item
-
-
-class _Environment(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        _tick()
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        _tick()
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 100:
-            raise SecurityError("exponent too large")
-        if operator == "*" and isinstance(left, int) and isinstance(right, Sequence):
-            left, right = right, left
-        if (
-            operator == "*"
-            and isinstance(left, Sequence)
-            and isinstance(right, int)
-            and len(left) * right > MAX_SEQUENCE
-        ):
-            raise SecurityError(f"a sequence longer than {MAX_SEQUENCE:,} items")
-        return super().call_binop(context, operator, left, right)
-
-    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        tree = super()._parse(source, name, filename)
-        for modifier in tree.find_all((nodes.EvalContextModifier,)):
-            if any(option.key == "autoescape" for option in modifier.options):
-                raise TemplateSyntaxError(
-                    "autoescape cannot be changed in an email template", modifier.lineno, name,
-                    filename,
-                )  # fmt: skip
-        for loop in tree.find_all(nodes.For):
-            loop.iter = nodes.Call(
-                nodes.Name("_budgeted", "load"), [loop.iter], [], None, None, lineno=loop.lineno
-            )
-        return tree
-
-
 def _nothing(_context: Any) -> Iterator[str]:
     yield from ()
-
-
-def _finalize(value: Any) -> Any:
-    return "" if value is None else value
 
 
 def _origin(error: BaseException, folder: Path) -> tuple[str | None, int | None]:
@@ -157,21 +91,30 @@ def _origin(error: BaseException, folder: Path) -> tuple[str | None, int | None]
     return None, None
 
 
+class _Loader(FileSystemLoader):
+    """The templates folder, where a file over :data:`MAX_TEMPLATE_BYTES` is refused unread."""
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        pieces = split_template_path(template)
+        for folder in self.searchpath:
+            path = os.path.join(folder, *pieces)
+            if os.path.isfile(path):
+                if os.path.getsize(path) > MAX_TEMPLATE_BYTES:
+                    raise JinjaError(f"{template} is larger than {MAX_TEMPLATE_BYTES:,} bytes")
+                return super().get_source(environment, template)
+        raise TemplateNotFound(template)
+
+
 class Renderer:
     """The templates of one folder, compiled on first use and cached."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self.env = _Environment(
-            loader=FileSystemLoader(self.folder),
-            undefined=StrictUndefined,
-            autoescape=True,
-            finalize=_finalize,
-            cache_size=1000,
+        self.env = BoundedEnvironment(
+            loader=_Loader(self.folder), undefined=StrictUndefined, cache_size=1000
         )
-        self.env.filters.pop("safe", None)
-        self.env.globals["_budgeted"] = _budgeted
-        self.env.globals["range"] = _range
         self.inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
 
     def names(self) -> list[str]:
@@ -193,62 +136,93 @@ class Renderer:
     def render_many(
         self, jobs: Sequence[tuple[str, Mapping[str, Any]]]
     ) -> list[Rendered | TemplateError]:
-        """Each (template, variables) rendered, or the error that stops it. The CSS of the whole
-        batch is inlined in one call, which css-inline spreads over the cores."""
-        drafts = [self._draft(name, variables) for name, variables in jobs]
-        good = [i for i, draft in enumerate(drafts) if isinstance(draft, Rendered)]
-        pages = self.inliner.inline_many([drafts[i].html for i in good])  # type: ignore[union-attr]
-        results: list[Rendered | TemplateError] = list(drafts)
-        for i, html in zip(good, pages, strict=True):
-            draft = drafts[i]
+        """Each (template, variables) rendered, or the error that stops it: one bad email never
+        stops the others. The CSS of the whole batch is inlined in one call, which css-inline
+        spreads over the cores."""
+        results: list[Rendered | TemplateError] = [self._draft(n, v) for n, v in jobs]
+        good = [i for i, draft in enumerate(results) if isinstance(draft, Rendered)]
+        pages = self._inline([results[i].html for i in good])  # type: ignore[union-attr]
+        for i, page in zip(good, pages, strict=True):
+            draft = results[i]
             assert isinstance(draft, Rendered)
-            text = draft.text or html_to_text(html)
-            if len(draft.subject) + len(html) + len(text) > MAX_OUTPUT:
-                file = str(self.folder / (jobs[i][0] + SUFFIX))
-                results[i] = TemplateError(
-                    f"the email is longer than {MAX_OUTPUT:,} characters", file
-                )
-            else:
-                results[i] = Rendered(draft.subject, html, text)
+            results[i] = self._finish(jobs[i][0], draft, page)
         return results
+
+    def _inline(self, pages: list[str]) -> list[str | Exception]:
+        """The pages with their CSS inlined; where css-inline refuses a page (an unparsable
+        ``style`` attribute fails the whole call), each page on its own."""
+        try:
+            return list(self.inliner.inline_many(pages))
+        except ValueError:
+            pass
+        inlined: list[str | Exception] = []
+        for page in pages:
+            try:
+                inlined.append(self.inliner.inline(page))
+            except ValueError as error:
+                inlined.append(error)
+        return inlined
+
+    def _finish(
+        self, name: str, draft: Rendered, page: str | Exception
+    ) -> Rendered | TemplateError:
+        """The email from its draft and inlined page, or why it cannot go."""
+        file = str(self.folder / (name + SUFFIX))
+        if isinstance(page, Exception):
+            return TemplateError(f"the CSS cannot be inlined: {page}", file)
+        try:
+            text = draft.text or html_to_text(page)
+        except Exception as error:  # the text part is derived: its failure is this email's
+            return TemplateError(f"no text part can be derived from the HTML: {error}", file)
+        if len(draft.subject) + len(page) + len(text) > MAX_OUTPUT:
+            return TemplateError(f"the email is longer than {MAX_OUTPUT:,} characters", file)
+        if any("\x00" in part for part in (draft.subject, page, text)):
+            # PostgreSQL stores no NUL in text: the batch's transaction would fail.
+            return TemplateError("the email contains a NUL character", file)
+        return Rendered(draft.subject, page, text)
 
     def _draft(self, name: str, variables: Mapping[str, Any]) -> Rendered | TemplateError:
         """Subject, page (CSS not yet inlined) and the text block if any, within the budget."""
         file = str(self.folder / (name + SUFFIX))
-        _budget.until = time.monotonic() + RENDER_SECONDS
         try:
-            template = self.env.get_template(name + SUFFIX)
-            if "subject" not in template.blocks or "html" not in template.blocks:
-                return TemplateError(
-                    "an email template needs {% block subject %} and {% block html %}", file
-                )
-            try:
-                blocks = template.new_context(dict(variables))
-                parts = {
-                    block: "".join(template.blocks[block](blocks))
-                    for block in ("subject", "text")
-                    if block in template.blocks
-                }
-                # The HTML is the whole page (a layout around the html block), without the
-                # subject and text blocks where a stand-alone template has them in its body.
-                page = template.new_context(dict(variables))
-                for block in parts:
-                    page.blocks[block] = [_nothing]
-                html = "".join(template.root_render_func(page)).strip()
-            except Exception:
-                # Re-raised with the traceback pointing at template lines, as Template.render does.
-                self.env.handle_exception()
-        except (JinjaError, SecurityError, ArithmeticError, TypeError, ValueError) as error:
+            with budget():
+                template = self.env.get_template(name + SUFFIX)
+                if "subject" not in template.blocks or "html" not in template.blocks:
+                    return TemplateError(
+                        "an email template needs {% block subject %} and {% block html %}", file
+                    )
+                try:
+                    blocks = template.new_context(dict(variables))
+                    parts = {
+                        block: joined(template.blocks[block](blocks))
+                        for block in ("subject", "text")
+                        if block in template.blocks
+                    }
+                    # The HTML is the whole page (a layout around the html block), without the
+                    # subject and text blocks where a stand-alone template has them in its body.
+                    page = template.new_context(dict(variables))
+                    for block in parts:
+                        page.blocks[block] = [_nothing]
+                    html = joined(template.root_render_func(page)).strip()
+                except Exception:
+                    # Re-raised with the traceback pointing at template lines, as
+                    # Template.render does.
+                    self.env.handle_exception()
+        except RecursionError:
+            return TemplateError(
+                "templates nested too deeply (does a template include itself?)", file
+            )
+        except Exception as error:  # whatever a template raises holds this email, not the batch
             where, line = _origin(error, self.folder)
             message = getattr(error, "message", None) or str(error) or type(error).__name__
             return TemplateError(message, where or file, line)
-        finally:
-            _budget.until = float("inf")
         # Autoescaping is for the HTML: the subject and text parts are plain text, so what it
         # escaped there is turned back (a company called "A&B" stays "A&B").
         subject = " ".join(unescape(parts["subject"]).split())  # one line, whatever it was
         if not subject:
             return TemplateError("the subject is empty", file)
+        if len(subject) > MAX_SUBJECT:
+            return TemplateError(f"the subject is longer than {MAX_SUBJECT} characters", file)
         return Rendered(subject, html, unescape(parts.get("text", "")).strip())
 
     def check(self) -> list[TemplateError]:
@@ -258,9 +232,10 @@ class Renderer:
         for name in self.names():
             try:
                 template = self.env.get_template(name + SUFFIX)
-            except JinjaError as error:
+            except Exception as error:  # a template too deep to compile is a problem too
                 file, line = _origin(error, self.folder)
-                problems.append(TemplateError(str(error.message), file, line))
+                message = getattr(error, "message", None) or str(error) or type(error).__name__
+                problems.append(TemplateError(message, file or str(self.folder / name), line))
                 continue
             if "subject" not in template.blocks:
                 continue
@@ -283,13 +258,6 @@ def html_to_text(html: str) -> str:
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text.strip()
-
-
-def _range(*args: int) -> range:
-    span = range(*args)
-    if len(span) > MAX_RANGE:
-        raise SecurityError(f"range() longer than {MAX_RANGE:,} items")
-    return span
 
 
 def lead_context(

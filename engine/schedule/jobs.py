@@ -79,10 +79,8 @@ class Jobs:
         return decay(self.db, ruleset_in_force(self.db, self.settings).compiled.ruleset, now)
 
     def steps(self, now: datetime) -> StepReport:
-        ruleset = ruleset_in_force(self.db, self.settings).compiled.ruleset
-        found = campaigns_in_force(self.db, self.settings, ruleset, self.renderer.names())
-        self.warnings.extend(str(problem) for problem in found.problems)
-        runner = StepRunner(self.db, self.settings, found.compiled, self.renderer)
+        runner, problems = step_runner(self.db, self.settings, self.renderer)
+        self.warnings.extend(problems)
         return runner.run(now)
 
     def dispatch(self, now: datetime) -> DispatchReport:
@@ -132,6 +130,22 @@ class Jobs:
             (runner.start if event.code == EVENT_SCHEDULER_START else runner.stop)()
 
         scheduler.add_listener(follow, EVENT_SCHEDULER_START | EVENT_SCHEDULER_SHUTDOWN)
+
+
+def step_runner(db: Engine, settings: Settings, renderer: Renderer) -> tuple[StepRunner, list[str]]:
+    """The step runner of the ruleset and campaigns in force, and what is wrong with the
+    campaigns on disk (the last good ones stay in force)."""
+    ruleset = ruleset_in_force(db, settings).compiled.ruleset
+    found = campaigns_in_force(db, settings, ruleset, renderer.names())
+    runner = StepRunner(db, settings, found.compiled, renderer)
+    return runner, [str(problem) for problem in found.problems]
+
+
+def release(db: Engine, settings: Settings, outbox_id: int, now: datetime) -> dict[str, Any]:
+    """``nurture outbox --release`` and its API: a held message rendered again now (see
+    :meth:`StepRunner.release`)."""
+    runner, _problems = step_runner(db, settings, Renderer(settings.templates_dir))
+    return runner.release(outbox_id, now)
 
 
 def _logged(

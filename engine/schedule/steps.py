@@ -27,6 +27,7 @@ from engine.db import append_rows
 from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.render.templates import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
+from engine.send.outbox import message, not_in
 from engine.send.unsubscribe import list_unsubscribe_headers, unsubscribe_url
 from engine.settings import Settings
 from engine.status import EnrollmentStatus, OutboxStatus
@@ -183,6 +184,7 @@ class StepRunner:
             LEADS.c.stage,
             LEADS.c.tags,
             LEADS.c.subscribed,
+            LEADS.c.created_at,
         ).where(LEADS.c.id.in_(ids))
         for row in conn.execute(query):
             leads[row.id] = {**row._asdict(), "scores": {}}
@@ -273,7 +275,7 @@ class StepRunner:
         self, row: Any, lead: dict[str, Any], campaign: Campaign, state: LeadState, now: datetime
     ) -> Pending:
         step = campaign.steps[row.step]
-        url = unsubscribe_url(self.settings.public_url, self.key, lead["id"], lead["email"])
+        url, variables = self._variables(lead, campaign.name, row.step, state, now)
         message: dict[str, Any] = {
             "idempotency_key": f"enrollment:{row.id}:step:{row.step}",
             "kind": "campaign",
@@ -290,6 +292,13 @@ class StepRunner:
             "next_attempt_at": now,
             "created_at": now,
         }
+        return Pending(message, step.template, variables)
+
+    def _variables(
+        self, lead: dict[str, Any], campaign: str, step: int, state: LeadState, now: datetime
+    ) -> tuple[str, dict[str, Any]]:
+        """The lead's unsubscribe link and what the template of its ``step`` sees."""
+        url = unsubscribe_url(self.settings.public_url, self.key, lead["id"], lead["created_at"])
         profile = lead_context(
             lead["email"],
             lead["attributes"],
@@ -299,10 +308,44 @@ class StepRunner:
             stage=state.stage,
             tags=state.tags,
         )
-        variables = context(
-            profile, campaign=campaign.name, step=row.step + 1, unsubscribe_url=url, now=now
-        )
-        return Pending(message, step.template, variables)
+        variables = context(profile, campaign=campaign, step=step + 1, unsubscribe_url=url, now=now)
+        return url, variables
+
+    def release(self, outbox_id: int, now: datetime) -> dict[str, Any]:
+        """A held message rendered again from its template, for the lead as it is now: queued
+        (due now, or at the campaign's next send-window opening) or held again with the new
+        error. The message as it is afterwards; NoSuchMessage or WrongState when it is not
+        held."""
+        with self.db.begin() as conn:
+            query = select(OUTBOX).where(OUTBOX.c.id == outbox_id)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None or row.status != OutboxStatus.HELD:
+                raise not_in(conn, outbox_id, OutboxStatus.HELD)
+            lead = self._leads(conn, {row.lead_id})[row.lead_id]
+            state = LeadState(lead["attributes"], lead["scores"], lead["stage"], lead["tags"])
+            url, variables = self._variables(lead, row.campaign, row.step, state, now)
+            [result] = self.renderer.render_many([(row.template, variables)])
+            if isinstance(result, TemplateError):
+                values: dict[str, Any] = {"last_error": str(result)}
+            else:
+                values = {"status": OutboxStatus.QUEUED, "subject": result.subject,
+                          "html": result.html, "text": result.text, "last_error": None,
+                          "headers": list_unsubscribe_headers(url), "attempts": 0,
+                          "next_attempt_at": self._due(row.campaign, lead, now)}  # fmt: skip
+            conn.execute(update(OUTBOX).where(OUTBOX.c.id == outbox_id).values(**values))
+            released = message(conn, outbox_id)
+        metrics.emails_prepared(int(released["status"] == OutboxStatus.QUEUED), 0)
+        return released
+
+    def _due(self, campaign: str, lead: dict[str, Any], now: datetime) -> datetime:
+        """When a released message may go: now, or the next opening of its send window."""
+        found = self.campaigns.campaigns.get(campaign)
+        if found is None or found.send_window is None:
+            return now
+        zone = lead_zone(lead["attributes"], self.settings.default_timezone)
+        return next_opening(found.send_window, now, zone)
 
     def _render(self, pending: list[Pending], report: StepReport) -> list[dict[str, Any]]:
         """The outbox rows of a batch: rendered and queued, or held with the template error."""

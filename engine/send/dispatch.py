@@ -22,11 +22,13 @@ duplicates per crash.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 
@@ -48,6 +50,7 @@ BACKOFF_BASE = 60.0  # seconds before the first retry; doubles per attempt
 BACKOFF_MAX = 6 * 3600.0
 CAMPAIGN = "campaign"  # emails to the lead: the only kind consent suppresses
 WEBHOOK = "webhook"  # a JSON POST to the sales webhook instead of an email
+MAX_ERROR = 2000  # characters of a provider's answer kept in last_error
 
 
 @dataclass
@@ -70,7 +73,20 @@ def backoff(attempts: int, retry_after: float | None) -> timedelta:
     return timedelta(seconds=min(BACKOFF_BASE * 2 ** max(attempts - 1, 0), BACKOFF_MAX))
 
 
-def email_of(row: Any) -> Email:
+def mail_host(public_url: str) -> str:
+    """Our domain for Message-IDs: NURTURE_PUBLIC_URL's host name."""
+    host = urlsplit(public_url).hostname or ""
+    return host if re.fullmatch(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", host) else "localhost"
+
+
+def message_id(idempotency_key: str, host: str) -> str:
+    """``<nurture.enrollment.12.step.0@host>``: one id per outbox message, the same on every
+    try, so that a message sent twice after a lost answer is recognisably one message."""
+    atoms = [atom for atom in re.split(r"[^A-Za-z0-9_-]+", idempotency_key) if atom]
+    return f"<{'.'.join(['nurture', *atoms])}@{host}>"
+
+
+def email_of(row: Any, host: str, now: datetime) -> Email:
     return Email(
         outbox_id=row.id,
         to=row.to_email,
@@ -81,6 +97,8 @@ def email_of(row: Any) -> Email:
         text=row.text,
         headers=dict(row.headers or {}),
         category=row.campaign,
+        message_id=message_id(row.idempotency_key, host),
+        date=now,
     )
 
 
@@ -98,6 +116,7 @@ class Dispatcher:
         self.mailer = mailer
         self.kinds = tuple(kinds)
         self.webhook = webhook
+        self.host = mail_host(settings.public_url)
 
     def run(self, now: datetime, limit: int | None = None) -> DispatchReport:
         """Send what is due at ``now`` round by round until nothing due is left (or ``limit``
@@ -162,7 +181,8 @@ class Dispatcher:
                 settled.append(_settle(row.id, OutboxStatus.SUPPRESSED, error=blocked[row.lead_id]))
             else:
                 to_send.append(row)
-        for row, outcome in zip(to_send, pool.map(self._send_one, to_send), strict=True):
+        outcomes = pool.map(self._send_one, to_send, [now] * len(to_send))
+        for row, outcome in zip(to_send, outcomes, strict=True):
             settled.append(self._settlement(row, outcome, now, report))
         with self.db.begin() as conn:
             conn.execute(
@@ -182,10 +202,10 @@ class Dispatcher:
         if CAMPAIGN in self.kinds:  # alert deliveries have metrics of their own
             metrics.emails_settled(s["b_status"] for s in settled)
 
-    def _send_one(self, row: Any) -> str | Exception | None:
+    def _send_one(self, row: Any, now: datetime) -> str | Exception | None:
         try:
             if row.kind != WEBHOOK:
-                return self.mailer.send(email_of(row))
+                return self.mailer.send(email_of(row, self.host, now))
             if self.webhook is None:
                 raise PermanentError("NURTURE_SALES_WEBHOOK_URL is not set")
             self.webhook.post(row.payload)
@@ -204,7 +224,7 @@ class Dispatcher:
             report.sent_ids.append(row.id)
             return _settle(row.id, OutboxStatus.SENT, b_provider=outcome, b_sent=now)
         # Providers quote the recipient in their errors: kept and logged without it.
-        reason = redact(str(outcome) or type(outcome).__name__)
+        reason = redact(_reason(outcome))
         if isinstance(outcome, TransientError) and row.attempts < self.settings.max_attempts:
             report.retried += 1
             wait = backoff(row.attempts, outcome.retry_after)
@@ -231,6 +251,13 @@ class Dispatcher:
         for lead_id, kind in conn.execute(bad):
             blocked.setdefault(lead_id, kind)
         return blocked
+
+
+def _reason(error: Exception) -> str:
+    """A failure as ``last_error`` keeps it: what the provider said, which may hold anything,
+    without NUL (PostgreSQL refuses it, and the whole batch's settlement with it) and bounded."""
+    text = (str(error) or type(error).__name__).replace("\x00", "\ufffd")
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
 def _settle(outbox_id: int, status: str, error: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from sendgrid.helpers.mail import (
     To,
 )
 
-from engine.send.email import Email, TransientError, http_failure
+from engine.send.email import Email, TransientError, http_failure, one_line
 
 
 class SendGridMailer:
@@ -34,15 +34,17 @@ class SendGridMailer:
     @staticmethod
     def payload(email: Email) -> Mail:
         mail = Mail(
-            from_email=From(email.from_email, email.from_name),
+            from_email=From(email.from_email, one_line(email.from_name or "") or None),
             to_emails=To(email.to),
-            subject=email.subject,
+            subject=one_line(email.subject),
         )
         # text/plain must come before text/html in SendGrid's content list.
         mail.add_content(Content(MimeType.text, email.text))
         mail.add_content(Content(MimeType.html, email.html))
         for name, value in email.headers.items():
-            mail.add_header(Header(name, value))
+            mail.add_header(Header(one_line(name), one_line(value)))
+        if email.message_id:  # the same on every try: the recipient's side can tell
+            mail.add_header(Header("Message-ID", one_line(email.message_id)))
         mail.add_custom_arg(CustomArg("outbox_id", str(email.outbox_id)))
         if email.category:
             mail.add_category(Category(email.category[:255]))

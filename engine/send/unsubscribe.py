@@ -1,57 +1,105 @@
-"""Signed unsubscribe links: made at render time for every email, read back by the
-``/unsubscribe`` endpoint. The token binds the lead's id to a digest of its address, so a link
-neither reveals the address nor works for another lead, and any change to it breaks the signature.
-Links do not expire: an unsubscribe link must work however old the email is."""
+"""Unsubscribe links: made at render time for every email, read back by the ``/unsubscribe``
+endpoint.
+
+A token is the lead's id and the moment the lead was created, encrypted and authenticated with
+a key derived from ``NURTURE_SECRET_KEY`` (Fernet: AES-CBC and HMAC-SHA256, a random IV per
+token). It says nothing to whoever holds it, not even whether two emails went to the same
+person; it cannot be forged or altered; and it names one lead, not a later lead that happens to
+reuse an erased one's id. Links do not expire: an unsubscribe link must work however old the
+email is.
+
+Links sent before tokens became opaque (a signed lead id and digest of the address) are still
+honoured: they are already in people's mailboxes, and checking them reveals nothing new.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from urllib.parse import urlencode
 
+from cryptography.fernet import Fernet, InvalidToken
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from engine.errors import NurtureError
 
 SALT = "nurture.unsubscribe"
+MAX_TOKEN = 1000  # characters; ours are about 120
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PAYLOAD = struct.Struct(">qq")  # lead id, creation in microseconds since the epoch
 
 
 class BadToken(NurtureError, ValueError):
     """An unsubscribe token that was not signed by us (or is damaged)."""
 
 
-def _digest(email: str) -> str:
-    return hashlib.sha256(email.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Token:
+    """What a genuine token says: the lead, and how to tell it is still that lead."""
+
+    lead_id: int
+    created: int | None  # the lead's creation (µs since the epoch)
+    digest: str | None = None  # a link from before tokens were opaque: a digest of the address
+
+    def names(self, email: str, created_at: datetime) -> bool:
+        """Whether the stored lead (its address and creation time) is the one the token is for."""
+        if self.created is not None:
+            return self.created == _stamp(created_at)
+        return self.digest == _legacy_digest(email)
+
+
+def _stamp(moment: datetime) -> int:
+    """Microseconds since the epoch (a database without time zones returns naive UTC)."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return (aware - _EPOCH) // timedelta(microseconds=1)
 
 
 @lru_cache(maxsize=8)
-def _serializer(key: str) -> URLSafeSerializer:
-    # Built once per key: deriving the signing key is most of the cost of a token.
-    return URLSafeSerializer(key, salt=SALT)
+def _fernet(key: str) -> Fernet:
+    derived = hashlib.sha256(f"{SALT}\0{key}".encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(derived))
 
 
-def make_token(key: str, lead_id: int, email: str) -> str:
-    return str(_serializer(key).dumps([lead_id, _digest(email)]))
+def make_token(key: str, lead_id: int, created_at: datetime) -> str:
+    token = _fernet(key).encrypt(_PAYLOAD.pack(lead_id, _stamp(created_at)))
+    return token.decode().rstrip("=")  # the padding is restored when read
 
 
-def read_token(key: str, token: str) -> tuple[int, str]:
-    """(lead id, address digest) of a genuine token; BadToken for a forged or altered one."""
+def read_token(key: str, token: str) -> Token:
+    """What a genuine token says; BadToken for a forged, altered or unreadable one."""
+    if not token or len(token) > MAX_TOKEN:
+        raise BadToken("the unsubscribe link is not valid")
+    if "." in token:  # itsdangerous' payload.signature: a link from before
+        return _legacy(key, token)
     try:
-        payload = _serializer(key).loads(token)
+        payload = _fernet(key).decrypt(token + "=" * (-len(token) % 4))
+        lead_id, created = _PAYLOAD.unpack(payload)
+    except (InvalidToken, ValueError, struct.error):
+        raise BadToken("the unsubscribe link is not valid (altered or not ours)") from None
+    return Token(lead_id, created)
+
+
+def _legacy_digest(email: str) -> str:
+    return hashlib.sha256(email.encode()).hexdigest()[:16]
+
+
+def _legacy(key: str, token: str) -> Token:
+    try:
+        payload = URLSafeSerializer(key, salt=SALT).loads(token)
     except BadSignature:
         raise BadToken("the unsubscribe link is not valid (altered or not ours)") from None
     match payload:
         case [int() as lead_id, str() as digest]:
-            return lead_id, digest
+            return Token(lead_id, None, digest)
     raise BadToken("the unsubscribe link is not valid")
 
 
-def matches(digest: str, email: str) -> bool:
-    return _digest(email) == digest
-
-
-def unsubscribe_url(public_url: str, key: str, lead_id: int, email: str) -> str:
-    query = urlencode({"token": make_token(key, lead_id, email)})
+def unsubscribe_url(public_url: str, key: str, lead_id: int, created_at: datetime) -> str:
+    query = urlencode({"token": make_token(key, lead_id, created_at)})
     return f"{public_url.rstrip('/')}/unsubscribe?{query}"
 
 
