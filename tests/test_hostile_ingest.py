@@ -359,7 +359,9 @@ def test_numbers_json_reads_but_nothing_else_can_are_refused_not_a_500(api: Test
         b' {"event": "processed", "outbox_id": 1e400}]',
     )
     assert events.status_code == 200, events.text
-    assert events.json()["rejected"] == [{"index": 0, "error": "timestamp: not a time"}]
+    assert events.json()["rejected"] == [
+        {"index": 0, "error": "timestamp: not a Unix time in seconds"}
+    ]
 
 
 # -- 12: times ---------------------------------------------------------------------------------
