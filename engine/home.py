@@ -14,7 +14,7 @@ from engine.errors import Problem, ProblemsError
 from engine.render.templates import Renderer
 from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
 from engine.rules.lint import warnings
-from engine.rules.load import parse_ruleset
+from engine.rules.load import model_path_problem, parse_ruleset, refused_model
 from engine.rules.spec import ModelLoader, Predictor, Ruleset
 from engine.rules.testing import Case, parse_cases
 from engine.settings import get_settings
@@ -29,17 +29,31 @@ def read_text(path: Path) -> str:
 
 
 def model_loader(home: Path) -> ModelLoader:
-    """Loads a ruleset's ``model:`` paths, relative to ``home``."""
+    """Loads a ruleset's ``model:`` paths, relative to ``home``: only files that are under
+    ``home/models`` once symbolic links are followed (see ``model_path_problem``)."""
+    folder = home / "models"
 
     def load(path: str) -> Predictor:
         from engine.analysis.predict import ModelError, load_model  # scikit-learn only when used
 
+        file = _inside(folder, home / path) if model_path_problem(path) is None else None
+        if file is None:
+            raise ModelError(refused_model(path))
         try:
-            return load_model(home / path)
+            return load_model(file)
         except ModelError as error:
             raise ModelError(f"{error} (paths are relative to {home})") from None
 
     return load
+
+
+def _inside(folder: Path, path: Path) -> Path | None:
+    """``path`` with its links resolved, when that lies in ``folder``; else None."""
+    try:
+        resolved = path.resolve()
+        return resolved if resolved.is_relative_to(folder.resolve()) else None
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name the OS refuses
+        return None
 
 
 def load_ruleset(path: Path, home: Path | None = None) -> Ruleset:
@@ -50,11 +64,18 @@ def load_ruleset(path: Path, home: Path | None = None) -> Ruleset:
 
 def compile_checked(path: Path, home: Path | None = None) -> CompiledRuleset:
     """Load and compile, every failure as a ProblemsError naming the file."""
-    ruleset = load_ruleset(path, home)
+    return compile_text(read_text(path), str(path), home)
+
+
+def compile_text(text: str, path: str, home: Path | None = None) -> CompiledRuleset:
+    """Parse and compile the ruleset ``text`` (of file ``path``), every failure as a
+    ProblemsError naming the file."""
+    models = model_loader(home if home is not None else get_settings().home)
+    ruleset = parse_ruleset(text, path, models)
     try:
         return compile_ruleset(ruleset)
     except CompileError as error:
-        raise ProblemsError([Problem(str(path), 1, str(error))]) from None
+        raise ProblemsError([Problem(path, error.line or 1, str(error))]) from None
 
 
 def ruleset_files(path: Path) -> Iterator[Path]:
