@@ -24,7 +24,7 @@ from engine.campaigns.spec import Campaign
 from engine.db import reading
 from engine.db.schema import VERSIONS
 from engine.errors import NurtureError, Problem, ProblemsError
-from engine.home import compile_checked, compile_text, read_sources, ruleset_files
+from engine.home import compile_checked, compile_text, read_sources, read_text, ruleset_files
 from engine.render.templates import Renderer
 from engine.rules.compile import CompiledRuleset, CompileError
 from engine.rules.spec import Ruleset, version_of
@@ -118,9 +118,9 @@ def _fingerprint(*parts: str) -> str:
 def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
     path = choose_file(settings)
     try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError:
-        text = ""  # unreadable: the full load below says why
+        text = read_text(path)
+    except ProblemsError:
+        text = ""  # unreadable or too large: the full load below says why
     slot, fingerprint = ("ruleset", str(db.url), str(path)), _fingerprint(text)
     last = _LAST.get(slot)
     if last is not None and last[0] == fingerprint and isinstance(last[1], InForce):

@@ -15,15 +15,30 @@ from engine.render.templates import Renderer
 from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
 from engine.rules.lint import warnings
 from engine.rules.load import model_path_problem, parse_ruleset, refused_model
+from engine.rules.source import MAX_SOURCE
 from engine.rules.spec import ModelLoader, Predictor, Ruleset
 from engine.rules.testing import Case, parse_cases
 from engine.settings import get_settings
 
 
 def read_text(path: Path) -> str:
-    """A file's text; a ProblemsError naming it when it cannot be read."""
+    """A file's text; a ProblemsError naming it when it cannot be read, or when it is larger
+    than any ruleset, campaign or test file may be (read no further than that)."""
+    limit = MAX_SOURCE * 4  # bytes: UTF-8 takes at most 4 a character
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+        if len(data) > limit:
+            raise ProblemsError(
+                [
+                    Problem(
+                        str(path),
+                        1,
+                        f"over {limit:,} bytes: a file has at most {MAX_SOURCE:,} characters",
+                    )
+                ]
+            )
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ProblemsError([Problem(str(path), 1, f"cannot read: {error}")]) from None
 

@@ -262,6 +262,10 @@ hostile_numbers = st.sampled_from(
         ]
     ]
 )
+# Texts and patterns refused where a value or a `matches` pattern goes.
+hostile_texts = st.sampled_from(
+    [RawYaml(t) for t in ("'(a+)+$'", "'a{99999}'", "'[[:alpha:]]'", "'(?:ab){e<=1}'")]
+) | st.builds(lambda n: RawYaml("'" + "x" * n + "'"), st.just(1001))
 hostile_durations = st.sampled_from(["99999999999999999d", "3651d", "0d", "-1d", "1e9d", "7"])
 words = st.sampled_from(
     ["page_view", "demo_request", "/pricing", "vip", "VP Sales", "Ünïcode 🙂", "", "on", "12000"]
@@ -353,11 +357,11 @@ invalid_leaves = st.one_of(
         | st.none()
         | st.lists(words, max_size=2)
         | hostile_numbers
+        | hostile_texts
         | st.sampled_from(
             [
                 RawYaml(t)
-                for t in [".nan", ".inf", "{}", "[]", "'(vp'", "boiling", "nowhere"]
-                + ["'" + "x" * 1001 + "'", "'(a+)+$'", "'a{99999}'", "'[[:alpha:]]'", "!!int 5"]
+                for t in (".nan", ".inf", "{}", "[]", "'(vp'", "boiling", "nowhere", "!!int 5")
             ]
         ),
     ),

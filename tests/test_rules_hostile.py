@@ -75,9 +75,7 @@ def api(tmp_path: Path) -> Iterator[TestClient]:
     home = tmp_path / "api-home"
     (home / "rulesets").mkdir(parents=True)
     (home / "rulesets" / "live.yaml").write_text(rule())
-    settings = Settings(
-        home=home, database_url=f"sqlite:///{tmp_path / 'api.db'}", api_token=TOKEN
-    )
+    settings = Settings(home=home, database_url=f"sqlite:///{tmp_path / 'api.db'}", api_token=TOKEN)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         yield client
 
@@ -413,12 +411,28 @@ BAD_NUMBERS = [
     (rule("{count: {type: v, within: 99999999999999999d, at_least: 1}}"), RULE_LINE + 1, "3650d"),
     (rule("{count: {type: v, within: 7d, at_least: 99999999999}}"), RULE_LINE + 1, "at_least"),
     (rule("{lead.x: {gte: 99999999999999999999}}"), RULE_LINE + 1, "10^15"),
-    (HEAD.replace("max: 100}", "max: 100, decay: {points: 5, every: 99999999999999999d}}")
-     + rule()[len(HEAD) :], 3, "3650d"),  # fmt: skip
-    (HEAD.replace("max: 100}", "max: 100, decay: {points: 9999999999, every: 1d}}")
-     + rule()[len(HEAD) :], 3, "decay points"),  # fmt: skip
+    (
+        HEAD.replace("max: 100}", "max: 100, decay: {points: 5, every: 99999999999999999d}}")
+        + rule()[len(HEAD) :],
+        3,
+        "3650d",
+    ),
+    (
+        HEAD.replace("max: 100}", "max: 100, decay: {points: 9999999999, every: 1d}}")
+        + rule()[len(HEAD) :],
+        3,
+        "decay points",
+    ),
+    (
+        # Periods since a rise are counted in a 32-bit column: 1s periods since year 1 overflow.
+        HEAD.replace("max: 100}", "max: 100, decay: {points: 1, every: 59m}}")
+        + rule()[len(HEAD) :],
+        3,
+        "at least 1h",
+    ),
     (rule() + "max_chain: 99999999999\n", RULE_LINE + 3, "max_chain"),
-    (rule(nested_not(40)), RULE_LINE + 1, "nested more than 32"),
+    (rule(nested_not(33)), RULE_LINE + 1, "nested more than 32"),
+    (rule().replace("ruleset: hostile", "ruleset: " + "h" * 65), 1, "64 characters"),
     (rule(nested_not(3000)), RULE_LINE + 1, "nested more than"),
 ]
 
@@ -431,11 +445,21 @@ def test_every_number_and_nesting_is_bounded_with_file_and_line(
     assert problem.line == line and words in problem.message, problem
 
 
+def test_a_huge_file_on_disk_is_refused_unread(tmp_path: Path) -> None:
+    folder = tmp_path / "rulesets"
+    folder.mkdir()
+    with (folder / "huge.yaml").open("wb") as file:
+        file.truncate(50_000_000)  # sparse: no disk used
+    result = nurture("rules", "check", str(folder))
+    assert result.exit_code == 1
+    assert f"{folder / 'huge.yaml'}:1: over 4,000,000 bytes" in result.output
+
+
 def test_the_bounds_hold_at_their_edges() -> None:
     text = HEAD.replace("min: 0, max: 100", "min: -1000000, max: 1000000") + (
         "  - name: r\n    when: {count: {type: v, within: 3650d, at_least: 1000000}}\n"
         "    then: {score: {fit: 1000000}}\n    limit: {times: 1000000, per: 3650d}\n"
-        "  - name: deep\n    when: " + nested_not(31) + "\n    then: {score: {fit: -1000000}}\n"
+        "  - name: deep\n    when: " + nested_not(32) + "\n    then: {score: {fit: -1000000}}\n"
     )
     assert len(compile_ruleset(parse_ruleset(text, "edge.yaml")).rules) == 2
 
@@ -488,15 +512,27 @@ def test_rules_check_reports_and_ingest_keeps_the_version_in_force(
         (rule(then="{tag: '" + "x" * 65 + "'}"), RULE_LINE + 2, "64 characters"),
         (rule("{lead.x: {eq: .nan}}"), RULE_LINE + 1, "finite"),
         (rule("{lead.x: {eq: '" + "x" * 1001 + "'}}"), RULE_LINE + 1, "1,000 characters"),
-        (rule("{lead.x: {in: [" + ", ".join(map(str, range(1001))) + "]}}"), RULE_LINE + 1,
-         "1,000 values"),  # fmt: skip
-        (HEAD.replace("fit:", "f" * 65 + ":") + rule()[len(HEAD) :].replace("fit", "f" * 65), 3,
-         "64 characters"),  # fmt: skip
+        (
+            rule("{lead.x: {in: [" + ", ".join(map(str, range(1001))) + "]}}"),
+            RULE_LINE + 1,
+            "1,000 values",
+        ),
+        (
+            HEAD.replace("fit:", "f" * 65 + ":") + rule()[len(HEAD) :].replace("fit", "f" * 65),
+            3,
+            "64 characters",
+        ),
         (rule() + "stages: [a, '" + "s" * 65 + "']\n", RULE_LINE + 3, "64 characters"),
-        (rule() + "temperature: {cold: 0, '" + "h" * 33 + "': 70}\n", RULE_LINE + 3,
-         "32 characters"),  # fmt: skip
-        (HEAD + "  - name: " + "r" * 201 + "\n    when: {lead.x: 1}\n    then: {tag: a}\n",
-         RULE_LINE, "64 characters"),  # fmt: skip
+        (
+            rule() + "temperature: {cold: 0, '" + "h" * 33 + "': 70}\n",
+            RULE_LINE + 3,
+            "32 characters",
+        ),
+        (
+            HEAD + "  - name: " + "r" * 201 + "\n    when: {lead.x: 1}\n    then: {tag: a}\n",
+            RULE_LINE,
+            "64 characters",
+        ),
     ],
 )
 def test_values_that_the_database_cannot_store_are_refused(
@@ -536,16 +572,34 @@ steps: [{template: t}]
 @pytest.mark.parametrize(
     ("edit", "line", "words"),
     [
-        (("steps: [{template: t}]", "steps: [{template: t, wait: 99999999999999999d}]"), 4,
-         "3650d"),  # fmt: skip
-        (("steps: [{template: t}]", "steps: [{template: t}]\nfrequency_cap: {max: 9999999999, per: 7d}"),
-         5, "frequency_cap"),  # fmt: skip
-        (("steps: [{template: t}]", "steps: [{template: t}]\nfrequency_cap: {max: 1, per: 99999999999999999d}"),
-         5, "3650d"),  # fmt: skip
+        (
+            ("steps: [{template: t}]", "steps: [{template: t, wait: 99999999999999999d}]"),
+            4,
+            "3650d",
+        ),
+        (
+            (
+                "steps: [{template: t}]",
+                "steps: [{template: t}]\nfrequency_cap: {max: 9999999999, per: 7d}",
+            ),
+            5,
+            "frequency_cap",
+        ),
+        (
+            (
+                "steps: [{template: t}]",
+                "steps: [{template: t}]\nfrequency_cap: {max: 1, per: 99999999999999999d}",
+            ),
+            5,
+            "3650d",
+        ),
         (("{lead.x: 1}", nested_not(3000)), 2, "nested more than"),
         (("campaign: c", "campaign: " + "c" * 65), 1, "64 characters"),
-        (("steps: [{template: t}]", "steps: [" + ", ".join(["{template: t}"] * 101) + "]"), 4,
-         "100 steps"),  # fmt: skip
+        (
+            ("steps: [{template: t}]", "steps: [" + ", ".join(["{template: t}"] * 101) + "]"),
+            4,
+            "100 steps",
+        ),
     ],
 )
 def test_campaign_bounds(edit: tuple[str, str], line: int, words: str) -> None:
@@ -578,7 +632,10 @@ def test_campaigns_the_engine_cannot_take_are_problems_not_crashes() -> None:
     [
         ("- {name: a, lead: [1, 2], expect: {score: 1}}\n", "lead"),
         ("- {name: a, events: [{type: v, properties: [1]}], expect: {score: 1}}\n", "properties"),
-        ("- {name: a, events: [{type: v, occurred_at: soon}], expect: {score: 1}}\n", "occurred_at"),
+        (
+            "- {name: a, events: [{type: v, occurred_at: soon}], expect: {score: 1}}\n",
+            "occurred_at",
+        ),
         ("- {name: a, expect: {scores: [1]}}\n", "scores"),
         ("- {name: a, expect: {fired: r}}\n", "fired"),
     ],

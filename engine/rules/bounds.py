@@ -8,6 +8,7 @@ numbers stay in the range the rules engine compares exactly. docs/design.md list
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 from typing import TypeGuard
 
 # A component's min and max, a rule's points, decay points and band lower bounds.
@@ -29,6 +30,8 @@ MAX_BAND_NAME = 32
 MAX_LIST = 1_000
 # `any`, `all` and `not` inside each other.
 MAX_NESTING = 32
+# A decay's period or half-life (see load._decay_period).
+MIN_DECAY_PERIOD = timedelta(hours=1)
 # Steps of one campaign.
 MAX_STEPS = 100
 # durable-rules hangs at 512 rules in one ruleset (docs/durable-rules.md).

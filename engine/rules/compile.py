@@ -140,7 +140,8 @@ def lookup(state_fields: Mapping[str, Any], properties: Mapping[str, Any], path:
 def _feature(test: spec.Test, path: str) -> Callable[[Any], bool]:
     if test.op == "matches":
         search = patterns.search(str(test.value), f"{path}:{test.line}")
-        return lambda v: _any_item(v, lambda item: search(str(item)))
+        # Each search may take its whole time bound: a list is searched in its first items.
+        return lambda v: _any_item(v, lambda item: search(str(item)), patterns.MAX_ITEMS)
     needle = str(test.value).casefold()
     return lambda v: _any_item(
         v,
@@ -148,11 +149,13 @@ def _feature(test: spec.Test, path: str) -> Callable[[Any], bool]:
     )
 
 
-def _any_item(value: Any, check: Callable[[Any], bool]) -> bool:
+def _any_item(value: Any, check: Callable[[Any], bool], limit: int | None = None) -> bool:
+    """``check`` holds for ``value``, or for one of its first ``limit`` items (all: None)."""
     if value is None:
         return False
     if isinstance(value, list | tuple | set):
-        return any(check(normalise(item) if isinstance(item, str) else item) for item in value)
+        items = itertools.islice(value, limit)
+        return any(check(normalise(item) if isinstance(item, str) else item) for item in items)
     return check(value)
 
 

@@ -6,7 +6,7 @@ A ruleset with any problem is rejected as a whole: callers keep the ruleset in f
 from __future__ import annotations
 
 import difflib
-from datetime import date
+from datetime import date, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -66,6 +66,8 @@ class _Parser:
         if not isinstance(name, str) or not spec.NAME.match(name):
             self.problem(key_line(doc, "ruleset", 1), "`ruleset:` must name the ruleset")
             name = "unnamed"
+        elif problem := bounds.name_problem(name, "a ruleset"):
+            self.problem(key_line(doc, "ruleset", 1), problem)
         self.parse_components(doc)
         self.parse_bands(doc)
         self.parse_stages(doc)
@@ -143,9 +145,9 @@ class _Parser:
             if isinstance(node, CommentedMap) and set(node) == {"points", "every"}:
                 if not bounds.whole(node["points"], 1, bounds.MAX_POINTS):
                     raise ValueError(f"decay points must be {bounds.span(1, bounds.MAX_POINTS)}")
-                return spec.PointsDecay(node["points"], parse_duration(node["every"]))
+                return spec.PointsDecay(node["points"], _decay_period(node["every"]))
             if isinstance(node, CommentedMap) and set(node) == {"half_life"}:
-                return spec.HalfLifeDecay(parse_duration(node["half_life"]))
+                return spec.HalfLifeDecay(_decay_period(node["half_life"]))
             raise ValueError("decay is {points: P, every: 7d} or {half_life: 30d}")
         except ValueError as error:
             self.problem(line, f"component {component!r}: {error}")
@@ -277,7 +279,7 @@ class _Parser:
                 self.problem(rule.line if rule else line, message)
         return rules
 
-    def condition(self, node: Any, line: int, rule: str, depth: int = 1) -> spec.Condition:
+    def condition(self, node: Any, line: int, rule: str, depth: int = 0) -> spec.Condition:
         if not isinstance(node, CommentedMap) or not node:
             self.problem(line, f"rule {rule!r}: a condition is a non-empty mapping")
             return spec.All(())
@@ -515,6 +517,15 @@ class _Parser:
                 return None
         self.problem(line, f"rule {rule!r}: limit is `once` or {{times: N, per: 30d}}")
         return None
+
+
+def _decay_period(text: object) -> timedelta:
+    """A decay's ``every`` or ``half_life``: at least an hour, so that the periods since a rise
+    (counted in SQL, in a 32-bit column) stay countable back to year 1."""
+    period = parse_duration(text)
+    if period < bounds.MIN_DECAY_PERIOD:
+        raise ValueError(f"a decay period is at least 1h, got {text!r}")
+    return period
 
 
 def model_path_problem(path: str) -> str | None:

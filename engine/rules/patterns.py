@@ -4,9 +4,9 @@ lead is matched.
 A pattern is written in Python's dialect (it must parse with ``re``) and is matched with the
 ``regex`` package, whose matching takes a timeout: a pattern like ``(a|aa)+$`` takes exponential
 time on some texts, and Python's ``re`` would hold the interpreter until it finished. Matching
-looks at the first :data:`MAX_TEXT` characters of a value and gives up after
-:data:`TIMEOUT` seconds; a match given up counts as no match, is counted
-(``nurture_regex_timeouts_total``) and logged once per pattern, without the value.
+looks at the first :data:`MAX_TEXT` characters of a value (the first :data:`MAX_ITEMS` items of
+a list) and gives up after :data:`TIMEOUT` seconds; a match given up counts as no match, is
+counted (``nurture_regex_timeouts_total``) and logged once per pattern, without the value.
 
 ``nurture rules check`` warns about the shapes that take exponential time (:func:`caution`).
 """
@@ -32,8 +32,9 @@ MAX_PATTERN = 500
 # Counted repetitions (`a{1000}`) are unrolled when the pattern is compiled: compiling
 # `(?:a{1000}){1000}` takes seconds, `a{4294967294}` never ends. Bound the unrolled size.
 MAX_UNROLLED = 10_000
-# Characters of a value that a pattern is matched against.
+# Characters of a value that a pattern is matched against, and items of a list value.
 MAX_TEXT = 1_000
+MAX_ITEMS = 100
 # Seconds one match may take (the `regex` package checks now and then: ~3x in practice).
 TIMEOUT = 0.02
 
