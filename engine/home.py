@@ -13,7 +13,7 @@ from engine.campaigns.spec import Campaign
 from engine.errors import Problem, ProblemsError
 from engine.render.templates import Renderer
 from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
-from engine.rules.lint import warnings
+from engine.rules.lint import pattern_cautions, warnings
 from engine.rules.load import model_path_problem, parse_ruleset, refused_model
 from engine.rules.source import MAX_SOURCE
 from engine.rules.spec import ModelLoader, Predictor, Ruleset
@@ -169,6 +169,12 @@ def check_folder(path: Path) -> FolderCheck:
         try:
             campaigns = load_campaigns(home / "campaigns", rulesets[0], templates)
             found.ok += [f"{c.path}: campaign {c.name}, {len(c.steps)} steps" for c in campaigns]
+            for campaign in campaigns:
+                conditions = [campaign.audience, campaign.exit_when]
+                conditions += [step.when for step in campaign.steps]
+                for condition in filter(None, conditions):
+                    label = f"campaign {campaign.name!r}"
+                    found.cautions += pattern_cautions(campaign.path, label, condition)
         except ProblemsError as error:
             found.problems.extend(error.problems)
     return found

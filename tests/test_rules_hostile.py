@@ -296,6 +296,24 @@ def test_rules_check_warns_about_catastrophic_patterns_with_file_and_line(
     assert all("p" in w and "exponential" in w for w in warned.values())
 
 
+def test_rules_check_warns_about_a_catastrophic_pattern_in_a_campaign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = home_with(tmp_path, rule(extra="    limit: once\n"), monkeypatch)
+    (home / "campaigns").mkdir()
+    (home / "templates").mkdir()
+    (home / "templates" / "t.j2").write_text(
+        "{% block subject %}Hi{% endblock %}{% block html %}Hi{% endblock %}"
+    )
+    audience = "{lead.title: {matches: '(x+x+)+y'}}"
+    (home / "campaigns" / "c.yaml").write_text(CAMPAIGN.replace("{lead.x: 1}", audience))
+    result = nurture("rules", "check", str(home / "rulesets"), "--json")
+    assert result.exit_code == 0, result.output
+    (warning,) = json.loads(result.stdout)["warnings"]
+    assert (warning["file"], warning["line"]) == (str(home / "campaigns" / "c.yaml"), 2)
+    assert "exponential" in warning["warning"]
+
+
 def test_validate_warns_about_a_catastrophic_pattern(api: TestClient) -> None:
     answer = validate(api, rule("{lead.t: {matches: '(a+)+$'}}", extra="    limit: once\n"))
     assert answer["valid"] is True

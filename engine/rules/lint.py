@@ -26,6 +26,24 @@ def _tests(condition: spec.Condition) -> Iterator[spec.Test]:
         yield condition
 
 
+def pattern_cautions(path: str, label: str, condition: spec.Condition) -> list[Problem]:
+    """A caution for each ``matches`` pattern in ``condition`` that can take exponential time."""
+    found = []
+    for test in _tests(condition):
+        why = patterns.caution(str(test.value)) if test.op == "matches" else None
+        if why:
+            found.append(
+                Problem(
+                    path,
+                    test.line,
+                    f"{label}: the pattern {test.value!r} can take exponential time on some "
+                    f"texts ({why}); a match is given up after "
+                    f"{patterns.TIMEOUT * 1000:.0f} ms and counts as no match: rewrite it",
+                )
+            )
+    return found
+
+
 def warnings(ruleset: spec.Ruleset) -> list[Problem]:
     found = []
     for rule in ruleset.rules:
@@ -38,16 +56,5 @@ def warnings(ruleset: spec.Ruleset) -> list[Problem]:
                     "points on every event of the lead; add `limit: once`",
                 )
             )
-        for test in _tests(rule.when):
-            why = patterns.caution(str(test.value)) if test.op == "matches" else None
-            if why:
-                found.append(
-                    Problem(
-                        ruleset.path,
-                        test.line,
-                        f"rule {rule.name!r}: the pattern {test.value!r} can take exponential "
-                        f"time on some texts ({why}); a match is given up after "
-                        f"{patterns.TIMEOUT * 1000:.0f} ms and counts as no match: rewrite it",
-                    )
-                )
+        found += pattern_cautions(ruleset.path, f"rule {rule.name!r}", rule.when)
     return found
