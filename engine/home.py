@@ -172,9 +172,10 @@ def check_folder(path: Path) -> FolderCheck:
             for campaign in campaigns:
                 conditions = [campaign.audience, campaign.exit_when]
                 conditions += [step.when for step in campaign.steps]
-                for condition in filter(None, conditions):
-                    label = f"campaign {campaign.name!r}"
-                    found.cautions += pattern_cautions(campaign.path, label, condition)
+                for condition in conditions:
+                    if condition is not None:
+                        label = f"campaign {campaign.name!r}"
+                        found.cautions += pattern_cautions(campaign.path, label, condition)
         except ProblemsError as error:
             found.problems.extend(error.problems)
     return found

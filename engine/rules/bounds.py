@@ -13,6 +13,7 @@ from typing import TypeGuard
 
 # A component's min and max, a rule's points, decay points and band lower bounds.
 MAX_POINTS = 1_000_000
+POINTS = (-MAX_POINTS, MAX_POINTS)
 # With MAX_POINTS, a lead's total stays within ±10^8 (PostgreSQL's integer holds ±2.1×10^9).
 MAX_COMPONENTS = 100
 # Limit times, count thresholds, frequency caps.

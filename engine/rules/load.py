@@ -115,7 +115,7 @@ class _Parser:
                 self.components[str(name)] = placeholder
                 continue
             low, high = body.get("min", 0), body.get("max")
-            points = (-bounds.MAX_POINTS, bounds.MAX_POINTS)
+            points = bounds.POINTS
             if not bounds.whole(low, *points) or not bounds.whole(high, *points) or high < low:
                 self.problem(
                     at, f"component {name!r}: min and max must be {bounds.span(*points)}, min ≤ max"
@@ -203,11 +203,9 @@ class _Parser:
             at = key_line(node, band, line)
             if problem := bounds.name_problem(band, "a band", bounds.MAX_BAND_NAME):
                 self.problem(at, problem)
-            elif not bounds.whole(lower, -bounds.MAX_POINTS, bounds.MAX_POINTS):
+            elif not bounds.whole(lower, *bounds.POINTS):
                 self.problem(
-                    at,
-                    f"band {band!r}: its lower bound must be "
-                    f"{bounds.span(-bounds.MAX_POINTS, bounds.MAX_POINTS)}",
+                    at, f"band {band!r}: its lower bound must be {bounds.span(*bounds.POINTS)}"
                 )
             else:
                 bands.append((str(band), int(lower)))
@@ -445,11 +443,11 @@ class _Parser:
                         self.problem(
                             at, f"rule {rule!r}: component {component!r} is set by a model"
                         )
-                    elif not bounds.whole(points, -bounds.MAX_POINTS, bounds.MAX_POINTS):
+                    elif not bounds.whole(points, *bounds.POINTS):
                         self.problem(
                             at,
-                            f"rule {rule!r}: points must be "
-                            f"{bounds.span(-bounds.MAX_POINTS, bounds.MAX_POINTS)}, got {points!r}",
+                            f"rule {rule!r}: points must be {bounds.span(*bounds.POINTS)}, "
+                            f"got {points!r}",
                         )
                     else:
                         score.append((str(component), int(points)))

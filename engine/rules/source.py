@@ -39,7 +39,10 @@ class _Refused(MarkedYAMLError):
 class _BoundedComposer(Composer):
     """Builds the node tree, refusing aliases, tags, depth and size beyond the bounds."""
 
-    nodes = 0
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        self.nodes = 0
+        self.warn_double_anchors = False  # an anchor is harmless without an alias (refused)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.parser.peek_event()
