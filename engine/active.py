@@ -20,13 +20,13 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.load import parse_campaigns
+from engine.campaigns.spec import Campaign
 from engine.db import reading
 from engine.db.schema import VERSIONS
 from engine.errors import NurtureError, Problem, ProblemsError
-from engine.home import compile_checked, model_loader, read_sources, ruleset_files
+from engine.home import compile_checked, compile_text, read_sources, read_text, ruleset_files
 from engine.render.templates import Renderer
-from engine.rules.compile import CompiledRuleset, compile_ruleset
-from engine.rules.load import parse_ruleset
+from engine.rules.compile import CompiledRuleset, CompileError
 from engine.rules.spec import Ruleset, version_of
 from engine.settings import Settings
 from engine.timeutil import utcnow
@@ -118,9 +118,9 @@ def _fingerprint(*parts: str) -> str:
 def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
     path = choose_file(settings)
     try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
-    except OSError:
-        text = ""  # unreadable: the full load below says why
+        text = read_text(path)
+    except ProblemsError:
+        text = ""  # unreadable or too large: the full load below says why
     slot, fingerprint = ("ruleset", str(db.url), str(path)), _fingerprint(text)
     last = _LAST.get(slot)
     if last is not None and last[0] == fingerprint and isinstance(last[1], InForce):
@@ -138,8 +138,13 @@ def _ruleset_in_force(db: Engine, path: Path, home: Path) -> InForce:
         source = _last_good(db, key)
         if source is None:
             raise
-        models = model_loader(home)
-        return InForce(compile_ruleset(parse_ruleset(source, str(path), models)), error.problems)
+        try:
+            kept = compile_text(source, str(path), home)
+        except ProblemsError:
+            # The version kept no longer passes (a bound added since): the file's problems
+            # are the ones to fix.
+            raise error from None
+        return InForce(kept, error.problems)
     ruleset = compiled.ruleset
     _remember(db, key, ruleset.name, ruleset.version, ruleset.source)
     return InForce(compiled)
@@ -186,9 +191,9 @@ def _campaigns_in_force(
 ) -> CampaignsInForce:
     try:
         campaigns = parse_campaigns(sources, ruleset, names)
+        compiled = compiled_campaigns(ruleset, campaigns, key)
     except ProblemsError as error:
         return _kept_campaigns(db, key, ruleset, names, error)
-    compiled = CompiledCampaigns(ruleset, campaigns)
     if sources:
         source = json.dumps(sources, sort_keys=True)
         version = version_of(source)
@@ -204,10 +209,18 @@ def _kept_campaigns(
     if stored is None:
         raise error
     try:
-        kept = parse_campaigns(json.loads(stored), ruleset, names)
+        kept = compiled_campaigns(ruleset, parse_campaigns(json.loads(stored), ruleset, names), key)
     except ProblemsError:
         raise error from None
-    return CampaignsInForce(CompiledCampaigns(ruleset, kept), error.problems)
+    return CampaignsInForce(kept, error.problems)
+
+
+def compiled_campaigns(ruleset: Ruleset, campaigns: list[Campaign], key: str) -> CompiledCampaigns:
+    """The campaigns compiled; what the rules engine refuses as a ProblemsError on ``key``."""
+    try:
+        return CompiledCampaigns(ruleset, campaigns)
+    except CompileError as error:
+        raise ProblemsError([Problem(key, 1, str(error))]) from None
 
 
 @dataclass

@@ -13,33 +13,62 @@ from engine.campaigns.spec import Campaign
 from engine.errors import Problem, ProblemsError
 from engine.render.templates import Renderer
 from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
-from engine.rules.lint import warnings
-from engine.rules.load import parse_ruleset
+from engine.rules.lint import pattern_cautions, warnings
+from engine.rules.load import model_path_problem, parse_ruleset, refused_model
+from engine.rules.source import MAX_SOURCE
 from engine.rules.spec import ModelLoader, Predictor, Ruleset
 from engine.rules.testing import Case, parse_cases
 from engine.settings import get_settings
 
 
 def read_text(path: Path) -> str:
-    """A file's text; a ProblemsError naming it when it cannot be read."""
+    """A file's text; a ProblemsError naming it when it cannot be read, or when it is larger
+    than any ruleset, campaign or test file may be (read no further than that)."""
+    limit = MAX_SOURCE * 4  # bytes: UTF-8 takes at most 4 a character
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+        if len(data) > limit:
+            raise ProblemsError(
+                [
+                    Problem(
+                        str(path),
+                        1,
+                        f"over {limit:,} bytes: a file has at most {MAX_SOURCE:,} characters",
+                    )
+                ]
+            )
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ProblemsError([Problem(str(path), 1, f"cannot read: {error}")]) from None
 
 
 def model_loader(home: Path) -> ModelLoader:
-    """Loads a ruleset's ``model:`` paths, relative to ``home``."""
+    """Loads a ruleset's ``model:`` paths, relative to ``home``: only files that are under
+    ``home/models`` once symbolic links are followed (see ``model_path_problem``)."""
+    folder = home / "models"
 
     def load(path: str) -> Predictor:
         from engine.analysis.predict import ModelError, load_model  # scikit-learn only when used
 
+        file = _inside(folder, home / path) if model_path_problem(path) is None else None
+        if file is None:
+            raise ModelError(refused_model(path))
         try:
-            return load_model(home / path)
+            return load_model(file)
         except ModelError as error:
             raise ModelError(f"{error} (paths are relative to {home})") from None
 
     return load
+
+
+def _inside(folder: Path, path: Path) -> Path | None:
+    """``path`` with its links resolved, when that lies in ``folder``; else None."""
+    try:
+        resolved = path.resolve()
+        return resolved if resolved.is_relative_to(folder.resolve()) else None
+    except (OSError, RuntimeError, ValueError):  # a link loop, a name the OS refuses
+        return None
 
 
 def load_ruleset(path: Path, home: Path | None = None) -> Ruleset:
@@ -50,11 +79,18 @@ def load_ruleset(path: Path, home: Path | None = None) -> Ruleset:
 
 def compile_checked(path: Path, home: Path | None = None) -> CompiledRuleset:
     """Load and compile, every failure as a ProblemsError naming the file."""
-    ruleset = load_ruleset(path, home)
+    return compile_text(read_text(path), str(path), home)
+
+
+def compile_text(text: str, path: str, home: Path | None = None) -> CompiledRuleset:
+    """Parse and compile the ruleset ``text`` (of file ``path``), every failure as a
+    ProblemsError naming the file."""
+    models = model_loader(home if home is not None else get_settings().home)
+    ruleset = parse_ruleset(text, path, models)
     try:
         return compile_ruleset(ruleset)
     except CompileError as error:
-        raise ProblemsError([Problem(str(path), 1, str(error))]) from None
+        raise ProblemsError([Problem(path, error.line or 1, str(error))]) from None
 
 
 def ruleset_files(path: Path) -> Iterator[Path]:
@@ -133,6 +169,13 @@ def check_folder(path: Path) -> FolderCheck:
         try:
             campaigns = load_campaigns(home / "campaigns", rulesets[0], templates)
             found.ok += [f"{c.path}: campaign {c.name}, {len(c.steps)} steps" for c in campaigns]
+            for campaign in campaigns:
+                conditions = [campaign.audience, campaign.exit_when]
+                conditions += [step.when for step in campaign.steps]
+                for condition in conditions:
+                    if condition is not None:
+                        label = f"campaign {campaign.name!r}"
+                        found.cautions += pattern_cautions(campaign.path, label, condition)
         except ProblemsError as error:
             found.problems.extend(error.problems)
     return found

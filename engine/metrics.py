@@ -26,6 +26,11 @@ EVENTS = Counter(
     ["outcome"],
 )
 RULES_FIRED = Counter("nurture_rules_fired", "Rule firings committed, by rule.", ["rule"])
+# Counted when it happens (a timed-out match is no match, whatever the transaction does).
+REGEX_TIMEOUTS = Counter(
+    "nurture_regex_timeouts",
+    "`matches` tests given up after their time bound (each counts as no match).",
+)
 INGEST_BATCH = Histogram(
     "nurture_ingest_batch_seconds",
     "Time to score and commit one ingest batch (retries included).",

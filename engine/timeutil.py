@@ -8,8 +8,11 @@ from datetime import UTC, datetime, timedelta
 from engine.errors import NurtureError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_DURATION = re.compile(r"^\s*(\d{1,12})\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Ten years: longer windows, waits and half-lives mean nothing here, and far longer ones
+# overflow date arithmetic.
+MAX_DURATION = timedelta(days=3650)
 
 
 class TimeError(NurtureError, ValueError):
@@ -17,14 +20,16 @@ class TimeError(NurtureError, ValueError):
 
 
 def parse_duration(text: object, zero: bool = False) -> timedelta:
-    """``"7d"`` → 7 days (``"0d"`` only with ``zero``: a campaign step may wait nothing).
-    Raises ValueError with a sentence a marketer can act on."""
-    match = _DURATION.match(str(text)) if isinstance(text, str | int) else None
-    if not match or (int(match.group(1)) == 0 and not zero):
+    """``"7d"`` → 7 days (``"0d"`` only with ``zero``: a campaign step may wait nothing), at
+    most 3650d. Raises ValueError with a sentence a marketer can act on."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    seconds = int(match.group(1)) * _UNITS[match.group(2)] if match else 0
+    if not match or (seconds == 0 and not zero) or seconds > MAX_DURATION.total_seconds():
         raise TimeError(
-            f"bad duration {text!r}: write a whole number and a unit (s, m, h, d, w), e.g. 7d"
+            f"bad duration {text!r}: write a whole number and a unit (s, m, h, d, w) "
+            "up to 3650d, e.g. 7d"
         )
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    return timedelta(seconds=seconds)
 
 
 def parse_instant(value: object) -> datetime:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -239,9 +240,35 @@ def leaf_text(path: str, op: str, operand: Any) -> str:
     return f"{json.dumps(path)}: {{{op}: {yaml_value(operand)}}}"
 
 
-finite = st.integers(min_value=-(10**20), max_value=10**20) | st.floats(
-    allow_nan=False, allow_infinity=False
+# Numbers a ruleset may compare with or set (docs/design.md, "Bounds"); beyond are refused.
+finite = st.integers(min_value=-(10**15), max_value=10**15) | st.floats(
+    min_value=-1e15, max_value=1e15, allow_nan=False, allow_infinity=False
 )
+# What an attacker or a slip of the keyboard writes where a number or a duration goes.
+hostile_numbers = (
+    st.sampled_from(
+        [
+            RawYaml(t)
+            for t in [
+                "3000000000",
+                "-3000000000",
+                "99999999999999999999",
+                "1000000000000001",
+                ".nan",
+                "-.inf",
+                "1e309",
+                "1_000_000_000_000",
+            ]
+        ]
+    )
+    | st.builds(lambda n: RawYaml("9" * n), st.just(5000))
+    | st.builds(lambda n: RawYaml("0x" + "f" * n), st.just(5000))
+)
+# Texts and patterns refused where a value or a `matches` pattern goes.
+hostile_texts = st.sampled_from(
+    [RawYaml(t) for t in ("'(a+)+$'", "'a{99999}'", "'[[:alpha:]]'", "'(?:ab){e<=1}'")]
+) | st.builds(lambda n: RawYaml("'" + "x" * n + "'"), st.just(1001))
+hostile_durations = st.sampled_from(["99999999999999999d", "3651d", "0d", "-1d", "1e9d", "7"])
 words = st.sampled_from(
     ["page_view", "demo_request", "/pricing", "vip", "VP Sales", "Ünïcode 🙂", "", "on", "12000"]
 )
@@ -261,7 +288,7 @@ valid_leaves = st.one_of(
             ]
         ),
         st.sampled_from(["eq", "ne", "gt", "gte", "lt", "lte"]),
-        finite | st.sampled_from([RawYaml("1e-05"), RawYaml("1.0e+16")]),
+        finite | st.sampled_from([RawYaml("1e-05"), RawYaml("1.0e+14")]),
     ),
     st.builds(
         leaf_text,
@@ -331,9 +358,23 @@ invalid_leaves = st.one_of(
         words
         | st.none()
         | st.lists(words, max_size=2)
+        | hostile_numbers
+        | hostile_texts
         | st.sampled_from(
-            [RawYaml(t) for t in [".nan", ".inf", "{}", "[]", "'(vp'", "boiling", "nowhere"]]
+            [
+                RawYaml(t)
+                for t in (".nan", ".inf", "{}", "[]", "'(vp'", "boiling", "nowhere", "!!int 5")
+            ]
         ),
+    ),
+    st.builds(
+        lambda within, n: f"count: {{type: page_view, within: {within}, at_least: {n}}}",
+        hostile_durations | st.just("7d"),
+        hostile_numbers.map(yaml_value) | st.just("1"),
+    ),
+    st.builds(
+        lambda n: f"lead.flag: {{in: [{', '.join(map(str, range(n)))}]}}",
+        st.sampled_from([600, 1001]),
     ),
     st.sampled_from(
         [
@@ -377,10 +418,21 @@ invalid_actions = st.sampled_from(
         "set: {flag: [1]}",
         "tag: []",
         "launch: rockets",
+        "tag: " + "t" * 65,
     ]
+) | st.builds(
+    lambda action, n: action.format(n=n),
+    st.sampled_from(["score: {{fit: {n}}}", "set: {{flag: {n}}}"]),
+    hostile_numbers.map(yaml_value),
 )
 valid_limits = st.sampled_from(["", "once", "{times: 2, per: 30d}", "{times: 1, per: 1h}"])
-invalid_limits = st.sampled_from(["twice", "{times: 0, per: 1d}", "{times: 1, per: 7x}", "{}"])
+invalid_limits = st.sampled_from(
+    ["twice", "{times: 0, per: 1d}", "{times: 1, per: 7x}", "{}"]
+) | st.builds(
+    lambda times, per: f"{{times: {times}, per: {per}}}",
+    hostile_numbers.map(yaml_value) | st.just("1"),
+    hostile_durations | st.just("1d"),
+)
 
 
 def key_of(fragment: str) -> str:
@@ -492,7 +544,7 @@ def check_ruleset(text: str, attributes: dict[str, Any], kinds: list[str], amoun
     try:
         compiled = compile_ruleset(ruleset)
     except CompileError as error:
-        assert "fuzz.yaml" in str(error)
+        assert str(error) and 0 <= error.line <= text.count("\n") + 1
         return True
     state = new_lead(ruleset, attributes)
     history = MemoryHistory()
@@ -513,6 +565,53 @@ def check_ruleset(text: str, attributes: dict[str, Any], kinds: list[str], amoun
         assert outcome.state.stage in ruleset.all_stages
         state = outcome.state
     return True
+
+
+def nested(kind: str, depth: int) -> str:
+    inner = "{lead.flag: 1}"
+    for _ in range(depth):
+        inner = f"{{not: {inner}}}" if kind == "not" else f"{{any: [{inner}]}}"
+    return inner
+
+
+# Whole lines an attacker splices into a ruleset: aliases, tags, deep or wide structures.
+hostile_lines = st.one_of(
+    st.builds(lambda depth: f"    when: {nested('not', depth)}", st.integers(30, 3000)),
+    st.builds(lambda depth: f"    when: {nested('any', depth)}", st.integers(30, 300)),
+    st.sampled_from(
+        [
+            "    when: &w {lead.flag: 1}",
+            "    when: *w",
+            "    when: !!map {lead.flag: 1}",
+            "    when: {<<: *w}",
+            "    when: {lead.flag: {eq: 2026-13-45}}",
+        ]
+    ),
+    # Built when drawn: a strategy holding megabytes makes hypothesis print megabytes.
+    st.builds(lambda n: "    when: " + "[" * n, st.just(20_000)),
+    st.builds(lambda n: "#" * n, st.just(1_000_001)),
+)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(ruleset_texts(valid=True), st.lists(hostile_lines, min_size=1, max_size=3), st.data())
+def test_hostile_yaml_is_refused_quickly_with_its_line(
+    text: str, hostile: list[str], data: st.DataObject
+) -> None:
+    lines = text.splitlines()
+    for line in hostile:
+        lines.insert(data.draw(st.integers(7, len(lines))), line)
+    spliced = "\n".join(lines) + "\n"
+    started = time.monotonic()
+    try:
+        ruleset = parse_ruleset(spliced, "fuzz.yaml")
+    except ProblemsError as error:
+        for problem in error.problems:
+            assert problem.file == "fuzz.yaml" and problem.message
+            assert 1 <= problem.line <= len(lines), str(problem)
+    else:
+        compile_ruleset(ruleset)
+    assert time.monotonic() - started < 20
 
 
 @FUZZ

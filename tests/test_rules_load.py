@@ -198,8 +198,8 @@ def test_count_without_bounds() -> None:
     ("limit", "words"),
     [
         ("twice", "`once` or {times: N, per: 30d}"),
-        ("{times: 0, per: 30d}", "positive integer"),
-        ("{times: two, per: 30d}", "positive integer"),
+        ("{times: 0, per: 30d}", "a whole number from 1"),
+        ("{times: two, per: 30d}", "a whole number from 1"),
         ("{times: 2, per: 30x}", "bad duration '30x'"),
         ("{times: 2}", "`once` or {times: N, per: 30d}"),
         ("{times: 2, per: 30d, every: 1d}", "`once` or {times: N, per: 30d}"),
@@ -415,7 +415,7 @@ def test_a_rule_may_not_set_a_computed_field() -> None:
 def test_points_must_be_integers() -> None:
     problem = only("  - name: a\n    when: {event.type: x}\n    then: {score: {fit: 2.5}}\n")
     assert problem.line == 11
-    assert "integers" in problem.message
+    assert "points must be a whole number" in problem.message
 
 
 def test_not_a_mapping_and_empty_file() -> None:

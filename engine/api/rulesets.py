@@ -6,6 +6,7 @@ every ruleset it is given until the process ends), so validating is free of side
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 
 from engine.api.app import Ctx
 from engine.api.auth import require_token
@@ -57,4 +58,5 @@ async def validate_ruleset(request: Request, ctx: Ctx) -> Validation:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPException(400, "the body is not UTF-8 text") from None
-    return validate(text)
+    # Reading YAML is pure Python (seconds for the largest files allowed): off the event loop.
+    return await run_in_threadpool(validate, text)

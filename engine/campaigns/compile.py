@@ -28,20 +28,31 @@ class Changes:
     exit: dict[str, str]
 
 
+def synthetic_rules(campaigns: Sequence[Campaign]) -> list[rules.Rule]:
+    """The rules the campaigns' conditions become (``NAME#audience``, ``NAME#exit``,
+    ``NAME#step<i>``), each with the line of its condition in the campaign's file."""
+    synthetic: list[rules.Rule] = []
+    for campaign in campaigns:
+        audience = campaign.audience
+        if campaign.exit_when is not None:
+            audience = rules.All((audience, rules.Not(campaign.exit_when)))
+            synthetic.append(_rule(f"{campaign.name}#exit", campaign.exit_when, campaign.exit_line))
+        synthetic.append(_rule(f"{campaign.name}#audience", audience, campaign.audience_line))
+        for index, step in enumerate(campaign.steps):
+            if step.when is not None:
+                synthetic.append(_rule(f"{campaign.name}#step{index}", step.when, step.line))
+    return synthetic
+
+
+def _rule(name: str, when: rules.Condition, line: int) -> rules.Rule:
+    return rules.Rule(name, when, rules.Effects(), None, line)
+
+
 class CompiledCampaigns:
     def __init__(self, ruleset: rules.Ruleset, campaigns: Sequence[Campaign]) -> None:
         self.ruleset = ruleset
         self.campaigns = {c.name: c for c in campaigns}
-        synthetic: list[rules.Rule] = []
-        for campaign in campaigns:
-            audience = campaign.audience
-            if campaign.exit_when is not None:
-                audience = rules.All((audience, rules.Not(campaign.exit_when)))
-                synthetic.append(self._rule(f"{campaign.name}#exit", campaign.exit_when))
-            synthetic.append(self._rule(f"{campaign.name}#audience", audience))
-            for index, step in enumerate(campaign.steps):
-                if step.when is not None:
-                    synthetic.append(self._rule(f"{campaign.name}#step{index}", step.when))
+        synthetic = synthetic_rules(campaigns)
         digest = rules.version_of(
             repr((ruleset.version, [(c.name, c.audience, c.exit_when, c.steps) for c in campaigns]))
         )
@@ -57,10 +68,6 @@ class CompiledCampaigns:
                     source="",
                 )
             )
-
-    @staticmethod
-    def _rule(name: str, when: rules.Condition) -> rules.Rule:
-        return rules.Rule(name, when, rules.Effects(), None, 0)
 
     def holding(self, state: LeadState) -> frozenset[str]:
         """Names of the synthetic rules (``campaign#audience`` …) that hold for ``state``."""

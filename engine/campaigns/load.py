@@ -13,14 +13,13 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from engine.address import normal_address
 from engine.campaigns import spec
+from engine.campaigns.compile import synthetic_rules
 from engine.errors import Problem, ProblemsError
+from engine.rules import bounds
 from engine.rules import spec as rules
-from engine.rules.load import (
-    condition_parser,
-    key_line,
-    node_line,
-    read_yaml,
-)
+from engine.rules.compile import engine_problems
+from engine.rules.load import condition_parser
+from engine.rules.source import key_line, node_line, read_yaml
 from engine.timeutil import parse_duration
 
 _CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
@@ -73,6 +72,8 @@ class _CampaignParser:
                 f"`campaign:` must name the campaign, in at most {MAX_NAME} characters",
             )
             name = "unnamed"
+        elif problem := bounds.name_problem(name, "a campaign"):
+            self.problem(key_line(doc, "campaign", 1), problem)
         audience = self.condition(doc, "audience", name, required=True)
         exit_when = self.condition(doc, "exit_when", name, required=False)
         from_email, from_name = self.sender(doc)
@@ -82,7 +83,17 @@ class _CampaignParser:
         if self.problems or audience is None:
             return None
         return spec.Campaign(
-            name, self.path, audience, exit_when, from_email, from_name, steps, window, cap
+            name,
+            self.path,
+            audience,
+            exit_when,
+            from_email,
+            from_name,
+            steps,
+            window,
+            cap,
+            audience_line=key_line(doc, "audience", 1),
+            exit_line=key_line(doc, "exit_when", 1),
         )
 
     def condition(
@@ -149,8 +160,11 @@ class _CampaignParser:
         if node is None:
             return None
         count = node.get("max") if isinstance(node, CommentedMap) else None
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            self.problem(line, "frequency_cap needs {max: N, per: 7d} with N ≥ 1")
+        if not bounds.whole(count, 1, bounds.MAX_TIMES):
+            self.problem(
+                line,
+                f"frequency_cap needs {{max: N, per: 7d}}, N {bounds.span(1, bounds.MAX_TIMES)}",
+            )
             return None
         try:
             return spec.FrequencyCap(count, parse_duration(node.get("per")))
@@ -162,6 +176,11 @@ class _CampaignParser:
         node, line = doc.get("steps"), key_line(doc, "steps", 1)
         if not isinstance(node, CommentedSeq) or not node:
             self.problem(line, f"campaign {campaign!r}: `steps:` must be a list of steps")
+            return ()
+        if len(node) > bounds.MAX_STEPS:
+            self.problem(
+                line, f"campaign {campaign!r}: {len(node)} steps; at most {bounds.MAX_STEPS} steps"
+            )
             return ()
         steps = []
         for index, body in enumerate(node):
@@ -181,6 +200,9 @@ class _CampaignParser:
                     f"{MAX_NAME} characters)",
                 )
                 continue
+            if problem := bounds.name_problem(template, "a template"):
+                self.problem(at, f"{label}: {problem}")
+                continue
             try:
                 wait = parse_duration(body.get("wait", "0d"), zero=True)
             except ValueError as error:
@@ -193,6 +215,29 @@ class _CampaignParser:
             )
             steps.append(spec.Step(template.removesuffix(".j2"), wait, when, at))
         return tuple(steps)
+
+
+def _engine_problems(campaigns: list[spec.Campaign]) -> list[Problem]:
+    """What the rules engine would refuse (or hang on) in the rules the campaigns' conditions
+    become, with the file and line of the condition."""
+    synthetic = synthetic_rules(campaigns)
+    files = {c.name: c.path for c in campaigns}
+    first = campaigns[0].path if campaigns else ""
+    if len(synthetic) > bounds.MAX_RULES:
+        return [
+            Problem(
+                first,
+                1,
+                f"the campaigns' audiences, exits and step conditions make {len(synthetic)} "
+                f"rules for the rules engine; at most {bounds.MAX_RULES}",
+            )
+        ]
+    return [
+        Problem(files[rule.name.split("#")[0]], rule.line, message)
+        if rule
+        else Problem(first, 1, message)
+        for rule, message in engine_problems(synthetic)
+    ]
 
 
 def parse_campaign(text: str, path: str, ruleset: rules.Ruleset) -> spec.Campaign:
@@ -224,6 +269,7 @@ def parse_campaigns(
         for step in campaign.steps:
             if known is not None and step.template not in known:
                 problems.append(Problem(campaign.path, step.line, f"no template {step.template!r}"))
+    problems += _engine_problems(campaigns)
     names = {c.name for c in campaigns}
     for rule in ruleset.rules:
         for target in rule.then.enroll + rule.then.exit:

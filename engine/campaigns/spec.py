@@ -47,3 +47,6 @@ class Campaign:
     steps: tuple[Step, ...]
     send_window: SendWindow | None = None
     frequency_cap: FrequencyCap | None = None
+    # Lines of `audience:` and `exit_when:`, for problems the rules engine finds in them.
+    audience_line: int = 1
+    exit_line: int = 1

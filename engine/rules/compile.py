@@ -8,8 +8,8 @@ values put in the shape the engine compares soundly (see ``docs/durable-rules.md
 * ``n<i>``  its numeric value, only when it is a number (the engine orders ``'abc' >= 5`` true);
 * ``h<i>`` / ``hn<i>``  whether the field / its number is present (``$nex`` hangs the engine, and
   negations need "missing" to count as "not equal");
-* ``x<i>``  the result of a ``matches`` or ``contains`` test, computed with Python's ``re`` and
-  ``in`` because marketers write Python regexes that the engine's own regex dialect cannot parse;
+* ``x<i>``  the result of a ``matches`` or ``contains`` test, computed in Python (see
+  ``patterns``) because marketers write Python regexes that the engine's own dialect cannot parse;
 * ``c<i>``  an event count over a window; ``l<i>`` a rule's firings within its limit window.
 
 ``not`` is pushed down to the leaves (the engine has no negation operator).
@@ -18,10 +18,13 @@ values put in the shape the engine compares soundly (see ``docs/durable-rules.md
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import math
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -29,13 +32,19 @@ from typing import Any, Protocol
 from durable import engine as durable
 
 from engine.errors import NurtureError
-from engine.rules import spec
+from engine.rules import patterns, spec
 
 # durable-rules refuses facts with more than ~253 properties (error 302).
 MAX_FACT_FIELDS = 240
 # durable-rules keeps a rule's and/or groups in one sequence of at most 31 entries, two per group
 # (error 113 beyond). Each any/all, `in` list, negated test (ne, not) and limit makes a group.
 MAX_GROUPS = 15
+# durable-rules builds a network of tests (rete.c, createAlpha): the tests that follow one node
+# sit in a hash set of 512 slots, and looking a test up in a full one loops for ever; the rules
+# ending at one node have 256 slots, the `$or` joins leaving one 128 (errors 108 and 107).
+MAX_FANOUT = 500
+MAX_ENDINGS = 250
+MAX_JOINS = 120
 # Stands in for a value no rule can equal: rule values are stripped, this one is not.
 UNCOMPARABLE = " (no comparable value) "
 
@@ -53,7 +62,11 @@ class History(Protocol):
 
 
 class CompileError(NurtureError):
-    """A ruleset durable-rules cannot take (too many rules, an expression it refuses)."""
+    """The rules engine cannot take a ruleset; ``line`` is the rule's (0: the whole file)."""
+
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 def normalise(value: Any) -> Any:
@@ -125,10 +138,11 @@ def lookup(state_fields: Mapping[str, Any], properties: Mapping[str, Any], path:
     return node
 
 
-def _feature(test: spec.Test) -> Callable[[Any], bool]:
+def _feature(test: spec.Test, path: str) -> Callable[[Any], bool]:
     if test.op == "matches":
-        pattern = re.compile(str(test.value))
-        return lambda v: _any_item(v, lambda item: pattern.search(str(item)) is not None)
+        search = patterns.search(str(test.value), f"{path}:{test.line}")
+        # Each search may take its whole time bound: a list is searched in its first items.
+        return lambda v: _any_item(v, lambda item: search(str(item)), patterns.MAX_ITEMS)
     needle = str(test.value).casefold()
     return lambda v: _any_item(
         v,
@@ -136,11 +150,13 @@ def _feature(test: spec.Test) -> Callable[[Any], bool]:
     )
 
 
-def _any_item(value: Any, check: Callable[[Any], bool]) -> bool:
+def _any_item(value: Any, check: Callable[[Any], bool], limit: int | None = None) -> bool:
+    """``check`` holds for ``value``, or for one of its first ``limit`` items (all: None)."""
     if value is None:
         return False
     if isinstance(value, list | tuple | set):
-        return any(check(normalise(item) if isinstance(item, str) else item) for item in value)
+        items = itertools.islice(value, limit)
+        return any(check(normalise(item) if isinstance(item, str) else item) for item in items)
     return check(value)
 
 
@@ -155,6 +171,7 @@ class _Encoder:
     features: list[tuple[str, str, Callable[[Any], bool]]] = field(default_factory=list)
     counts: list[tuple[str, spec.Count]] = field(default_factory=list)
     limits: list[tuple[str, spec.Rule]] = field(default_factory=list)
+    path: str = "<ruleset>"  # names the ruleset in what `matches` tests log
     _next: int = 0
 
     def _key(self, table: dict[str, str], prefix: str, path: str) -> str:
@@ -178,7 +195,7 @@ class _Encoder:
     def feature(self, test: spec.Test) -> str:
         key = f"x{self._next}"
         self._next += 1
-        self.features.append((key, test.path, _feature(test)))
+        self.features.append((key, test.path, _feature(test, self.path)))
         return key
 
     def count(self, count: spec.Count) -> str:
@@ -335,9 +352,84 @@ def _groups(condition: Mapping[str, Any]) -> int:
     )
 
 
-def rule_groups(rule: spec.Rule) -> int:
-    """How many and/or groups the engine needs for ``rule`` (at most MAX_GROUPS)."""
-    return _groups(_rule_condition(_ConditionCompiler(_Encoder()), rule))
+def _crowded(conditions: Sequence[Mapping[str, Any]]) -> int | None:
+    """The index of the first condition with which durable-rules' network overfills a node
+    (see MAX_FANOUT), built as its createAlpha builds it: a test is shared by every rule that
+    reaches it through the same tests, ``$and`` chains tests, and ``$or`` puts its options after
+    the same node and joins them in a node of its own."""
+    after: dict[tuple[str, ...], set[str]] = {}  # node → the tests that follow it
+    endings: Counter[tuple[str, ...]] = Counter()
+    joins: Counter[tuple[str, ...]] = Counter()
+    fresh = itertools.count()
+    full = False
+
+    def build(expression: Mapping[str, Any], node: tuple[str, ...]) -> tuple[str, ...]:
+        nonlocal full
+        if "$and" in expression:
+            for item in expression["$and"]:
+                node = build(item, node)
+            return node
+        if "$or" in expression:
+            for item in expression["$or"]:
+                option = build(item, node)
+                joins[option] += 1
+                full = full or joins[option] > MAX_JOINS
+            return (f"or{next(fresh)}",)
+        test = json.dumps(expression, sort_keys=True)
+        tests = after.setdefault(node, set())
+        tests.add(test)
+        full = full or len(tests) > MAX_FANOUT
+        return (*node, test)
+
+    for index, condition in enumerate(conditions):
+        end = build(condition, ())
+        endings[end] += 1
+        if full or endings[end] > MAX_ENDINGS:
+            return index
+    return None
+
+
+def engine_problems(rules: Sequence[spec.Rule]) -> list[tuple[spec.Rule | None, str]]:
+    """What durable-rules would refuse in ``rules``, or hang on, as (the rule, or None for the
+    whole ruleset; a sentence): found without registering anything (the engine keeps every
+    ruleset it is given)."""
+    encoder = _Encoder()
+    compiler = _ConditionCompiler(encoder)
+    conditions = [_rule_condition(compiler, rule) for rule in rules]
+    found: list[tuple[spec.Rule | None, str]] = []
+    for rule, condition in zip(rules, conditions, strict=True):
+        groups = _groups(condition)
+        if groups > MAX_GROUPS:
+            found.append(
+                (
+                    rule,
+                    f"rule {rule.name!r} is too complex for the rules engine: {groups} and/or "
+                    "groups (any, all, not, ne, in, limit and conditions side by side each make "
+                    f"one), at most {MAX_GROUPS}; split it into simpler rules",
+                )
+            )
+    if encoder.size > MAX_FACT_FIELDS:
+        found.append(
+            (
+                None,
+                f"the rules read {encoder.size} distinct fields and tests; the rules engine "
+                f"takes at most {MAX_FACT_FIELDS}: split the ruleset",
+            )
+        )
+    crowded = _crowded(conditions)
+    if crowded is not None:
+        rule = rules[crowded]
+        found.append(
+            (
+                rule,
+                f"rule {rule.name!r}: the rules engine cannot take this many tests of one kind: "
+                f"at most {MAX_FANOUT} values of one field after the same conditions (an `in` "
+                f"list, or rules comparing one field with many values), at most {MAX_ENDINGS} "
+                "rules with the same conditions, and one condition in at most "
+                f"{MAX_JOINS} `any` lists; shorten the lists or split the ruleset",
+            )
+        )
+    return found
 
 
 def _reads(condition: spec.Condition) -> set[str]:
@@ -377,33 +469,25 @@ class CompiledRuleset:
 
     def __init__(self, ruleset: spec.Ruleset) -> None:
         self.ruleset = ruleset
-        self.enc = _Encoder()
+        problems = engine_problems(ruleset.rules)
+        if problems:
+            rule, message = problems[0]
+            raise CompileError(message, rule.line if rule else 0)
+        self.enc = _Encoder(path=ruleset.path)
         compiler = _ConditionCompiler(self.enc)
         self.rules: list[CompiledRule] = []
         definition: dict[str, Any] = {}
         self._matched: list[int] = []
         for index, rule in enumerate(ruleset.rules):
             condition = _rule_condition(compiler, rule)
-            if _groups(condition) > MAX_GROUPS:
-                raise CompileError(
-                    f"{ruleset.path}:{rule.line}: rule {rule.name!r} is too complex for the "
-                    f"rules engine; split it into simpler rules"
-                )
             definition[f"r{index}"] = {"all": [{"m": condition}], "run": self._action(index)}
             self.rules.append(CompiledRule(rule, frozenset(_reads(rule.when))))
-        if self.enc.size > MAX_FACT_FIELDS:
-            raise CompileError(
-                f"{ruleset.path}: the rules read {self.enc.size} distinct fields and tests; "
-                f"durable-rules takes at most {MAX_FACT_FIELDS}: split the ruleset"
-            )
         self.all_reads = frozenset().union(*(rule.reads for rule in self.rules))
         self.engine_name = re.sub(r"\W", "_", f"{ruleset.name}_{ruleset.version}")
         try:
             _HOST.set_rulesets({self.engine_name: definition})
         except Exception as error:  # the C core reports what it refuses as a bare error code
-            raise CompileError(
-                f"{ruleset.path}: the rules engine refused the ruleset: {error}"
-            ) from None
+            raise CompileError(f"the rules engine refused the ruleset: {error}") from None
         self._fact_id = 0
         plans = _plans(self.enc)
         self.lead_plan = [plan for plan in plans if plan.path.startswith("lead.")]

@@ -1,9 +1,11 @@
-"""Warnings about rulesets that are valid but probably not what the marketer meant."""
+"""Warnings about rulesets that are valid but probably not what the marketer meant, or slow."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from engine.errors import Problem
-from engine.rules import spec
+from engine.rules import patterns, spec
 
 
 def _reads_event(condition: spec.Condition) -> bool:
@@ -12,6 +14,34 @@ def _reads_event(condition: spec.Condition) -> bool:
     if isinstance(condition, spec.All | spec.AnyOf):
         return any(_reads_event(item) for item in condition.items)
     return isinstance(condition, spec.Count) or condition.path.startswith("event.")
+
+
+def _tests(condition: spec.Condition) -> Iterator[spec.Test]:
+    if isinstance(condition, spec.Not):
+        yield from _tests(condition.item)
+    elif isinstance(condition, spec.All | spec.AnyOf):
+        for item in condition.items:
+            yield from _tests(item)
+    elif isinstance(condition, spec.Test):
+        yield condition
+
+
+def pattern_cautions(path: str, label: str, condition: spec.Condition) -> list[Problem]:
+    """A caution for each ``matches`` pattern in ``condition`` that can take exponential time."""
+    found = []
+    for test in _tests(condition):
+        why = patterns.caution(str(test.value)) if test.op == "matches" else None
+        if why:
+            found.append(
+                Problem(
+                    path,
+                    test.line,
+                    f"{label}: the pattern {test.value!r} can take exponential time on some "
+                    f"texts ({why}); a match is given up after "
+                    f"{patterns.TIMEOUT * 1000:.0f} ms and counts as no match: rewrite it",
+                )
+            )
+    return found
 
 
 def warnings(ruleset: spec.Ruleset) -> list[Problem]:
@@ -26,4 +56,5 @@ def warnings(ruleset: spec.Ruleset) -> list[Problem]:
                     "points on every event of the lead; add `limit: once`",
                 )
             )
+        found += pattern_cautions(ruleset.path, f"rule {rule.name!r}", rule.when)
     return found

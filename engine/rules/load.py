@@ -6,19 +6,17 @@ A ruleset with any problem is rejected as a whole: callers keep the ruleset in f
 from __future__ import annotations
 
 import difflib
-import math
-import re
-from datetime import date
+from datetime import date, timedelta
+from pathlib import PurePosixPath
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from engine.errors import NurtureError, Problem, ProblemsError
-from engine.rules import spec
+from engine.rules import bounds, patterns, spec
 from engine.rules.account import ACCOUNT_FIELDS, AGGREGATES, Aggregate
-from engine.rules.compile import MAX_GROUPS, rule_groups
+from engine.rules.compile import engine_problems
+from engine.rules.source import key_line, node_line, read_yaml
 from engine.timeutil import parse_duration
 
 DEFAULT_STAGES = ("subscriber", "lead", "mql", "sql", "opportunity", "customer")
@@ -26,36 +24,6 @@ DEFAULT_EXITS = ("disqualified", "unsubscribed")
 # Attributes a `set:` may not overwrite: they are computed or identify the lead.
 
 # Fields of every lead, besides its attributes.
-
-
-def read_yaml(text: str, path: str) -> Any:
-    """Round-trip YAML so mappings remember their line numbers; syntax errors become Problems."""
-    try:
-        return YAML(typ="rt").load(text)
-    except MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        reason = error.problem or error.context or "invalid YAML"
-        raise ProblemsError([Problem(path, line, f"YAML syntax: {reason}")]) from None
-    except YAMLError as error:
-        raise ProblemsError([Problem(path, 1, f"YAML syntax: {error}")]) from None
-
-
-def key_line(node: Any, key: object, default: int) -> int:
-    """1-based line of ``key`` in a round-trip mapping (or of item ``key`` in a sequence)."""
-    try:
-        if isinstance(node, CommentedMap):
-            return int(node.lc.key(key)[0]) + 1
-        if isinstance(node, CommentedSeq) and isinstance(key, int):
-            return int(node.lc.item(key)[0]) + 1
-    except (KeyError, IndexError, TypeError, AttributeError):
-        pass
-    return default
-
-
-def node_line(node: Any, default: int) -> int:
-    line = getattr(getattr(node, "lc", None), "line", None)
-    return int(line) + 1 if isinstance(line, int) else default
 
 
 class _Parser:
@@ -98,12 +66,17 @@ class _Parser:
         if not isinstance(name, str) or not spec.NAME.match(name):
             self.problem(key_line(doc, "ruleset", 1), "`ruleset:` must name the ruleset")
             name = "unnamed"
+        elif problem := bounds.name_problem(name, "a ruleset"):
+            self.problem(key_line(doc, "ruleset", 1), problem)
         self.parse_components(doc)
         self.parse_bands(doc)
         self.parse_stages(doc)
         max_chain = doc.get("max_chain", 20)
-        if not isinstance(max_chain, int) or isinstance(max_chain, bool) or max_chain < 1:
-            self.problem(key_line(doc, "max_chain", 1), "max_chain must be a positive integer")
+        if not bounds.whole(max_chain, 1, bounds.MAX_CHAIN):
+            self.problem(
+                key_line(doc, "max_chain", 1),
+                f"max_chain must be {bounds.span(1, bounds.MAX_CHAIN)}",
+            )
             max_chain = 20
         aggregate = self.parse_account(doc)
         rules = self.parse_rules(doc)
@@ -129,17 +102,24 @@ class _Parser:
         if not isinstance(node, CommentedMap) or not node:
             self.problem(line, "`components:` must map each score component to {min, max}")
             return
+        if len(node) > bounds.MAX_COMPONENTS:
+            self.problem(line, f"{len(node)} components; at most {bounds.MAX_COMPONENTS}")
         for name, body in node.items():
             at = key_line(node, name, line)
             # A malformed component is still declared: rules naming it are not "unknown".
             placeholder = spec.Component(str(name), 0, 0)
+            if problem := bounds.name_problem(name, "a component"):
+                self.problem(at, problem)
             if not isinstance(body, CommentedMap):
                 self.problem(at, f"component {name!r} needs {{min: N, max: N}}")
                 self.components[str(name)] = placeholder
                 continue
             low, high = body.get("min", 0), body.get("max")
-            if not _is_int(low) or not _is_int(high) or high < low:
-                self.problem(at, f"component {name!r}: min and max must be integers, min ≤ max")
+            points = bounds.POINTS
+            if not bounds.whole(low, *points) or not bounds.whole(high, *points) or high < low:
+                self.problem(
+                    at, f"component {name!r}: min and max must be {bounds.span(*points)}, min ≤ max"
+                )
                 self.components[str(name)] = placeholder
                 continue
             unknown = set(body) - {"min", "max", "decay", "model"}
@@ -163,11 +143,11 @@ class _Parser:
             return None
         try:
             if isinstance(node, CommentedMap) and set(node) == {"points", "every"}:
-                if not _is_int(node["points"]) or node["points"] <= 0:
-                    raise ValueError("decay points must be a positive integer")
-                return spec.PointsDecay(node["points"], parse_duration(node["every"]))
+                if not bounds.whole(node["points"], 1, bounds.MAX_POINTS):
+                    raise ValueError(f"decay points must be {bounds.span(1, bounds.MAX_POINTS)}")
+                return spec.PointsDecay(node["points"], _decay_period(node["every"]))
             if isinstance(node, CommentedMap) and set(node) == {"half_life"}:
-                return spec.HalfLifeDecay(parse_duration(node["half_life"]))
+                return spec.HalfLifeDecay(_decay_period(node["half_life"]))
             raise ValueError("decay is {points: P, every: 7d} or {half_life: 30d}")
         except ValueError as error:
             self.problem(line, f"component {component!r}: {error}")
@@ -199,6 +179,10 @@ class _Parser:
         if not isinstance(node, str) or not node.strip():
             self.problem(line, f"component {component!r}: model is the path of a model file")
             return None
+        refusal = model_path_problem(node.strip())
+        if refusal is not None:
+            self.problem(line, f"component {component!r}: {refusal}")
+            return None
         if self.models is None:
             return None
         try:
@@ -216,8 +200,13 @@ class _Parser:
             return
         bands = []
         for band, lower in node.items():
-            if not _is_int(lower):
-                self.problem(key_line(node, band, line), f"band {band!r}: lower bound must be int")
+            at = key_line(node, band, line)
+            if problem := bounds.name_problem(band, "a band", bounds.MAX_BAND_NAME):
+                self.problem(at, problem)
+            elif not bounds.whole(lower, *bounds.POINTS):
+                self.problem(
+                    at, f"band {band!r}: its lower bound must be {bounds.span(*bounds.POINTS)}"
+                )
             else:
                 bands.append((str(band), int(lower)))
         self.bands = tuple(sorted(bands, key=lambda b: b[1]))
@@ -229,6 +218,10 @@ class _Parser:
             node = doc[key]
             if not isinstance(node, list) or not all(isinstance(s, str) for s in node):
                 self.problem(key_line(doc, key, 1), f"`{key}:` must be a list of stage names")
+                continue
+            problems = [p for p in (bounds.name_problem(s, "a stage") for s in node) if p]
+            if problems:
+                self.problem(key_line(doc, key, 1), problems[0])
                 continue
             if key == "stages":
                 if not node:
@@ -257,6 +250,8 @@ class _Parser:
             if not isinstance(name, str) or not spec.NAME.match(name):
                 self.problem(at, "rule needs a `name:` (letters, digits, - _ .)")
                 name = f"rule-{index + 1}"
+            elif problem := bounds.name_problem(name, "a rule"):
+                self.problem(at, problem)
             elif name in seen:
                 self.problem(at, f"rule name {name!r} is used twice")
             seen.add(name)
@@ -266,27 +261,31 @@ class _Parser:
             if not isinstance(body.get("when"), CommentedMap) or not body["when"]:
                 self.problem(at, f"rule {name!r}: `when:` must be a mapping of conditions")
                 continue
-            known = len(self.problems)
             when = self.condition(body["when"], key_line(body, "when", at), name)
             then = self.effects(body.get("then"), key_line(body, "then", at), name)
             limit = self.limit(body.get("limit"), key_line(body, "limit", at), name)
-            rule = spec.Rule(name, when, then, limit, at)
-            groups = rule_groups(rule) if len(self.problems) == known else 0
-            if groups > MAX_GROUPS:
-                self.problem(
-                    at,
-                    f"rule {name!r} is too complex for the rules engine: {groups} and/or groups "
-                    "(any, all, not, ne, in, limit and conditions side by side each make one), "
-                    f"at most {MAX_GROUPS}; split it into simpler rules",
-                )
-            rules.append(rule)
-        if len(rules) > 400:
-            self.problem(line, f"{len(rules)} rules: durable-rules hangs at 512; split the ruleset")
+            rules.append(spec.Rule(name, when, then, limit, at))
+        if len(rules) > bounds.MAX_RULES:
+            self.problem(
+                line,
+                f"{len(rules)} rules: at most {bounds.MAX_RULES} (the rules engine hangs at 512); "
+                "split the ruleset",
+            )
+        elif not self.problems:
+            # What the rules engine would refuse, or hang on, said before it is asked.
+            for rule, message in engine_problems(rules):
+                self.problem(rule.line if rule else line, message)
         return rules
 
-    def condition(self, node: Any, line: int, rule: str) -> spec.Condition:
+    def condition(self, node: Any, line: int, rule: str, depth: int = 0) -> spec.Condition:
         if not isinstance(node, CommentedMap) or not node:
             self.problem(line, f"rule {rule!r}: a condition is a non-empty mapping")
+            return spec.All(())
+        if depth > bounds.MAX_NESTING:
+            self.problem(
+                line,
+                f"rule {rule!r}: any, all and not nested more than {bounds.MAX_NESTING} deep",
+            )
             return spec.All(())
         items: list[spec.Condition] = []
         for key, value in node.items():
@@ -296,12 +295,12 @@ class _Parser:
                     self.problem(at, f"rule {rule!r}: `{key}:` needs a list of conditions")
                     continue
                 parts = tuple(
-                    self.condition(item, key_line(value, i, at), rule)
+                    self.condition(item, key_line(value, i, at), rule, depth + 1)
                     for i, item in enumerate(value)
                 )
                 items.append(spec.AnyOf(parts) if key == "any" else spec.All(parts))
             elif key == "not":
-                items.append(spec.Not(self.condition(value, at, rule)))
+                items.append(spec.Not(self.condition(value, at, rule, depth + 1)))
             elif key == "count":
                 items.append(self.count(value, at, rule))
             else:
@@ -323,9 +322,13 @@ class _Parser:
             return bad
         at_least, at_most = node.get("at_least"), node.get("at_most")
         if (at_least is None and at_most is None) or not all(
-            v is None or (_is_int(v) and v >= 0) for v in (at_least, at_most)
+            v is None or bounds.whole(v, 0, bounds.MAX_TIMES) for v in (at_least, at_most)
         ):
-            self.problem(line, f"rule {rule!r}: count needs at_least and/or at_most (integers)")
+            self.problem(
+                line,
+                f"rule {rule!r}: count needs at_least and/or at_most, each "
+                f"{bounds.span(0, bounds.MAX_TIMES)}",
+            )
             return bad
         return spec.Count(node["type"], within, at_least, at_most, line)
 
@@ -385,24 +388,26 @@ class _Parser:
         )
 
     def check_operand(self, path: str, op: str, operand: Any) -> str | None:
-        if op in spec.NUMERIC_OPERATORS and not (_is_number(operand) and math.isfinite(operand)):
+        if op in spec.NUMERIC_OPERATORS and not _is_number(operand):
             return f"needs a number, got {operand!r}"
         if op in ("eq", "ne") and isinstance(operand, dict | list):
             return "compare with a scalar (text, number, true/false); for a list use in / not_in"
         if op in ("in", "not_in") and (not isinstance(operand, list) or not operand):
             return "needs a list of values"
+        if op in ("in", "not_in") and len(operand) > bounds.MAX_LIST:
+            return f"{len(operand):,} values; a list has at most {bounds.MAX_LIST:,} values"
         if op == "exists" and not isinstance(operand, bool):
             return "needs true or false"
         if op in ("contains", "matches") and not isinstance(operand, str):
             return "needs a string"
         if op == "matches":
-            try:
-                re.compile(operand)
-            except re.error as error:
-                return f"invalid regex {operand!r}: {error}"
+            return patterns.problem(operand)
         values = operand if isinstance(operand, list) else [operand]
         if op in ("eq", "ne", "in", "not_in") and any(isinstance(v, dict | list) for v in values):
             return "compare with a scalar (text, number, true/false)"
+        for value in values:
+            if problem := bounds.value_problem(value):
+                return problem
         if path == "lead.stage" and op in ("eq", "ne", "in", "not_in"):
             for stage in values:
                 if stage not in self.stages and stage not in self.exits:
@@ -438,8 +443,12 @@ class _Parser:
                         self.problem(
                             at, f"rule {rule!r}: component {component!r} is set by a model"
                         )
-                    elif not _is_int(points):
-                        self.problem(at, f"rule {rule!r}: points must be integers, got {points!r}")
+                    elif not bounds.whole(points, *bounds.POINTS):
+                        self.problem(
+                            at,
+                            f"rule {rule!r}: points must be {bounds.span(*bounds.POINTS)}, "
+                            f"got {points!r}",
+                        )
                     else:
                         score.append((str(component), int(points)))
             elif key == "stage":
@@ -454,14 +463,22 @@ class _Parser:
                 for attribute, new in value.items():
                     if attribute in spec.COMPUTED_FIELDS or attribute == "email":
                         self.problem(at, f"rule {rule!r}: {attribute!r} cannot be set by a rule")
+                    elif problem := bounds.name_problem(attribute, "an attribute"):
+                        self.problem(at, f"rule {rule!r}: {problem}")
                     elif isinstance(new, dict | list):
                         self.problem(at, f"rule {rule!r}: set {attribute!r} to a scalar")
+                    elif problem := bounds.value_problem(new):
+                        self.problem(at, f"rule {rule!r}: set {attribute!r}: {problem}")
                     else:
                         sets.append((str(attribute), _plain(new)))
             elif key in ("tag", "alert", "enroll", "exit"):
                 names = value if isinstance(value, list) else [value]
                 if not names or not all(isinstance(n, str) and n for n in names):
                     self.problem(at, f"rule {rule!r}: {key} needs a name or a list of names")
+                    continue
+                problems = [p for p in (bounds.name_problem(n, f"a {key}") for n in names) if p]
+                if problems:
+                    self.problem(at, f"rule {rule!r}: {problems[0]}")
                     continue
                 lists[key] = tuple(names)
             else:
@@ -486,8 +503,10 @@ class _Parser:
         if node == "once":
             return spec.Limit(1, None)
         if isinstance(node, CommentedMap) and set(node) == {"times", "per"}:
-            if not _is_int(node["times"]) or node["times"] < 1:
-                self.problem(line, f"rule {rule!r}: limit times must be a positive integer")
+            if not bounds.whole(node["times"], 1, bounds.MAX_TIMES):
+                self.problem(
+                    line, f"rule {rule!r}: limit times must be {bounds.span(1, bounds.MAX_TIMES)}"
+                )
                 return None
             try:
                 return spec.Limit(node["times"], parse_duration(node["per"]))
@@ -498,8 +517,36 @@ class _Parser:
         return None
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _decay_period(text: object) -> timedelta:
+    """A decay's ``every`` or ``half_life``: at least an hour, so that the periods since a rise
+    (counted in SQL, in a 32-bit column) stay countable back to year 1."""
+    period = parse_duration(text)
+    if period < bounds.MIN_DECAY_PERIOD:
+        raise ValueError(f"a decay period is at least 1h, got {text!r}")
+    return period
+
+
+def model_path_problem(path: str) -> str | None:
+    """Why ``path`` (as a ruleset writes it) cannot name a model, from its text alone: loading a
+    model unpickles it, which runs code, so only files under ``models/`` of NURTURE_HOME load.
+    The one message, whatever is at the path, tells nothing about the files there."""
+    parts = PurePosixPath(path).parts
+    if (
+        PurePosixPath(path).is_absolute()
+        or len(parts) < 2
+        or parts[0] != "models"
+        or ".." in parts
+        or not path.isprintable()
+    ):
+        return refused_model(path)
+    return None
+
+
+def refused_model(path: str) -> str:
+    return (
+        f"model {path!r} refused: a model is a file under models/ in NURTURE_HOME, "
+        "e.g. models/NAME-v1.joblib"
+    )
 
 
 def _is_number(value: object) -> bool:

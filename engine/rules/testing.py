@@ -13,7 +13,7 @@ from engine.errors import Problem, ProblemsError
 from engine.rules.compile import CompiledRuleset, window_start
 from engine.rules.evaluate import ChainError, Event, LeadState, evaluate, new_lead
 from engine.rules.history import MemoryHistory
-from engine.rules.load import key_line, read_yaml
+from engine.rules.source import key_line, read_yaml
 from engine.timeutil import parse_instant
 
 START = datetime.fromisoformat("2026-01-05T10:00:00+00:00")
@@ -62,23 +62,51 @@ def parse_cases(text: str, path: str) -> list[Case]:
         if not isinstance(body, CommentedMap) or not isinstance(body.get("name"), str):
             problems.append(Problem(path, line, "a case needs name, lead, events, expect"))
             continue
-        expect = body.get("expect")
-        unknown = set(expect or {}) - set(EXPECT_KEYS)
-        if not isinstance(expect, CommentedMap) or unknown:
-            problems.append(
-                Problem(path, line, f"case {body['name']!r}: expect takes {', '.join(EXPECT_KEYS)}")
-            )
-            continue
-        events = body.get("events") or []
-        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-            problems.append(Problem(path, line, f"case {body['name']!r}: events is a list"))
+        problem = _case_problem(body)
+        if problem:
+            problems.append(Problem(path, line, f"case {body['name']!r}: {problem}"))
             continue
         cases.append(
-            Case(body["name"], path, line, dict(body.get("lead") or {}), events, dict(expect))
+            Case(
+                body["name"],
+                path,
+                line,
+                dict(body.get("lead") or {}),
+                list(body.get("events") or []),
+                dict(body["expect"]),
+            )
         )
     if problems:
         raise ProblemsError(problems)
     return cases
+
+
+def _case_problem(body: CommentedMap) -> str | None:
+    """What is wrong with the shape of one case, or None: checked here, so that running the
+    cases never meets a value it cannot use."""
+    expect = body.get("expect")
+    if not isinstance(expect, CommentedMap) or set(expect) - set(EXPECT_KEYS):
+        return f"expect takes {', '.join(EXPECT_KEYS)}"
+    for key in ("scores", "attributes"):
+        if not isinstance(expect.get(key) or {}, dict):
+            return f"expect {key} is a mapping"
+    for key in ("tags", "fired", "not_fired"):
+        if not isinstance(expect.get(key) or [], list):
+            return f"expect {key} is a list"
+    if not isinstance(body.get("lead") or {}, dict):
+        return "lead is a mapping of attributes"
+    events = body.get("events") or []
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        return "events is a list of {type, properties, occurred_at}"
+    for event in events:
+        if not isinstance(event.get("properties") or {}, dict):
+            return "an event's properties is a mapping"
+        if event.get("occurred_at"):
+            try:
+                parse_instant(event["occurred_at"])
+            except ValueError as error:
+                return f"an event's occurred_at: {error}"
+    return None
 
 
 @dataclass
