@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from engine.address import normalise_email
 from engine.errors import InvalidRecord
-from engine.rules.spec import COMPUTED_FIELDS
+from engine.rules.spec import COMPUTED_FIELDS, TIME_EVENT
 from engine.timeutil import parse_instant
 
 # Fields of the lead JSON that the ruleset computes; an import may not overwrite them.
@@ -123,6 +123,10 @@ def record(line: int, raw: object) -> Record:
     kind = raw["type"]
     if not isinstance(kind, str) or not kind.strip() or len(kind) > MAX_TYPE_LENGTH:
         raise InvalidRecord(f"type: must be a name of at most {MAX_TYPE_LENGTH} characters")
+    if kind.strip() == TIME_EVENT:
+        raise InvalidRecord(
+            f"type: {TIME_EVENT!r} is the scheduler's time evaluation, not an event"
+        )
     unknown = set(raw) - EVENT_KEYS
     if unknown:
         raise InvalidRecord(

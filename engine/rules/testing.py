@@ -3,6 +3,7 @@ what the marketer expected with what the rules did. No database."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,12 +15,15 @@ from engine.rules.compile import CompiledRuleset, window_start
 from engine.rules.evaluate import ChainError, Event, LeadState, evaluate, new_lead
 from engine.rules.history import MemoryHistory
 from engine.rules.load import key_line, read_yaml
+from engine.rules.spec import Ruleset
 from engine.timeutil import parse_instant
 
 START = datetime.fromisoformat("2026-01-05T10:00:00+00:00")
 EXPECT_KEYS = (
     "score",
     "scores",
+    "totals",
+    "bands",
     "temperature",
     "stage",
     "tags",
@@ -109,7 +113,8 @@ def replay(
     ]
     fired: list[str] = []
     for event in events:
-        history.add_event(event.type, event.occurred_at)
+        amounts = compiled.amounts(event.type, event.properties)
+        history.add_event(event.type, event.occurred_at, amounts)
         outcome = evaluate(compiled, state, event, history)
         for rule in outcome.fired:
             history.add_firing(rule, event.occurred_at)
@@ -125,27 +130,33 @@ def run_case(compiled: CompiledRuleset, case: Case) -> CaseResult:
     except ChainError as error:
         result.failures.append(str(error))
         return result
-    band = compiled.ruleset.band(done.state.score)
-    result.failures = compare(case.expect, done.state, band, done.fired)
+    result.failures = compare(compiled.ruleset, case.expect, done.state, done.fired)
     return result
 
 
 def compare(
-    expect: dict[str, Any], state: LeadState, temperature: str, fired: list[str]
+    ruleset: Ruleset, expect: dict[str, Any], state: LeadState, fired: list[str]
 ) -> list[str]:
     failures = []
+    score = ruleset.lead_score(state.scores)
     actual: dict[str, Any] = {
-        "score": state.score,
-        "temperature": temperature,
+        "score": score,
+        "temperature": ruleset.band(score),
         "stage": state.stage,
     }
     for key in ("score", "temperature", "stage"):
         if key in expect and expect[key] != actual[key]:
             failures.append(f"{key}: expected {expect[key]!r}, got {actual[key]!r}")
-    for component, points in (expect.get("scores") or {}).items():
-        got = state.scores.get(component)
-        if got != points:
-            failures.append(f"scores.{component}: expected {points!r}, got {got!r}")
+    totals = ruleset.totals(state.scores)
+    named: dict[str, Mapping[str, object]] = {
+        "scores": state.scores,
+        "totals": totals,
+        "bands": ruleset.named_bands(totals),
+    }
+    for key, got in named.items():
+        for name, wanted in (expect.get(key) or {}).items():
+            if got.get(name) != wanted:
+                failures.append(f"{key}.{name}: expected {wanted!r}, got {got.get(name)!r}")
     for tag in expect.get("tags") or []:
         if tag not in state.tags:
             failures.append(f"tags: expected {tag!r} among {state.tags}")
