@@ -8,10 +8,25 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.timeutil import parse_duration
+
+SALES = "sales"  # the alert target NURTURE_SALES_* configure
+
+
+class AlertTarget(BaseModel):
+    """Who an ``alert: TARGET`` goes to (one entry of ``NURTURE_ALERT_TARGETS``): the person the
+    lead's ``owner`` attribute names, else the next of ``roster`` in turn (written back to that
+    attribute), else the team address ``email``; and a POST to ``webhook_url``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roster: list[str] = Field(default_factory=list)
+    email: str | None = None
+    webhook_url: str | None = None
+    owner: str | None = None  # the lead attribute; default the target's name in snake_case
 
 
 class Settings(BaseSettings):
@@ -56,6 +71,15 @@ class Settings(BaseSettings):
     alert_cooldown: timedelta = timedelta(days=7)  # no second alert for a lead within this
     alert_rearm_margin: int = 10  # ...nor before its score fell this far below hot
     alert_max_age: timedelta = timedelta(days=1)  # older events (a backfill) page nobody
+    # Alert targets besides sales (`alert: account-manager`), as JSON: name → AlertTarget.
+    alert_targets: dict[str, AlertTarget] = Field(default_factory=dict)
+
+    @field_validator("alert_targets")
+    @classmethod
+    def _targets(cls, value: dict[str, AlertTarget]) -> dict[str, AlertTarget]:
+        if SALES in value:
+            raise ValueError("`sales` is configured by NURTURE_SALES_ROSTER, _EMAIL, _WEBHOOK_URL")
+        return value
 
     @field_validator("alert_cooldown", "alert_max_age", mode="before")
     @classmethod
@@ -66,6 +90,21 @@ class Settings(BaseSettings):
     @property
     def roster(self) -> list[str]:
         return [rep.strip() for rep in self.sales_roster.split(",") if rep.strip()]
+
+    def alert_target(self, name: str) -> AlertTarget | None:
+        """The recipients of ``alert: NAME``: sales from NURTURE_SALES_*, the others from
+        NURTURE_ALERT_TARGETS; None for a target nobody configured."""
+        if name == SALES:
+            return AlertTarget(
+                roster=self.roster,
+                email=self.sales_email,
+                webhook_url=self.sales_webhook_url,
+                owner="owner",
+            )
+        found = self.alert_targets.get(name)
+        if found is None or found.owner:
+            return found
+        return found.model_copy(update={"owner": name.replace("-", "_")})
 
     @property
     def alert_sender(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
@@ -139,6 +139,17 @@ class Not:
 
 
 Condition = Test | Count | Sum | DaysSince | All | AnyOf | Not
+
+
+def leaves(condition: Condition) -> Iterator[Condition]:
+    """The tests, counts and aggregates of a condition, through any/all/not."""
+    if isinstance(condition, Not):
+        yield from leaves(condition.item)
+    elif isinstance(condition, All | AnyOf):
+        for item in condition.items:
+            yield from leaves(item)
+    else:
+        yield condition
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ one at which any of these inputs changes; a time evaluation at or after that ins
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -79,16 +79,6 @@ class TimeInputs:
         return bool(self.days or self.counts or self.sums or self.limits)
 
 
-def _parts(condition: spec.Condition) -> Iterable[spec.Condition]:
-    if isinstance(condition, spec.Not):
-        yield from _parts(condition.item)
-    elif isinstance(condition, spec.All | spec.AnyOf):
-        for item in condition.items:
-            yield from _parts(item)
-    else:
-        yield condition
-
-
 _INPUTS: dict[int, tuple[CompiledRuleset, TimeInputs]] = {}
 
 
@@ -109,7 +99,7 @@ def time_inputs(compiled: CompiledRuleset) -> TimeInputs:
         )
         if rule.limit is not None and rule.limit.per is not None:
             limits.add((rule.name, rule.limit.per))
-        for part in _parts(rule.when):
+        for part in spec.leaves(rule.when):
             if isinstance(part, spec.DaysSince):
                 days.setdefault((part.type, part.first), set()).update(
                     crossings(part.op, float(part.value))

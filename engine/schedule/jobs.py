@@ -24,8 +24,8 @@ from sqlalchemy import Engine
 
 from engine.active import campaigns_in_force, ruleset_in_force
 from engine.alerts.job import AlertJob, AlertReport, AlertRunner
-from engine.render.templates import Renderer
 from engine.campaigns.compile import CompiledCampaigns
+from engine.render.templates import Renderer
 from engine.rules.spec import Ruleset
 from engine.schedule.clock import TimeReport, evaluate_due
 from engine.schedule.decay import decay
@@ -105,11 +105,10 @@ class Jobs:
         return Dispatcher(self.db, self.settings, self.mailer).run(now)
 
     def alerts(self, now: datetime) -> AlertReport:
-        return self.alert_job.run(now, self._hot)
+        return self.alert_job.run(now, self._ruleset)
 
-    def _hot(self) -> int:
-        """The lower bound of the ruleset's top temperature band."""
-        return ruleset_in_force(self.db, self.settings).compiled.ruleset.temperature[-1][1]
+    def _ruleset(self) -> Ruleset:
+        return ruleset_in_force(self.db, self.settings).compiled.ruleset
 
     def tick(self, now: datetime) -> TickReport:
         """Each job once, in flow order: decay lowers scores, time evaluations follow (rules

@@ -22,7 +22,7 @@ duplicates per crash.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,7 +35,7 @@ from engine.db import reading
 from engine.db.schema import EVENTS, LEADS, OUTBOX
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.send.webhook import WebhookSender
-from engine.settings import Settings
+from engine.settings import SALES, Settings
 from engine.status import OutboxStatus
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ SUPPRESSING = ("bounce", "spam_report")
 BACKOFF_BASE = 60.0  # seconds before the first retry; doubles per attempt
 BACKOFF_MAX = 6 * 3600.0
 CAMPAIGN = "campaign"  # emails to the lead: the only kind consent suppresses
-WEBHOOK = "webhook"  # a JSON POST to the sales webhook instead of an email
+WEBHOOK = "webhook"  # a JSON POST to an alert target's webhook instead of an email
 
 
 @dataclass
@@ -90,13 +90,14 @@ class Dispatcher:
         settings: Settings,
         mailer: Mailer,
         kinds: Collection[str] = (CAMPAIGN,),
-        webhook: WebhookSender | None = None,
+        webhooks: Mapping[str, WebhookSender] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.mailer = mailer
         self.kinds = tuple(kinds)
-        self.webhook = webhook
+        # Alert target → its webhook; a webhook row's `to_email` names the target.
+        self.webhooks = dict(webhooks or {})
 
     def run(self, now: datetime, limit: int | None = None) -> DispatchReport:
         """Send what is due at ``now`` round by round until nothing due is left (or ``limit``
@@ -185,9 +186,14 @@ class Dispatcher:
         try:
             if row.kind != WEBHOOK:
                 return self.mailer.send(email_of(row))
-            if self.webhook is None:
-                raise PermanentError("NURTURE_SALES_WEBHOOK_URL is not set")
-            self.webhook.post(row.payload)
+            target = row.to_email or SALES  # rows from before alert targets are sales'
+            webhook = self.webhooks.get(target)
+            if webhook is None:
+                setting = (
+                    "NURTURE_SALES_WEBHOOK_URL" if target == SALES else "NURTURE_ALERT_TARGETS"
+                )
+                raise PermanentError(f"no webhook URL for alert target {target!r} ({setting})")
+            webhook.post(row.payload)
             return None
         except (TransientError, PermanentError) as error:
             return error
