@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, Literal, Protocol
 
 from engine.rules.account import Aggregate as AccountAggregate
@@ -197,13 +197,16 @@ class NamedScore:
         return band_of(self.bands, total)
 
 
-def band_of(bands: Sequence[tuple[str, int]], total: int) -> str:
+def band_of(bands: tuple[tuple[str, int], ...], total: int) -> str:
     """The band of ``total`` among ``bands`` (lower bounds inclusive; below them all, the
     lowest band)."""
-    return next(
-        (name for name, lower in bands_from_top(bands) if total >= lower),
-        lowest_band(bands),
-    )
+    ranked, bottom = _ranked(bands)
+    return next((name for name, lower in ranked if total >= lower), bottom)
+
+
+@cache
+def _ranked(bands: tuple[tuple[str, int], ...]) -> tuple[list[tuple[str, int]], str]:
+    return bands_from_top(bands), lowest_band(bands)
 
 
 def bands_from_top(bands: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:

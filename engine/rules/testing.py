@@ -16,6 +16,7 @@ from engine.rules.evaluate import ChainError, Event, LeadState, evaluate, new_le
 from engine.rules.history import MemoryHistory
 from engine.rules.load import key_line, read_yaml
 from engine.rules.spec import Ruleset
+from engine.rules.timeline import Timeline
 from engine.timeutil import parse_instant
 
 START = datetime.fromisoformat("2026-01-05T10:00:00+00:00")
@@ -53,6 +54,8 @@ class Case:
     lead: dict[str, Any]
     events: list[dict[str, Any]]
     expect: dict[str, Any]
+    # Set, the clock then runs to this time (decay and time evaluations, as the scheduler's).
+    until: datetime | None = None
 
 
 def parse_cases(text: str, path: str) -> list[Case]:
@@ -77,9 +80,13 @@ def parse_cases(text: str, path: str) -> list[Case]:
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
             problems.append(Problem(path, line, f"case {body['name']!r}: events is a list"))
             continue
-        cases.append(
-            Case(body["name"], path, line, dict(body.get("lead") or {}), events, dict(expect))
-        )
+        try:
+            until = parse_instant(body["until"]) if body.get("until") else None
+        except ValueError as error:
+            problems.append(Problem(path, line, f"case {body['name']!r}: until: {error}"))
+            continue
+        lead = dict(body.get("lead") or {})
+        cases.append(Case(body["name"], path, line, lead, events, dict(expect), until))
     if problems:
         raise ProblemsError(problems)
     return cases
@@ -92,11 +99,16 @@ class Replay:
 
 
 def replay(
-    compiled: CompiledRuleset, lead: dict[str, Any], raw_events: list[dict[str, Any]]
+    compiled: CompiledRuleset,
+    lead: dict[str, Any],
+    raw_events: list[dict[str, Any]],
+    until: datetime | None = None,
 ) -> Replay:
     """A new lead with attributes ``lead`` evaluated as a profile_update, then each event (one
-    minute apart from START unless ``occurred_at`` says otherwise), in memory. Raises
-    ChainError on a runaway chain."""
+    minute apart from START unless ``occurred_at`` says otherwise), in memory. With ``until``,
+    the lead's clock runs too (:class:`~engine.rules.timeline.Timeline`: decay, and time
+    evaluations where its inputs change) up to that time. Raises ChainError on a runaway
+    chain."""
     history = MemoryHistory()
     state: LeadState = new_lead(compiled.ruleset, lead)
     if "email" in lead:
@@ -111,6 +123,12 @@ def replay(
         Event(f"e{i}", str(raw.get("type")), times[i], dict(raw.get("properties") or {}))
         for i, raw in enumerate(raw_events)
     ]
+    if until is not None:
+        timeline = Timeline(compiled, state)
+        for event in events:
+            timeline.record(event)
+        timeline.run_clock(until)
+        return Replay(timeline.state, timeline.fired)
     fired: list[str] = []
     for event in events:
         amounts = compiled.amounts(event.type, event.properties)
@@ -126,7 +144,7 @@ def replay(
 def run_case(compiled: CompiledRuleset, case: Case) -> CaseResult:
     result = CaseResult(case.name, case.file, case.line)
     try:
-        done = replay(compiled, case.lead, case.events)
+        done = replay(compiled, case.lead, case.events, case.until)
     except ChainError as error:
         result.failures.append(str(error))
         return result
