@@ -20,6 +20,7 @@ CONVERTER = ROOT / "rulesets" / "examples" / "cdnow-events.sh"
 RULESET = ROOT / "rulesets" / "examples" / "customer-health.yaml"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CDNOW.is_file(), reason="the CDNOW data is not in ../shared/data")
 def test_the_health_score_ranks_cdnow_customers_who_buy_again(tmp_path: Path) -> None:
     events = tmp_path / "cdnow-events.jsonl"
