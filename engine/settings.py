@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     sales_webhook_url: str | None = None
     sales_email: str | None = None
 
-    # Hot-lead alerts (README, "Sales alerts"): who gets them and how often.
+    # Alerts (README, "Alerts"): who gets them and how often.
     sales_roster: str = ""  # comma-separated reps, assigned round-robin to leads without owner
     alert_from: str | None = None  # the alert email's sender; default NURTURE_SALES_EMAIL
     alert_cooldown: timedelta = timedelta(days=7)  # no second alert for a lead within this
