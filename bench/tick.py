@@ -1,7 +1,7 @@
 """Time evaluations at scale (`nurture tick`'s decay and time jobs), printed (not asserted).
 
-    python bench/time.py                        # 100,000 customers on SQLite and PostgreSQL
-    python bench/time.py --leads 20000 --skip-pg
+    python bench/tick.py                        # 100,000 customers on SQLite and PostgreSQL
+    python bench/tick.py --leads 20000 --skip-pg
 
 Ingests one purchase for each of N customers (rulesets/examples/customer-health.yaml, through
 the ingest path, which stores when each customer's time-dependent inputs next change: 30 days
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from scratch import database_options, databases
 
 from engine import db as database
 from engine.home import compile_checked
@@ -87,29 +87,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--leads", type=int, default=100_000)
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get(
-            "NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        ),
-    )
-    parser.add_argument("--skip-pg", action="store_true")
-    parser.add_argument("--skip-sqlite", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    database_options(parser)
     args = parser.parse_args()
-
-    if not args.skip_sqlite:
-        args.out.mkdir(parents=True, exist_ok=True)
-        db_file = args.out / f"time-{uuid.uuid4().hex[:8]}.db"
-        try:
-            bench(f"sqlite:///{db_file}", "SQLite", args.leads)
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db_file}{suffix}").unlink(missing_ok=True)
-
-    if not args.skip_pg:
-        with database.scratch_schema(args.pg_url, "bench") as url:
-            bench(url, "PostgreSQL", args.leads)
+    for name, url in databases(args, "tick"):
+        bench(url, name, args.leads)
 
 
 if __name__ == "__main__":
