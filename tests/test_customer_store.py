@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
 from engine import db as database
+from engine.api.app import create_app
 from engine.db.schema import ENROLLMENTS, EVENTS, LEADS, LEDGER, NAMED_SCORES
 from engine.reports.leads import band_counts, lead_detail, list_leads
 from engine.rules.load import parse_ruleset
@@ -261,3 +263,23 @@ def test_events_of_type_time_are_the_schedulers(home: Path) -> None:
     (rejected,) = json.loads(result.stdout)["rejected"]
     assert rejected == {"line": 1, "error": "type: 'time' is the scheduler's time evaluation, "
                         "not an event"}  # fmt: skip
+
+
+def test_the_api_lists_a_band_and_shows_named_scores(home: Path, db_url: str) -> None:
+    ingest(purchase("ann@shop.example", T0, 600), {"email": "cy@shop.example"})
+    settings = Settings(home=home, database_url=db_url, api_token="t" * 20)
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer " + "t" * 20}) as api:
+        listed = api.get("/api/leads", params={"band": "health=steady"})
+        assert listed.status_code == 200
+        assert [(row["email"], row["totals"], row["bands"]) for row in listed.json()] == [
+            ("ann@shop.example", {"health": 40}, {"health": "steady"})
+        ]
+        bad = api.get("/api/leads", params={"band": "health"})
+        assert bad.status_code == 422 and "write SCORE=BAND" in bad.text
+        ann = api.get("/api/leads/ann@shop.example").json()
+        assert (ann["score"], ann["totals"], ann["bands"]) == (
+            0,
+            {"health": 40},
+            {"health": "steady"},
+        )
+        assert ann["reasons"] == []  # the lead score's: the purchase's points are health's
