@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Protocol
 
 from durable import engine as durable
@@ -531,12 +532,12 @@ class CompiledRuleset:
     def limited_rules(self) -> list[spec.Rule]:
         return [rule for _, rule in self.enc.limits]
 
-    @property
+    @cached_property
     def aggregates(self) -> list[spec.Aggregate]:
         """The distinct sums and days_since the rules read."""
         return [aggregate for _, _, aggregate in self.enc.aggregates]
 
-    @property
+    @cached_property
     def history_types(self) -> frozenset[str]:
         """Event types whose times the evaluator asks about (counts, sums, days_since)."""
         return frozenset([c.type for c in self.count_windows] + [a.type for a in self.aggregates])
