@@ -17,13 +17,12 @@ company domains.
 
 from __future__ import annotations
 
-import argparse
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from scratch import database_options, databases
+from scratch import run
 
 from engine import db as database
 from engine.home import load_ruleset
@@ -150,16 +149,5 @@ def bench(url: str, name: str, leads: int) -> None:
     engine.dispose()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--leads", type=int, default=1_000_000)
-    database_options(parser)
-    args = parser.parse_args()
-    for name, url in databases(args, "pipeline"):
-        bench(url, name, args.leads)
-
-
 if __name__ == "__main__":
-    main()
+    run(__doc__, bench, 1_000_000, "pipeline")

@@ -1,13 +1,14 @@
 """The databases a benchmark runs on: a fresh SQLite file (removed afterwards) and a scratch
-schema on the local PostgreSQL (dropped afterwards), with the command-line options that choose
-them. Imported by the benchmarks beside it (`python bench/NAME.py` puts this folder first)."""
+schema on the local PostgreSQL (dropped afterwards), with the command line that chooses them and
+the number of leads. Imported by the benchmarks beside it (`python bench/NAME.py` puts this
+folder first)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engine import db as database
@@ -40,3 +41,13 @@ def databases(args: argparse.Namespace, prefix: str) -> Iterator[tuple[str, str]
     if not args.skip_pg:
         with database.scratch_schema(args.pg_url, "bench") as url:
             yield "PostgreSQL", url
+
+
+def run(doc: str, bench: Callable[[str, str, int], None], leads: int, prefix: str) -> None:
+    """``bench(url, name, leads)`` on each database the command line asks for."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--leads", type=int, default=leads)
+    database_options(parser)
+    args = parser.parse_args()
+    for name, url in databases(args, prefix):
+        bench(url, name, args.leads)

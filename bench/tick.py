@@ -17,14 +17,13 @@ customers whose inputs changed, not all customers.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from scratch import database_options, databases
+from scratch import run
 
 from engine import db as database
 from engine.home import compile_checked
@@ -82,16 +81,5 @@ def bench(url: str, name: str, leads: int) -> None:
     engine.dispose()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--leads", type=int, default=100_000)
-    database_options(parser)
-    args = parser.parse_args()
-    for name, url in databases(args, "tick"):
-        bench(url, name, args.leads)
-
-
 if __name__ == "__main__":
-    main()
+    run(__doc__, bench, 100_000, "tick")
