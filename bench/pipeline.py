@@ -17,14 +17,12 @@ company domains.
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from scratch import run
 
 from engine import db as database
 from engine.home import load_ruleset
@@ -151,35 +149,5 @@ def bench(url: str, name: str, leads: int) -> None:
     engine.dispose()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--leads", type=int, default=1_000_000)
-    parser.add_argument(
-        "--pg-url",
-        default=os.environ.get(
-            "NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        ),
-    )
-    parser.add_argument("--skip-pg", action="store_true")
-    parser.add_argument("--skip-sqlite", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
-    args = parser.parse_args()
-
-    if not args.skip_sqlite:
-        args.out.mkdir(parents=True, exist_ok=True)
-        db_file = args.out / f"pipeline-{uuid.uuid4().hex[:8]}.db"
-        try:
-            bench(f"sqlite:///{db_file}", "SQLite", args.leads)
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db_file}{suffix}").unlink(missing_ok=True)
-
-    if not args.skip_pg:
-        with database.scratch_schema(args.pg_url, "bench") as url:
-            bench(url, "PostgreSQL", args.leads)
-
-
 if __name__ == "__main__":
-    main()
+    run(__doc__, bench, 1_000_000, "pipeline")

@@ -18,7 +18,7 @@ from engine.rules.load import model_path_problem, parse_ruleset, refused_model
 from engine.rules.source import MAX_SOURCE
 from engine.rules.spec import ModelLoader, Predictor, Ruleset
 from engine.rules.testing import Case, parse_cases
-from engine.settings import get_settings
+from engine.settings import Settings, get_settings
 
 
 def read_text(path: Path) -> str:
@@ -128,6 +128,21 @@ class FolderCheck:
     cautions: list[Problem] = field(default_factory=list)
 
 
+def unknown_targets(ruleset: Ruleset, settings: Settings) -> list[Problem]:
+    """Rules alerting a target the settings do not define: their alerts would be suppressed."""
+    return [
+        Problem(
+            ruleset.path,
+            rule.line,
+            f"rule {rule.name!r} alerts {target!r}, which NURTURE_ALERT_TARGETS does not define "
+            "here: its alerts will be suppressed until it does",
+        )
+        for rule in ruleset.rules
+        for target in rule.then.alert
+        if settings.alert_target(target) is None
+    ]
+
+
 def check_folder(path: Path) -> FolderCheck:
     """Rulesets (and their tests) under ``path``; then the campaigns and templates beside it,
     campaigns checked against the first good ruleset, templates rendered for a sample lead."""
@@ -145,6 +160,7 @@ def check_folder(path: Path) -> FolderCheck:
         ruleset = compiled.ruleset
         rulesets.append(ruleset)
         found.cautions += warnings(ruleset)
+        found.cautions += unknown_targets(ruleset, get_settings())
         found.ok.append(
             f"{file}: ruleset {ruleset.name}, {len(ruleset.rules)} rules, v{ruleset.version}"
         )

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.address import normal_address
@@ -29,6 +37,22 @@ MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 class SettingsError(NurtureError):
     """A setting or kept secret that nurture will not run with; ``str()`` names it."""
+
+
+SALES = "sales"  # the alert target NURTURE_SALES_* configure
+
+
+class AlertTarget(BaseModel):
+    """Who an ``alert: TARGET`` goes to (one entry of ``NURTURE_ALERT_TARGETS``): the person the
+    lead's ``owner`` attribute names, else the next of ``roster`` in turn (written back to that
+    attribute), else the team address ``email``; and a POST to ``webhook_url``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roster: list[str] = Field(default_factory=list)
+    email: str | None = None
+    webhook_url: str | None = None
+    owner: str | None = None  # the lead attribute; default the target's name in snake_case
 
 
 class Settings(BaseSettings):
@@ -71,12 +95,21 @@ class Settings(BaseSettings):
     sales_webhook_url: str | None = None
     sales_email: str | None = None
 
-    # Hot-lead alerts (README, "Sales alerts"): who gets them and how often.
+    # Alerts (README, "Alerts"): who gets them and how often.
     sales_roster: str = ""  # comma-separated reps, assigned round-robin to leads without owner
     alert_from: str | None = None  # the alert email's sender; default NURTURE_SALES_EMAIL
     alert_cooldown: timedelta = timedelta(days=7)  # no second alert for a lead within this
     alert_rearm_margin: int = Field(default=10, ge=0)  # ...nor before it fell this far below hot
     alert_max_age: timedelta = timedelta(days=1)  # older events (a backfill) page nobody
+    # Alert targets besides sales (`alert: account-manager`), as JSON: name → AlertTarget.
+    alert_targets: dict[str, AlertTarget] = Field(default_factory=dict)
+
+    @field_validator("alert_targets")
+    @classmethod
+    def _targets(cls, value: dict[str, AlertTarget]) -> dict[str, AlertTarget]:
+        if SALES in value:
+            raise ValueError("`sales` is configured by NURTURE_SALES_ROSTER, _EMAIL, _WEBHOOK_URL")
+        return value
 
     @field_validator("api_token", "secret_key")
     @classmethod
@@ -141,6 +174,21 @@ class Settings(BaseSettings):
     @property
     def roster(self) -> list[str]:
         return [rep for rep in self.sales_roster.split(",") if rep]
+
+    def alert_target(self, name: str) -> AlertTarget | None:
+        """The recipients of ``alert: NAME``: sales from NURTURE_SALES_*, the others from
+        NURTURE_ALERT_TARGETS; None for a target nobody configured."""
+        if name == SALES:
+            return AlertTarget(
+                roster=self.roster,
+                email=self.sales_email,
+                webhook_url=self.sales_webhook_url,
+                owner="owner",
+            )
+        found = self.alert_targets.get(name)
+        if found is None or found.owner:
+            return found
+        return found.model_copy(update={"owner": name.replace("-", "_")})
 
     @property
     def alert_sender(self) -> str:

@@ -4,7 +4,7 @@ CLI in-process, and snapshots of what is stored, by email so two databases can b
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,17 @@ from typer.testing import CliRunner, Result
 
 from engine import db as database
 from engine.cli import app
-from engine.db.schema import ACTIONS, EVENTS, FIRINGS, LEADS, LEDGER, SCORES, STAGES
+from engine.db.schema import (
+    ACTIONS,
+    EVENTS,
+    FIRINGS,
+    LEADS,
+    LEDGER,
+    NAMED_SCORES,
+    SCORES,
+    STAGES,
+)
+from engine.rules.spec import NamedScore
 from tests.conftest import PG_URL
 
 runner = CliRunner()
@@ -133,25 +143,45 @@ def lead_state(engine: sa.Engine) -> dict[str, Any]:
     }
 
 
-def ledger_sums(engine: sa.Engine) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    """Per lead email: its score, the sum of its ledger, the sum of its score components."""
+def ledger_sums(
+    engine: sa.Engine, claimed: Mapping[str, NamedScore] | None = None
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """Per (lead email, score): the stored total, the sum of its ledger and the sum of its
+    components. The score is ``score`` (the lead score) or a named score, whose components
+    ``claimed`` maps (a ruleset's ``claimed``); a lead's ledger sums to each of its scores."""
+    owner = {component: score.name for component, score in (claimed or {}).items()}
+
+    def score_of(column: Any) -> Any:
+        return (
+            sa.case(owner, value=column, else_=sa.literal("score"))
+            if owner
+            else sa.literal("score")
+        )
+
     with engine.connect() as conn:
-        scores = {e: int(s) for e, s in conn.execute(sa.select(LEADS.c.email, LEADS.c.score))}
-        ledger = {
-            e: int(s)
-            for e, s in conn.execute(
-                sa.select(LEADS.c.email, sa.func.sum(LEDGER.c.delta))
-                .join(LEDGER, LEDGER.c.lead_id == LEADS.c.id)
-                .group_by(LEADS.c.email)
+        scores = {
+            (e, "score"): int(s) for e, s in conn.execute(sa.select(LEADS.c.email, LEADS.c.score))
+        }
+        scores |= {
+            (e, name): int(total)
+            for e, name, total in conn.execute(
+                sa.select(LEADS.c.email, NAMED_SCORES.c.name, NAMED_SCORES.c.total).join(
+                    NAMED_SCORES, NAMED_SCORES.c.lead_id == LEADS.c.id
+                )
             )
         }
-        components = {
-            e: int(s)
-            for e, s in conn.execute(
-                sa.select(LEADS.c.email, sa.func.sum(SCORES.c.value))
-                .join(SCORES, SCORES.c.lead_id == LEADS.c.id)
-                .group_by(LEADS.c.email)
-            )
-        }
-    # A lead without ledger rows has score 0.
-    return scores, {e: ledger.get(e, 0) for e in scores}, components
+        sums = {}
+        for table, column in ((LEDGER, LEDGER.c.delta), (SCORES, SCORES.c.value)):
+            score = score_of(table.c.component).label("score")
+            sums[table.name] = {
+                (e, name): int(s)
+                for e, name, s in conn.execute(
+                    sa.select(LEADS.c.email, score, sa.func.sum(column))
+                    .join(table, table.c.lead_id == LEADS.c.id)
+                    .group_by(LEADS.c.email, score)
+                )
+            }
+    # A score without ledger rows is 0.
+    ledger = {key: sums[LEDGER.name].get(key, 0) for key in scores}
+    components = {key: sums[SCORES.name].get(key, 0) for key in scores}
+    return scores, ledger, components

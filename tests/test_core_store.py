@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,9 @@ def test_demo_scores_sample_leads_and_shows_where_to_look(
     assert first.exit_code == 0, first.output
     assert "rejected 0" in first.stdout and "funnel" in first.stdout
     assert "hot leads" in first.stdout and "nurture lead " in first.stdout
+    # Sample leads become customers, whose health the clock moves without new events.
+    assert re.search(r"health of the [1-9]\d* customers: at_risk \d+", first.stdout)
+    assert re.search(r"[1-9]\d* time evaluations", first.stdout)
     again = nurture("demo", "--leads", "120")
     assert "accepted 0" in again.stdout  # a re-run finds every record stored
     get_settings.cache_clear()

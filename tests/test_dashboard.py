@@ -200,6 +200,41 @@ def test_a_lead_page_shows_its_emails_and_what_the_lead_did_with_them(client: Te
     assert client.get("/leads/nobody@example.com").status_code == 404
 
 
+def test_named_scores_on_the_overview_and_a_line_each_on_the_lead_page(
+    client: TestClient, tmp_path: Path
+) -> None:
+    client.cookies.set(COOKIE, TOKEN)
+    db = database.connect(f"sqlite:///{tmp_path / 'n.db'}")
+    with db.connect() as conn:
+        counts = dict(
+            conn.execute(
+                sa.text("SELECT band, COUNT(*) FROM lead_named_score WHERE name = 'health' "
+                        "GROUP BY band")
+            ).all()
+        )  # fmt: skip
+        customer, changes = conn.execute(
+            sa.text(
+                "SELECT l.email, COUNT(s.id) FROM lead l JOIN score_ledger s ON s.lead_id = l.id "
+                "WHERE l.stage = 'customer' AND s.component IN ('value', 'loyalty') "
+                "GROUP BY l.email ORDER BY l.email LIMIT 1"
+            )
+        ).one()
+    assert sum(counts.values()) == int(
+        db.connect().execute(sa.text("SELECT COUNT(*) FROM lead")).scalar_one()
+    )
+    page = client.get("/").text
+    tiles = dict(
+        re.findall(r'data-band="(at_risk|steady|loyal)">\s*<div class="n">([\d,]+)</div>', page)
+    )
+    assert {band: int(n.replace(",", "")) for band, n in tiles.items()} == {
+        band: counts.get(band, 0) for band in ("at_risk", "steady", "loyal")
+    }
+    lead = client.get(f"/leads/{customer}").text
+    health = lead.split('id="score-chart-health"')[1].split("</section>")[0]
+    assert health.count('class="score-point"') == changes
+    assert 'class="named-total" data-score="health"' in lead
+
+
 def cells(page: str, row_class: str, cell: str) -> dict[str, str]:
     """Per row of a table (its data-* key): the text of the cell with class ``cell``."""
     found = re.findall(

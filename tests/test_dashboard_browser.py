@@ -199,8 +199,12 @@ def test_a_hot_lead_shows_its_reasons_and_opens_its_page_with_a_score_chart(
     page.wait_for_url(f"**/leads/{email}")
     assert page.locator("h1").inner_text().startswith(email)
     assert page.locator("#profile .score").inner_text() == str(top[1])
-    chart = page.locator("svg.score-chart")
+    chart = page.locator("#score-chart svg.score-chart")
     assert chart.is_visible()
+    # One line per score: the lead score's points are its components' changes (a prospect
+    # has no changes of its health, whose chart is a flat line at 0).
+    health = page.locator("#score-chart-health svg.score-chart")
+    assert health.is_visible() and health.locator("circle.score-point").count() == 0
     assert chart.locator("circle.score-point").count() == changes
     assert chart.locator("path.score-line").get_attribute("d").startswith("M")
     assert page.locator("#ledger tbody tr").count() == min(changes, 200)

@@ -6,10 +6,12 @@ mrkdwn, nothing for the subject and text part)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape as html_escape
 from typing import Any
 from urllib.parse import quote
+
+from engine.settings import SALES
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,20 @@ class AlertView:
     events: list[dict[str, Any]]  # the latest events: {"type", "at", "detail"}
     url: str  # the lead's page
     owner: str | None
+    target: str = SALES  # who it is for: sales, or a target of NURTURE_ALERT_TARGETS
+    # The lead's named scores: name → (total, band); for targets other than sales, also the
+    # latest score changes ({"rule", "component", "delta", "at"}) and purchases ({"at",
+    # "detail"}).
+    named: dict[str, tuple[int, str]] = field(default_factory=dict)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    purchases: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        """What kind of alert: "Hot lead" for sales, "Account manager alert" and so on."""
+        if self.target == SALES:
+            return "Hot lead"
+        return f"{self.target.replace('-', ' ').replace('_', ' ').capitalize()} alert"
 
 
 def lead_url(public_url: str, email: str) -> str:
@@ -40,7 +56,29 @@ def display_name(attributes: dict[str, Any]) -> str | None:
 def headline(view: AlertView) -> str:
     who = f"{view.name} ({view.email})" if view.name else view.email
     at = f" at {view.company}" if view.company else ""
-    return f"Hot lead: {who}{at}, score {view.score} ({view.temperature}, {view.stage})"
+    if view.target == SALES:
+        return f"Hot lead: {who}{at}, score {view.score} ({view.temperature}, {view.stage})"
+    scores = ", ".join(f"{name} {total} ({band})" for name, (total, band) in view.named.items())
+    return f"{view.title}: {who}{at}, {scores or f'score {view.score}'}, stage {view.stage}"
+
+
+def _change_line(change: dict[str, Any]) -> str:
+    return f"{change['at']} {change['rule']} {change['delta']:+d} {change['component']}"
+
+
+def _purchase_line(purchase: dict[str, Any]) -> str:
+    return " ".join(str(part) for part in (purchase["at"], purchase["detail"]) if part)
+
+
+def customer_sections(view: AlertView) -> list[tuple[str, list[str]]]:
+    """(heading, lines) of what a target other than sales is shown beyond the lead: the rules
+    behind its latest score changes and its latest purchases."""
+    if view.target == SALES:
+        return []
+    return [
+        ("Latest score changes", [_change_line(c) for c in view.changes]),
+        ("Recent purchases", [_purchase_line(p) for p in view.purchases] or ["none"]),
+    ]
 
 
 def _why(view: AlertView) -> str:
@@ -82,7 +120,7 @@ def slack_payload(view: AlertView) -> dict[str, Any]:
         for e in view.events
     )
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": "Hot lead"[:150]}},
+        {"type": "header", "text": {"type": "plain_text", "text": view.title[:150]}},
         {
             "type": "section",
             "text": {"type": "mrkdwn", "text": _escape(headline(view))[:3000]},
@@ -98,6 +136,11 @@ def slack_payload(view: AlertView) -> dict[str, Any]:
             },
         },
     ]
+    for heading, lines in customer_sections(view):
+        listed = "\n".join(f"• {_escape(line)}" for line in lines)
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{heading}*\n{listed}"[:3000]}}
+        )
     if events:
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*Latest*\n{events}"[:3000]}}
@@ -137,9 +180,15 @@ def email_parts(view: AlertView) -> tuple[str, str, str]:
     )
     reasons = [_reason_line(r) for r in view.reasons] or ["no points yet"]
     events = [_event_line(e) for e in view.events]
+    sections = customer_sections(view)
     text = "\n".join(
         [subject, "", " · ".join(about), status, "", "Why:"]
         + [f"- {line}" for line in reasons]
+        + [
+            line
+            for heading, lines in sections
+            for line in ["", f"{heading}:"] + [f"- {x}" for x in lines]
+        ]
         + (["", "Latest activity:"] + [f"- {line}" for line in events] if events else [])
         + ["", view.url, ""]
     )
@@ -149,10 +198,11 @@ def email_parts(view: AlertView) -> tuple[str, str, str]:
 
     html = (
         '<!doctype html><html><body style="font-family:sans-serif;color:#222">'
-        f"<h2>Hot lead: {html_escape(view.name or view.email)}</h2>"
+        f"<h2>{html_escape(view.title)}: {html_escape(view.name or view.email)}</h2>"
         f'<p><a href="mailto:{html_escape(view.email)}">{html_escape(view.email)}</a>'
         + "".join(f" · {html_escape(v)}" for v in about[1:])
         + f"</p><p>{html_escape(status)}</p><h3>Why</h3><ul>{items(reasons)}</ul>"
+        + "".join(f"<h3>{html_escape(h)}</h3><ul>{items(lines)}</ul>" for h, lines in sections)
         + (f"<h3>Latest activity</h3><ul>{items(events)}</ul>" if events else "")
         + f'<p><a href="{html_escape(view.url)}">Open the lead</a></p></body></html>'
     )

@@ -1,13 +1,16 @@
-"""Pending ``alert: sales`` actions → alert rows and their outbox rows, one transaction per batch.
+"""Pending ``alert: TARGET`` actions → alert rows and their outbox rows, one transaction per
+batch.
 
 The step is serialised across processes (``pg_advisory_xact_lock`` on PostgreSQL; ``BEGIN
-IMMEDIATE`` already does it on SQLite), so cooldowns and the roster's round-robin see every
+IMMEDIATE`` already does it on SQLite), so cooldowns and the rosters' round-robin see every
 earlier decision. The batch's leads are locked like ingest locks them (``FOR UPDATE``, in id
-order), because a rep from the roster is written back as the lead's ``owner``. Everything is
-loaded in a few set-based queries, decided in memory (:mod:`.decide`), and written in bulk: the
-alerts (``action_id`` unique: an action yields at most one alert), an ``alert`` email and a
-``webhook`` outbox row per delivered alert (idempotency keys ``alert:<id>:email`` /
-``alert:<id>:webhook``), owners, and the actions' new status (``applied`` or ``suppressed``).
+order), because a rep from a roster is written back as the lead's owner attribute (``owner``
+for sales, the target's ``owner`` setting otherwise). Everything is loaded in a few set-based
+queries, decided in memory (:mod:`.decide`), and written in bulk: the alerts (``action_id``
+unique: an action yields at most one alert), an ``alert`` email and a ``webhook`` outbox row
+per delivered alert (idempotency keys ``alert:<id>:email`` / ``alert:<id>:webhook``; the
+webhook row's ``to_email`` names the target whose URL it goes to), owners, and the actions' new
+status (``applied`` or ``suppressed``).
 """
 
 from __future__ import annotations
@@ -19,19 +22,24 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 
 from engine.alerts.content import AlertView, display_name, email_parts, lead_url, slack_payload
+from engine.alerts.context import (
+    purchase_types,
+    recent_changes,
+    recent_events,
+    recent_purchases,
+)
 from engine.alerts.decide import Firing, LastAlert, Policy, decide, recipient
 from engine.db import upsert
 from engine.db.schema import ACTIONS, ALERTS, EVENTS, LEADS, LEDGER, OUTBOX
-from engine.reports.leads import reasons_by_lead
+from engine.reports.leads import named_scores, reasons_by_lead
+from engine.rules.spec import Ruleset
 from engine.send.dispatch import WEBHOOK
-from engine.settings import Settings
+from engine.settings import SALES, Settings
 from engine.status import ActionStatus, OutboxStatus
-from engine.timeutil import isoformat
 
 EMAIL = "alert"  # the outbox kind of an alert email
 KINDS = (EMAIL, WEBHOOK)
 LOCK_KEY = 0x6E757274  # the advisory lock that serialises this step ("nurt")
-RECENT_EVENTS = 5
 BATCH = 200
 
 
@@ -50,15 +58,17 @@ def any_pending(conn: Connection) -> bool:
 
 
 def enqueue(
-    db: Engine, settings: Settings, hot: int, now: datetime, batch: int = BATCH
+    db: Engine, settings: Settings, ruleset: Ruleset, now: datetime, batch: int = BATCH
 ) -> EnqueueReport:
     """Decide every pending alert action, a batch per transaction, until none is left."""
-    margin = settings.alert_rearm_margin
-    policy = Policy(settings.alert_cooldown, hot - margin, settings.alert_max_age)
+    hot = ruleset.temperature[-1][1]
+    policy = Policy(
+        settings.alert_cooldown, hot - settings.alert_rearm_margin, settings.alert_max_age
+    )
     report = EnqueueReport()
     while True:
         with db.begin() as conn:
-            done = _Batch(conn, settings, policy, now).run(batch)
+            done = _Batch(conn, settings, ruleset, policy, now).run(batch)
         report.created += done.created
         report.suppressed += done.suppressed
         if done.created + done.suppressed < batch:
@@ -66,9 +76,17 @@ def enqueue(
 
 
 class _Batch:
-    def __init__(self, conn: Connection, settings: Settings, policy: Policy, now: datetime) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        settings: Settings,
+        ruleset: Ruleset,
+        policy: Policy,
+        now: datetime,
+    ) -> None:
         self.conn = conn
         self.settings = settings
+        self.ruleset = ruleset
         self.policy = policy
         self.now = now
         self.pg = conn.dialect.name == "postgresql"
@@ -79,7 +97,7 @@ class _Batch:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
         actions = conn.execute(
             select(ACTIONS.c.id, ACTIONS.c.lead_id, ACTIONS.c.rule, ACTIONS.c.event_id)
-            .add_columns(ACTIONS.c.at)
+            .add_columns(ACTIONS.c.at, ACTIONS.c.target)
             .where(ACTIONS.c.kind == "alert", ACTIONS.c.status == ActionStatus.PENDING)
             .order_by(ACTIONS.c.at, ACTIONS.c.id)
             .limit(size)
@@ -93,25 +111,23 @@ class _Batch:
             for row in conn.execute(locking.with_for_update() if self.pg else locking).mappings()
         }
         decided = decide(
-            [Firing(a.id, a.lead_id, a.at, leads[a.lead_id]["score"]) for a in actions],
+            [Firing(a.id, a.lead_id, a.at, leads[a.lead_id]["score"], a.target) for a in actions],
             self._last_alerts(lead_ids),
             self.policy,
             self.now,
         )
-        delivered = [a for a in actions if decided[a.id] is None]
-        reasons = reasons_by_lead(conn, lead_ids) if delivered else {}
-        events = self._recent_events(lead_ids) if delivered else {}
+        shown = self._shown(lead_ids, [a for a in actions if decided[a.id] is None])
         received = self._received([a.event_id for a in actions if a.event_id])
-        turn = self._next_turn() if self.settings.roster else 0
-        owners: dict[int, Any] = {}  # lead → the owner written back (a rep from the roster)
+        turns = {target: self._next_turn(target) for target in {a.target for a in actions}}
+        owners: dict[int, dict[str, str]] = {}  # lead → attribute → rep written back
         alerts, views = [], {}
         for action in actions:
             lead = leads[action.lead_id]
-            attributes = dict(lead["attributes"])
             row = {
                 "lead_id": action.lead_id,
                 "action_id": action.id,
                 "rule": action.rule,
+                "target": action.target,
                 "event_id": action.event_id,
                 "at": action.at,
                 "received_at": received.get(action.event_id, self.now),
@@ -126,90 +142,120 @@ class _Batch:
                 "reasons": [],
             }
             alerts.append(row)
-            if row["suppressed"] is not None:
-                continue
-            owner = owners.get(action.lead_id, attributes.get("owner"))
-            to, source = recipient(owner, self.settings.roster, turn, self.settings.sales_email)
-            if source == "roster":
-                row["roster_turn"] = turn
-                turn += 1
-                owners[action.lead_id] = to
-            if to is None and not self.settings.sales_webhook_url:
-                row["suppressed"] = (
-                    "nowhere to send: set NURTURE_SALES_WEBHOOK_URL, NURTURE_SALES_ROSTER or "
-                    "NURTURE_SALES_EMAIL"
-                )
-                continue
-            row.update(owner=to, owner_source=source, reasons=reasons[action.lead_id])
-            views[action.id] = AlertView(
-                email=lead["email"],
-                name=display_name(attributes),
-                company=_text(attributes.get("company")),
-                job_title=_text(attributes.get("job_title")),
-                score=lead["score"],
-                temperature=lead["temperature"],
-                stage=lead["stage"],
-                rule=action.rule,
-                reasons=row["reasons"],
-                events=events.get(action.lead_id, []),
-                url=lead_url(self.settings.public_url, lead["email"]),
-                owner=owners.get(action.lead_id, _text(attributes.get("owner"))),
-            )
+            if row["suppressed"] is None:
+                view = self._view(action, lead, row, shown, turns, owners)
+                if view is not None:
+                    views[action.id] = view
         self._write(alerts, views, leads, owners)
         suppressed = sum(1 for row in alerts if row["suppressed"] is not None)
         return EnqueueReport(len(alerts) - suppressed, suppressed)
 
+    def _view(
+        self,
+        action: Any,
+        lead: Any,
+        row: dict[str, Any],
+        shown: Shown,
+        turns: dict[str, int],
+        owners: dict[int, dict[str, str]],
+    ) -> AlertView | None:
+        """Whom an alert that pages goes to, and what it says; None (the row suppressed with
+        the reason) when its target has nobody to send to."""
+        target = self.settings.alert_target(action.target)
+        if target is None:
+            row["suppressed"] = (
+                f"no alert target {action.target!r}: define it in NURTURE_ALERT_TARGETS"
+            )
+            return None
+        attribute = target.owner or "owner"
+        attributes = dict(lead["attributes"])
+        owner = owners.get(action.lead_id, {}).get(attribute, attributes.get(attribute))
+        turn = turns[action.target]
+        to, source = recipient(owner, target.roster, turn, target.email, action.target)
+        if source == "roster":
+            row["roster_turn"] = turn
+            turns[action.target] = turn + 1
+            owners.setdefault(action.lead_id, {})[attribute] = str(to)
+        if to is None and not target.webhook_url:
+            row["suppressed"] = (
+                "nowhere to send: set NURTURE_SALES_WEBHOOK_URL, NURTURE_SALES_ROSTER or "
+                "NURTURE_SALES_EMAIL"
+                if action.target == SALES
+                else f"nowhere to send: give {action.target!r} in NURTURE_ALERT_TARGETS a "
+                "roster, an email or a webhook_url"
+            )
+            return None
+        row.update(owner=to, owner_source=source, reasons=shown.reasons[action.lead_id])
+        customer = action.target != SALES
+        return AlertView(
+            email=lead["email"],
+            name=display_name(attributes),
+            company=_text(attributes.get("company")),
+            job_title=_text(attributes.get("job_title")),
+            score=lead["score"],
+            temperature=lead["temperature"],
+            stage=lead["stage"],
+            rule=action.rule,
+            reasons=row["reasons"],
+            events=shown.events.get(action.lead_id, []),
+            url=lead_url(self.settings.public_url, lead["email"]),
+            owner=str(to) if source in ("owner", "roster") else _text(owner),
+            target=action.target,
+            named=shown.named.get(action.lead_id, {}),
+            changes=shown.changes.get(action.lead_id, []) if customer else [],
+            purchases=shown.purchases.get(action.lead_id, []) if customer else [],
+        )
+
+    def _shown(self, lead_ids: list[int], delivered: list[Any]) -> Shown:
+        """What the delivered alerts show, loaded for all their leads at once."""
+        if not delivered:
+            return Shown({}, {}, {}, {}, {})
+        customers = sorted({a.lead_id for a in delivered if a.target != SALES})
+        return Shown(
+            reasons=reasons_by_lead(self.conn, lead_ids, claimed=self.ruleset.claimed),
+            events=recent_events(self.conn, lead_ids),
+            named=named_scores(self.conn, lead_ids),
+            changes=recent_changes(self.conn, customers) if customers else {},
+            purchases=recent_purchases(self.conn, customers, purchase_types(self.ruleset))
+            if customers
+            else {},
+        )
+
     # -- load ---------------------------------------------------------------------------------
-    def _last_alerts(self, lead_ids: list[int]) -> dict[int, LastAlert]:
-        """Each lead's last delivered alert, and the lowest score its ledger shows since."""
+    def _last_alerts(self, lead_ids: list[int]) -> dict[tuple[int, str], LastAlert]:
+        """Each lead's last delivered alert per target, and the lowest lead score its ledger
+        shows since."""
+        key = (ALERTS.c.lead_id, ALERTS.c.target)
         latest = (
-            select(ALERTS.c.lead_id, func.max(ALERTS.c.at).label("at"))
+            select(*key, func.max(ALERTS.c.at).label("at"))
             .where(ALERTS.c.lead_id.in_(lead_ids), ALERTS.c.suppressed.is_(None))
-            .group_by(ALERTS.c.lead_id)
+            .group_by(*key)
             .subquery()
         )
         found = {
-            lead_id: LastAlert(at, score, None)
-            for lead_id, at, score in self.conn.execute(
-                select(ALERTS.c.lead_id, ALERTS.c.at, func.min(ALERTS.c.score))
-                .join(latest, (latest.c.lead_id == ALERTS.c.lead_id) & (latest.c.at == ALERTS.c.at))
+            (lead_id, target): LastAlert(at, score, None)
+            for lead_id, target, at, score in self.conn.execute(
+                select(*key, ALERTS.c.at, func.min(ALERTS.c.score))
+                .join(
+                    latest,
+                    (latest.c.lead_id == ALERTS.c.lead_id)
+                    & (latest.c.target == ALERTS.c.target)
+                    & (latest.c.at == ALERTS.c.at),
+                )
                 .where(ALERTS.c.suppressed.is_(None))
-                .group_by(ALERTS.c.lead_id, ALERTS.c.at)
+                .group_by(*key, ALERTS.c.at)
             )
         }
         if found:
             lowest = (
-                select(LEDGER.c.lead_id, func.min(LEDGER.c.score_after))
+                select(latest.c.lead_id, latest.c.target, func.min(LEDGER.c.score_after))
                 .join(latest, (latest.c.lead_id == LEDGER.c.lead_id) & (LEDGER.c.at > latest.c.at))
-                .group_by(LEDGER.c.lead_id)
+                .where(LEDGER.c.component.not_in(list(self.ruleset.claimed)))
+                .group_by(latest.c.lead_id, latest.c.target)
             )
-            for lead_id, score in self.conn.execute(lowest):
-                last = found[lead_id]
-                found[lead_id] = LastAlert(last.at, last.score, score)
-        return found
-
-    def _recent_events(self, lead_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
-        rank = (
-            func.row_number()
-            .over(
-                partition_by=EVENTS.c.lead_id,
-                order_by=(EVENTS.c.occurred_at.desc(), EVENTS.c.id.desc()),
-            )
-            .label("rank")
-        )
-        ranked = (
-            select(EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties, rank)
-            .where(EVENTS.c.lead_id.in_(lead_ids))
-            .subquery()
-        )
-        found: dict[int, list[dict[str, Any]]] = {}
-        query = select(ranked).where(ranked.c.rank <= RECENT_EVENTS).order_by(ranked.c.rank)
-        for row in self.conn.execute(query):
-            properties = row.properties or {}
-            detail = properties.get("url") or properties.get("title") or properties.get("name")
-            found.setdefault(row.lead_id, []).append(
-                {"type": row.type, "at": isoformat(row.occurred_at), "detail": _text(detail)}
-            )
+            for lead_id, target, score in self.conn.execute(lowest):
+                last = found[(lead_id, target)]
+                found[(lead_id, target)] = LastAlert(last.at, last.score, score)
         return found
 
     def _received(self, event_ids: list[str]) -> dict[str, datetime]:
@@ -218,8 +264,10 @@ class _Batch:
         )
         return {event_id: at for event_id, at in self.conn.execute(query)}
 
-    def _next_turn(self) -> int:
-        last = self.conn.execute(select(func.max(ALERTS.c.roster_turn))).scalar()
+    def _next_turn(self, target: str) -> int:
+        """The next round-robin position of ``target``'s roster."""
+        query = select(func.max(ALERTS.c.roster_turn)).where(ALERTS.c.target == target)
+        last = self.conn.execute(query).scalar()
         return 0 if last is None else int(last) + 1
 
     # -- write --------------------------------------------------------------------------------
@@ -228,7 +276,7 @@ class _Batch:
         alerts: list[dict[str, Any]],
         views: dict[int, AlertView],
         leads: dict[int, Any],
-        owners: dict[int, Any],
+        owners: dict[int, dict[str, str]],
     ) -> None:
         conn = self.conn
         conn.execute(
@@ -262,10 +310,11 @@ class _Batch:
                     {**base, "idempotency_key": f"alert:{alert_id}:email", "kind": EMAIL,
                      "to_email": row["owner"], "subject": subject, "html": html, "text": body}
                 )  # fmt: skip
-            if self.settings.sales_webhook_url:
+            target = self.settings.alert_target(row["target"])
+            if target is not None and target.webhook_url:
                 messages.append(
                     {**base, "idempotency_key": f"alert:{alert_id}:webhook", "kind": WEBHOOK,
-                     "to_email": "", "subject": "", "html": "", "text": "",
+                     "to_email": row["target"], "subject": "", "html": "", "text": "",
                      "payload": slack_payload(view)}
                 )  # fmt: skip
         if messages:
@@ -279,8 +328,8 @@ class _Batch:
                 .where(LEADS.c.id == bindparam("b_id"))
                 .values(attributes=bindparam("b_attributes"), version=LEADS.c.version + 1),
                 [
-                    {"b_id": lead, "b_attributes": {**leads[lead]["attributes"], "owner": rep}}
-                    for lead, rep in owners.items()
+                    {"b_id": lead, "b_attributes": {**leads[lead]["attributes"], **reps}}
+                    for lead, reps in owners.items()
                 ],
             )
         conn.execute(
@@ -297,6 +346,17 @@ class _Batch:
                 for row in alerts
             ],
         )
+
+
+@dataclass(frozen=True)
+class Shown:
+    """Per lead id: what its alerts show."""
+
+    reasons: dict[int, list[dict[str, Any]]]
+    events: dict[int, list[dict[str, Any]]]
+    named: dict[int, dict[str, tuple[int, str]]]
+    changes: dict[int, list[dict[str, Any]]]
+    purchases: dict[int, list[dict[str, Any]]]
 
 
 def _text(value: object) -> str | None:

@@ -21,10 +21,11 @@ from engine.alerts.enqueue import KINDS, any_pending, enqueue
 from engine.db import reading
 from engine.db.schema import ALERTS, OUTBOX
 from engine.errors import NurtureError, one_line
+from engine.rules.spec import Ruleset
 from engine.send.dispatch import WEBHOOK, Dispatcher, DispatchReport
 from engine.send.email import Mailer
 from engine.send.webhook import WebhookSender
-from engine.settings import Settings
+from engine.settings import SALES, Settings
 from engine.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -47,20 +48,24 @@ class AlertJob:
     def __init__(self, db: Engine, settings: Settings, mailer: Mailer) -> None:
         self.db = db
         self.settings = settings
-        url = settings.sales_webhook_url
-        webhook = WebhookSender(url, settings.send_timeout) if url else None
-        self.dispatcher = Dispatcher(db, settings, mailer, kinds=KINDS, webhook=webhook)
+        urls = {SALES: settings.sales_webhook_url} | {
+            name: target.webhook_url for name, target in settings.alert_targets.items()
+        }
+        webhooks = {
+            name: WebhookSender(url, settings.send_timeout) for name, url in urls.items() if url
+        }
+        self.dispatcher = Dispatcher(db, settings, mailer, kinds=KINDS, webhooks=webhooks)
 
-    def run(self, now: datetime, hot: Callable[[], int]) -> AlertReport:
-        """``hot``: the hot band's lower bound in the ruleset in force, looked up only when
-        there is something to decide."""
+    def run(self, now: datetime, ruleset: Callable[[], Ruleset]) -> AlertReport:
+        """``ruleset``: the ruleset in force (its hot band, named scores and purchases), looked
+        up only when there is something to decide."""
         report = AlertReport()
         with reading(self.db) as conn:
             pending = any_pending(conn)
             due = conn.execute(select(OUTBOX.c.id).where(self.dispatcher.due(now)).limit(1))
             deliverable = due.first() is not None
         if pending:
-            decided = enqueue(self.db, self.settings, hot(), now)
+            decided = enqueue(self.db, self.settings, ruleset(), now)
             report.created, report.suppressed = decided.created, decided.suppressed
         if pending or deliverable:
             report.delivery = self.dispatcher.run(now)

@@ -10,6 +10,7 @@ of the file never decides which decile a lead lands in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from engine.analysis.pastleads import PastLeads
 from engine.errors import NurtureError
 from engine.rules.compile import CompiledRuleset
 from engine.rules.evaluate import ChainError, prime
-from engine.rules.spec import Ruleset
+from engine.rules.spec import Ruleset, band_of
 from engine.rules.testing import replay
 
 DECILES = 10
@@ -42,8 +43,38 @@ class Scored:
     stages: list[str]
 
 
-def score_leads(compiled: CompiledRuleset, leads: PastLeads) -> Scored:
+@dataclass(frozen=True)
+class Ranked:
+    """The score a backtest ranks by: the lead score (``name`` None, the temperature bands) or
+    a named score with its bands."""
+
+    ruleset: Ruleset
+    name: str | None
+    bands: tuple[tuple[str, int], ...]
+
+    def total(self, scores: Mapping[str, int]) -> int:
+        if self.name is None:
+            return self.ruleset.lead_score(scores)
+        return self.ruleset.totals(scores)[self.name]
+
+    def band(self, total: int) -> str:
+        return band_of(self.bands, total)
+
+
+def ranked_by(ruleset: Ruleset, score: str | None) -> Ranked:
+    """``--score NAME`` (a named score of ``ruleset``), or the lead score when None."""
+    if score is None:
+        return Ranked(ruleset, None, ruleset.temperature)
+    for named in ruleset.scores:
+        if named.name == score:
+            return Ranked(ruleset, score, named.bands)
+    names = ", ".join(s.name for s in ruleset.scores) or "none (the ruleset has no `scores:`)"
+    raise BacktestError(f"--score {score!r}: not a named score of the ruleset; it has {names}")
+
+
+def score_leads(compiled: CompiledRuleset, leads: PastLeads, score: str | None = None) -> Scored:
     ruleset = compiled.ruleset
+    ranked = ranked_by(ruleset, score)
     prime(ruleset, leads.attributes)
     fed = [c.name for c in ruleset.components.values() if c.model is not None]
     scores, predicted, bands, stages = [], [], [], []
@@ -52,9 +83,10 @@ def score_leads(compiled: CompiledRuleset, leads: PastLeads) -> Scored:
             state = replay(compiled, attributes, []).state
         except ChainError as error:
             raise BacktestError(f"{leads.path}:{line}: {error}") from None
-        scores.append(state.score)
+        total = ranked.total(state.scores)
+        scores.append(total)
         predicted.append(sum(state.scores[name] for name in fed))
-        bands.append(ruleset.band(state.score))
+        bands.append(ranked.band(total))
         stages.append(state.stage)
     return Scored(np.asarray(scores), np.asarray(predicted), bands, stages)
 
@@ -78,15 +110,22 @@ def ranking(scores: Any) -> Any:
     return shuffled[np.argsort(-scores[shuffled], kind="stable")]
 
 
-def report(ruleset: Ruleset, scored: Scored, outcomes: list[int], outcome: str) -> dict[str, Any]:
+def report(
+    ruleset: Ruleset,
+    scored: Scored,
+    outcomes: list[int],
+    outcome: str,
+    bands: Sequence[tuple[str, int]] | None = None,
+) -> dict[str, Any]:
+    """The report on ``scored`` against ``outcomes``; ``bands``: those ``scored.bands`` name
+    (default the temperature bands), the top one reported as ``hot``."""
+    bands = ruleset.temperature if bands is None else bands
     y = np.asarray(outcomes)
     total = int(y.sum())
     if total in (0, len(y)):
-        raise BacktestError(
-            f"every outcome in column {outcome!r} is {y[0]}: ranking needs both 0s and 1s"
-        )
+        raise BacktestError(f"every outcome of {outcome!r} is {y[0]}: ranking needs both 0s and 1s")
     base = total / len(y)
-    bands, stages = np.asarray(scored.bands), np.asarray(scored.stages)
+    stages = np.asarray(scored.stages)
     deciles = []
     captured = 0
     groups = [rows for rows in np.array_split(ranking(scored.scores), DECILES) if len(rows)]
@@ -104,8 +143,9 @@ def report(ruleset: Ruleset, scored: Scored, outcomes: list[int], outcome: str) 
                 "cumulative_gain": round(captured / total, 4),
             }
         )
-    hot_band, threshold = ruleset.temperature[-1]
-    hot = bands == hot_band
+    hot_band, threshold = max(bands, key=lambda band: band[1])
+    labels = np.asarray(scored.bands)
+    hot = labels == hot_band
     result: dict[str, Any] = {
         "ruleset": ruleset.name,
         "version": ruleset.version,
@@ -113,7 +153,7 @@ def report(ruleset: Ruleset, scored: Scored, outcomes: list[int], outcome: str) 
         "rows": len(y),
         "base_rate": round(base, 4),
         "auc": _auc(y, scored.scores),
-        "bands": {band: _group(y, bands == band) for band, _ in ruleset.temperature},
+        "bands": {band: _group(y, labels == band) for band, _ in bands},
         "stages": {
             stage: _group(y, stages == stage)
             for stage in ruleset.all_stages
@@ -137,9 +177,13 @@ def report(ruleset: Ruleset, scored: Scored, outcomes: list[int], outcome: str) 
     return result
 
 
-def backtest(compiled: CompiledRuleset, leads: PastLeads) -> dict[str, Any]:
-    scored = score_leads(compiled, leads)
-    return report(compiled.ruleset, scored, leads.outcomes, leads.outcome)
+def backtest(
+    compiled: CompiledRuleset, leads: PastLeads, score: str | None = None
+) -> dict[str, Any]:
+    scored = score_leads(compiled, leads, score)
+    bands = ranked_by(compiled.ruleset, score).bands
+    found = report(compiled.ruleset, scored, leads.outcomes, leads.outcome, bands)
+    return {"score": score or "score", **found}
 
 
 def plot_report(reports: dict[str, dict[str, Any]], path: Path) -> None:
@@ -171,7 +215,7 @@ def plot_report(reports: dict[str, dict[str, Any]], path: Path) -> None:
         xlabel="share of leads, highest score first",
         ylabel="share of conversions",
     )
-    rates.set(title="conversion rate per temperature band", ylabel="converted")
+    rates.set(title="conversion rate per band", ylabel="converted")
     gains.legend()
     rates.legend()
     figure.savefig(path, format="png", dpi=100)

@@ -25,6 +25,7 @@ from engine.api.auth import presented, valid
 from engine.api.sessions import COOKIE, LIFETIME, close_session, is_open, open_session
 from engine.errors import NurtureError
 from engine.reports import charts, overview, pipeline
+from engine.reports import leads as report
 from engine.rules.spec import Ruleset
 from engine.timeutil import parse_instant, utcnow
 
@@ -58,9 +59,17 @@ def render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
 
 def band_classes(ruleset: Ruleset) -> dict[str, str]:
     """Colour per temperature band: the lowest is cold, the highest hot, any between warm."""
-    names = [band for band, _ in ruleset.temperature]
+    return _classes("band", [band for band, _ in ruleset.temperature])
+
+
+def named_classes(ruleset: Ruleset) -> dict[str, dict[str, str]]:
+    """Colour per band of each named score: the lowest at risk, the highest healthy."""
+    return {s.name: _classes("named", [band for band, _ in s.bands]) for s in ruleset.scores}
+
+
+def _classes(prefix: str, names: list[str]) -> dict[str, str]:
     return {
-        name: f"band-{0 if i == 0 else 2 if i == len(names) - 1 else 1}"
+        name: f"{prefix}-{0 if i == 0 else 2 if i == len(names) - 1 else 1}"
         for i, name in enumerate(names)
     }
 
@@ -159,6 +168,8 @@ def overview_page(ctx: Ctx) -> HTMLResponse:
         bands=band_classes(ruleset),
         funnel=funnel,
         chart=chart,
+        named=report.band_counts(ctx.db, ruleset),
+        named_classes=named_classes(ruleset),
         hot=overview.hot_leads(ctx.db, ruleset),
         campaigns=overview.campaigns(ctx.db),
     )
@@ -173,12 +184,24 @@ def look_up(email: str = "") -> RedirectResponse:
 
 @router.get("/leads/{email}", response_class=HTMLResponse, dependencies=[SignedIn])
 def lead(email: str, ctx: Ctx) -> HTMLResponse:
-    detail = overview.lead_page(ctx.db, email)
+    ruleset = ruleset_in_force(ctx.db, ctx.settings).compiled.ruleset
+    detail = overview.lead_page(ctx.db, email, ruleset)
     if detail is None:
         return render("missing.html", 404, email=email)
-    ruleset = ruleset_in_force(ctx.db, ctx.settings).compiled.ruleset
-    chart = charts.score_chart(detail["series"], utcnow(), ruleset.temperature)
-    return render("lead.html", lead=detail, chart=chart, bands=band_classes(ruleset))
+    now = utcnow()
+    chart = charts.score_chart(detail["series"], now, ruleset.temperature)
+    named = {
+        score.name: charts.score_chart(detail["named_series"][score.name], now, score.bands)
+        for score in ruleset.scores
+    }
+    return render(
+        "lead.html",
+        lead=detail,
+        chart=chart,
+        named_charts=named,
+        bands=band_classes(ruleset),
+        named_classes=named_classes(ruleset),
+    )
 
 
 @router.get("/pipeline", response_class=HTMLResponse, dependencies=[SignedIn])

@@ -38,8 +38,9 @@ def profile(raw: Any) -> LeadRecord:
 
 
 def lead_or_404(ctx: Context, email: str) -> dict[str, Any]:
+    claimed = in_force(ctx).compiled.ruleset.claimed
     try:
-        detail = report.lead_detail(ctx.db, email)
+        detail = report.lead_detail(ctx.db, email, claimed)
     except InvalidRecord as error:
         raise HTTPException(422, str(error)) from None
     if detail is None:
@@ -73,9 +74,16 @@ def list_leads(
     stage: Annotated[str | None, Query(description="A funnel stage, e.g. mql.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    band: Annotated[
+        str | None, Query(description="A named score's band: `health=at_risk`.", max_length=200)
+    ] = None,
 ) -> list[dict[str, Any]]:
-    """Leads, highest score first, filtered by temperature and stage."""
-    return report.list_leads(ctx.db, temperature, stage, limit, offset=offset)
+    """Leads, highest score first, filtered by temperature, stage and named-score band."""
+    try:
+        wanted = report.band_filter(band) if band else None
+    except InvalidRecord as error:
+        raise HTTPException(422, str(error)) from None
+    return report.list_leads(ctx.db, temperature, stage, limit, offset=offset, band=wanted)
 
 
 @router.get("/leads/{email}", response_model=LeadDetail, responses=errors(401, 404, 422))

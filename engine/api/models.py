@@ -88,6 +88,8 @@ class LeadSummary(BaseModel):
     email: str
     score: int
     scores: dict[str, int]
+    totals: dict[str, int]  # named scores (`scores:` in the ruleset)
+    bands: dict[str, str]
     temperature: str
     stage: str
     stage_entered_at: str

@@ -35,6 +35,10 @@ def _lead_only(condition: rules.Condition) -> str | None:
     match condition:
         case rules.Count():
             return "count"
+        case rules.Sum():
+            return "sum"
+        case rules.DaysSince():
+            return "days_since"
         case rules.Test(path=path):
             return path if not path.startswith("lead.") else None
         case rules.Not(item=item):

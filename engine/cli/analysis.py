@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,29 +13,51 @@ from engine.cli.app import app, model_app
 from engine.cli.output import JsonFlag, emit_json, fail, out
 from engine.errors import NurtureError
 from engine.home import compile_checked
+from engine.rules.compile import CompiledRuleset
 from engine.rules.spec import NAME
 from engine.settings import get_settings
+from engine.timeutil import parse_duration, parse_instant
 
 
 @app.command("backtest")
 def backtest_command(
     ruleset: Annotated[Path, typer.Option(help="The ruleset file to try.")],
-    leads: Annotated[Path, typer.Option(help="CSV of past leads, one per row, with outcomes.")],
-    outcome: Annotated[str, typer.Option(help="The 0/1 outcome column, e.g. Converted.")],
+    leads: Annotated[
+        Path | None, typer.Option(help="CSV of past leads, one per row, with outcomes.")
+    ] = None,
+    outcome: Annotated[
+        str | None, typer.Option(help="The 0/1 outcome column, e.g. Converted.")
+    ] = None,
+    events: Annotated[
+        Path | None, typer.Option(help="An event log (JSON Lines or CSV, as nurture ingest).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="With --events: score each lead as of this time.")
+    ] = None,
+    outcome_event: Annotated[
+        str | None, typer.Option(help="With --events: the event type that counts as converted.")
+    ] = None,
+    within: Annotated[
+        str | None, typer.Option(help="With --events: how long after --until, e.g. 270d.")
+    ] = None,
+    score: Annotated[
+        str | None, typer.Option(help="A named score to rank by (default the lead score).")
+    ] = None,
     against: Annotated[
         Path | None, typer.Option(help="A second ruleset to compare side by side.")
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write gains and bands as a PNG.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """How a ruleset ranks past leads with known outcomes, in memory (no database)."""
-    from engine.analysis.backtest import backtest, plot_report
-    from engine.analysis.pastleads import read_past_leads
+    """How a ruleset ranks past leads with known outcomes, in memory (no database): a CSV of
+    past leads (--leads, --outcome), or an event log replayed up to a time (--events, --until,
+    --outcome-event, --within)."""
+    from engine.analysis.backtest import plot_report
 
+    files = {"ruleset": ruleset} | ({"against": against} if against else {})
     try:
-        rows = read_past_leads(leads, outcome)
-        files = {"ruleset": ruleset} | ({"against": against} if against else {})
-        reports = {key: backtest(compile_checked(file), rows) for key, file in files.items()}
+        run = _backtest_runner(leads, outcome, events, until, outcome_event, within, score)
+        reports = {key: run(compile_checked(file)) for key, file in files.items()}
     except NurtureError as error:
         raise fail(str(error)) from None
     if plot is not None:
@@ -46,10 +69,48 @@ def backtest_command(
         print_backtest(reports)
 
 
+def _backtest_runner(
+    leads: Path | None,
+    outcome: str | None,
+    events: Path | None,
+    until: str | None,
+    outcome_event: str | None,
+    within: str | None,
+    score: str | None,
+) -> Callable[[CompiledRuleset], dict[str, Any]]:
+    """The backtest the options ask for, read once, run per ruleset."""
+    from engine.analysis.backtest import backtest
+    from engine.analysis.eventlog import backtest_events, read_event_log
+    from engine.analysis.pastleads import read_past_leads
+
+    if (leads is None) == (events is None):
+        raise fail("give --leads (a CSV with --outcome) or --events (with --until, "
+                   "--outcome-event and --within)")  # fmt: skip
+    if leads is not None:
+        if outcome is None:
+            raise fail("--leads needs --outcome, the 0/1 column")
+        rows = read_past_leads(leads, outcome)
+        return lambda compiled: backtest(compiled, rows, score)
+    assert events is not None
+    missing = [
+        name
+        for name, value in (("--until", until), ("--outcome-event", outcome_event),
+                            ("--within", within))
+        if value is None
+    ]  # fmt: skip
+    if missing:
+        raise fail(f"--events needs {', '.join(missing)}")
+    assert until is not None and outcome_event is not None and within is not None
+    moment, span = parse_instant(until), parse_duration(within)
+    log = read_event_log(events)
+    return lambda compiled: backtest_events(compiled, log, moment, outcome_event, span, score)
+
+
 def print_backtest(reports: dict[str, dict[str, Any]]) -> None:
     first = reports["ruleset"]
+    ranked = f"; ranked by {first['score']}" if first.get("score", "score") != "score" else ""
     out.print(
-        f"{first['rows']} leads, {first['base_rate']:.1%} converted ({first['outcome']})",
+        f"{first['rows']} leads, {first['base_rate']:.1%} converted ({first['outcome']}){ranked}",
         highlight=False,
     )
     table = Table("", *(f"{r['ruleset']} v{r['version']}" for r in reports.values()))
@@ -63,8 +124,9 @@ def print_backtest(reports: dict[str, dict[str, Any]]) -> None:
             row(f"  AUC of the {part}", lambda r, p=part: _auc_part(r, p))
     for band in dict.fromkeys(band for r in reports.values() for band in r["bands"]):
         row(f"band {band}", lambda r, b=band: _groupcell(r["bands"].get(b)))
-    row("hot precision", lambda r: f"{r['hot']['precision']:.1%}")
-    row("hot recall", lambda r: f"{r['hot']['recall']:.1%}")
+    top = first["hot"]["band"]
+    row(f"{top} precision", lambda r: f"{r['hot']['precision']:.1%}")
+    row(f"{top} recall", lambda r: f"{r['hot']['recall']:.1%}")
     for stage in dict.fromkeys(stage for r in reports.values() for stage in r["stages"]):
         row(f"stage {stage}", lambda r, s=stage: _groupcell(r["stages"].get(s)))
     for index in range(len(first["deciles"])):

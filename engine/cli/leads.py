@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from engine.cli.app import app, open_db
+from engine.cli.app import app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, fail, out
 from engine.errors import NurtureError
 from engine.reports import leads as report
@@ -18,8 +18,10 @@ from engine.settings import get_settings
 def lead_command(email: str, as_json: JsonFlag = False) -> None:
     """One lead: scores, temperature, stage, the ledger and stage history."""
     settings = get_settings()
+    db = open_db(settings)
+    claimed = scoring(db, settings).compiled.ruleset.claimed
     try:
-        detail = report.lead_detail(open_db(settings), email)
+        detail = report.lead_detail(db, email, claimed)
     except NurtureError as error:
         raise fail(str(error)) from None
     if detail is None:
@@ -34,6 +36,8 @@ def lead_command(email: str, as_json: JsonFlag = False) -> None:
     )
     scores = "  ".join(f"{name} {value}" for name, value in detail["scores"].items())
     out.print(f"scores: {scores}", highlight=False)
+    for name, total in detail["totals"].items():
+        out.print(f"{name}: {total} ({detail['bands'][name]})", highlight=False)
     if detail["tags"]:
         out.print(f"tags: {', '.join(detail['tags'])}", highlight=False)
     ledger = Table("at", "rule", "component", "delta", "score after", "event", title="ledger")
@@ -105,21 +109,30 @@ def alerts_command(
 def leads_command(
     temperature: Annotated[str | None, typer.Option(help="cold, warm, hot, ...")] = None,
     stage: Annotated[str | None, typer.Option(help="A funnel stage, e.g. mql.")] = None,
+    band: Annotated[
+        str | None, typer.Option(help="A named score's band, e.g. health=at_risk.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, highest score first.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Leads by score, filtered by temperature and stage."""
-    rows = report.list_leads(open_db(get_settings()), temperature, stage, limit)
+    """Leads by score, filtered by temperature, stage and named-score band."""
+    try:
+        wanted = report.band_filter(band) if band else None
+    except NurtureError as error:
+        raise fail(f"--band: {error}") from None
+    rows = report.list_leads(open_db(get_settings()), temperature, stage, limit, band=wanted)
     if as_json:
         emit_json(rows)
         return
-    table = Table("email", "score", "temperature", "stage", "company", "title")
+    named = sorted({name for row in rows for name in row["totals"]})
+    table = Table("email", "score", "temperature", *named, "stage", "company", "title")
     for row in rows:
         attributes = row["attributes"]
         table.add_row(
             row["email"],
             str(row["score"]),
             row["temperature"],
+            *(f"{row['totals'][n]} {row['bands'][n]}" if n in row["totals"] else "" for n in named),
             row["stage"],
             str(attributes.get("company", "")),
             str(attributes.get("job_title", "")),

@@ -26,7 +26,8 @@ def tick_command(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run all due scheduled work once: decay, due campaign steps, dispatch, sales alerts."""
+    """Run all due scheduled work once: decay, time evaluations, due campaign steps, dispatch,
+    alerts."""
     settings = get_settings()
     try:
         moment = parse_instant(now) if now else utcnow()
@@ -48,10 +49,13 @@ def tick_command(
     steps, sent, alerts = result.steps, result.dispatch, result.alerts.as_json()
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+    for rejected in result.time.rejected:
+        err.print(f"[red]time evaluation rejected[/red] {escape(rejected.error)}", highlight=False)
     for held in steps.errors:
         err.print(f"[red]held[/red] {escape(held)}", highlight=False)
     out.print(
-        f"{isoformat(moment)}: decay {result.decayed} ledger rows; steps: queued {steps.queued}, "
+        f"{isoformat(moment)}: decay {result.decayed} ledger rows; time evaluations "
+        f"{result.time.evaluated}; steps: queued {steps.queued}, "
         f"held {steps.held}, deferred {steps.deferred}, skipped {steps.skipped}, exited "
         f"{steps.exited}, completed {steps.completed}; dispatch: sent {sent.sent}, retried "
         f"{sent.retried}, failed {sent.failed}, suppressed {sent.suppressed}; alerts: created "

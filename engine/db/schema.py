@@ -19,6 +19,8 @@ class Lead(SQLModel, table=True):
         Index("ix_lead_stage_entered", "stage", "stage_entered_at"),
         # An account's leads and their scores (account aggregates, `nurture accounts`).
         Index("ix_lead_account", "account_domain", "score"),
+        # The leads a time evaluation is due for (`nurture tick`), from the index alone.
+        Index("ix_lead_time_due", "time_due_at"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -36,6 +38,22 @@ class Lead(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
     # The account key (see engine.rules.account.account_domain); None: no account (free mail).
     account_domain: str | None = Field(default=None, max_length=255)
+    # When the lead's time-dependent inputs next change (a `days_since` threshold, an event
+    # leaving a window, decay): the scheduler evaluates it then. None: never by the clock alone.
+    time_due_at: datetime | None = None
+
+
+class LeadNamedScore(SQLModel, table=True):
+    """One named score (``scores:`` in the ruleset) of one lead: its total and band."""
+
+    __tablename__ = "lead_named_score"
+    # Leads in a band (`nurture leads --band health=at_risk`) and each score's distribution.
+    __table_args__ = (Index("ix_lead_named_score_band", "name", "band"),)
+
+    lead_id: int = Field(foreign_key="lead.id", primary_key=True)
+    name: str = Field(max_length=64, primary_key=True)
+    total: int
+    band: str = Field(max_length=32)
 
 
 class LeadScore(SQLModel, table=True):
@@ -215,12 +233,19 @@ class Alert(SQLModel, table=True):
     (cooldown, not re-armed, stale). The snapshot is what sales was shown."""
 
     __tablename__ = "alert"
-    __table_args__ = (Index("ix_alert_lead_at", "lead_id", "at"),)
+    __table_args__ = (
+        Index("ix_alert_lead_at", "lead_id", "at"),
+        Index("ix_alert_lead_target_at", "lead_id", "target", "at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id")
     action_id: int = Field(foreign_key="lead_action.id", unique=True)
     rule: str = Field(max_length=200)
+    # Who it is for: `sales`, or a target of NURTURE_ALERT_TARGETS (`account-manager`).
+    target: str = Field(
+        default="sales", max_length=200, sa_column_kwargs={"server_default": "sales"}
+    )
     event_id: str | None = Field(default=None, max_length=200)
     at: datetime  # the triggering event's time: cooldowns are measured on it
     received_at: datetime  # when that event reached us: alert latency is measured from it
@@ -258,6 +283,7 @@ def _table(model: type[SQLModel]) -> Table:
 # The tables as SQLAlchemy Core sees them: what the set-based queries and bulk writes use.
 LEADS = _table(Lead)
 SCORES = _table(LeadScore)
+NAMED_SCORES = _table(LeadNamedScore)
 EVENTS = _table(EventRecord)
 LEDGER = _table(LedgerEntry)
 STAGES = _table(StageHistory)

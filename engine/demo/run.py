@@ -1,12 +1,14 @@
 """``nurture demo``: the whole flow on sample data. Generates leads and events from a fixed seed,
 ingests them through the same path as ``nurture ingest`` (enrolling leads in campaigns), then
-runs the scheduler's jobs once a simulated day for two weeks from the sample's end: decay, due
-campaign steps rendered into the outbox, and dispatch through the mail backend. Shows the
-funnel, the hot leads with their reasons, the emails and where they went."""
+runs the scheduler's jobs twice a simulated day for two weeks from the sample's end: decay, time
+evaluations, due campaign steps rendered into the outbox, and dispatch through the mail backend.
+Shows the funnel, the customers' health, the hot leads with their reasons, the emails and where
+they went."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import timedelta
 
 from rich.console import Console
@@ -24,7 +26,9 @@ from engine.settings import Settings
 from engine.timeutil import isoformat
 
 DAYS = 14
-SEND_HOUR = 10  # the simulated scheduler wakes at 10:00 UTC each day
+# The simulated scheduler wakes at these hours (UTC) each day: office hours in Europe, then in
+# the Americas, so steps with a send window in either go out.
+WAKE_HOURS = (10, 18)
 
 
 def run_demo(
@@ -48,18 +52,25 @@ def run_demo(
         f"(a re-run finds them all stored), rejected {len(result.rejected)}"
     )
     jobs = Jobs(db, settings)
-    start = DEFAULT_END.replace(hour=SEND_HOUR)
+    start = DEFAULT_END.replace(hour=WAKE_HOURS[0])
     totals = TickReport(start)
-    for day in range(DAYS):
-        tick = jobs.tick(start + timedelta(days=day))
+    wakes = [
+        timedelta(days=day, hours=h - WAKE_HOURS[0]) for day in range(DAYS) for h in WAKE_HOURS
+    ]
+    for wake in wakes:
+        tick = jobs.tick(start + wake)
         totals.decayed += tick.decayed
+        totals.time.evaluated += tick.time.evaluated
         totals.steps.add(tick.steps)
         for name, value in tick.dispatch.as_json().items():
             setattr(totals.dispatch, name, getattr(totals.dispatch, name) + value)
     steps, sent = totals.steps, totals.dispatch
     console.print(
-        f"scheduler, daily at {SEND_HOUR}:00 UTC for {DAYS} days from {isoformat(start)}: "
-        f"decay {totals.decayed} ledger rows; {steps.queued} emails rendered, {steps.held} held, "
+        f"scheduler, daily at {' and '.join(f'{h}:00' for h in WAKE_HOURS)} UTC for {DAYS} days "
+        f"from {isoformat(start)}: "
+        f"decay {totals.decayed} ledger rows; {totals.time.evaluated} time evaluations "
+        f"(leads whose time-dependent inputs changed); "
+        f"{steps.queued} emails rendered, {steps.held} held, "
         f"{steps.skipped} steps skipped, {steps.exited} leads left a campaign; "
         f"sent {sent.sent} via {settings.mail_backend}, suppressed {sent.suppressed}"
     )
@@ -73,6 +84,11 @@ def run_demo(
     console.print(table)
     bands = "  ".join(f"{band} {n}" for band, n in summary["temperatures"].items())
     console.print(f"temperature: {bands}")
+    for name, counts in report.band_counts(db, ruleset).items():
+        customers = report.list_leads(db, stage=ruleset.stages[-1], limit=1000)
+        held = Counter(lead["bands"].get(name) for lead in customers)
+        shown = "  ".join(f"{band} {held[band]}" for band in counts)
+        console.print(f"{name} of the {len(customers)} {ruleset.stages[-1]}s: {shown}")
 
     # Exits (disqualified, unsubscribed) keep their score but are nobody's to call.
     hot = report.list_leads(
@@ -98,5 +114,9 @@ def run_demo(
         "where to look next:\n"
         f"  nurture lead {example}        why this lead scores what it does (the ledger)\n"
         "  nurture leads --temperature hot --stage sql   who sales should call\n"
-        f"  {ruleset.path}   the rules; nurture rules check / nurture rules test after an edit"
+        + "".join(
+            f"  nurture leads --band {s.name}={s.bands[0][0]}   the lowest {s.name}\n"
+            for s in ruleset.scores
+        )
+        + f"  {ruleset.path}   the rules; nurture rules check / nurture rules test after an edit"
     )

@@ -11,9 +11,12 @@ The data is meant to look like a B2B marketing database: mostly mid-sized compan
 the US and Western Europe, some free-mail addresses, a few students and competitors, and a
 heavy-tailed engagement where the few very active leads are also the ones who read the pricing
 page and ask for demos, so a scoring ruleset gives a believable funnel (most leads cold, some
-warm, a few hot). Equal arguments give equal output: all randomness comes from
+warm, a few hot). After a demo or trial, sales reports what came of it (``crm_meeting``,
+``crm_won`` with plan and amount, ``crm_lost``) and customers pay monthly ``purchase``
+invoices, or stop. Equal arguments give equal output: all randomness comes from
 ``random.Random`` seeded from ``seed`` (one generator for the stream, plus a per-company one
-so that a company's name, domain, industry, size and country are the same in every chunk).
+so that a company's name, domain, industry, size and country are the same in every chunk, and
+a per-lead one for its deal).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import NamedTuple
 __all__ = [
     "CHUNK",
     "COMPETITOR_DOMAINS",
+    "CRM_EVENT_TYPES",
     "DEFAULT_END",
     "EVENT_TYPES",
     "FREE_MAIL_DOMAINS",
@@ -59,6 +63,8 @@ EVENT_TYPES = (
     "unsubscribe",
     "bounce",
 )
+CRM_EVENT_TYPES = ("crm_meeting", "crm_won", "crm_lost")
+"""What sales records in the CRM: a meeting booked, a deal won (with plan and amount), lost."""
 
 _DAY = 86400
 
@@ -355,6 +361,8 @@ _WEBINARS = _list(
     "lead-scoring-masterclass, abm-in-practice, from-mql-to-revenue, nurture-campaigns-that-convert"
 )
 _PLANS = ("starter", "growth", "enterprise")
+_PLAN_PRICES = {"starter": 600, "growth": 2400, "enterprise": 7200}  # a month, in USD
+_LOST_REASONS = ("budget", "timing", "chose_competitor", "no_decision")
 _DEMO_SOURCES = ("pricing-page", "homepage", "email", "webinar", "contact-sales")
 _UNSUBSCRIBE_REASONS = ("too_many_emails", "not_relevant", "never_signed_up", "other")
 _BOUNCES = (
@@ -577,7 +585,41 @@ def _lead_events(
         else:
             trials += 1
             add(clock.session(late=True), _TRIAL, {"plan": rng.choice(_PLANS)})
+    asked = [e[0] for e in events if e[3] in (_DEMO, _TRIAL)]
+    if asked and not (lead.competitor or lead.student):
+        for moment, etype, props in _deal(lead, min(asked), end):
+            add(moment, etype, props)
     return events
+
+
+def _deal(lead: _Lead, asked: int, end: int) -> list[tuple[int, str, dict[str, object]]]:
+    """What sales and billing report after a demo or trial: a meeting (opportunity), then won
+    (a customer, with a first invoice) or lost; a customer pays monthly, or stops. Drawn from
+    the lead's own generator, so the other leads' records are the same with or without it."""
+    rng = random.Random(f"deal:{lead.email}")
+    found: list[tuple[int, str, dict[str, object]]] = []
+    meeting = asked + rng.randint(1, 6) * _DAY
+    if meeting >= end or rng.random() > 0.35 + 0.5 * lead.intent:
+        return found
+    found.append((meeting, CRM_EVENT_TYPES[0], {"owner": "sales"}))
+    decided = meeting + rng.randint(3, 15) * _DAY
+    if decided >= end:
+        return found
+    if rng.random() > 0.6:
+        found.append((decided, CRM_EVENT_TYPES[2], {"reason": rng.choice(_LOST_REASONS)}))
+        return found
+    size = int(str(lead.profile["company_size"]))
+    plan = "enterprise" if size >= 500 else "growth" if size >= 50 else "starter"
+    amount = _PLAN_PRICES[plan]
+    found.append((decided, CRM_EVENT_TYPES[1], {"plan": plan, "amount": amount}))
+    # Invoices monthly from the win; some customers stop paying after a while.
+    paid_months = 99 if rng.random() < 0.6 else rng.randint(0, 1)
+    invoice, month = decided + 60, 0
+    while invoice < end and month <= paid_months:
+        found.append((invoice, "purchase", {"plan": plan, "amount": amount, "month": month + 1}))
+        invoice += (30 + rng.randint(-2, 2)) * _DAY
+        month += 1
+    return found
 
 
 def _iso(moment: int) -> str:

@@ -29,11 +29,12 @@ from engine.alerts import wake
 from engine.campaigns.compile import CompiledCampaigns
 from engine.ingest import outcome, state
 from engine.ingest.outcome import LoadedLead, Rows
-from engine.ingest.parse import MAX_FIELDS, LeadRecord, Parsed, Record, Rejection
+from engine.ingest.parse import MAX_FIELDS, EventRecord, LeadRecord, Parsed, Record, Rejection
 from engine.ingest.write import ConflictError, write
 from engine.rules.account import ACCOUNT_FIELDS, AccountBook, account_domain
 from engine.rules.compile import CompiledRuleset
 from engine.rules.evaluate import ChainError, Event, evaluate
+from engine.rules.timing import TIME, next_change
 from engine.timeutil import utcnow
 
 # Event types that withdraw consent whatever the ruleset says.
@@ -140,6 +141,18 @@ def _apply_with_retries(
     raise AssertionError("unreachable")
 
 
+def _due(lead: LoadedLead, record: Record) -> bool:
+    """A time evaluation (the scheduler's ``time`` record) is for a lead that is still due at
+    its time: another scheduler, or an event since, may have evaluated it."""
+    if not (isinstance(record, EventRecord) and record.type == TIME):
+        return True
+    return (
+        lead.due_at is not None
+        and record.occurred_at is not None
+        and (lead.due_at <= record.occurred_at)
+    )
+
+
 class _Batch:
     """One transaction: load the batch's leads (:mod:`.state`), evaluate each record in order,
     turn outcomes into rows (:mod:`.outcome`), write them (:mod:`.write`)."""
@@ -169,6 +182,10 @@ class _Batch:
         seen = state.stored_events(self.conn, [r.id for r in records])
         fresh: list[Record] = []
         for record in records:
+            if not _due(leads[record.email], record):
+                self.result.duplicates += 1
+                self.result.duplicate_lines.append(record.line)
+                continue
             kind, properties = _stored_form(record)
             digest = state.content_digest(record.email, kind, properties)
             stored = seen.get(record.id)
@@ -187,13 +204,16 @@ class _Batch:
             if self.campaigns is not None:
                 state.load_enrollments(self.conn, leads)
             if self.compiled.all_reads & ACCOUNT_FIELDS:
-                self.accounts = state.load_accounts(self.conn, leads, fresh)
+                self.accounts = state.load_accounts(self.conn, self.ruleset, leads, fresh)
             touched = set()
             for record in fresh:
                 if self._score(leads[record.email], record):
                     touched.add(record.email)
             # New leads are written even when all their records were rejected: they exist now.
             written = [lead for lead in leads.values() if lead.new or lead.email in touched]
+            for lead in written:
+                if lead.evaluated_at is not None:
+                    lead.due_at = next_change(self.compiled, lead.history, lead.evaluated_at)
             self.rows.stages[:0] = outcome.new_lead_stages(written, self.ruleset.stages[0])
             self.rows.ledger[:0] = [row for lead in written for row in lead.opening]
             write(self.conn, self.ruleset, self.rows, written, self.now)
@@ -217,17 +237,19 @@ class _Batch:
         if self.accounts is not None:
             domain = account_domain(lead.state.attributes, lead.email)
             lead.state.account = self.accounts.peers(lead.id, domain)
-        tracked = event.type in {c.type for c in self.compiled.count_windows}
+        tracked = event.type in self.compiled.history_types
+        amounts = self.compiled.amounts(event.type, event.properties) if tracked else None
         if tracked:
-            lead.history.add_event(event.type, at)
+            lead.history.add_event(event.type, at, amounts)
         try:
             result = evaluate(self.compiled, lead.state, event, lead.history)
         except ChainError as error:
             lead.state = before
             if tracked:
-                lead.history.events[event.type].remove(at)
+                lead.history.remove_event(event.type, at, amounts)
             self.result.rejected.append(Rejection(record.line, str(error)))
             return False
+        lead.evaluated_at = at if lead.evaluated_at is None else max(lead.evaluated_at, at)
         self.result.accepted += 1
         if isinstance(subscribed, bool):
             lead.subscribed = subscribed
@@ -237,7 +259,7 @@ class _Batch:
         outcome.record(self.rows, lead, event, result, self.ruleset.version, self.now, applied)
         if self.accounts is not None:
             domain = account_domain(lead.state.attributes, lead.email)
-            self.accounts.place(lead.id, domain, lead.state.score)
+            self.accounts.place(lead.id, domain, self.ruleset.lead_score(lead.state.scores))
         if self.campaigns is not None:
             outcome.enrollments(self.rows, lead, event, result, self.campaigns)
         return True

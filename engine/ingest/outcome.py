@@ -8,10 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from engine.campaigns.compile import CompiledCampaigns
+from engine.rules.decay import DecayState, rise
 from engine.rules.evaluate import Event, LeadState, Outcome
 from engine.rules.history import MemoryHistory
 from engine.status import ActionStatus, EnrollmentStatus
-from engine.timeutil import epoch
 
 Row = dict[str, Any]
 
@@ -26,7 +26,7 @@ class LoadedLead:
     state: LeadState
     subscribed: bool
     stage_entered_at: datetime
-    decay: dict[str, list[int | None]]  # component → [rose_at, peak, decay_steps]
+    decay: dict[str, DecayState]  # component → [rose_at, peak, decay_steps]
     new: bool
     created_at: datetime  # when its first record happened
     history: MemoryHistory = field(default_factory=MemoryHistory)
@@ -34,6 +34,8 @@ class LoadedLead:
     # to the score from the start.
     opening: list[dict[str, Any]] = field(default_factory=list)
     enrolled: dict[str, str] = field(default_factory=dict)  # campaign → enrollment status
+    due_at: datetime | None = None  # stored: when its time-dependent inputs change
+    evaluated_at: datetime | None = None  # the latest time the batch evaluated it at
 
 
 @dataclass
@@ -86,15 +88,9 @@ def record(
             }
         )
         if change.delta > 0:
-            rose_at = lead.decay.get(change.component, [None, 0, 0])[0]
-            if rose_at is None or epoch(at) >= rose_at:
-                value = outcome.state.scores[change.component]
-                lead.decay[change.component] = [epoch(at), value, 0]
-            else:
-                # A late rise, before the last one: its points join what half-life decay
-                # halves from the last rise, instead of being taken back by the next tick.
-                entry = lead.decay[change.component]
-                entry[1] = (entry[1] or 0) + change.delta
+            value = outcome.state.scores[change.component]
+            state = lead.decay.get(change.component)
+            lead.decay[change.component] = rise(state, at, value, change.delta)
     for stage in outcome.stage_changes:
         rows.stages.append(
             {

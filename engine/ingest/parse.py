@@ -19,7 +19,7 @@ from engine.address import normalise_email
 from engine.errors import InvalidRecord
 from engine.ingest import reader
 from engine.ingest.reader import Rejection as Rejection  # the parser answers with it too
-from engine.rules.spec import COMPUTED_FIELDS
+from engine.rules.spec import COMPUTED_FIELDS, TIME_EVENT
 from engine.timeutil import parse_instant, utcnow
 
 # Fields of the lead JSON that the ruleset computes; an import may not overwrite them.
@@ -165,6 +165,10 @@ def record(line: int, raw: object) -> Record:
         raise InvalidRecord(
             f"type: must be a name of at most {MAX_TYPE_LENGTH} characters, without control or "
             "invisible characters"
+        )
+    if kind.strip() == TIME_EVENT:
+        raise InvalidRecord(
+            f"type: {TIME_EVENT!r} is the scheduler's time evaluation, not an event"
         )
     unknown = set(raw) - EVENT_KEYS
     if unknown:

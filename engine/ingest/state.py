@@ -20,7 +20,7 @@ from engine.ingest.parse import Record
 from engine.rules.account import AccountBook, Peers, account_domain
 from engine.rules.compile import CompiledRuleset, longest_window, window_start
 from engine.rules.evaluate import LeadState, new_lead, prime
-from engine.rules.spec import Ruleset
+from engine.rules.spec import DaysSince, Ruleset, Sum
 
 
 def create_missing(
@@ -68,6 +68,7 @@ def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
             {},
             new=row["version"] == 0,
             created_at=row["stage_entered_at"],
+            due_at=row["time_due_at"],
         )
     return leads
 
@@ -144,41 +145,69 @@ def load_history(
     records: list[Record],
     now: datetime,
 ) -> None:
-    counts = compiled.count_windows
+    """What counts, sums, days_since and limits read of the batch's leads' past: events and
+    firings inside the longest window before the batch's first record, and for ``days_since``
+    each type's first and latest event before that."""
+    types = compiled.history_types
     limited = compiled.limited_rules
-    if not counts and not limited:
+    if not types and not limited:
         return
     times = [r.occurred_at or now for r in records]
     since = window_start(min(times), longest_window(compiled))
     by_id = {lead.id: lead for lead in leads.values()}
     ids = list(by_id)
-    if counts:
-        query = select(EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at).where(
+    if types:
+        summed = {a.type for a in compiled.aggregates if isinstance(a, Sum)}
+        ever = {a.type for a in compiled.aggregates if isinstance(a, Sum) and a.within is None}
+        columns = [EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties]
+        query = select(*columns if summed else columns[:3]).where(
             EVENTS.c.lead_id.in_(ids),
-            EVENTS.c.type.in_({c.type for c in counts}),
-            EVENTS.c.occurred_at > since,
+            EVENTS.c.type.in_(types),
+            (EVENTS.c.occurred_at > since) | EVENTS.c.type.in_(ever),
         )
-        for lead_id, kind, at in conn.execute(query):
-            by_id[lead_id].history.add_event(kind, at)
+        for lead_id, kind, at, *properties in conn.execute(query):
+            amounts = compiled.amounts(kind, properties[0]) if properties else None
+            by_id[lead_id].history.add_event(kind, at, amounts)
+        before = {a.type for a in compiled.aggregates if isinstance(a, DaysSince)} - ever
+        if before:
+            # Only a type's first and latest event before the window: one row per lead and type.
+            bounds = (
+                select(
+                    EVENTS.c.lead_id,
+                    EVENTS.c.type,
+                    func.min(EVENTS.c.occurred_at),
+                    func.max(EVENTS.c.occurred_at),
+                )
+                .where(
+                    EVENTS.c.lead_id.in_(ids),
+                    EVENTS.c.type.in_(before),
+                    EVENTS.c.occurred_at <= since,
+                )
+                .group_by(EVENTS.c.lead_id, EVENTS.c.type)
+            )
+            for lead_id, kind, first, latest in conn.execute(bounds):
+                for at in {first, latest}:
+                    by_id[lead_id].history.add_event(kind, at)
     if limited:
-        ever = [r.name for r in limited if r.limit and r.limit.per is None]
+        ever_limited = [r.name for r in limited if r.limit and r.limit.per is None]
         query = select(FIRINGS.c.lead_id, FIRINGS.c.rule, FIRINGS.c.at).where(
             FIRINGS.c.lead_id.in_(ids),
             FIRINGS.c.rule.in_([r.name for r in limited]),
-            (FIRINGS.c.at > since) | FIRINGS.c.rule.in_(ever),
+            (FIRINGS.c.at > since) | FIRINGS.c.rule.in_(ever_limited),
         )
         for lead_id, rule, at in conn.execute(query):
             by_id[lead_id].history.add_firing(rule, at)
 
 
 def load_accounts(
-    conn: Connection, leads: dict[str, LoadedLead], records: list[Record]
+    conn: Connection, ruleset: Ruleset, leads: dict[str, LoadedLead], records: list[Record]
 ) -> AccountBook:
     """The batch's accounts in one query: each lead's, and any a record's `domain` names."""
     ids = [lead.id for lead in leads.values()]
     book = AccountBook(lambda domains: stored_peers(conn, domains, ids))
     for lead in leads.values():
-        book.place(lead.id, account_domain(lead.state.attributes, lead.email), lead.state.score)
+        domain = account_domain(lead.state.attributes, lead.email)
+        book.place(lead.id, domain, ruleset.lead_score(lead.state.scores))
     book.prefetch(
         [account_domain(lead.state.attributes, lead.email) for lead in leads.values()]
         + [account_domain(r.attributes, r.email) for r in records if "domain" in r.attributes]

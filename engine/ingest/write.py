@@ -9,7 +9,17 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, update
 
 from engine.db import append_rows, upsert
-from engine.db.schema import ACTIONS, ENROLLMENTS, EVENTS, FIRINGS, LEADS, LEDGER, SCORES, STAGES
+from engine.db.schema import (
+    ACTIONS,
+    ENROLLMENTS,
+    EVENTS,
+    FIRINGS,
+    LEADS,
+    LEDGER,
+    NAMED_SCORES,
+    SCORES,
+    STAGES,
+)
 from engine.errors import NurtureError
 from engine.ingest.outcome import LoadedLead, Rows
 from engine.rules.account import account_domain
@@ -75,6 +85,7 @@ def _write_leads(
             tags=bindparam("b_tags"),
             subscribed=bindparam("b_subscribed"),
             account_domain=bindparam("b_account"),
+            time_due_at=bindparam("b_due"),
             version=LEADS.c.version + 1,
             updated_at=now,
         ),
@@ -83,13 +94,14 @@ def _write_leads(
                 "b_id": lead.id,
                 "b_version": lead.version,
                 "b_attributes": {k: v for k, v in lead.state.attributes.items() if k != "email"},
-                "b_score": lead.state.score,
-                "b_temperature": ruleset.band(lead.state.score),
+                "b_score": ruleset.lead_score(lead.state.scores),
+                "b_temperature": ruleset.band(ruleset.lead_score(lead.state.scores)),
                 "b_stage": lead.state.stage,
                 "b_entered": lead.stage_entered_at,
                 "b_tags": lead.state.tags,
                 "b_subscribed": lead.subscribed,
                 "b_account": account_domain(lead.state.attributes, lead.email),
+                "b_due": lead.due_at,
             }
             for lead in leads
         ],
@@ -121,4 +133,26 @@ def _write_leads(
             for name, value in lead.state.scores.items()
             for rose_at, peak, steps in [lead.decay.get(name, [None, 0, 0])]
         ],
+    )
+    if ruleset.scores:
+        _write_named_scores(conn, ruleset, leads)
+
+
+def _write_named_scores(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead]) -> None:
+    """Each lead's named scores and bands, as its components now make them."""
+    rows = []
+    for lead in leads:
+        totals = ruleset.totals(lead.state.scores)
+        bands = ruleset.named_bands(totals)
+        rows += [
+            {"lead_id": lead.id, "name": name, "total": total, "band": bands[name]}
+            for name, total in totals.items()
+        ]
+    statement = upsert(conn, NAMED_SCORES)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["lead_id", "name"],
+            set_={"total": statement.excluded.total, "band": statement.excluded.band},
+        ),
+        rows,
     )

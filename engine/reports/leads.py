@@ -3,23 +3,27 @@ reasons behind a score. Shapes follow docs/design.md's JSON section."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
 from engine.address import normalise_email
 from engine.db import reading
-from engine.db.schema import ALERTS, EVENTS, LEADS, LEDGER, OUTBOX, SCORES, STAGES
+from engine.db.schema import ALERTS, EVENTS, LEADS, LEDGER, NAMED_SCORES, OUTBOX, SCORES, STAGES
+from engine.errors import InvalidRecord
 from engine.rules import spec
 from engine.status import OutboxStatus
 from engine.timeutil import isoformat
 
 
-def _summary(row: Any, scores: dict[str, int]) -> dict[str, Any]:
+def _summary(row: Any, scores: dict[str, int], named: dict[str, tuple[int, str]]) -> dict[str, Any]:
     return {
         "email": row["email"],
         "score": row["score"],
         "scores": scores,
+        "totals": {name: total for name, (total, _) in named.items()},
+        "bands": {name: band for name, (_, band) in named.items()},
         "temperature": row["temperature"],
         "stage": row["stage"],
         "stage_entered_at": isoformat(row["stage_entered_at"]),
@@ -29,7 +33,24 @@ def _summary(row: Any, scores: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def lead_detail(db: Engine, email: str) -> dict[str, Any] | None:
+def named_scores(conn: Connection, lead_ids: list[int]) -> dict[int, dict[str, tuple[int, str]]]:
+    """Each lead's named scores: name → (total, band), in name order."""
+    found: dict[int, dict[str, tuple[int, str]]] = {lead_id: {} for lead_id in lead_ids}
+    query = (
+        select(
+            NAMED_SCORES.c.lead_id, NAMED_SCORES.c.name, NAMED_SCORES.c.total, NAMED_SCORES.c.band
+        )
+        .where(NAMED_SCORES.c.lead_id.in_(lead_ids))
+        .order_by(NAMED_SCORES.c.lead_id, NAMED_SCORES.c.name)
+    )
+    for lead_id, name, total, band in conn.execute(query):
+        found[lead_id][name] = (total, band)
+    return found
+
+
+def lead_detail(db: Engine, email: str, claimed: Collection[str] = ()) -> dict[str, Any] | None:
+    """One lead with its ledger, stage history, recent events, alerts and the top reasons
+    behind its lead score (``claimed``: the components of named scores, left out of them)."""
     with reading(db) as conn:
         row = (
             conn.execute(select(LEADS).where(LEADS.c.email == normalise_email(email)))
@@ -56,7 +77,7 @@ def lead_detail(db: Engine, email: str) -> dict[str, Any] | None:
             .order_by(EVENTS.c.occurred_at.desc(), EVENTS.c.id.desc())
             .limit(20)
         ).mappings()
-        detail = _summary(row, scores)
+        detail = _summary(row, scores, named_scores(conn, [lead_id])[lead_id])
         detail["ledger"] = [
             {
                 "rule": r["rule"],
@@ -86,9 +107,17 @@ def lead_detail(db: Engine, email: str) -> dict[str, Any] | None:
             }
             for r in events
         ]
-        detail["reasons"] = reasons_by_lead(conn, [lead_id])[lead_id]
+        detail["reasons"] = reasons_by_lead(conn, [lead_id], claimed=claimed)[lead_id]
         detail["alerts"] = _alerts(conn, ALERTS.c.lead_id == lead_id, 20)
         return detail
+
+
+def band_filter(text: str) -> tuple[str, str]:
+    """``health=at_risk`` → (score, band); InvalidRecord naming the shape otherwise."""
+    name, _, band = text.partition("=")
+    if not name.strip() or not band.strip():
+        raise InvalidRecord(f"band {text!r}: write SCORE=BAND, e.g. health=at_risk")
+    return name.strip(), band.strip()
 
 
 def list_leads(
@@ -98,7 +127,9 @@ def list_leads(
     limit: int = 50,
     exclude_stages: tuple[str, ...] = (),
     offset: int = 0,
+    band: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
+    """Leads by lead score, highest first; ``band``: (named score, band) they are in."""
     query = select(LEADS).order_by(LEADS.c.score.desc(), LEADS.c.id).limit(limit).offset(offset)
     if exclude_stages:
         query = query.where(LEADS.c.stage.not_in(exclude_stages))
@@ -106,6 +137,14 @@ def list_leads(
         query = query.where(LEADS.c.temperature == temperature)
     if stage:
         query = query.where(LEADS.c.stage == stage)
+    if band is not None:
+        query = query.where(
+            LEADS.c.id.in_(
+                select(NAMED_SCORES.c.lead_id).where(
+                    NAMED_SCORES.c.name == band[0], NAMED_SCORES.c.band == band[1]
+                )
+            )
+        )
     with reading(db) as conn:
         rows = list(conn.execute(query).mappings())
         scores: dict[int, dict[str, int]] = {row["id"]: {} for row in rows}
@@ -115,28 +154,40 @@ def list_leads(
             )
         ):
             scores[lead_id][component] = value
-    return [_summary(row, scores[row["id"]]) for row in rows]
+        named = named_scores(conn, list(scores))
+    return [_summary(row, scores[row["id"]], named[row["id"]]) for row in rows]
 
 
-def reasons_for(db: Engine, emails: list[str], limit: int = 3) -> dict[str, list[dict[str, Any]]]:
+def reasons_for(
+    db: Engine, emails: list[str], limit: int = 3, claimed: Collection[str] = ()
+) -> dict[str, list[dict[str, Any]]]:
     """Top reasons for several leads in one query."""
     with reading(db) as conn:
         query = select(LEADS.c.id, LEADS.c.email).where(LEADS.c.email.in_(emails))
         ids = {lead_id: email for lead_id, email in conn.execute(query)}
-        by_id = reasons_by_lead(conn, list(ids), limit)
+        by_id = reasons_by_lead(conn, list(ids), limit, claimed)
     return {email: [] for email in emails} | {ids[i]: rows for i, rows in by_id.items()}
 
 
 def reasons_by_lead(
-    conn: Connection, lead_ids: list[int], limit: int = 3
+    conn: Connection,
+    lead_ids: list[int],
+    limit: int = 3,
+    claimed: Collection[str] = (),
+    only: Collection[str] | None = None,
 ) -> dict[int, list[dict[str, Any]]]:
     """The rules that contributed most to each lead's score, net of decay and negative signals
-    (rules with a positive total, largest first), per lead id, in one query."""
+    (rules with a positive total, largest first), per lead id, in one query. ``claimed``:
+    components left out (those of named scores); ``only``: the components counted."""
     query = (
         select(LEDGER.c.lead_id, LEDGER.c.rule, func.sum(LEDGER.c.delta), func.count())
         .where(LEDGER.c.lead_id.in_(lead_ids))
         .group_by(LEDGER.c.lead_id, LEDGER.c.rule)
     )
+    if claimed:
+        query = query.where(LEDGER.c.component.not_in(list(claimed)))
+    if only is not None:
+        query = query.where(LEDGER.c.component.in_(list(only)))
     found: dict[int, list[dict[str, Any]]] = {lead_id: [] for lead_id in lead_ids}
     for lead_id, rule, points, times in conn.execute(query):
         if points > 0:
@@ -164,6 +215,23 @@ def funnel(db: Engine, ruleset: spec.Ruleset) -> dict[str, Any]:
     stages += [{"stage": s, "leads": n} for s, n in sorted(by_stage.items())]
     bands = {band: by_band.get(band, 0) for band, _ in ruleset.temperature}
     return {"stages": stages, "temperatures": bands}
+
+
+def band_counts(db: Engine, ruleset: spec.Ruleset) -> dict[str, dict[str, int]]:
+    """Leads per band of each named score, bands in ascending order (zeros included)."""
+    with reading(db) as conn:
+        counts = {
+            (name, band): int(n)
+            for name, band, n in conn.execute(
+                select(NAMED_SCORES.c.name, NAMED_SCORES.c.band, func.count()).group_by(
+                    NAMED_SCORES.c.name, NAMED_SCORES.c.band
+                )
+            )
+        }
+    return {
+        score.name: {band: counts.get((score.name, band), 0) for band, _ in score.bands}
+        for score in ruleset.scores
+    }
 
 
 def emails_by_template(db: Engine) -> list[tuple[str, str, int]]:
@@ -216,6 +284,7 @@ def _alerts(conn: Connection, where: Any, limit: int) -> list[dict[str, Any]]:
             "id": row["id"],
             "lead": row["email"],
             "rule": row["rule"],
+            "target": row["target"],
             "event_id": row["event_id"],
             "at": isoformat(row["at"]),
             "created_at": isoformat(row["created_at"]),

@@ -6,7 +6,8 @@ supplies what it already computes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, Engine, String, case, cast, func, select
@@ -16,7 +17,7 @@ from engine.db import reading
 from engine.db.schema import ENROLLMENTS, EVENTS, LEADS, OUTBOX, STAGES
 from engine.errors import InvalidRecord
 from engine.reports import leads as report
-from engine.rules.spec import Ruleset
+from engine.rules.spec import TIME_EVENT, Ruleset
 from engine.status import OutboxStatus
 from engine.timeutil import isoformat, parse_instant
 
@@ -74,7 +75,7 @@ def hot_leads(
     hottest = ruleset.temperature[-1][0]
     leads = report.list_leads(db, temperature=hottest, limit=limit, exclude_stages=ruleset.exits)
     emails = [lead["email"] for lead in leads]
-    reasons = report.reasons_for(db, emails)
+    reasons = report.reasons_for(db, emails, claimed=ruleset.claimed)
     latest = last_events(db, emails, events)
     return [
         {**lead, "reasons": reasons[lead["email"]], "events": latest[lead["email"]]}
@@ -85,7 +86,8 @@ def hot_leads(
 def last_events(
     db: Engine, emails: Sequence[str], per_lead: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """The latest ``per_lead`` events of each of several leads, in one query."""
+    """The latest ``per_lead`` events of each of several leads, in one query (time evaluations
+    are not something the lead did: left out)."""
     ranked = (
         select(
             LEADS.c.email,
@@ -99,7 +101,7 @@ def last_events(
             .label("n"),
         )
         .join(LEADS, LEADS.c.id == EVENTS.c.lead_id)
-        .where(LEADS.c.email.in_(list(emails)))
+        .where(LEADS.c.email.in_(list(emails)), EVENTS.c.type != TIME_EVENT)
         .subquery()
     )
     found: dict[str, list[dict[str, Any]]] = {email: [] for email in emails}
@@ -173,14 +175,16 @@ def campaigns(db: Engine, limit: int = 50) -> list[dict[str, Any]]:
     return rows[:limit]
 
 
-def lead_page(db: Engine, email: str) -> dict[str, Any] | None:
-    """One lead as ``nurture lead`` shows it, with its score over time, campaign enrollments and
-    the emails it was sent (each marked opened / clicked from the feedback events)."""
+def lead_page(db: Engine, email: str, ruleset: Ruleset | None = None) -> dict[str, Any] | None:
+    """One lead as ``nurture lead`` shows it, with its score over time (and each named score's,
+    with ``ruleset``), campaign enrollments and the emails it was sent (each marked opened /
+    clicked from the feedback events)."""
     try:
         address = normalise_email(email)
     except InvalidRecord:
         return None  # not an address, so nobody's
-    detail = report.lead_detail(db, address)
+    claimed = ruleset.claimed if ruleset is not None else {}
+    detail = report.lead_detail(db, address, claimed)
     if detail is None:
         return None
     lead_id = select(LEADS.c.id).where(LEADS.c.email == address).scalar_subquery()
@@ -234,5 +238,17 @@ def lead_page(db: Engine, email: str) -> dict[str, Any] | None:
             }
             for row in messages
         ]
-    detail["series"] = [(parse_instant(r["at"]), r["score_after"]) for r in detail["ledger"]]
+    # Each ledger row's score_after is the total of the score its component counts toward.
+    detail["series"] = _series(detail["ledger"], lambda c: c not in claimed)
+    detail["named_series"] = {
+        score.name: _series(detail["ledger"], set(score.components).__contains__)
+        for score in (ruleset.scores if ruleset is not None else ())
+    }
     return detail
+
+
+def _series(
+    ledger: list[dict[str, Any]], counts: Callable[[str], bool]
+) -> list[tuple[datetime, int]]:
+    """(time, total after) of the ledger rows whose component ``counts``."""
+    return [(parse_instant(r["at"]), r["score_after"]) for r in ledger if counts(r["component"])]

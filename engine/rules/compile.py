@@ -10,7 +10,9 @@ values put in the shape the engine compares soundly (see ``docs/durable-rules.md
   negations need "missing" to count as "not equal");
 * ``x<i>``  the result of a ``matches`` or ``contains`` test, computed in Python (see
   ``patterns``) because marketers write Python regexes that the engine's own dialect cannot parse;
-* ``c<i>``  an event count over a window; ``l<i>`` a rule's firings within its limit window.
+* ``c<i>``  an event count over a window; ``l<i>`` a rule's firings within its limit window;
+* ``a<i>`` / ``ha<i>``  a ``sum`` or ``days_since`` over the lead's events, and whether it has one
+  (``days_since`` is missing without an event of its type).
 
 ``not`` is pushed down to the leaves (the engine has no negation operator).
 """
@@ -27,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Protocol
 
 from durable import engine as durable
@@ -58,6 +61,15 @@ class History(Protocol):
 
     def count_firings(self, rule: str, start: datetime | None, end: datetime) -> int:
         """Firings of ``rule`` with start < at ≤ end (``start`` None: ever)."""
+        ...
+
+    def sum_values(self, type: str, key: str, start: datetime | None, end: datetime) -> float:
+        """The sum of the numeric ``properties[key]`` of events of ``type`` with start <
+        occurred_at ≤ end (``start`` None: ever); values that are not numbers are skipped."""
+        ...
+
+    def event_time(self, type: str, first: bool, end: datetime) -> datetime | None:
+        """The latest (``first``: the first) time of an event of ``type`` at or before ``end``."""
         ...
 
 
@@ -120,8 +132,8 @@ def lookup(state_fields: Mapping[str, Any], properties: Mapping[str, Any], path:
     """The value at a rule path: ``lead.*`` from ``state_fields``, ``event.properties.*``."""
     parts = path.split(".")
     if parts[0] == "lead":
-        if parts[1] == "scores":
-            return state_fields["scores"].get(parts[2])
+        if parts[1] in ("scores", "bands") and len(parts) == 3:
+            return state_fields.get(parts[1], {}).get(parts[2])
         if parts[1] == "account" and len(parts) == 3:
             return state_fields.get(path.removeprefix("lead."))
         return state_fields.get(parts[1])
@@ -172,6 +184,8 @@ class _Encoder:
     counts: list[tuple[str, spec.Count]] = field(default_factory=list)
     limits: list[tuple[str, spec.Rule]] = field(default_factory=list)
     path: str = "<ruleset>"  # names the ruleset in what `matches` tests log
+    # (value key, present key, the aggregate): one pair per distinct sum / days_since
+    aggregates: list[tuple[str, str, spec.Aggregate]] = field(default_factory=list)
     _next: int = 0
 
     def _key(self, table: dict[str, str], prefix: str, path: str) -> str:
@@ -212,6 +226,16 @@ class _Encoder:
         self._next += 1
         self.limits.append((key, rule))
         return key
+
+    def aggregate(self, aggregate: spec.Aggregate) -> tuple[str, str]:
+        """The (value, present) keys of an aggregate; equal aggregates share them."""
+        for value, present, known in self.aggregates:
+            if aggregate_key(known) == aggregate_key(aggregate):
+                return value, present
+        value, present = f"a{self._next}", f"ha{self._next}"
+        self._next += 2
+        self.aggregates.append((value, present, aggregate))
+        return value, present
 
     @property
     def size(self) -> int:
@@ -267,6 +291,9 @@ class _ConditionCompiler:
             return _both(*parts) if conjunctive else _either(*parts)
         if isinstance(condition, spec.Count):
             return self.count(condition, negate)
+        if isinstance(condition, spec.Sum | spec.DaysSince):
+            key, present = self.enc.aggregate(condition)
+            return _compare(key, present, condition.op, normalise(condition.value), negate)
         return self.test(condition, negate)
 
     def count(self, count: spec.Count, negate: bool) -> dict[str, Any]:
@@ -310,13 +337,9 @@ class _ConditionCompiler:
             if negate:
                 return _either({"$neq": {key: expected}}, {present: False})
             return {key: expected}
-        key, present = self.enc.number(path), self.enc.has_number(path)
-        number = normalise(value)
-        engine_op = {"eq": "", "gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}[op]
-        if negate:
-            opposite = {"": "$neq", "$gt": "$lte", "$gte": "$lt", "$lt": "$gte", "$lte": "$gt"}
-            return _either({opposite[engine_op]: {key: number}}, {present: False})
-        return {engine_op: {key: number}} if engine_op else {key: number}
+        return _compare(
+            self.enc.number(path), self.enc.has_number(path), op, normalise(value), negate
+        )
 
     def none_of(self, path: str, values: list[Any]) -> dict[str, Any]:
         """``not_in``: each comparison fails, or the field is missing. "Missing" is factored out
@@ -335,6 +358,35 @@ class _ConditionCompiler:
         for missing, group in comparisons.items():
             parts.append(_either(_both(*group), {missing: False}))
         return _both(*parts)
+
+
+def _compare(key: str, present: str, op: str, number: Any, negate: bool) -> dict[str, Any]:
+    """A numeric comparison of fact key ``key``; negated, it also holds when the value is
+    missing (``present`` false)."""
+    if op == "ne":
+        return _compare(key, present, "eq", number, not negate)
+    engine_op = {"eq": "", "gt": "$gt", "gte": "$gte", "lt": "$lt", "lte": "$lte"}[op]
+    if negate:
+        opposite = {"": "$neq", "$gt": "$lte", "$gte": "$lt", "$lt": "$gte", "$lte": "$gt"}
+        return _either({opposite[engine_op]: {key: number}}, {present: False})
+    return {engine_op: {key: number}} if engine_op else {key: number}
+
+
+def aggregate_key(aggregate: spec.Aggregate) -> tuple[object, ...]:
+    """What an aggregate computes, whatever it is compared with."""
+    if isinstance(aggregate, spec.Sum):
+        return ("sum", aggregate.type, aggregate.property, aggregate.within)
+    return ("days_since", aggregate.type, aggregate.first)
+
+
+def aggregate_value(aggregate: spec.Aggregate, history: History, at: datetime) -> Any:
+    """The value of an aggregate at ``at``: a sum (0 without events), or whole days (None
+    without an event of the type)."""
+    if isinstance(aggregate, spec.Sum):
+        start = None if aggregate.within is None else window_start(at, aggregate.within)
+        return normalise(float(history.sum_values(aggregate.type, aggregate.property, start, at)))
+    moment = history.event_time(aggregate.type, aggregate.first, at)
+    return None if moment is None else (at - moment).days
 
 
 def _rule_condition(compiler: _ConditionCompiler, rule: spec.Rule) -> dict[str, Any]:
@@ -533,6 +585,11 @@ class CompiledRuleset:
             assert rule.limit is not None
             start = window_start(at, rule.limit.per) if rule.limit.per is not None else None
             fact[key] = history.count_firings(rule.name, start, at)
+        for key, present, aggregate in self.enc.aggregates:
+            value = aggregate_value(aggregate, history, at)
+            fact[present] = value is not None
+            if value is not None:
+                fact[key] = value
         return fact
 
     def match(self, fact: dict[str, Any]) -> list[int]:
@@ -559,6 +616,26 @@ class CompiledRuleset:
     def limited_rules(self) -> list[spec.Rule]:
         return [rule for _, rule in self.enc.limits]
 
+    @cached_property
+    def aggregates(self) -> list[spec.Aggregate]:
+        """The distinct sums and days_since the rules read."""
+        return [aggregate for _, _, aggregate in self.enc.aggregates]
+
+    @cached_property
+    def history_types(self) -> frozenset[str]:
+        """Event types whose times the evaluator asks about (counts, sums, days_since)."""
+        return frozenset([c.type for c in self.count_windows] + [a.type for a in self.aggregates])
+
+    def amounts(self, type: str, properties: Mapping[str, Any]) -> dict[str, float]:
+        """The numeric values of ``properties`` that a ``sum`` over ``type`` adds up."""
+        found: dict[str, float] = {}
+        for aggregate in self.aggregates:
+            if isinstance(aggregate, spec.Sum) and aggregate.type == type:
+                number = as_number(lookup({}, properties, f"event.properties.{aggregate.property}"))
+                if number is not None:
+                    found[aggregate.property] = float(number)
+        return found
+
 
 def compile_ruleset(ruleset: spec.Ruleset) -> CompiledRuleset:
     """Compile once per ruleset version: durable-rules cannot register a name twice."""
@@ -573,7 +650,8 @@ def compile_ruleset(ruleset: spec.Ruleset) -> CompiledRuleset:
 
 
 def longest_window(compiled: CompiledRuleset) -> timedelta:
-    """How far back counts and limits look: the history a batch must load."""
+    """How far back counts, windowed sums and limits look: the history a batch must load."""
     spans = [count.within for count in compiled.count_windows]
+    spans += [a.within for a in compiled.aggregates if isinstance(a, spec.Sum) and a.within]
     spans += [r.limit.per for r in compiled.limited_rules if r.limit and r.limit.per]
     return max(spans, default=timedelta(0))

@@ -45,6 +45,8 @@ class LeadState:
 
     @property
     def score(self) -> int:
+        """The sum of every component: the lead score when the ruleset has no named scores
+        (in general :meth:`~engine.rules.spec.Ruleset.lead_score`)."""
         return sum(self.scores.values())
 
     def copy(self) -> LeadState:
@@ -72,7 +74,7 @@ class ScoreChange:
     rule: str
     component: str
     delta: int
-    score_after: int  # the lead's total after this change
+    score_after: int  # the total after this change: the lead score, or the named score
 
 
 @dataclass(frozen=True)
@@ -101,17 +103,23 @@ class Outcome:
 
 
 def state_fields(ruleset: spec.Ruleset, state: LeadState, event_type: str) -> dict[str, Any]:
-    """The ``lead.*`` view rules read, temperature derived from the score at once."""
+    """The ``lead.*`` view rules read, temperature (and named scores' bands) derived from the
+    scores at once."""
     fields: dict[str, Any] = dict(state.attributes)
+    score = ruleset.lead_score(state.scores)
     fields.update(
-        score=state.score,
+        score=score,
         scores=state.scores,
-        temperature=ruleset.band(state.score),
+        temperature=ruleset.band(score),
         stage=state.stage,
         tags=state.tags,
     )
+    if ruleset.scores:
+        # Component and named-score names share `lead.scores.<name>`.
+        totals = ruleset.totals(state.scores)
+        fields.update(scores={**state.scores, **totals}, bands=ruleset.named_bands(totals))
     if state.account is not None:
-        fields.update(state.account.view(ruleset.account_aggregate, state.score))
+        fields.update(state.account.view(ruleset.account_aggregate, score))
     fields["event.type"] = event_type
     return fields
 
@@ -183,17 +191,25 @@ def add_points(
     ruleset: spec.Ruleset, outcome: Outcome, source: str, name: str, points: int
 ) -> set[str]:
     """Add ``points`` to component ``name``, clamped to its bounds; the ledger gets the delta
-    actually applied. Returns the state tokens that changed."""
+    actually applied and the total after it of the score the component counts toward (its named
+    score, else the lead score). Returns the state tokens that changed."""
     state, component = outcome.state, ruleset.components[name]
-    before_total = state.score
+    before_total = ruleset.total_of(name, state.scores)
     value = state.scores[name]
     after = min(max(value + points, component.min), component.max)
     if after == value:
         return set()
     state.scores[name] = after
-    outcome.score_changes.append(ScoreChange(source, name, after - value, state.score))
+    total = ruleset.total_of(name, state.scores)
+    outcome.score_changes.append(ScoreChange(source, name, after - value, total))
+    named = ruleset.claimed.get(name)
+    if named is not None:
+        changed = {f"scores.{name}", f"scores.{named.name}"}
+        if named.band(before_total) != named.band(total):
+            changed.add(f"bands.{named.name}")
+        return changed
     changed = {f"scores.{name}", "score"}
-    if ruleset.band(before_total) != ruleset.band(state.score):
+    if ruleset.band(before_total) != ruleset.band(total):
         changed.add("temperature")
     return changed
 

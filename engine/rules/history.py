@@ -1,11 +1,12 @@
-"""A lead's past as the evaluator needs it (event times per type, firing times per rule), in
-memory. Ingest fills it from SQL for a batch of leads and appends as it evaluates; ruleset tests
-start it empty."""
+"""A lead's past as the evaluator needs it (event times per type, the numbers a ``sum`` adds up,
+firing times per rule), in memory. Ingest fills it from SQL for a batch of leads and appends as it
+evaluates; ruleset tests and event-log backtests start it empty."""
 
 from __future__ import annotations
 
 from bisect import bisect_right, insort
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime
 
 
@@ -13,9 +14,23 @@ class MemoryHistory:
     def __init__(self) -> None:
         self.events: defaultdict[str, list[datetime]] = defaultdict(list)
         self.firings: defaultdict[str, list[datetime]] = defaultdict(list)
+        # (type, property) → (time, value) in time order: what `sum` conditions add up.
+        self.amounts: defaultdict[tuple[str, str], list[tuple[datetime, float]]] = defaultdict(list)
 
-    def add_event(self, type: str, at: datetime) -> None:
+    def add_event(
+        self, type: str, at: datetime, amounts: Mapping[str, float] | None = None
+    ) -> None:
         insort(self.events[type], at)
+        for key, value in (amounts or {}).items():
+            insort(self.amounts[(type, key)], (at, value))
+
+    def remove_event(
+        self, type: str, at: datetime, amounts: Mapping[str, float] | None = None
+    ) -> None:
+        """Take back an :meth:`add_event` (an evaluation that was rejected)."""
+        self.events[type].remove(at)
+        for key, value in (amounts or {}).items():
+            self.amounts[(type, key)].remove((at, value))
 
     def add_firing(self, rule: str, at: datetime) -> None:
         insort(self.firings[rule], at)
@@ -28,6 +43,32 @@ class MemoryHistory:
         if start is None:
             return len(times)
         return _between(times, start, end)
+
+    def sum_values(self, type: str, key: str, start: datetime | None, end: datetime) -> float:
+        values = self.amounts.get((type, key), [])
+        times = [at for at, _ in values]
+        low = 0 if start is None else bisect_right(times, start)
+        return sum(value for _, value in values[low : bisect_right(times, end)])
+
+    def event_time(self, type: str, first: bool, end: datetime) -> datetime | None:
+        times = self.events.get(type, [])
+        if first:
+            return times[0] if times and times[0] <= end else None
+        index = bisect_right(times, end)
+        return times[index - 1] if index else None
+
+    def times_after(self, type: str, start: datetime) -> list[datetime]:
+        """Times of events of ``type`` after ``start``, ascending."""
+        times = self.events.get(type, [])
+        return times[bisect_right(times, start) :]
+
+    def firings_after(self, rule: str, start: datetime) -> list[datetime]:
+        times = self.firings.get(rule, [])
+        return times[bisect_right(times, start) :]
+
+    def amount_times_after(self, type: str, key: str, start: datetime) -> list[datetime]:
+        """Times of the values a ``sum`` of ``key`` over ``type`` adds up, after ``start``."""
+        return [at for at, _ in self.amounts.get((type, key), []) if at > start]
 
 
 def _between(times: list[datetime], start: datetime, end: datetime) -> int:

@@ -13,6 +13,8 @@ def _reads_event(condition: spec.Condition) -> bool:
         return _reads_event(condition.item)
     if isinstance(condition, spec.All | spec.AnyOf):
         return any(_reads_event(item) for item in condition.items)
+    if isinstance(condition, spec.Sum | spec.DaysSince):
+        return False  # the lead's history: a rule that reads only it fires on every event
     return isinstance(condition, spec.Count) or condition.path.startswith("event.")
 
 

@@ -6,6 +6,7 @@ A ruleset with any problem is rejected as a whole: callers keep the ruleset in f
 from __future__ import annotations
 
 import difflib
+import math
 from datetime import date, timedelta
 from pathlib import PurePosixPath
 from typing import Any
@@ -37,6 +38,7 @@ class _Parser:
         self.stages: tuple[str, ...] = DEFAULT_STAGES
         self.exits: tuple[str, ...] = DEFAULT_EXITS
         self.bands: tuple[tuple[str, int], ...] = (("cold", 0), ("warm", 40), ("hot", 70))
+        self.named: dict[str, spec.NamedScore] = {}  # `scores:`, by name
 
     def problem(self, line: int, message: str) -> None:
         self.problems.append(Problem(self.path, line, message))
@@ -55,6 +57,7 @@ class _Parser:
             "rules",
             "max_chain",
             "account",
+            "scores",
         }
         for key in doc:
             if key not in known:
@@ -70,6 +73,7 @@ class _Parser:
             self.problem(key_line(doc, "ruleset", 1), problem)
         self.parse_components(doc)
         self.parse_bands(doc)
+        self.parse_named_scores(doc)
         self.parse_stages(doc)
         max_chain = doc.get("max_chain", 20)
         if not bounds.whole(max_chain, 1, bounds.MAX_CHAIN):
@@ -94,6 +98,7 @@ class _Parser:
             max_chain=max_chain,
             source=text,
             account_aggregate=aggregate,
+            scores=tuple(self.named.values()),
         )
 
     def parse_components(self, doc: CommentedMap) -> None:
@@ -303,6 +308,8 @@ class _Parser:
                 items.append(spec.Not(self.condition(value, at, rule, depth + 1)))
             elif key == "count":
                 items.append(self.count(value, at, rule))
+            elif key in ("sum", "days_since"):
+                items.extend(self.aggregate(str(key), value, at, rule))
             else:
                 items.extend(self.tests(str(key), value, at, rule))
         return items[0] if len(items) == 1 else spec.All(tuple(items))
@@ -364,10 +371,8 @@ class _Parser:
             path == "event.type" or (len(parts) > 2 and parts[1] == "properties")
         ):
             return None
-        if parts[0] == "lead" and len(parts) == 3 and parts[1] == "scores":
-            if parts[2] not in self.components:
-                return f"unknown score component {parts[2]!r} in {path}"
-            return None
+        if parts[0] == "lead" and len(parts) == 3 and parts[1] in ("scores", "bands"):
+            return self.check_score_path(parts[1], parts[2], path)
         if parts[0] == "lead" and len(parts) == 3 and parts[1] == "account":
             if path.removeprefix("lead.") not in ACCOUNT_FIELDS:
                 return (
@@ -383,8 +388,8 @@ class _Parser:
             return None
         return (
             f"unknown field {path!r}: use lead.<attribute>, lead.score, lead.scores.<component>, "
-            "lead.temperature, lead.stage, lead.tags, lead.account.score, lead.account.leads, "
-            "event.type or event.properties.<key>"
+            "lead.scores.<score>, lead.bands.<score>, lead.temperature, lead.stage, lead.tags, "
+            "lead.account.score, lead.account.leads, event.type or event.properties.<key>"
         )
 
     def check_operand(self, path: str, op: str, operand: Any) -> str | None:
@@ -417,6 +422,8 @@ class _Parser:
             for band in values:
                 if band not in names:
                     return f"unknown temperature {band!r}; bands are {', '.join(names)}"
+        if path.startswith("lead.bands.") and op in ("eq", "ne", "in", "not_in"):
+            return self.check_named_band(path.removeprefix("lead.bands."), values)
         return None
 
     def unknown_stage(self, stage: object) -> str:
@@ -437,7 +444,13 @@ class _Parser:
                     self.problem(at, f"rule {rule!r}: score needs {{component: points}}")
                     continue
                 for component, points in value.items():
-                    if component not in self.components:
+                    if component in self.named:
+                        self.problem(
+                            at,
+                            f"rule {rule!r}: {component!r} is a named score; add points to one "
+                            f"of its components ({', '.join(self.named[component].components)})",
+                        )
+                    elif component not in self.components:
                         self.problem(at, f"rule {rule!r}: unknown score component {component!r}")
                     elif self.components[component].model_path is not None:
                         self.problem(
@@ -496,6 +509,137 @@ class _Parser:
             enroll=lists.get("enroll", ()),
             exit=lists.get("exit", ()),
         )
+
+    # -- named scores and history aggregates (customer scoring) ---------------------------------
+    def parse_named_scores(self, doc: CommentedMap) -> None:
+        """``scores: {NAME: {components: [..], bands: {band: lower}}}``: each component counts
+        toward at most one named score; names share one namespace with the components."""
+        if "scores" not in doc:
+            return
+        node, line = doc["scores"], key_line(doc, "scores", 1)
+        if not isinstance(node, CommentedMap) or not node:
+            self.problem(
+                line, "`scores:` maps each named score to {components: [..], bands: {band: N}}"
+            )
+            return
+        owner: dict[str, str] = {}
+        for name, body in node.items():
+            at = key_line(node, name, line)
+            if not isinstance(name, str) or not spec.NAME.match(name):
+                self.problem(at, f"score name {name!r}: use letters, digits and - _ .")
+                continue
+            if name in self.components:
+                self.problem(at, f"score {name!r} has the name of a component; rename one")
+                continue
+            if not isinstance(body, CommentedMap) or set(body) != {"components", "bands"}:
+                self.problem(at, f"score {name!r} needs {{components: [..], bands: {{band: N}}}}")
+                continue
+            components = body["components"]
+            where = key_line(body, "components", at)
+            if not isinstance(components, list) or not components:
+                self.problem(where, f"score {name!r}: components is a list of component names")
+                continue
+            for component in components:
+                if component not in self.components:
+                    self.problem(where, f"score {name!r}: unknown component {component!r}")
+                elif component in owner:
+                    self.problem(
+                        where,
+                        f"score {name!r}: component {component!r} already counts toward "
+                        f"{owner[component]!r}; a component belongs to one score",
+                    )
+                else:
+                    owner[component] = name
+            bands = self.band_bounds(body["bands"], key_line(body, "bands", at), f"score {name!r}")
+            if bands:
+                self.named[name] = spec.NamedScore(
+                    name, tuple(str(c) for c in components), bands, at
+                )
+
+    def band_bounds(self, node: Any, line: int, what: str) -> tuple[tuple[str, int], ...]:
+        """``{band: lower bound}`` → bands ascending; ``()`` after a problem."""
+        if not isinstance(node, CommentedMap) or not node:
+            self.problem(
+                line, f"{what}: bands map each band to its lower bound, e.g. {{steady: 30}}"
+            )
+            return ()
+        bands = []
+        for band, lower in node.items():
+            if (
+                not isinstance(band, str)
+                or not spec.NAME.match(band)
+                or not bounds.whole(lower, *bounds.POINTS)
+            ):
+                self.problem(key_line(node, band, line), f"{what}: band {band!r} needs an integer")
+                return ()
+            bands.append((band, int(lower)))
+        return tuple(sorted(bands, key=lambda b: b[1]))
+
+    def check_score_path(self, kind: str, name: str, path: str) -> str | None:
+        """``lead.scores.<component or score>`` and ``lead.bands.<score>``."""
+        if kind == "bands":
+            if name in self.named:
+                return None
+            known = ", ".join(self.named) or "none: declare them under `scores:`"
+            return f"unknown named score {name!r} in {path}; named scores: {known}"
+        if name not in self.components and name not in self.named:
+            return f"unknown score component {name!r} in {path}"
+        return None
+
+    def check_named_band(self, name: str, values: list[Any]) -> str | None:
+        names = [band for band, _ in self.named[name].bands]
+        for band in values:
+            if band not in names:
+                return f"unknown band {band!r} of {name}; its bands are {', '.join(names)}"
+        return None
+
+    def aggregate(self, kind: str, node: Any, line: int, rule: str) -> list[spec.Condition]:
+        """``sum: {type, property, within?, <op>: N}`` and ``days_since: {type, first?, <op>: N}``:
+        one condition per comparison (several hold together)."""
+        shape = (
+            "sum needs {type, property, within (optional), and a comparison such as gte: 500}"
+            if kind == "sum"
+            else "days_since needs {type, first (optional, true/false), and a comparison such as "
+            "gte: 90}"
+        )
+        keys = {"type", "property", "within"} if kind == "sum" else {"type", "first"}
+        if not isinstance(node, CommentedMap) or not isinstance(node.get("type"), str):
+            self.problem(line, f"rule {rule!r}: {shape}")
+            return []
+        problems = len(self.problems)
+        comparisons = {k: v for k, v in node.items() if k not in keys}
+        for key, value in comparisons.items():
+            if key not in ("eq", "ne", *spec.NUMERIC_OPERATORS):
+                self.problem(line, f"rule {rule!r}: {kind} has unknown key {key!r}; {shape}")
+            elif not (_is_number(value) and math.isfinite(value)):
+                self.problem(line, f"rule {rule!r}: {kind} {key}: needs a number, got {value!r}")
+        if not comparisons:
+            self.problem(line, f"rule {rule!r}: {shape}")
+        if kind == "days_since":
+            first = node.get("first", False)
+            if not isinstance(first, bool):
+                self.problem(line, f"rule {rule!r}: days_since first: needs true or false")
+            if len(self.problems) > problems:
+                return []
+            return [
+                spec.DaysSince(node["type"], bool(first), op, _plain(value), line)
+                for op, value in comparisons.items()
+            ]
+        prop = node.get("property")
+        if not isinstance(prop, str) or not prop.strip():
+            self.problem(line, f"rule {rule!r}: sum property: the event property to add up")
+        within = None
+        if "within" in node:
+            try:
+                within = parse_duration(node["within"])
+            except ValueError as error:
+                self.problem(line, f"rule {rule!r}: sum within: {error}")
+        if len(self.problems) > problems:
+            return []
+        return [
+            spec.Sum(node["type"], str(prop), within, op, _plain(value), line)
+            for op, value in comparisons.items()
+        ]
 
     def limit(self, node: Any, line: int, rule: str) -> spec.Limit | None:
         if node is None:
@@ -587,4 +731,5 @@ def condition_parser(path: str, ruleset: spec.Ruleset) -> _Parser:
     parser = _Parser(path)
     parser.components = dict(ruleset.components)
     parser.stages, parser.exits, parser.bands = ruleset.stages, ruleset.exits, ruleset.temperature
+    parser.named = {score.name: score for score in ruleset.scores}
     return parser

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cache, cached_property
 from typing import Any, Literal, Protocol
 
-from engine.rules.account import Aggregate
+from engine.rules.account import Aggregate as AccountAggregate
 
 
 def version_of(source: str) -> str:
@@ -23,6 +24,9 @@ NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 COMPUTED_FIELDS = frozenset({"score", "scores", "temperature", "stage", "tags"})
 # What `lead.<name>` reads besides attributes.
 BUILT_IN_FIELDS = ("score", "temperature", "stage", "tags", "email")
+
+# The event type of a time evaluation (the scheduler's; records may not use it).
+TIME_EVENT = "time"
 
 # Operators a `when` leaf may use, as docs/design.md lists them.
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "matches", "exists")
@@ -91,6 +95,35 @@ class Count:
 
 
 @dataclass(frozen=True)
+class Sum:
+    """The sum of a numeric ``property`` over the lead's events of ``type`` in the window of
+    ``within`` ending at the evaluation (None: every event), compared ``op`` ``value``."""
+
+    type: str
+    property: str
+    within: timedelta | None
+    op: str
+    value: int | float
+    line: int
+
+
+@dataclass(frozen=True)
+class DaysSince:
+    """Whole days from the lead's latest (``first``: first) event of ``type`` to the evaluation,
+    compared ``op`` ``value``; missing (no comparison holds, ``not`` does) without such an event."""
+
+    type: str
+    first: bool
+    op: str
+    value: int | float
+    line: int
+
+
+# Conditions on the lead's event history, computed in Python before the engine matches.
+Aggregate = Sum | DaysSince
+
+
+@dataclass(frozen=True)
 class All:
     items: tuple[Condition, ...]
 
@@ -105,7 +138,18 @@ class Not:
     item: Condition
 
 
-Condition = Test | Count | All | AnyOf | Not
+Condition = Test | Count | Sum | DaysSince | All | AnyOf | Not
+
+
+def leaves(condition: Condition) -> Iterator[Condition]:
+    """The tests, counts and aggregates of a condition, through any/all/not."""
+    if isinstance(condition, Not):
+        yield from leaves(condition.item)
+    elif isinstance(condition, All | AnyOf):
+        for item in condition.items:
+            yield from leaves(item)
+    else:
+        yield condition
 
 
 @dataclass(frozen=True)
@@ -140,6 +184,44 @@ ActionKind = Literal["alert", "enroll", "exit"]
 
 
 @dataclass(frozen=True)
+class NamedScore:
+    """A score besides the lead score (``scores:``): the sum of ``components``, banded by
+    ``bands`` ((band, lower bound), ascending)."""
+
+    name: str
+    components: tuple[str, ...]
+    bands: tuple[tuple[str, int], ...]
+    line: int
+
+    def band(self, total: int) -> str:
+        return band_of(self.bands, total)
+
+
+def band_of(bands: tuple[tuple[str, int], ...], total: int) -> str:
+    """The band of ``total`` among ``bands`` (lower bounds inclusive; below them all, the
+    lowest band)."""
+    ranked, bottom = _ranked(bands)
+    return next((name for name, lower in ranked if total >= lower), bottom)
+
+
+@cache
+def _ranked(bands: tuple[tuple[str, int], ...]) -> tuple[list[tuple[str, int]], str]:
+    return bands_from_top(bands), lowest_band(bands)
+
+
+def bands_from_top(bands: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The bands above the lowest, highest first: a total is in the first whose lower bound it
+    reaches, else in the lowest. SQL banding (decay) is built from the same list."""
+    bottom = lowest_band(bands)
+    ranked = sorted(bands, key=lambda band: band[1], reverse=True)
+    return [band for band in ranked if band[0] != bottom]
+
+
+def lowest_band(bands: Sequence[tuple[str, int]]) -> str:
+    return min(bands, key=lambda band: band[1])[0]
+
+
+@dataclass(frozen=True)
 class Ruleset:
     name: str
     version: str  # short hash of the source text: ledger rows name the version that wrote them
@@ -151,23 +233,54 @@ class Ruleset:
     rules: tuple[Rule, ...]
     max_chain: int = 20
     source: str = field(default="", repr=False)
-    account_aggregate: Aggregate = "sum"  # `account: {aggregate: ...}`: leads' scores → account
+    account_aggregate: AccountAggregate = "sum"  # `account: {aggregate: ...}`: scores → account
+    # Scores besides the lead score (`scores:`); the lead score sums the components they leave.
+    scores: tuple[NamedScore, ...] = ()
 
     @property
     def all_stages(self) -> tuple[str, ...]:
         return self.stages + self.exits
 
     def band(self, score: int) -> str:
-        """The temperature band of a total score (lower bounds inclusive)."""
-        return next((name for name, lower in self.bands_from_top() if score >= lower), self.bottom)
+        """The temperature band of a lead score (lower bounds inclusive)."""
+        return band_of(self.temperature, score)
 
     def bands_from_top(self) -> list[tuple[str, int]]:
-        """The bands above the lowest, highest first: a score is in the first whose lower bound
-        it reaches, else in :attr:`bottom`. SQL banding (decay) is built from the same list."""
-        ranked = sorted(self.temperature, key=lambda band: band[1], reverse=True)
-        return [band for band in ranked if band[0] != self.bottom]
+        """The temperature bands above the lowest, highest first (see :func:`bands_from_top`)."""
+        return bands_from_top(self.temperature)
 
     @property
     def bottom(self) -> str:
         """The lowest band: where every score below all other bounds falls."""
-        return min(self.temperature, key=lambda band: band[1])[0]
+        return lowest_band(self.temperature)
+
+    # -- named scores ------------------------------------------------------------------------
+    @cached_property
+    def claimed(self) -> dict[str, NamedScore]:
+        """Component → the named score that counts it; the others make the lead score."""
+        return {component: score for score in self.scores for component in score.components}
+
+    @cached_property
+    def lead_components(self) -> tuple[str, ...]:
+        return tuple(name for name in self.components if name not in self.claimed)
+
+    def lead_score(self, scores: Mapping[str, int]) -> int:
+        """The lead score: the sum of the components no named score claims."""
+        if not self.scores:
+            return sum(scores.values())
+        return sum(scores.get(name, 0) for name in self.lead_components)
+
+    def totals(self, scores: Mapping[str, int]) -> dict[str, int]:
+        """Each named score's total."""
+        return {s.name: sum(scores.get(c, 0) for c in s.components) for s in self.scores}
+
+    def named_bands(self, totals: Mapping[str, int]) -> dict[str, str]:
+        """Each named score's band, from :meth:`totals`."""
+        return {s.name: s.band(totals[s.name]) for s in self.scores}
+
+    def total_of(self, component: str, scores: Mapping[str, int]) -> int:
+        """The total ``component`` counts toward: its named score's, else the lead score."""
+        named = self.claimed.get(component)
+        if named is None:
+            return self.lead_score(scores)
+        return sum(scores.get(c, 0) for c in named.components)

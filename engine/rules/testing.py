@@ -3,6 +3,7 @@ what the marketer expected with what the rules did. No database."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,12 +15,16 @@ from engine.rules.compile import CompiledRuleset, window_start
 from engine.rules.evaluate import ChainError, Event, LeadState, evaluate, new_lead
 from engine.rules.history import MemoryHistory
 from engine.rules.source import key_line, read_yaml
+from engine.rules.spec import Ruleset
+from engine.rules.timeline import Timeline
 from engine.timeutil import parse_instant
 
 START = datetime.fromisoformat("2026-01-05T10:00:00+00:00")
 EXPECT_KEYS = (
     "score",
     "scores",
+    "totals",
+    "bands",
     "temperature",
     "stage",
     "tags",
@@ -49,6 +54,8 @@ class Case:
     lead: dict[str, Any]
     events: list[dict[str, Any]]
     expect: dict[str, Any]
+    # Set, the clock then runs to this time (decay and time evaluations, as the scheduler's).
+    until: datetime | None = None
 
 
 def parse_cases(text: str, path: str) -> list[Case]:
@@ -66,6 +73,11 @@ def parse_cases(text: str, path: str) -> list[Case]:
         if problem:
             problems.append(Problem(path, line, f"case {body['name']!r}: {problem}"))
             continue
+        try:
+            until = parse_instant(body["until"]) if body.get("until") else None
+        except ValueError as error:
+            problems.append(Problem(path, line, f"case {body['name']!r}: until: {error}"))
+            continue
         cases.append(
             Case(
                 body["name"],
@@ -74,6 +86,7 @@ def parse_cases(text: str, path: str) -> list[Case]:
                 dict(body.get("lead") or {}),
                 list(body.get("events") or []),
                 dict(body["expect"]),
+                until,
             )
         )
     if problems:
@@ -116,11 +129,16 @@ class Replay:
 
 
 def replay(
-    compiled: CompiledRuleset, lead: dict[str, Any], raw_events: list[dict[str, Any]]
+    compiled: CompiledRuleset,
+    lead: dict[str, Any],
+    raw_events: list[dict[str, Any]],
+    until: datetime | None = None,
 ) -> Replay:
     """A new lead with attributes ``lead`` evaluated as a profile_update, then each event (one
-    minute apart from START unless ``occurred_at`` says otherwise), in memory. Raises
-    ChainError on a runaway chain."""
+    minute apart from START unless ``occurred_at`` says otherwise), in memory. With ``until``,
+    the lead's clock runs too (:class:`~engine.rules.timeline.Timeline`: decay, and time
+    evaluations where its inputs change) up to that time. Raises ChainError on a runaway
+    chain."""
     history = MemoryHistory()
     state: LeadState = new_lead(compiled.ruleset, lead)
     if "email" in lead:
@@ -135,9 +153,16 @@ def replay(
         Event(f"e{i}", str(raw.get("type")), times[i], dict(raw.get("properties") or {}))
         for i, raw in enumerate(raw_events)
     ]
+    if until is not None:
+        timeline = Timeline(compiled, state)
+        for event in events:
+            timeline.record(event)
+        timeline.run_clock(until)
+        return Replay(timeline.state, timeline.fired)
     fired: list[str] = []
     for event in events:
-        history.add_event(event.type, event.occurred_at)
+        amounts = compiled.amounts(event.type, event.properties)
+        history.add_event(event.type, event.occurred_at, amounts)
         outcome = evaluate(compiled, state, event, history)
         for rule in outcome.fired:
             history.add_firing(rule, event.occurred_at)
@@ -149,31 +174,37 @@ def replay(
 def run_case(compiled: CompiledRuleset, case: Case) -> CaseResult:
     result = CaseResult(case.name, case.file, case.line)
     try:
-        done = replay(compiled, case.lead, case.events)
+        done = replay(compiled, case.lead, case.events, case.until)
     except ChainError as error:
         result.failures.append(str(error))
         return result
-    band = compiled.ruleset.band(done.state.score)
-    result.failures = compare(case.expect, done.state, band, done.fired)
+    result.failures = compare(compiled.ruleset, case.expect, done.state, done.fired)
     return result
 
 
 def compare(
-    expect: dict[str, Any], state: LeadState, temperature: str, fired: list[str]
+    ruleset: Ruleset, expect: dict[str, Any], state: LeadState, fired: list[str]
 ) -> list[str]:
     failures = []
+    score = ruleset.lead_score(state.scores)
     actual: dict[str, Any] = {
-        "score": state.score,
-        "temperature": temperature,
+        "score": score,
+        "temperature": ruleset.band(score),
         "stage": state.stage,
     }
     for key in ("score", "temperature", "stage"):
         if key in expect and expect[key] != actual[key]:
             failures.append(f"{key}: expected {expect[key]!r}, got {actual[key]!r}")
-    for component, points in (expect.get("scores") or {}).items():
-        got = state.scores.get(component)
-        if got != points:
-            failures.append(f"scores.{component}: expected {points!r}, got {got!r}")
+    totals = ruleset.totals(state.scores)
+    named: dict[str, Mapping[str, object]] = {
+        "scores": state.scores,
+        "totals": totals,
+        "bands": ruleset.named_bands(totals),
+    }
+    for key, got in named.items():
+        for name, wanted in (expect.get(key) or {}).items():
+            if got.get(name) != wanted:
+                failures.append(f"{key}.{name}: expected {wanted!r}, got {got.get(name)!r}")
     for tag in expect.get("tags") or []:
         if tag not in state.tags:
             failures.append(f"tags: expected {tag!r} among {state.tags}")

@@ -1,5 +1,10 @@
 """Score decay, run by ``nurture tick``: stale engagement fades, as set-based SQL.
 
+A component of the lead score lowers the lead's score and temperature; a component of a named
+score lowers that score's total and band (``lead_named_score``); either way the ledger row's
+``score_after`` is the total it counts toward. Every lead decay lowered is due for a time
+evaluation at once (``lead.time_due_at``), which the same tick runs.
+
 ``{points: P, every: D}`` takes P off for each whole D since the component last rose;
 ``{half_life: H}`` brings what rose back toward the component's minimum, halving every H. Each
 change is a ledger row with rule ``decay``. Decay is a function of (now, last rise), so running
@@ -12,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Connection,
     Engine,
@@ -73,6 +79,94 @@ def decay(db: Engine, ruleset: spec.Ruleset, now: datetime) -> int:
     return written
 
 
+def _lower_lead_score(
+    conn: Connection, ruleset: spec.Ruleset, params: dict[str, Any], at: BindParameter[Any]
+) -> int:
+    """Ledger rows and the new values of a component of the lead score, and the leads' scores
+    and temperatures."""
+    written = conn.execute(
+        text(
+            "INSERT INTO score_ledger "
+            "(lead_id, component, delta, score_after, rule, ruleset_version, event_id, at) "
+            "SELECT d.lead_id, :component, d.delta, l.score + d.delta, 'decay', :version, "
+            "NULL, :now "
+            "FROM decay_due d JOIN lead l ON l.id = d.lead_id WHERE d.delta < 0"
+        ).bindparams(at),
+        {**params, "version": ruleset.version},
+    ).rowcount
+    _lower_values(conn, params)
+    conn.execute(
+        text(
+            "UPDATE lead SET "
+            "score = score + (SELECT delta FROM decay_due d WHERE d.lead_id = lead.id) "
+            "WHERE id IN (SELECT lead_id FROM decay_due WHERE delta < 0)"
+        )
+    )
+    due = table("decay_due", column("lead_id"), column("delta"))
+    lowered: Select[Any] = select(due.c.lead_id).where(due.c.delta < 0)
+    conn.execute(
+        update(LEADS).where(LEADS.c.id.in_(lowered)).values(temperature=_temperature(ruleset))
+    )
+    return int(written)
+
+
+def _lower_named_score(
+    conn: Connection,
+    ruleset: spec.Ruleset,
+    named: spec.NamedScore,
+    params: dict[str, Any],
+    at: BindParameter[Any],
+) -> int:
+    """Ledger rows (``score_after``: the named score's total) and the new values of a component
+    of a named score, and the leads' totals and bands of that score."""
+    members: BindParameter[list[str]] = bindparam(
+        "members", value=list(named.components), expanding=True
+    )
+    total = (
+        "(SELECT SUM(s.value) FROM lead_score s WHERE s.lead_id = d.lead_id "
+        "AND s.component IN :members)"
+    )
+    written = conn.execute(
+        text(
+            "INSERT INTO score_ledger "
+            "(lead_id, component, delta, score_after, rule, ruleset_version, event_id, at) "
+            f"SELECT d.lead_id, :component, d.delta, {total} + d.delta, 'decay', :version, "
+            "NULL, :now FROM decay_due d WHERE d.delta < 0"
+        ).bindparams(at, members),
+        {**params, "version": ruleset.version},
+    ).rowcount
+    _lower_values(conn, params)
+    ranked = spec.bands_from_top(named.bands)
+    whens = " ".join(f"WHEN {total} >= :lower{i} THEN :band{i}" for i in range(len(ranked)))
+    band = f"CASE {whens} ELSE :lowest END" if ranked else ":lowest"
+    names = {f"band{i}": name for i, (name, _) in enumerate(ranked)}
+    bounds = {f"lower{i}": lower for i, (_, lower) in enumerate(ranked)}
+    # WHERE true: SQLite needs it to read ON CONFLICT after an INSERT ... SELECT.
+    conn.execute(
+        text(
+            "INSERT INTO lead_named_score (lead_id, name, total, band) "
+            f"SELECT d.lead_id, :score, {total}, {band} FROM decay_due d "
+            "WHERE d.delta < 0 AND true "
+            "ON CONFLICT (lead_id, name) DO UPDATE SET total = excluded.total, band = excluded.band"
+        ).bindparams(members),
+        {"score": named.name, "lowest": spec.lowest_band(named.bands), **names, **bounds},
+    )
+    return int(written)
+
+
+def _lower_values(conn: Connection, params: dict[str, Any]) -> None:
+    conn.execute(
+        text(
+            "UPDATE lead_score SET "
+            "value = value + (SELECT delta FROM decay_due d WHERE d.lead_id = lead_score.lead_id), "
+            "decay_steps = decay_steps + "
+            "(SELECT steps FROM decay_due d WHERE d.lead_id = lead_score.lead_id) "
+            "WHERE component = :component AND lead_id IN (SELECT lead_id FROM decay_due)"
+        ),
+        params,
+    )
+
+
 def _decay_component(
     conn: Connection, ruleset: spec.Ruleset, component: spec.Component, now: datetime
 ) -> int:
@@ -105,38 +199,18 @@ def _decay_component(
             text(f"INSERT INTO decay_due {_due_query(component)} AND lead_id = ANY(:locked)"),
             {**params, "locked": locked},
         )
-    written = conn.execute(
-        text(
-            "INSERT INTO score_ledger "
-            "(lead_id, component, delta, score_after, rule, ruleset_version, event_id, at) "
-            "SELECT d.lead_id, :component, d.delta, l.score + d.delta, 'decay', :version, "
-            "NULL, :now "
-            "FROM decay_due d JOIN lead l ON l.id = d.lead_id WHERE d.delta < 0"
-        ).bindparams(at),
-        {**params, "version": ruleset.version},
-    ).rowcount
+    named = ruleset.claimed.get(component.name)
+    if named is None:
+        written = _lower_lead_score(conn, ruleset, params, at)
+    else:
+        written = _lower_named_score(conn, ruleset, named, params, at)
+    # Decay moved these leads' scores: a time evaluation is due for them now (see
+    # engine.schedule.clock), so rules and campaign audiences follow.
     conn.execute(
         text(
-            "UPDATE lead_score SET "
-            "value = value + (SELECT delta FROM decay_due d WHERE d.lead_id = lead_score.lead_id), "
-            "decay_steps = decay_steps + "
-            "(SELECT steps FROM decay_due d WHERE d.lead_id = lead_score.lead_id) "
-            "WHERE component = :component AND lead_id IN (SELECT lead_id FROM decay_due)"
-        ),
-        params,
-    )
-    conn.execute(
-        text(
-            "UPDATE lead SET "
-            "score = score + (SELECT delta FROM decay_due d WHERE d.lead_id = lead.id), "
-            "version = version + 1, updated_at = :now "
+            "UPDATE lead SET time_due_at = :now, version = version + 1, updated_at = :now "
             "WHERE id IN (SELECT lead_id FROM decay_due WHERE delta < 0)"
         ).bindparams(at)
     )
-    due = table("decay_due", column("lead_id"), column("delta"))
-    lowered: Select[Any] = select(due.c.lead_id).where(due.c.delta < 0)
-    conn.execute(
-        update(LEADS).where(LEADS.c.id.in_(lowered)).values(temperature=_temperature(ruleset))
-    )
     conn.execute(text("DROP TABLE decay_due"))
-    return int(written)
+    return written

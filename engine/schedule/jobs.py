@@ -1,5 +1,5 @@
-"""The scheduled work and its clock: decay, due campaign steps (render → outbox), dispatch and
-sales alerts.
+"""The scheduled work and its clock: decay, time evaluations, due campaign steps (render →
+outbox), dispatch and alerts.
 
 The work lives in SQL (enrollments' ``next_due_at``, the outbox's ``next_attempt_at``), so a
 job is just "do what is due now" and any number of processes may run it at once: the database's
@@ -24,8 +24,11 @@ from sqlalchemy import Engine
 
 from engine.active import campaigns_in_force, ruleset_in_force
 from engine.alerts.job import AlertJob, AlertReport, AlertRunner
+from engine.campaigns.compile import CompiledCampaigns
 from engine.errors import NurtureError, one_line
 from engine.render.templates import Renderer
+from engine.rules.spec import Ruleset
+from engine.schedule.clock import TimeReport, evaluate_due
 from engine.schedule.decay import decay
 from engine.schedule.steps import StepReport, StepRunner
 from engine.send.backends import mailer_for
@@ -36,14 +39,16 @@ from engine.timeutil import isoformat, utcnow
 
 log = logging.getLogger(__name__)
 
-# Seconds between runs of each job inside serve/worker.
-INTERVALS = {"decay": 3600, "steps": 60, "dispatch": 10}
+# Seconds between runs of each job inside serve/worker. Decay also runs the time evaluations
+# it makes due; `time` evaluates the leads whose other time-dependent inputs changed.
+INTERVALS = {"decay": 3600, "time": 60, "steps": 60, "dispatch": 10}
 
 
 @dataclass
 class TickReport:
     now: datetime
     decayed: int = 0
+    time: TimeReport = field(default_factory=TimeReport)
     steps: StepReport = field(default_factory=StepReport)
     dispatch: DispatchReport = field(default_factory=DispatchReport)
     alerts: AlertReport = field(default_factory=AlertReport)
@@ -54,6 +59,7 @@ class TickReport:
         return {
             "now": isoformat(self.now),
             "decayed": self.decayed,
+            "time": self.time.as_json(),
             "steps": steps,
             "held": self.steps.errors,
             "dispatch": self.dispatch.as_json(),
@@ -76,29 +82,45 @@ class Jobs:
         self.warnings: list[str] = []
 
     def decay(self, now: datetime) -> int:
-        return decay(self.db, ruleset_in_force(self.db, self.settings).compiled.ruleset, now)
+        """Decay, then the time evaluations of the leads it lowered (and any other due)."""
+        written = decay(self.db, ruleset_in_force(self.db, self.settings).compiled.ruleset, now)
+        self.time(now)
+        return written
+
+    def time(self, now: datetime) -> TimeReport:
+        """Evaluate the leads whose time-dependent inputs changed (``event.type: time``)."""
+        compiled = ruleset_in_force(self.db, self.settings).compiled
+        return evaluate_due(self.db, compiled, self._campaigns(compiled.ruleset), now)
 
     def steps(self, now: datetime) -> StepReport:
         runner, problems = step_runner(self.db, self.settings, self.renderer)
         self.warnings.extend(problems)
         return runner.run(now)
 
+    def _campaigns(self, ruleset: Ruleset) -> CompiledCampaigns:
+        found = campaigns_in_force(self.db, self.settings, ruleset, self.renderer.names())
+        self.warnings.extend(str(p) for p in found.problems if str(p) not in self.warnings)
+        return found.compiled
+
     def dispatch(self, now: datetime) -> DispatchReport:
         return Dispatcher(self.db, self.settings, self.mailer).run(now)
 
     def alerts(self, now: datetime) -> AlertReport:
-        return self.alert_job.run(now, self._hot)
+        return self.alert_job.run(now, self._ruleset)
 
-    def _hot(self) -> int:
-        """The lower bound of the ruleset's top temperature band."""
-        return ruleset_in_force(self.db, self.settings).compiled.ruleset.temperature[-1][1]
+    def _ruleset(self) -> Ruleset:
+        return ruleset_in_force(self.db, self.settings).compiled.ruleset
 
     def tick(self, now: datetime) -> TickReport:
-        """Each job once, in flow order: decay can end enrollments, steps fill the outbox, the
-        dispatcher empties it; then alerts are decided and delivered."""
+        """Each job once, in flow order: decay lowers scores, time evaluations follow (rules
+        fire, enrollments start and end), steps fill the outbox, the dispatcher empties it;
+        then alerts are decided and delivered."""
         self.warnings = []
         report = TickReport(now)
-        report.decayed = self.decay(now)
+        report.decayed = decay(
+            self.db, ruleset_in_force(self.db, self.settings).compiled.ruleset, now
+        )
+        report.time = self.time(now)
         report.steps = self.steps(now)
         report.dispatch = self.dispatch(now)
         report.alerts = self.alerts(now)
@@ -110,6 +132,7 @@ class Jobs:
         itself in this process; other processes are kept apart by the database)."""
         jobs: dict[str, Callable[[datetime], object]] = {
             "decay": self.decay,
+            "time": self.time,
             "steps": self.steps,
             "dispatch": self.dispatch,
         }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,7 +38,7 @@ from engine.db.schema import EVENTS, LEADS, OUTBOX
 from engine.redact import redact
 from engine.send.email import Email, Mailer, PermanentError, TransientError
 from engine.send.webhook import WebhookSender
-from engine.settings import Settings
+from engine.settings import SALES, Settings
 from engine.status import OutboxStatus
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ SUPPRESSING = ("bounce", "spam_report")
 BACKOFF_BASE = 60.0  # seconds before the first retry; doubles per attempt
 BACKOFF_MAX = 6 * 3600.0
 CAMPAIGN = "campaign"  # emails to the lead: the only kind consent suppresses
-WEBHOOK = "webhook"  # a JSON POST to the sales webhook instead of an email
+WEBHOOK = "webhook"  # a JSON POST to an alert target's webhook instead of an email
 MAX_ERROR = 2000  # characters of a provider's answer kept in last_error
 
 
@@ -109,13 +109,14 @@ class Dispatcher:
         settings: Settings,
         mailer: Mailer,
         kinds: Collection[str] = (CAMPAIGN,),
-        webhook: WebhookSender | None = None,
+        webhooks: Mapping[str, WebhookSender] | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.mailer = mailer
         self.kinds = tuple(kinds)
-        self.webhook = webhook
+        # Alert target → its webhook; a webhook row's `to_email` names the target.
+        self.webhooks = dict(webhooks or {})
         self.host = mail_host(settings.public_url)
 
     def run(self, now: datetime, limit: int | None = None) -> DispatchReport:
@@ -206,9 +207,14 @@ class Dispatcher:
         try:
             if row.kind != WEBHOOK:
                 return self.mailer.send(email_of(row, self.host, now))
-            if self.webhook is None:
-                raise PermanentError("NURTURE_SALES_WEBHOOK_URL is not set")
-            self.webhook.post(row.payload)
+            target = row.to_email or SALES  # rows from before alert targets are sales'
+            webhook = self.webhooks.get(target)
+            if webhook is None:
+                setting = (
+                    "NURTURE_SALES_WEBHOOK_URL" if target == SALES else "NURTURE_ALERT_TARGETS"
+                )
+                raise PermanentError(f"no webhook URL for alert target {target!r} ({setting})")
+            webhook.post(row.payload)
             return None
         except (TransientError, PermanentError) as error:
             return error
