@@ -267,8 +267,8 @@ def test_events_of_type_time_are_the_schedulers(home: Path) -> None:
 
 def test_the_api_lists_a_band_and_shows_named_scores(home: Path, db_url: str) -> None:
     ingest(purchase("ann@shop.example", T0, 600), {"email": "cy@shop.example"})
-    settings = Settings(home=home, database_url=db_url, api_token="t" * 20)
-    with TestClient(create_app(settings), headers={"Authorization": "Bearer " + "t" * 20}) as api:
+    settings = Settings(home=home, database_url=db_url, api_token="t" * 40)
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer " + "t" * 40}) as api:
         listed = api.get("/api/leads", params={"band": "health=steady"})
         assert listed.status_code == 200
         assert [(row["email"], row["totals"], row["bands"]) for row in listed.json()] == [
