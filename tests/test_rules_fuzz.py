@@ -13,12 +13,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import ProblemsError
+from engine.errors import InvalidRecord, ProblemsError
 from engine.home import load_ruleset
 from engine.ingest.parse import (
     COMPUTED,
     EventRecord,
-    InvalidRecord,
     LeadRecord,
     Rejection,
     parse_jsonl,
@@ -515,6 +514,7 @@ def check_ruleset(text: str, attributes: dict[str, Any], kinds: list[str], amoun
     return True
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     ruleset_texts(valid=True),
@@ -528,6 +528,7 @@ def test_any_well_formed_ruleset_compiles_and_runs(
     assert check_ruleset(text, attributes, kinds, amount), text
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     ruleset_texts(valid=False),

@@ -20,10 +20,10 @@ from engine import db as database
 from engine.api.app import create_app
 from engine.send.unsubscribe import unsubscribe_url
 from engine.settings import Settings
-from tests.test_campaigns import RULESET, T0
-from tests.test_outbox import home as home
-from tests.test_outbox import seed_outbox, settings_for
+from tests.campaign_support import CAMPAIGNS, RULESET, T0, seed_outbox, settings_for
 
+# The campaigns and templates of a campaign home, scored by camp-test plus two email rules.
+pytestmark = pytest.mark.home(campaigns=CAMPAIGNS, templates=True)
 RULES_WITH_EMAIL = RULESET + (
     "  - name: opened\n    when: {event.type: email_open}\n    then: {score: {engagement: 3}}\n"
     "  - name: clicked\n    when: {event.type: email_click}\n    then: {score: {engagement: 7}}\n"
@@ -38,7 +38,6 @@ PUBLIC = base64.b64encode(
 
 @pytest.fixture
 def service(home: Path, db_url: str) -> Iterator[tuple[TestClient, Settings, sa.Engine]]:
-    (home / "rulesets").mkdir()
     (home / "rulesets/test.yaml").write_text(RULES_WITH_EMAIL)
     settings = settings_for(home, db_url, sendgrid_webhook_public_key=PUBLIC)
     database.upgrade(db_url)
