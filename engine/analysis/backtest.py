@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 from engine.analysis.pastleads import PastLeads
+from engine.errors import NurtureError
 from engine.rules.compile import CompiledRuleset
 from engine.rules.evaluate import ChainError, prime
 from engine.rules.spec import Ruleset
@@ -27,8 +28,8 @@ DECILES = 10
 SEED = 0
 
 
-class BacktestError(ValueError):
-    pass
+class BacktestError(NurtureError, ValueError):
+    """The past leads cannot be backtested (no outcome of one kind, no rows)."""
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.errors import NurtureError
 from engine.ingest.parse import COMPUTED, csv_value
 
 
-class PastLeadsError(ValueError):
+class PastLeadsError(NurtureError, ValueError):
     """The file cannot be used; the message names the file and the line or column at fault."""
 
 

@@ -10,9 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from engine import db as database
+from engine.errors import NurtureError
 from engine.settings import Settings
 
 
@@ -45,6 +47,12 @@ def no_nul(request: Request) -> None:
         )
 
 
+async def _unprocessable(_request: Request, error: Exception) -> JSONResponse:
+    """Errors the caller can act on (a bad option, a record that cannot be stored) are a 422
+    saying what is wrong; anything else stays a 500."""
+    return JSONResponse({"detail": str(error)}, status_code=422)
+
+
 def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = False) -> FastAPI:
     from engine.api import dashboard, events, leads, ops, rulesets, webhooks
 
@@ -72,6 +80,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
 
     app = FastAPI(title="nurture", lifespan=lifespan, dependencies=[Depends(no_nul)])
     app.state.nurture = Context(settings, db)
+    app.add_exception_handler(NurtureError, _unprocessable)
     app.include_router(webhooks.router)
     for router in (events.router, leads.router, rulesets.router, ops.router, dashboard.router):
         app.include_router(router)

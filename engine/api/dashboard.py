@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from engine.active import ruleset_in_force
 from engine.api.app import Ctx
 from engine.api.auth import COOKIE, presented, valid
+from engine.errors import NurtureError
 from engine.reports import charts, overview, pipeline
 from engine.rules.spec import Ruleset
 from engine.timeutil import parse_instant, utcnow
@@ -166,7 +167,7 @@ def pipeline_page(
         options = pipeline.report_options(
             ruleset, since or None, until or None, [stuck_days] if stuck_days else None, cohort
         )
-    except ValueError as error:
+    except NurtureError as error:
         return render(
             "pipeline.html",
             400,

@@ -100,8 +100,5 @@ def pipeline_report(
     entries, conversion to the next stage, time in stage and stuck leads; backward moves and
     exits with their rules; cohorts on request."""
     ruleset = in_force(ctx).compiled.ruleset
-    try:
-        options = report_options(ruleset, since, until, stuck_days, cohort)
-    except ValueError as error:
-        raise HTTPException(422, str(error)) from None
+    options = report_options(ruleset, since, until, stuck_days, cohort)  # OptionError: a 422
     return pipeline(ctx.db, ruleset, **options)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from engine.cli.app import app, model_app
 from engine.cli.output import JsonFlag, emit_json, fail, out
-from engine.errors import ProblemsError
+from engine.errors import NurtureError
 from engine.home import compile_checked
 from engine.rules.spec import NAME
 from engine.settings import get_settings
@@ -28,16 +28,14 @@ def backtest_command(
     as_json: JsonFlag = False,
 ) -> None:
     """How a ruleset ranks past leads with known outcomes, in memory (no database)."""
-    from engine.analysis.backtest import BacktestError, backtest, plot_report
-    from engine.analysis.pastleads import PastLeadsError, read_past_leads
+    from engine.analysis.backtest import backtest, plot_report
+    from engine.analysis.pastleads import read_past_leads
 
     try:
         rows = read_past_leads(leads, outcome)
         files = {"ruleset": ruleset} | ({"against": against} if against else {})
         reports = {key: backtest(compile_checked(file), rows) for key, file in files.items()}
-    except ProblemsError as error:
-        raise fail(str(error)) from None
-    except (PastLeadsError, BacktestError) as error:
+    except NurtureError as error:
         raise fail(str(error)) from None
     if plot is not None:
         labelled = {f"{r['ruleset']} ({files[k].name})": r for k, r in reports.items()}
@@ -106,8 +104,8 @@ def model_train_command(
     as_json: JsonFlag = False,
 ) -> None:
     """Fit a predictive score on past leads; report its cross-validated AUC; save NAME-vN."""
-    from engine.analysis.pastleads import PastLeadsError, read_past_leads, resolve_column
-    from engine.analysis.predict import ALGORITHMS, ModelError, save, train
+    from engine.analysis.pastleads import read_past_leads, resolve_column
+    from engine.analysis.predict import ALGORITHMS, save, train
 
     if algorithm not in ALGORITHMS:
         raise fail(f"--algorithm: {algorithm!r}; use {' or '.join(ALGORITHMS)}")
@@ -119,7 +117,7 @@ def model_train_command(
         skipped = {resolve_column(rows.columns, column, str(leads)) for column in exclude or []}
         columns = [column for column in rows.columns if column not in skipped]
         trained = train(rows.attributes, rows.outcomes, columns, algorithm)
-    except (PastLeadsError, ModelError) as error:
+    except NurtureError as error:
         raise fail(str(error)) from None
     extra = {"outcome": rows.outcome, "leads": str(leads), "excluded": sorted(skipped)}
     home = get_settings().home

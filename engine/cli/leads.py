@@ -9,6 +9,7 @@ from rich.table import Table
 
 from engine.cli.app import app, open_db
 from engine.cli.output import JsonFlag, emit_json, fail, out
+from engine.errors import NurtureError
 from engine.reports import leads as report
 from engine.settings import get_settings
 
@@ -19,7 +20,7 @@ def lead_command(email: str, as_json: JsonFlag = False) -> None:
     settings = get_settings()
     try:
         detail = report.lead_detail(open_db(settings), email)
-    except ValueError as error:
+    except NurtureError as error:
         raise fail(str(error)) from None
     if detail is None:
         raise fail(f"no lead {email}")

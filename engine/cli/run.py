@@ -11,7 +11,7 @@ from rich.markup import escape
 from engine import db as database
 from engine.cli.app import app, db_app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, err, fail, out
-from engine.errors import ProblemsError
+from engine.errors import NurtureError
 from engine.schedule.jobs import Jobs
 from engine.settings import configure_logging, get_settings
 from engine.timeutil import isoformat, parse_instant, utcnow
@@ -28,13 +28,13 @@ def tick_command(
     settings = get_settings()
     try:
         moment = parse_instant(now) if now else utcnow()
-    except ValueError as error:
+    except NurtureError as error:
         raise fail(f"--now: {error}") from None
     db = open_db(settings)
     scoring(db, settings)
     try:
         result = Jobs(db, settings).tick(moment)
-    except (ProblemsError, ValueError) as error:
+    except NurtureError as error:
         raise fail(str(error)) from None
     if as_json:
         emit_json(result.as_json())

@@ -39,6 +39,8 @@ from jinja2 import (
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
+from engine.errors import NurtureError
+
 SUFFIX = ".j2"
 # Profile attributes every lead has in a template (None when unknown), so `lead.first_name or
 # 'there'` works for a lead without one while a misspelt `lead.frist_name` is still an error.
@@ -60,7 +62,7 @@ MAX_RANGE = 10_000  # the longest range() a template may build
 MAX_SEQUENCE = 100_000  # the longest string or list `*` may build
 
 
-class TemplateError(Exception):
+class TemplateError(NurtureError):
     """A template that cannot be rendered, with where (file, line) when known."""
 
     def __init__(self, message: str, file: str | None = None, line: int | None = None) -> None:

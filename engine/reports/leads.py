@@ -86,20 +86,9 @@ def lead_detail(db: Engine, email: str) -> dict[str, Any] | None:
             }
             for r in events
         ]
-        detail["reasons"] = top_reasons(detail["ledger"])
+        detail["reasons"] = reasons_by_lead(conn, [lead_id])[lead_id]
         detail["alerts"] = _alerts(conn, ALERTS.c.lead_id == lead_id, 20)
         return detail
-
-
-def top_reasons(ledger: list[dict[str, Any]], limit: int = 3) -> list[dict[str, Any]]:
-    """The rules that contributed most to the score, net of decay and negative signals."""
-    totals: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    for row in ledger:
-        totals[row["rule"]] = totals.get(row["rule"], 0) + row["delta"]
-        counts[row["rule"]] = counts.get(row["rule"], 0) + 1
-    ranked = sorted((r for r in totals if totals[r] > 0), key=lambda r: -totals[r])
-    return [{"rule": r, "points": totals[r], "times": counts[r]} for r in ranked[:limit]]
 
 
 def list_leads(
@@ -141,7 +130,8 @@ def reasons_for(db: Engine, emails: list[str], limit: int = 3) -> dict[str, list
 def reasons_by_lead(
     conn: Connection, lead_ids: list[int], limit: int = 3
 ) -> dict[int, list[dict[str, Any]]]:
-    """Top reasons (as :func:`top_reasons` ranks them) per lead id, in one query."""
+    """The rules that contributed most to each lead's score, net of decay and negative signals
+    (rules with a positive total, largest first), per lead id, in one query."""
     query = (
         select(LEDGER.c.lead_id, LEDGER.c.rule, func.sum(LEDGER.c.delta), func.count())
         .where(LEDGER.c.lead_id.in_(lead_ids))

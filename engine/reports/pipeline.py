@@ -50,6 +50,7 @@ from sqlalchemy import (
 
 from engine.db import reading
 from engine.db.schema import LEADS, STAGES
+from engine.errors import NurtureError
 from engine.rules import spec
 from engine.timeutil import isoformat, parse_instant, utcnow
 
@@ -170,7 +171,7 @@ def stuck_thresholds(values: list[str], ruleset: spec.Ruleset) -> int | dict[str
     return {stage: per_stage.get(stage, base) for stage in ruleset.stages[:-1]}
 
 
-class OptionError(ValueError):
+class OptionError(NurtureError, ValueError):
     """A report option that does not parse: ``option`` names it as ``pipeline`` takes it."""
 
     def __init__(self, option: str, problem: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from durable import engine as durable
 
+from engine.errors import NurtureError
 from engine.rules import spec
 
 # durable-rules refuses facts with more than ~253 properties (error 302).
@@ -51,8 +52,8 @@ class History(Protocol):
         ...
 
 
-class CompileError(Exception):
-    pass
+class CompileError(NurtureError):
+    """A ruleset durable-rules cannot take (too many rules, an expression it refuses)."""
 
 
 def normalise(value: Any) -> Any:

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from engine.errors import NurtureError
 from engine.rules import spec
 from engine.rules.account import Peers
 from engine.rules.compile import CompiledRuleset, History
 
 
-class ChainError(Exception):
+class ChainError(NurtureError):
     """Rules kept enabling each other for more rounds than the ruleset's ``max_chain``."""
 
     def __init__(self, rules: list[str], limit: int) -> None:

@@ -159,8 +159,15 @@ class Ruleset:
 
     def band(self, score: int) -> str:
         """The temperature band of a total score (lower bounds inclusive)."""
-        name = self.temperature[0][0]
-        for band, lower in self.temperature:
-            if score >= lower:
-                name = band
-        return name
+        return next((name for name, lower in self.bands_from_top() if score >= lower), self.bottom)
+
+    def bands_from_top(self) -> list[tuple[str, int]]:
+        """The bands above the lowest, highest first: a score is in the first whose lower bound
+        it reaches, else in :attr:`bottom`. SQL banding (decay) is built from the same list."""
+        ranked = sorted(self.temperature, key=lambda band: band[1], reverse=True)
+        return [band for band in ranked if band[0] != self.bottom]
+
+    @property
+    def bottom(self) -> str:
+        """The lowest band: where every score below all other bounds falls."""
+        return min(self.temperature, key=lambda band: band[1])[0]

@@ -9,18 +9,33 @@ tick again at the same time, or more often, changes nothing.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    bindparam,
+    case,
+    column,
+    literal,
+    select,
+    table,
+    text,
+    update,
+)
 from sqlmodel.sql.sqltypes import UTCDateTime
 
+from engine.db.schema import LEADS
 from engine.rules import spec
 from engine.timeutil import epoch
 
 
-def _temperature_case(ruleset: spec.Ruleset) -> str:
-    bands = sorted(ruleset.temperature, key=lambda band: band[1], reverse=True)
-    whens = " ".join(f"WHEN score >= {lower} THEN '{name}'" for name, lower in bands[:-1])
-    return f"CASE {whens} ELSE '{bands[-1][0]}' END" if whens else f"'{bands[-1][0]}'"
+def _temperature(ruleset: spec.Ruleset) -> ColumnElement[str]:
+    """The lead's band from its score, as :meth:`~engine.rules.spec.Ruleset.band` says."""
+    whens = [(LEADS.c.score >= lower, name) for name, lower in ruleset.bands_from_top()]
+    return case(*whens, else_=ruleset.bottom) if whens else literal(ruleset.bottom)
 
 
 def _due_query(component: spec.Component) -> str:
@@ -118,11 +133,10 @@ def _decay_component(
             "WHERE id IN (SELECT lead_id FROM decay_due WHERE delta < 0)"
         ).bindparams(at)
     )
+    due = table("decay_due", column("lead_id"), column("delta"))
+    lowered: Select[Any] = select(due.c.lead_id).where(due.c.delta < 0)
     conn.execute(
-        text(
-            f"UPDATE lead SET temperature = {_temperature_case(ruleset)} "
-            "WHERE id IN (SELECT lead_id FROM decay_due WHERE delta < 0)"
-        )
+        update(LEADS).where(LEADS.c.id.in_(lowered)).values(temperature=_temperature(ruleset))
     )
     conn.execute(text("DROP TABLE decay_due"))
     return int(written)

@@ -11,11 +11,13 @@ from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from engine.errors import NurtureError
+
 SALT = "nurture.unsubscribe"
 
 
-class BadToken(ValueError):
-    pass
+class BadToken(NurtureError, ValueError):
+    """An unsubscribe token that was not signed by us (or is damaged)."""
 
 
 def _digest(email: str) -> str:
