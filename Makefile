@@ -1,4 +1,5 @@
-# Two commands: `make demo` and `make test`. Both build .venv themselves.
+# Two commands: `make demo` and `make test` (`make test-fast` skips the slow tests). All build
+# .venv themselves.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,6 +24,9 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

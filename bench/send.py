@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,7 +146,9 @@ def main() -> None:
 
     print(f"Jinja2 alone (warm/case-study): {jinja_alone(min(args.steps, 20_000)):,.0f} renders/s")
     with tempfile.TemporaryDirectory() as folder, ExitStack() as scratch:
-        targets = [("SQLite", lambda: f"sqlite:///{folder}/{uuid.uuid4().hex}.db")]
+        targets: list[tuple[str, Callable[[], str]]] = [
+            ("SQLite", lambda: f"sqlite:///{folder}/{uuid.uuid4().hex}.db")
+        ]
         if not args.skip_pg:
             # Each run gets its own schema on the local PostgreSQL, all dropped at the end.
             targets.append(

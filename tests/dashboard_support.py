@@ -19,7 +19,7 @@ from engine.demo.sample import DEFAULT_END, sample_records
 from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
 from engine.settings import Settings
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 TOKEN = "dashboard-token-0123456789abcdef01234"
 CAMPAIGN = "spring-launch"

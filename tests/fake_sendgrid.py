@@ -1,7 +1,7 @@
 """A fake SendGrid v3 Mail Send API on 127.0.0.1 for the official client to talk to.
 
 Checks the bearer token and, when SendGrid's published OpenAPI description is at hand
-(``../shared/data/sendgrid/mail-v3.openapi.json``, or ``NURTURE_SENDGRID_OPENAPI``), every
+(``sendgrid/mail-v3.openapi.json`` of the real data, or ``NURTURE_SENDGRID_OPENAPI``), every
 request body against its schema: an invalid body is answered 400 and kept in ``invalid``.
 Answers 202 with an ``X-Message-Id``, or the failures a test queued with ``fail_next``.
 """

@@ -1,30 +1,80 @@
-"""Small builders shared by the tests."""
+"""Small builders shared by the tests: the fixture files under tests/ (rulesets/, campaigns/,
+templates/), the `nurture` command in this process, and where the case studies' real data is."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
-from engine import cli
+from engine.cli import app
 from engine.rules.compile import CompiledRuleset, compile_ruleset
 from engine.rules.load import parse_ruleset
 from engine.settings import get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests"
+API_TOKEN = "test-token-0123456789abcdef0123456789"  # long enough for the secret rules
+PG_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+_runner = CliRunner()
+
+
+def nurture(*args: str, input: str | None = None) -> Result:
+    """``nurture ARGS`` in this process (settings from the environment the test set)."""
+    return _runner.invoke(app, list(args), input=input)
+
+
+def ruleset_text(name: str) -> str:
+    """The text of ``tests/rulesets/NAME.yaml``."""
+    return (FIXTURES / "rulesets" / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def campaign_text(name: str) -> str:
+    """The text of ``tests/campaigns/NAME.yaml``."""
+    return (FIXTURES / "campaigns" / f"{name}.yaml").read_text(encoding="utf-8")
 
 
 def compiled(text: str, path: str = "test.yaml") -> CompiledRuleset:
     return compile_ruleset(parse_ruleset(text, path))
 
 
+def copy_fixtures(kind: str, names: Iterable[str], folder: Path) -> Path:
+    """``tests/KIND/NAME.yaml`` for each name, copied into ``folder`` (made if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(FIXTURES / kind / f"{name}.yaml", folder)
+    return folder
+
+
+def email_template(subject: str, body: str) -> str:
+    """An email template on tests/templates/layout.j2 (which adds the unsubscribe link)."""
+    return (
+        '{% extends "layout.j2" %}'
+        f"{{% block subject %}}{subject}{{% endblock %}}"
+        f"{{% block html %}}{body}{{% endblock %}}"
+    )
+
+
+def data_dir() -> Path:
+    """The case studies' real data: ``NURTURE_DATA_DIR``, else ``../shared/data`` beside this
+    checkout, else the workplace's copy (a clean clone elsewhere, as CI makes, has no ``..``)."""
+    configured = os.environ.get("NURTURE_DATA_DIR")
+    if configured:
+        return Path(configured)
+    beside = ROOT.parent / "shared" / "data"
+    return beside if beside.is_dir() else Path("/work/shared/data")
+
+
 def shared_data(name: str) -> Path:
-    """A file of the workplace's real data: ``../shared/data`` beside this checkout, else the
-    workplace's own copy (a clean clone elsewhere, as CI makes, has no ``..``/shared)."""
-    beside = Path(__file__).resolve().parents[2] / "shared" / "data" / name
-    return beside if beside.exists() else Path("/work/shared/data") / name
+    """A file of the real data (tests that need one are marked ``@pytest.mark.data(name)``)."""
+    return data_dir() / name
 
 
 def run_cli(
@@ -42,6 +92,12 @@ def run_cli(
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
-        return CliRunner().invoke(cli.app, args), started
+        return nurture(*args), started
     finally:
         get_settings.cache_clear()
+
+
+def api_home(folder: Path) -> Path:
+    """``folder`` as a NURTURE_HOME holding the api-test ruleset (for tests that make several)."""
+    copy_fixtures("rulesets", ["api-test"], folder / "rulesets")
+    return folder

@@ -1,5 +1,5 @@
-"""Helpers shared by the store tests (test_store_*.py): a second database of the same kind, the
-CLI in-process, and snapshots of what is stored, by email so two databases can be compared."""
+"""Helpers shared by the store tests (test_store_*.py, test_accounts.py): a second database of the
+same kind, and snapshots of what is stored, by email so two databases can be compared."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from typer.testing import CliRunner, Result
 
 from engine import db as database
-from engine.cli import app
 from engine.db.schema import (
     ACTIONS,
     EVENTS,
@@ -25,14 +23,7 @@ from engine.db.schema import (
     STAGES,
 )
 from engine.rules.spec import NamedScore
-from tests.conftest import PG_URL
-
-runner = CliRunner()
-
-
-def nurture(*args: str, input: str | None = None) -> Result:
-    """``nurture ARGS`` in this process (settings from the environment the test set)."""
-    return runner.invoke(app, list(args), input=input)
+from tests.helpers import PG_URL
 
 
 def pg_schema() -> AbstractContextManager[str]:

@@ -21,29 +21,10 @@ from engine.ingest.parse import parse_jsonl
 from engine.reports.accounts import hottest_accounts
 from engine.rules.account import account_domain
 from engine.rules.load import parse_ruleset
-from engine.settings import get_settings
-from tests.helpers import compiled
-from tests.store_support import another_database, nurture
+from tests.helpers import compiled, nurture, ruleset_text
+from tests.store_support import another_database
 
-RULESET = """
-ruleset: accounts-test
-components:
-  fit: {min: 0, max: 100}
-  engagement: {min: 0, max: 100}
-account: {aggregate: sum}
-rules:
-  - name: senior-title
-    when: {lead.job_title: {matches: '(?i)\\bvp\\b'}}
-    then: {score: {fit: 50}}
-    limit: once
-  - name: busy-account
-    when: {lead.account.leads: {gte: 3}, lead.account.score: {gte: 150}}
-    then: {score: {fit: 10}}
-    limit: once
-  - name: page-view
-    when: {event.type: page_view}
-    then: {score: {engagement: 5}}
-"""
+RULESET = ruleset_text("accounts-test")
 
 
 def profile(email: str, **attributes: Any) -> str:
@@ -150,8 +131,8 @@ def test_account_key() -> None:
 @pytest.mark.parametrize(
     ("account", "line", "message"),
     [
-        ("account: {aggregate: median}", 6, "account aggregate 'median': use sum, max, mean"),
-        ("account: sum", 6, "`account:` takes {aggregate: sum}"),
+        ("account: {aggregate: median}", 5, "account aggregate 'median': use sum, max, mean"),
+        ("account: sum", 5, "`account:` takes {aggregate: sum}"),
     ],
 )
 def test_account_key_errors(account: str, line: int, message: str) -> None:
@@ -170,14 +151,10 @@ def test_unknown_account_field() -> None:
     assert "lead.account.score or lead.account.leads" in str(error.value)
 
 
-def test_cli(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "rulesets").mkdir()
-    (tmp_path / "rulesets" / "accounts-test.yaml").write_text(RULESET)
-    (tmp_path / "leads.jsonl").write_text("\n".join(LINES) + "\n")
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    get_settings.cache_clear()
-    assert nurture("ingest", str(tmp_path / "leads.jsonl")).exit_code == 0
+@pytest.mark.home(rulesets=["accounts-test"])
+def test_cli(cli_home: Path) -> None:
+    (cli_home / "leads.jsonl").write_text("\n".join(LINES) + "\n")
+    assert nurture("ingest", str(cli_home / "leads.jsonl")).exit_code == 0
     listed = nurture("accounts", "--json")
     assert listed.exit_code == 0, listed.output
     assert [(a["domain"], a["score"], a["leads"]) for a in json.loads(listed.stdout)] == [
@@ -196,7 +173,7 @@ def test_migration_fills_accounts_of_existing_leads(db_url: str) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0002")
-    leads = {
+    leads: dict[str, dict[str, Any]] = {
         "a@acme.io": {},
         "b@gmail.com": {"domain": "Beta.io "},
         "c@gmail.com": {},

@@ -9,11 +9,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.parser import BytesParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,78 +25,12 @@ from engine.ingest.parse import parse_jsonl
 from engine.schedule.jobs import Jobs
 from engine.settings import Settings, get_settings
 from engine.timeutil import utcnow
-from tests.helpers import compiled
-from tests.store_support import nurture
+from tests.helpers import compiled, nurture, ruleset_text
+from tests.mail_support import Receiver
 
-RULESET = """\
-ruleset: alert-test
-components: {engagement: {min: 0, max: 100}}
-temperature: {cold: 0, warm: 40, hot: 70}
-stages: [subscriber, lead]
-rules:
-  - name: pricing-page
-    when: {event.type: page_view}
-    then: {score: {engagement: 25}}
-  - name: demo-request
-    when: {event.type: demo_request}
-    then: {score: {engagement: 50}}
-  - name: careers-page
-    when: {event.type: careers}
-    then: {score: {engagement: -40}}
-  - name: territory
-    when: {event.type: assign}
-    then: {set: {owner: rep@acme.io}}
-  - name: hot-lead
-    when: {lead.temperature: hot}
-    then: {alert: sales}
-"""
+RULESET = ruleset_text("alert-test")
+pytestmark = pytest.mark.home(rulesets=["alert-test"])
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
-
-
-class Receiver:
-    """A Slack-compatible incoming webhook on 127.0.0.1 that records what it receives and
-    answers with the queued status codes (200 once they run out)."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
-        self.answers: list[int] = []
-        self.received = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                status = receiver.answers.pop(0) if receiver.answers else 200
-                if status == 200:
-                    receiver.posts.append(json.loads(body))
-                    receiver.received.set()
-                self.send_response(status)
-                self.end_headers()
-                self.wfile.write(b"ok" if status == 200 else b"no_service")
-
-            def log_message(self, *_args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T0/B0/secret"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def texts(self) -> list[str]:
-        return [json.dumps(post) for post in self.posts]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    found = Receiver()
-    yield found
-    found.server.shutdown()
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    (tmp_path / "rulesets").mkdir()
-    (tmp_path / "rulesets/alert-test.yaml").write_text(RULESET)
-    return tmp_path
 
 
 def settings_for(home: Path, db_url: str, receiver: Receiver | None, **extra: Any) -> Settings:
@@ -134,10 +66,7 @@ def cli_alerts(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> list[dict
     monkeypatch.setenv("NURTURE_HOME", str(settings.home))
     monkeypatch.setenv("NURTURE_DATABASE_URL", settings.database_url)
     get_settings.cache_clear()
-    try:
-        result = nurture("alerts", "--json")
-    finally:
-        get_settings.cache_clear()
+    result = nurture("alerts", "--json")
     assert result.exit_code == 0, result.output
     rows: list[dict[str, Any]] = json.loads(result.stdout)
     return rows
@@ -232,7 +161,9 @@ def test_leads_without_an_owner_go_round_the_roster_and_keep_their_rep(
         jobs.alerts(T0 + timedelta(minutes=i, seconds=30))
     assert [m["To"] for m in emails(home)] == ["ana@acme.io", "bo@acme.io", "ana@acme.io"]
     with db.connect() as conn:
-        stored = dict(conn.execute(sa.text("SELECT email, attributes FROM lead")).all())
+        stored: dict[str, Any] = dict(
+            conn.execute(sa.text("SELECT email, attributes FROM lead")).all()
+        )
     owners = {e: (a if isinstance(a, dict) else json.loads(a))["owner"] for e, a in stored.items()}
     assert owners == {"l1@a.io": "ana@acme.io", "l2@b.io": "bo@acme.io", "l3@c.io": "ana@acme.io"}
     # l2 cools and turns hot again after the cooldown: the same rep hears about it.
@@ -316,20 +247,15 @@ def test_ingest_in_this_process_wakes_the_alerts_job(
 
 
 def test_nurture_tick_delivers_alerts_and_the_lead_shows_them(
-    db: sa.Engine, db_url: str, home: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+    db: sa.Engine, cli_home: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hot(db, "gus@acme.io")
-    monkeypatch.setenv("NURTURE_HOME", str(home))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    monkeypatch.setenv("NURTURE_OUTBOX_DIR", str(home / "outbox"))
+    monkeypatch.setenv("NURTURE_OUTBOX_DIR", str(cli_home / "outbox"))
     monkeypatch.setenv("NURTURE_SALES_WEBHOOK_URL", receiver.url)
     get_settings.cache_clear()
-    try:
-        tick = nurture("tick", "--now", "2026-11-02T10:01:00Z", "--json")
-        lead = nurture("lead", "gus@acme.io", "--json")
-        text = nurture("lead", "gus@acme.io")
-    finally:
-        get_settings.cache_clear()
+    tick = nurture("tick", "--now", "2026-11-02T10:01:00Z", "--json")
+    lead = nurture("lead", "gus@acme.io", "--json")
+    text = nurture("lead", "gus@acme.io")
     assert tick.exit_code == 0, tick.output
     alerts = json.loads(tick.stdout)["alerts"]
     assert (alerts["created"], alerts["sent"]) == (1, 1)

@@ -12,51 +12,31 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from fastapi.testclient import TestClient
 
 from engine import db as database
 from engine.api.app import create_app
 from engine.settings import Settings
-from tests.helpers import run_cli
+from tests.helpers import API_TOKEN, api_home, nurture, ruleset_text, run_cli
 
-TOKEN = "test-token-0123456789abcdef0123456789"
+TOKEN = API_TOKEN
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-RULESET = r"""ruleset: api-test
-components:
-  fit: {min: 0, max: 60}
-  engagement: {min: 0, max: 100}
-temperature: {cold: 0, warm: 40, hot: 70}
-rules:
-  - name: senior-title
-    when: {lead.job_title: {matches: '(?i)\bvp\b'}}
-    then: {score: {fit: 20}}
-    limit: once
-  - name: pricing-page
-    when: {event.type: page_view, event.properties.url: {contains: /pricing}}
-    then: {score: {engagement: 10}}
-  - name: demo
-    when: {event.type: demo_request}
-    then: {score: {engagement: 50}, stage: lead}
-"""
-
-
-def make_home(tmp_path: Path) -> Path:
-    (tmp_path / "rulesets").mkdir(exist_ok=True)
-    (tmp_path / "rulesets" / "api-test.yaml").write_text(RULESET)
-    return tmp_path
+RULESET = ruleset_text("api-test")
+pytestmark = pytest.mark.home(rulesets=["api-test"])
 
 
 @pytest.fixture
-def api(tmp_path: Path, db_url: str) -> Iterator[TestClient]:
-    settings = Settings(home=make_home(tmp_path), database_url=db_url, api_token=TOKEN)
+def api(home: Path, db_url: str) -> Iterator[TestClient]:
+    settings = Settings(home=home, database_url=db_url, api_token=TOKEN)
     with TestClient(create_app(settings), headers=AUTH) as client:
         yield client
 
 
-def limited(tmp_path: Path, **limits: Any) -> TestClient:
+def limited(home: Path, **limits: Any) -> TestClient:
     settings = Settings(
-        home=make_home(tmp_path),
-        database_url=f"sqlite:///{tmp_path / 'limits.db'}",
+        home=home,
+        database_url=f"sqlite:///{home / 'limits.db'}",
         api_token=TOKEN,
         **limits,
     )
@@ -196,8 +176,8 @@ def test_api_needs_the_token_but_health_and_metrics_do_not(api: TestClient) -> N
     assert api.get("/api/leads", headers={"Authorization": ""}).status_code == 401
 
 
-def test_oversized_requests_are_refused_whole_naming_the_limit(tmp_path: Path) -> None:
-    with limited(tmp_path, max_body_bytes=1000, max_events_per_request=3) as client:
+def test_oversized_requests_are_refused_whole_naming_the_limit(home: Path) -> None:
+    with limited(home, max_body_bytes=1000, max_events_per_request=3) as client:
         big = [view(key=f"big-{i}", url="/pricing" + "x" * 100) for i in range(12)]
         response = client.post("/api/events", json=big)
         assert response.status_code == 413
@@ -253,8 +233,8 @@ def test_lead_upsert_by_email_scores_as_a_profile_update(api: TestClient) -> Non
         ([{"email": "ana@acme.io"}], "the body must be a JSON object"),
     ],
 )
-def test_a_bad_profile_is_refused(tmp_path: Path, body: Any, error: str) -> None:
-    with limited(tmp_path) as client:
+def test_a_bad_profile_is_refused(home: Path, body: Any, error: str) -> None:
+    with limited(home) as client:
         response = client.post("/api/leads", json=body)
         assert response.status_code == 422
         assert response.json()["detail"].startswith(error)
@@ -364,8 +344,10 @@ def test_health_and_metrics(api: TestClient) -> None:
     assert "ana@acme.io" not in after.text
 
 
-def test_health_is_503_with_the_reason_when_the_database_is_gone(tmp_path: Path) -> None:
-    settings = Settings(home=make_home(tmp_path), api_token=TOKEN)
+def test_health_is_503_with_the_reason_when_the_database_is_gone(
+    home: Path, tmp_path: Path
+) -> None:
+    settings = Settings(home=home, api_token=TOKEN)
     gone = database.connect(f"sqlite:///{tmp_path / 'missing' / 'nurture.db'}")
     with TestClient(create_app(settings, gone)) as client:
         response = client.get("/healthz")
@@ -388,21 +370,25 @@ def test_openapi_documents_auth_and_errors(api: TestClient) -> None:
 def test_serve_warns_when_the_sendgrid_webhook_takes_unsigned_calls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    quiet, _ = run_cli(monkeypatch, make_home(tmp_path), ["serve"])
+    quiet, _ = run_cli(monkeypatch, api_home(tmp_path), ["serve"])
     assert "warning" not in quiet.output
     insecure = {"NURTURE_SENDGRID_WEBHOOK_INSECURE": "1"}
-    result, _ = run_cli(monkeypatch, make_home(tmp_path), ["serve", "--port", "8123"], **insecure)
+    result, _ = run_cli(monkeypatch, api_home(tmp_path), ["serve", "--port", "8123"], **insecure)
     assert result.exit_code == 0, result.output
     assert "warning: NURTURE_SENDGRID_WEBHOOK_INSECURE=1" in " ".join(result.output.split())
 
 
 def test_serve_says_where_the_token_is_never_the_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    result, started = run_cli(monkeypatch, make_home(tmp_path), ["serve", "--port", "8123"])
+    started: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append((app, options)))
+    monkeypatch.setenv("NURTURE_HOME", str(home))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
+    result = nurture("serve", "--port", "8123")
     assert result.exit_code == 0, result.output
-    token = (tmp_path / ".nurture-token").read_text().strip()
-    assert f"the API token is in {tmp_path / '.nurture-token'}" in result.output
+    token = (home / ".nurture-token").read_text().strip()
+    assert f"the API token is in {home / '.nurture-token'}" in result.output
     assert token not in result.output
     app, options = started[0]
     assert (options["host"], options["port"]) == ("127.0.0.1", 8123)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from fastapi.routing import APIRoute
 from engine.api import dashboard, events, leads, ops, rulesets, webhooks
 from engine.api.app import create_app
 from engine.settings import Settings
-from tests.test_api import TOKEN, make_home
+from tests.helpers import API_TOKEN as TOKEN
+from tests.helpers import api_home
 
 LIMIT = 64 * 1024
 CHUNK = 16 * 1024
@@ -27,7 +29,7 @@ GIB = 1 << 30
 @pytest.fixture
 def app(tmp_path: Path) -> FastAPI:
     settings = Settings(
-        home=make_home(tmp_path),
+        home=api_home(tmp_path),
         database_url=f"sqlite:///{tmp_path / 'limits.db'}",
         api_token=TOKEN,
         max_body_bytes=LIMIT,
@@ -39,7 +41,9 @@ def post_routes(_app: FastAPI) -> list[str]:
     routers = (dashboard.router, events.router, leads.router, ops.router, rulesets.router,
                webhooks.router)  # fmt: skip
     routes = [route for router in routers for route in router.routes]
-    return sorted({r.path for r in routes if isinstance(r, APIRoute) and "POST" in r.methods})
+    return sorted(
+        {r.path for r in routes if isinstance(r, APIRoute) and "POST" in (r.methods or set())}
+    )
 
 
 class Upload:
@@ -66,9 +70,9 @@ def call(app: FastAPI, path: str, upload: Upload) -> tuple[int, dict[str, Any]]:
              "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
              "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000),
              "server": ("testserver", 80)}  # fmt: skip
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     asyncio.run(asyncio.wait_for(app(scope, upload.receive, send), 30))

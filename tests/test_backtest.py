@@ -4,12 +4,10 @@ whose right answers are worked out by hand; the case study's CSV when it is pres
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from engine.analysis.pastleads import (
     PastLeadsError,
@@ -17,35 +15,13 @@ from engine.analysis.pastleads import (
     parse_past_leads,
     read_past_leads,
 )
-from engine.cli import app
 from engine.settings import get_settings
-from tests.helpers import shared_data
+from tests.helpers import ROOT, nurture, ruleset_text, shared_data
 
-ROOT = Path(__file__).resolve().parent.parent
 XEDU = shared_data("x-education-leads.csv")
 EXAMPLE = ROOT / "rulesets" / "examples" / "x-education.yaml"
 
-runner = CliRunner()
-
-RULESET = """\
-ruleset: backtest-test
-components:
-  fit: {min: 0, max: 100}
-temperature: {cold: 0, warm: 20, hot: 30}
-stages: [new, qualified]
-rules:
-  - name: senior
-    when: {lead.job_level: Senior}
-    then: {score: {fit: 20}}
-    limit: once
-  - name: busy
-    when: {lead.page_views: {gte: 10}}
-    then: {score: {fit: 10}}
-    limit: once
-  - name: qualify
-    when: {lead.temperature: hot}
-    then: {stage: qualified}
-"""
+RULESET = ruleset_text("backtest-test")
 
 # Scores 30, 20, 10, 0 with outcomes 1, 0, 1, 0: of the four (converted, not converted) pairs,
 # three rank the converted lead higher, so AUC = 0.75. Excel-style: BOM, CRLF, trailing comma.
@@ -58,15 +34,6 @@ LEADS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'never.db'}")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
 def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_bytes(text.encode("utf-8"))
@@ -74,22 +41,23 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
+    result = nurture(*args)
     return result.exit_code, result.output
+
+
+def backtest(
+    ruleset: Path, leads: Path, outcome: str = "Converted", *extra: str
+) -> tuple[int, str]:
+    """``nurture backtest`` of ``ruleset`` over ``leads``: its exit code and output."""
+    return run(
+        "backtest", "--ruleset", str(ruleset), "--leads", str(leads), "--outcome", outcome, *extra
+    )
 
 
 def backtest_json(tmp_path: Path, leads: str = LEADS, *extra: str) -> dict[str, Any]:
     ruleset = write(tmp_path, "r.yaml", RULESET)
-    code, output = run(
-        "backtest",
-        "--ruleset",
-        str(ruleset),
-        "--leads",
-        str(write(tmp_path, "leads.csv", leads)),
-        "--outcome",
-        "Converted",
-        "--json",
-        *extra,
+    code, output = backtest(
+        ruleset, write(tmp_path, "leads.csv", leads), "Converted", "--json", *extra
     )
     assert code == 0, output
     data: dict[str, Any] = json.loads(output)
@@ -155,19 +123,15 @@ def test_ties_do_not_follow_the_file_order(tmp_path: Path) -> None:
 
 
 def test_text_output_and_no_database(tmp_path: Path) -> None:
-    code, output = run(
-        "backtest",
-        "--ruleset",
-        str(write(tmp_path, "r.yaml", RULESET)),
-        "--leads",
-        str(write(tmp_path, "leads.csv", LEADS)),
-        "--outcome",
+    code, output = backtest(
+        write(tmp_path, "r.yaml", RULESET),
+        write(tmp_path, "leads.csv", LEADS),
         "converted",  # the attribute name works as well as the header
     )
     assert code == 0, output
     assert "AUC" in output and "0.750" in output
     assert "band hot" in output and "100.0% (1 of 1)" in output
-    assert not (tmp_path / "never.db").exists()
+    assert not (tmp_path / "unused.db").exists()  # NURTURE_DATABASE_URL (conftest)
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
@@ -189,16 +153,8 @@ def test_against_compares_two_rulesets(tmp_path: Path) -> None:
     assert both["ruleset"]["auc"] == 0.75
     assert both["against"]["auc"] == 1.0
     assert png.read_bytes().startswith(b"\x89PNG")
-    code, output = run(
-        "backtest",
-        "--ruleset",
-        str(tmp_path / "r.yaml"),
-        "--leads",
-        str(tmp_path / "leads.csv"),
-        "--outcome",
-        "Converted",
-        "--against",
-        str(other),
+    code, output = backtest(
+        tmp_path / "r.yaml", tmp_path / "leads.csv", "Converted", "--against", str(other)
     )
     assert code == 0, output
     assert "backtest-test" in output and "other" in output
@@ -226,14 +182,8 @@ def test_against_compares_two_rulesets(tmp_path: Path) -> None:
 def test_bad_input_is_an_error_naming_the_line_or_column(
     tmp_path: Path, leads: str, outcome: str, message: str
 ) -> None:
-    code, output = run(
-        "backtest",
-        "--ruleset",
-        str(write(tmp_path, "r.yaml", RULESET)),
-        "--leads",
-        str(write(tmp_path, "leads.csv", leads)),
-        "--outcome",
-        outcome,
+    code, output = backtest(
+        write(tmp_path, "r.yaml", RULESET), write(tmp_path, "leads.csv", leads), outcome
     )
     assert code == 1
     assert message in output.replace("\n", "")
@@ -244,29 +194,13 @@ def test_bad_bytes_and_a_missing_file_are_errors(tmp_path: Path) -> None:
     path.write_bytes(b"Job Level,Converted\nSenior,1\nJos\xe9,0\n")
     with pytest.raises(PastLeadsError, match=":3: not valid UTF-8"):
         read_past_leads(path, "Converted")
-    code, output = run(
-        "backtest",
-        "--ruleset",
-        str(write(tmp_path, "r.yaml", RULESET)),
-        "--leads",
-        str(tmp_path / "missing.csv"),
-        "--outcome",
-        "Converted",
-    )
+    code, output = backtest(write(tmp_path, "r.yaml", RULESET), tmp_path / "missing.csv")
     assert code == 1 and "cannot read" in output
 
 
 def test_a_broken_ruleset_is_an_error_with_file_and_line(tmp_path: Path) -> None:
     broken = write(tmp_path, "r.yaml", RULESET.replace("{fit: 20}", "{fitness: 20}"))
-    code, output = run(
-        "backtest",
-        "--ruleset",
-        str(broken),
-        "--leads",
-        str(write(tmp_path, "leads.csv", LEADS)),
-        "--outcome",
-        "Converted",
-    )
+    code, output = backtest(broken, write(tmp_path, "leads.csv", LEADS))
     assert code == 1
     assert "r.yaml:9:" in output and "fitness" in output
 
@@ -287,22 +221,13 @@ def test_the_example_is_not_a_second_candidate_ruleset(monkeypatch: pytest.Monke
     from engine.active import choose_file
 
     monkeypatch.setenv("NURTURE_HOME", str(ROOT))
-    get_settings.cache_clear()
     assert choose_file(get_settings()).name == "b2b-saas.yaml"
 
 
-@pytest.mark.skipif(not XEDU.is_file(), reason="the x-education CSV is not in ../shared/data")
+@pytest.mark.slow
+@pytest.mark.data("x-education-leads.csv")
 def test_the_example_ruleset_on_the_case_study_data(tmp_path: Path) -> None:
-    code, output = run(
-        "backtest",
-        "--ruleset",
-        str(EXAMPLE),
-        "--leads",
-        str(XEDU),
-        "--outcome",
-        "Converted",
-        "--json",
-    )
+    code, output = backtest(EXAMPLE, XEDU, "Converted", "--json")
     assert code == 0, output
     report = json.loads(output)
     assert report["rows"] == 9240

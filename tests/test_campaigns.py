@@ -22,75 +22,17 @@ from engine.home import load_campaigns
 from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
 from engine.schedule.steps import cap_frees_at, lead_zone, next_opening
-from tests.helpers import compiled
+from tests.campaign_support import CAMPAIGNS, RULESET, T0, campaigns_in
+from tests.helpers import campaign_text, compiled, copy_fixtures
 
-RULESET = """\
-ruleset: camp-test
-components: {engagement: {min: 0, max: 100}}
-temperature: {cold: 0, warm: 40, hot: 70}
-stages: [subscriber, lead, mql, sql, customer]
-exits: [unsubscribed]
-rules:
-  - name: visit
-    when: {event.type: page_view}
-    then: {score: {engagement: 20}}
-  - name: demo
-    when: {event.type: demo_request}
-    then: {score: {engagement: 50}}
-  - name: bought
-    when: {event.type: purchase}
-    then: {stage: customer}
-  - name: vip
-    when: {event.type: vip}
-    then: {enroll: vip-track}
-"""
-
-WARM = """\
-campaign: warm-nurture
-audience: {lead.temperature: warm}
-exit_when: {any: [{lead.temperature: hot}, {lead.stage: customer}]}
-from: {email: hello@acme.io, name: Acme}
-send_window: {days: [mon, tue, wed, thu, fri], start: "09:00", end: "17:00"}
-frequency_cap: {max: 2, per: 7d}
-steps:
-  - {template: warm/a, wait: 0d}
-  - {template: warm/b, wait: 2d}
-  - {template: warm/c, wait: 1d, when: {lead.score: {gte: 55}}}
-"""
-
-HOT = """\
-campaign: hot-followup
-audience: {lead.temperature: hot}
-from: {email: sales@acme.io}
-steps:
-  - {template: hot/a, wait: 0d}
-"""
-
-VIP = """\
-campaign: vip-track
-audience: {lead.stage: {in: [sql]}}
-from: {email: vip@acme.io}
-steps:
-  - {template: hot/a, wait: 1h}
-"""
-
-T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # a Monday
+WARM = campaign_text("warm-nurture")
+pytestmark = pytest.mark.home(campaigns=CAMPAIGNS)
 EVENT_IDS = itertools.count()
 
 
-def write_campaigns(folder: Path, *texts: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for text in texts:
-        name = text.split("\n", 1)[0].split(": ", 1)[1]
-        (folder / f"{name}.yaml").write_text(text)
-    return folder
-
-
 @pytest.fixture
-def ruleset_campaigns(tmp_path: Path) -> CompiledCampaigns:
-    ruleset = compiled(RULESET).ruleset
-    found = load_campaigns(write_campaigns(tmp_path / "campaigns", WARM, HOT, VIP), ruleset)
-    return CompiledCampaigns(ruleset, found)
+def ruleset_campaigns(home: Path) -> CompiledCampaigns:
+    return campaigns_in(home)
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -131,8 +73,8 @@ def test_campaign_errors_name_the_line(edit: tuple[str, str], line: int, message
 
 def test_folder_checks_templates_names_and_rule_targets(tmp_path: Path) -> None:
     ruleset = compiled(RULESET).ruleset
-    folder = write_campaigns(tmp_path / "campaigns", WARM, HOT)
-    (folder / "copy.yaml").write_text(HOT)
+    folder = copy_fixtures("campaigns", ["warm-nurture", "hot-followup"], tmp_path / "campaigns")
+    (folder / "copy.yaml").write_text(campaign_text("hot-followup"))
     with pytest.raises(ProblemsError) as caught:
         load_campaigns(folder, ruleset, templates=["warm/a", "warm/b", "hot/a"])
     text = str(caught.value)

@@ -12,8 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engine.cli import app
-from tests.conftest import ROOT
-from tests.helpers import shared_data
+from tests.helpers import ROOT, shared_data
 
 CDNOW = shared_data("cdnow/CDNOW_master.txt")
 CONVERTER = ROOT / "rulesets" / "examples" / "cdnow-events.sh"

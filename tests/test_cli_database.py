@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_URL
-from tests.helpers import run_cli
-from tests.test_api import make_home
+from tests.helpers import PG_URL, api_home, run_cli
 
 PASSWORD = "s3cr3t-pw"
 COMMANDS = [
@@ -29,7 +27,7 @@ COMMANDS = [
 
 
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, args: list[str]) -> str:
-    monkeypatch.chdir(make_home(tmp_path))
+    monkeypatch.chdir(api_home(tmp_path))
     (tmp_path / "events.jsonl").write_text('{"email": "ana@acme.io", "type": "page_view"}\n')
     result, started = run_cli(monkeypatch, tmp_path, args, NURTURE_DATABASE_URL=url)
     assert result.exit_code == 1 and not started, (args, result.output)

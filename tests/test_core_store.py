@@ -10,48 +10,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner
 
-from engine.cli import app
 from engine.db.schema import LEADS, LEDGER, SCORES, STAGES
 from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
 from engine.reports.leads import lead_detail
 from engine.schedule.decay import decay
-from engine.settings import get_settings
-from tests.conftest import ROOT
-from tests.helpers import compiled
+from tests.helpers import ROOT, compiled, nurture
 
-runner = CliRunner()
-
-RULESET = """
-ruleset: store-test
-components:
-  fit: {min: 0, max: 60}
-  engagement: {min: 0, max: 100, decay: {points: 5, every: 7d}}
-temperature: {cold: 0, warm: 40, hot: 70}
-rules:
-  - name: senior-title
-    when: {lead.job_title: {matches: '(?i)\\b(vp|chief)\\b'}}
-    then: {score: {fit: 30}}
-    limit: once
-  - name: pricing-page
-    when: {event.type: page_view, event.properties.url: {contains: /pricing}}
-    then: {score: {engagement: 20}}
-    limit: {times: 3, per: 30d}
-  - name: busy-week
-    when: {event.type: page_view, count: {type: page_view, within: 7d, at_least: 3}}
-    then: {score: {engagement: 5}}
-  - name: became-lead
-    when: {lead.stage: subscriber, event.type: form_submit}
-    then: {stage: lead, score: {engagement: 10}}
-  - name: marketing-qualified
-    when: {lead.stage: lead, lead.score: {gte: 60}}
-    then: {stage: mql}
-  - name: unsubscribed
-    when: {event.type: unsubscribe}
-    then: {stage: unsubscribed}
-"""
+pytestmark = pytest.mark.home(rulesets=["store-test"])
 
 
 def event(n: int, email: str, type: str, at: str, **properties: Any) -> str:
@@ -73,19 +40,11 @@ LINES = [
 
 
 @pytest.fixture
-def home(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "rulesets").mkdir()
-    (tmp_path / "rulesets" / "store-test.yaml").write_text(RULESET)
-    (tmp_path / "events.jsonl").write_text("\n".join(LINES) + "\n")
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
-
-
-def nurture(*args: str, input: str | None = None) -> Any:
-    return runner.invoke(app, list(args), input=input)
+def events(cli_home: Path) -> Path:
+    """The lines above as a file, with the home and the database under test in the environment."""
+    path = cli_home / "events.jsonl"
+    path.write_text("\n".join(LINES) + "\n")
+    return path
 
 
 def snapshot(url: str) -> dict[str, Any]:
@@ -120,9 +79,9 @@ def snapshot(url: str) -> dict[str, Any]:
 
 
 def test_ingest_reports_bad_lines_keeps_good_ones_and_is_idempotent(
-    home: Path, db_url: str
+    events: Path, db_url: str
 ) -> None:
-    first = nurture("ingest", str(home / "events.jsonl"), "--json")
+    first = nurture("ingest", str(events), "--json")
     assert first.exit_code == 1, first.output
     summary = json.loads(first.stdout)
     assert summary["accepted"] == 6 and summary["duplicates"] == 0
@@ -131,13 +90,13 @@ def test_ingest_reports_bad_lines_keeps_good_ones_and_is_idempotent(
         {"line": 7, "error": "email: not an email address"},
     ]
     state = snapshot(db_url)
-    again = nurture("ingest", str(home / "events.jsonl"))
+    again = nurture("ingest", str(events))
     assert "accepted 0, duplicates 6, rejected 2" in again.stdout
     assert snapshot(db_url) == state
 
 
-def test_lead_explains_its_score(home: Path) -> None:
-    nurture("ingest", str(home / "events.jsonl"))
+def test_lead_explains_its_score(events: Path) -> None:
+    nurture("ingest", str(events))
     result = nurture("lead", "ANA@acme.io", "--json")
     assert result.exit_code == 0, result.output
     lead = json.loads(result.stdout)
@@ -170,15 +129,16 @@ def test_lead_explains_its_score(home: Path) -> None:
     assert nurture("lead", "nobody@acme.io").exit_code == 1
 
 
-def test_leads_filters_and_unsubscribe_withdraws_consent(home: Path) -> None:
-    nurture("ingest", str(home / "events.jsonl"))
+def test_leads_filters_and_unsubscribe_withdraws_consent(events: Path) -> None:
+    nurture("ingest", str(events))
     hot = json.loads(nurture("leads", "--temperature", "hot", "--json").stdout)
     assert [lead["email"] for lead in hot] == ["ana@acme.io"]
     gone = json.loads(nurture("leads", "--stage", "unsubscribed", "--json").stdout)
     assert [(lead["email"], lead["subscribed"]) for lead in gone] == [("bob@beta.io", False)]
 
 
-def test_csv_and_stdin(home: Path) -> None:
+@pytest.mark.usefixtures("cli_home")
+def test_csv_and_stdin() -> None:
     csv = (
         "id,email,type,occurred_at,properties.url,job_title\n"
         "c1,ana@acme.io,page_view,2026-01-05T10:00:00Z,/pricing,\n"
@@ -191,8 +151,8 @@ def test_csv_and_stdin(home: Path) -> None:
     assert json.loads(nurture("lead", "ana@acme.io", "--json").stdout)["score"] == 20
 
 
-def test_tick_decays_once_per_period(home: Path, db_url: str) -> None:
-    nurture("ingest", str(home / "events.jsonl"))
+def test_tick_decays_once_per_period(events: Path, db_url: str) -> None:
+    nurture("ingest", str(events))
     # Engagement last rose on Jan 7 at 10:00; two whole weeks later, -10.
     assert nurture("tick", "--now", "2026-01-21T10:00:00Z").exit_code == 0
     lead = json.loads(nurture("lead", "ana@acme.io", "--json").stdout)
@@ -219,10 +179,10 @@ def test_repo_rulesets_check_and_test_pass() -> None:
     assert " 0 cases failed" in tested.stdout
 
 
-def test_a_line_that_is_not_utf8_is_rejected_alone(home: Path) -> None:
+def test_a_line_that_is_not_utf8_is_rejected_alone(cli_home: Path) -> None:
     good = event(9, "dee@acme.io", "page_view", "2026-01-05T10:00:00Z", url="/pricing")
-    (home / "mixed.jsonl").write_bytes(good.encode() + b"\n" + b'{"email": "\xff@x.io"}\n')
-    result = nurture("ingest", str(home / "mixed.jsonl"), "--json")
+    (cli_home / "mixed.jsonl").write_bytes(good.encode() + b"\n" + b'{"email": "\xff@x.io"}\n')
+    result = nurture("ingest", str(cli_home / "mixed.jsonl"), "--json")
     assert json.loads(result.stdout) == {
         "accepted": 1,
         "duplicates": 0,
@@ -230,12 +190,12 @@ def test_a_line_that_is_not_utf8_is_rejected_alone(home: Path) -> None:
     }
 
 
+@pytest.mark.slow
 def test_demo_scores_sample_leads_and_shows_where_to_look(
-    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+    db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NURTURE_HOME", str(ROOT))
     monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    get_settings.cache_clear()
     first = nurture("demo", "--leads", "120")
     assert first.exit_code == 0, first.output
     assert "rejected 0" in first.stdout and "funnel" in first.stdout
@@ -245,7 +205,6 @@ def test_demo_scores_sample_leads_and_shows_where_to_look(
     assert re.search(r"[1-9]\d* time evaluations", first.stdout)
     again = nurture("demo", "--leads", "120")
     assert "accepted 0" in again.stdout  # a re-run finds every record stored
-    get_settings.cache_clear()
 
 
 def test_check_warns_about_a_fit_rule_without_a_limit(tmp_path: Path) -> None:

@@ -26,9 +26,9 @@ from engine.reports.leads import band_counts, lead_detail, list_leads
 from engine.rules.load import parse_ruleset
 from engine.schedule.jobs import Jobs
 from engine.settings import AlertTarget, Settings, get_settings
-from tests.conftest import ROOT
-from tests.store_support import ledger_sums, nurture, tables
-from tests.test_alerts import Receiver
+from tests.helpers import ROOT, nurture
+from tests.mail_support import Receiver
+from tests.store_support import ledger_sums, tables
 
 RULESET = """\
 ruleset: shop
@@ -203,7 +203,9 @@ def _customer_flow(home: Path, db_url: str, receiver: Receiver) -> None:
         for path in (home / "outbox").glob("*.eml")
         if "Account manager alert" in path.read_text()
     ]
-    body = mail.get_body(preferencelist=("plain",)).get_content()
+    plain = mail.get_body(preferencelist=("plain",))
+    assert plain is not None
+    body = plain.get_content()
     subject = " ".join(mail["Subject"].split())  # a long subject is folded
     assert subject.startswith("Account manager alert: ann@shop.example, health 25 (at_risk)")
     assert "lapsing -20 loyalty" in body

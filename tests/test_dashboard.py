@@ -206,7 +206,7 @@ def test_named_scores_on_the_overview_and_a_line_each_on_the_lead_page(
     client.cookies.set(COOKIE, TOKEN)
     db = database.connect(f"sqlite:///{tmp_path / 'n.db'}")
     with db.connect() as conn:
-        counts = dict(
+        counts: dict[str, int] = dict(
             conn.execute(
                 sa.text("SELECT band, COUNT(*) FROM lead_named_score WHERE name = 'health' "
                         "GROUP BY band")

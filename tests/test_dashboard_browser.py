@@ -23,8 +23,8 @@ import uvicorn
 
 from engine import db as database
 from engine.api.app import create_app
-from tests.conftest import ROOT
 from tests.dashboard_support import CAMPAIGN, TOKEN, seed, stage_counts
+from tests.helpers import ROOT
 
 CHROMIUM = os.environ.get("NURTURE_CHROMIUM", "/usr/bin/chromium")
 # Headless on a machine with no network of its own: no GPU, no sandbox (root), no phoning home.
@@ -151,7 +151,7 @@ def test_the_funnel_chart_shows_the_leads_in_each_stage(
         assert width / max(widths) == pytest.approx(n / max(counts_in_order), abs=0.01)
     with server[1].connect() as conn:
         query = sa.text("SELECT temperature, COUNT(*) FROM lead GROUP BY temperature")
-        bands = dict(conn.execute(query).all())
+        bands: dict[str, int] = dict(conn.execute(query).all())
     for band, n in bands.items():
         tile = page.locator(f".tile[data-band={band}] .n").inner_text()
         assert int(tile.replace(",", "")) == n
@@ -172,7 +172,7 @@ def test_a_hot_lead_shows_its_reasons_and_opens_its_page_with_a_score_chart(
                 "AND stage NOT IN ('disqualified', 'unsubscribed') ORDER BY score DESC, id LIMIT 1"
             )
         ).one()
-        net = dict(
+        net: dict[str, int] = dict(
             conn.execute(
                 sa.text(
                     "SELECT rule, SUM(delta) FROM score_ledger WHERE lead_id = "

@@ -36,11 +36,9 @@ from engine.ingest.parse import (
     record,
 )
 from engine.settings import Settings, get_settings
-from tests.helpers import compiled
-from tests.store_support import nurture
-from tests.test_campaigns import RULESET as CAMPAIGN_RULESET
-from tests.test_campaigns import WARM
-from tests.test_webhooks import PUBLIC, signed
+from tests.campaign_support import RULESET as CAMPAIGN_RULESET
+from tests.helpers import campaign_text, compiled, nurture
+from tests.mail_support import PUBLIC, signed
 
 RULESET = """\
 ruleset: hostile
@@ -137,10 +135,11 @@ def test_every_place_an_address_is_accepted_uses_the_strict_syntax(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ruleset = compiled(CAMPAIGN_RULESET).ruleset
+    warm = campaign_text("warm-nurture")
     with pytest.raises(ProblemsError, match="`from:` needs"):
-        parse_campaign(WARM.replace("hello@acme.io", "hello>x@acme.io"), "c.yaml", ruleset)
+        parse_campaign(warm.replace("hello@acme.io", "hello>x@acme.io"), "c.yaml", ruleset)
     with pytest.raises(ProblemsError, match="`from:` needs"):
-        parse_campaign(WARM.replace("hello@acme.io", "hello@acme.\uff49\uff4f"), "c.yaml", ruleset)
+        parse_campaign(warm.replace("hello@acme.io", "hello@acme.\uff49\uff4f"), "c.yaml", ruleset)
     for name, value in [
         ("NURTURE_SALES_EMAIL", "sales@acme.io>x"),
         ("NURTURE_ALERT_FROM", "alerts@acme.io|x"),
@@ -244,7 +243,7 @@ def test_nesting_within_what_json_reads_but_beyond_a_record_is_refused() -> None
     for _ in range(40):
         nested = {"a": nested}
     (found,) = parse_jsonl([json.dumps(view("n1", properties={"n": nested}))])
-    assert not isinstance(found, EventRecord)
+    assert isinstance(found, Rejection)
     assert "nested deeper than" in found.error
 
 

@@ -10,10 +10,9 @@ from prometheus_client import REGISTRY
 
 from engine.send.dispatch import Dispatcher
 from engine.send.file import FileMailer
-from tests.test_campaigns import T0
-from tests.test_outbox import home as home  # the fixture
-from tests.test_outbox import run_steps, score, settings_for, warm
+from tests.campaign_support import CAMPAIGN_HOME, T0, run_steps, score, settings_for, warm
 
+pytestmark = CAMPAIGN_HOME
 OUTCOMES = ("queued", "held", "sent", "retried", "failed", "suppressed")
 
 

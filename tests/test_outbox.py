@@ -17,96 +17,30 @@ from email import policy
 from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from engine import db as database
-from engine.campaigns.compile import CompiledCampaigns
-from engine.home import load_campaigns
-from engine.ingest.batch import ingest
-from engine.ingest.parse import parse_jsonl
-from engine.render.templates import Renderer
-from engine.schedule.steps import StepRunner
 from engine.send.dispatch import Dispatcher, settle_processed
 from engine.send.file import FileMailer
 from engine.send.sendgrid import SendGridMailer
 from engine.send.smtp import SmtpMailer
-from engine.settings import Settings
+from tests.campaign_support import (
+    CAMPAIGN_HOME,
+    T0,
+    outbox,
+    run_steps,
+    score,
+    seed_outbox,
+    settings_for,
+    warm,
+)
 from tests.fake_sendgrid import FakeSendGrid
-from tests.helpers import compiled
-from tests.test_backends import Inbox
-from tests.test_backends import smtp_server as smtp_server  # the fixture
-from tests.test_campaigns import HOT, RULESET, T0, VIP, WARM, write_campaigns
+from tests.helpers import ROOT, email_template
+from tests.mail_support import Inbox
 
-ROOT = Path(__file__).resolve().parent.parent
-LAYOUT = '{% block html %}{% endblock %}<p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>'
-
-
-def email_template(subject: str, body: str) -> str:
-    return (
-        '{% extends "layout.j2" %}'
-        f"{{% block subject %}}{subject}{{% endblock %}}"
-        f"{{% block html %}}{body}{{% endblock %}}"
-    )
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    templates = tmp_path / "templates"
-    for name in ("warm/a", "warm/b", "warm/c", "hot/a"):
-        path = templates / f"{name}.j2"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            email_template(f"{name} for {{{{ lead.first_name or 'you' }}}}", "<p>Hi</p>")
-        )
-    (templates / "layout.j2").write_text(LAYOUT)
-    write_campaigns(tmp_path / "campaigns", WARM, HOT, VIP)
-    return tmp_path
-
-
-def settings_for(home: Path, db_url: str, **extra: Any) -> Settings:
-    return Settings(
-        home=home,
-        database_url=db_url,
-        outbox_dir=home / "outbox",
-        secret_key="test-secret-0123456789abcdef0123456789",
-        public_url="https://nurture.example",
-        **extra,
-    )
-
-
-def campaigns_in(home: Path) -> CompiledCampaigns:
-    ruleset = compiled(RULESET).ruleset
-    return CompiledCampaigns(ruleset, load_campaigns(home / "campaigns", ruleset))
-
-
-def score(db: sa.Engine, home: Path, *items: tuple[str, str, datetime], **lead: Any) -> None:
-    lines = [
-        json.dumps(
-            {"email": email, "type": kind, "occurred_at": at.isoformat(), "lead": lead}
-            | {"id": f"{email}:{kind}:{at.isoformat()}"}
-        )
-        for email, kind, at in items
-    ]
-    ingest(db, compiled(RULESET), parse_jsonl(lines), campaigns=campaigns_in(home))
-
-
-def run_steps(db: sa.Engine, home: Path, now: datetime, settings: Settings) -> Any:
-    return StepRunner(db, settings, campaigns_in(home), Renderer(home / "templates")).run(now)
-
-
-def outbox(db: sa.Engine) -> list[dict[str, Any]]:
-    with db.connect() as conn:
-        rows = conn.execute(sa.text("SELECT * FROM outbox_message ORDER BY id"))
-        return [r._asdict() for r in rows]
-
-
-def warm(db: sa.Engine, home: Path, email: str, at: datetime = T0, **lead: Any) -> None:
-    score(
-        db, home, (email, "page_view", at - timedelta(minutes=1)), (email, "page_view", at), **lead
-    )
+pytestmark = CAMPAIGN_HOME
 
 
 def test_a_due_step_is_rendered_into_the_outbox_once(
@@ -330,44 +264,12 @@ def test_provider_errors_retry_with_backoff_then_fail_for_good(
         assert fake.messages == []
 
 
-def seed_outbox(db: sa.Engine, count: int, at: datetime = T0) -> None:
-    """``count`` queued messages to as many leads, written set-based."""
-    now = at.isoformat()
-    with db.begin() as conn:
-        conn.execute(
-            sa.text(
-                "INSERT INTO lead (email, attributes, score, temperature, stage, "
-                "stage_entered_at, tags, subscribed, version, created_at, updated_at) "
-                "VALUES (:email, '{}', 0, 'cold', 'lead', :now, '[]', :yes, 0, :now, :now)"
-            ),
-            [{"email": f"l{i}@example.com", "now": at, "yes": True} for i in range(count)],
-        )
-        ids = dict(conn.execute(sa.text("SELECT email, id FROM lead")).all())
-        conn.execute(
-            sa.text(
-                "INSERT INTO outbox_message (idempotency_key, kind, lead_id, campaign, step, "
-                "template, to_email, from_email, subject, html, text, headers, status, attempts, "
-                "next_attempt_at, created_at) VALUES (:key, 'campaign', :lead, 'c', 0, 't', "
-                ":to, 'hello@acme.io', 'Hi', '<p>Hi</p>', 'Hi', '{}', 'queued', 0, :now, :now)"
-            ),
-            [
-                {
-                    "key": f"k{i}",
-                    "lead": ids[f"l{i}@example.com"],
-                    "to": f"l{i}@example.com",
-                    "now": at,
-                }
-                for i in range(count)
-            ],
-        )
-    del now
-
-
 def outbox_ids_sent(fake: FakeSendGrid) -> Counter[str]:
     return Counter(str(m["custom_args"]["outbox_id"]) for m in fake.messages)
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_two_dispatchers_on_one_postgresql_send_each_message_once(pg_url: str, home: Path) -> None:
     database.upgrade(pg_url)
     seed_outbox(database.connect(pg_url), 2000)
@@ -408,6 +310,7 @@ Dispatcher(db.connect(sys.argv[1]), settings, SendGridMailer("SG.k", sys.argv[2]
 """
 
 
+@pytest.mark.slow
 def test_a_dispatcher_killed_mid_batch_loses_nothing(
     db: sa.Engine, db_url: str, home: Path
 ) -> None:

@@ -21,11 +21,11 @@ from engine.send.file import FileMailer
 from engine.send.sendgrid import SendGridMailer
 from engine.settings import Settings, get_settings
 from engine.timeutil import parse_instant, utcnow
+from tests.campaign_support import CAMPAIGN_HOME, T0, outbox, run_steps, warm
 from tests.fake_sendgrid import FakeSendGrid
-from tests.test_campaigns import T0
-from tests.test_outbox import email_template, outbox, run_steps, warm
-from tests.test_outbox import home as home  # the fixtures
-from tests.test_webhooks import service as service
+from tests.helpers import email_template
+
+pytestmark = CAMPAIGN_HOME
 
 runner = CliRunner()
 BROKEN = email_template("Hi {{ lead.frist_name }}", "<p>Hello</p>")

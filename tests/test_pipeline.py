@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,18 +13,9 @@ import sqlalchemy as sa
 from engine.db.schema import LEADS, STAGES
 from engine.reports.pipeline import pipeline
 from engine.rules.load import parse_ruleset
-from engine.settings import get_settings
-from tests.store_support import nurture
+from tests.helpers import nurture, ruleset_text
 
-RULESET = """
-ruleset: pipeline-test
-components:
-  fit: {min: 0, max: 100}
-rules:
-  - name: anything
-    when: {event.type: page_view}
-    then: {score: {fit: 1}}
-"""
+RULESET = ruleset_text("pipeline-test")
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 # Each lead's moves: (day, to stage, rule), from 2026-01-01 (day 1) on.
@@ -191,17 +181,9 @@ def test_period_thresholds_and_cohorts(db: sa.Engine, ruleset: Any) -> None:
     }  # fmt: skip
 
 
-@pytest.fixture
-def home(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "rulesets").mkdir()
-    (tmp_path / "rulesets" / "pipeline-test.yaml").write_text(RULESET)
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    get_settings.cache_clear()
-    return tmp_path
-
-
-def test_cli(home: Path, db: sa.Engine) -> None:
+@pytest.mark.home(rulesets=["pipeline-test"])
+@pytest.mark.usefixtures("cli_home")
+def test_cli(db: sa.Engine) -> None:
     build(db)
     result = nurture(
         "pipeline", "--since", "2026-01-01", "--stuck-days", "100000", "--stuck-days", "lead=1",

@@ -5,24 +5,19 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
 from typing import Any
 
 import joblib
 import pytest
-from typer.testing import CliRunner
 
 from engine.analysis.pastleads import parse_past_leads
 from engine.analysis.predict import load_model, save, train
-from engine.cli import app
 from engine.errors import ProblemsError
 from engine.home import model_loader
 from engine.rules.load import parse_ruleset
-from engine.settings import get_settings
-from tests.helpers import shared_data
-
-runner = CliRunner()
+from tests.helpers import ROOT, nurture, ruleset_text, shared_data
 
 
 def past_leads(rows: int = 120, seed: int = 3) -> str:
@@ -38,41 +33,29 @@ def past_leads(rows: int = 120, seed: int = 3) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-RULESET = """\
-ruleset: predicted-test
-components:
-  fit: {min: 0, max: 50}
-  predicted: {min: 0, max: 100, model: models/plans-v1.joblib}
-temperature: {cold: 0, warm: 40, hot: 70}
-rules:
-  - name: model-likes-it
-    when: {lead.scores.predicted: {gte: 50}}
-    then: {score: {fit: 10}}
-    limit: once
-"""
+RULESET = ruleset_text("predicted-test")
 
 
 @pytest.fixture(scope="module")
-def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A NURTURE_HOME with models/plans-v1.joblib, trained once for the module."""
-    home = tmp_path_factory.mktemp("home")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models/ folder with plans-v1.joblib, trained once for the module."""
+    models = tmp_path_factory.mktemp("trained") / "models"
     leads = parse_past_leads(past_leads(), "Converted")
     trained = train(leads.attributes, leads.outcomes, ["plan", "visits"])
-    save(trained, home / "models", "plans", {"outcome": "Converted"})
-    return home
+    save(trained, models, "plans", {"outcome": "Converted"})
+    return models
 
 
 @pytest.fixture
-def home(model_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
-    monkeypatch.setenv("NURTURE_HOME", str(model_home))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
-    get_settings.cache_clear()
-    yield model_home
-    get_settings.cache_clear()
+def model_home(home: Path, trained: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``home`` with the trained model in models/, as NURTURE_HOME."""
+    shutil.copytree(trained, home / "models")
+    monkeypatch.setenv("NURTURE_HOME", str(home))
+    return home
 
 
 def run(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
+    result = nurture(*args)
     return result.exit_code, result.output
 
 
@@ -83,7 +66,6 @@ def test_train_reports_cross_validated_auc_and_never_overwrites(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    get_settings.cache_clear()
     csv = tmp_path / "plans.csv"
     csv.write_text(past_leads(), encoding="utf-8")
     args = ["model", "train", "--leads", str(csv), "--outcome", "Converted"]
@@ -104,7 +86,6 @@ def test_train_reports_cross_validated_auc_and_never_overwrites(
     assert "plans-v2.joblib" in output and "cross-validated AUC" in output
     assert first.read_bytes() == before
     assert load_model(tmp_path / "models" / "plans-v2.joblib").meta["algorithm"] == "boosting"
-    get_settings.cache_clear()
 
 
 def test_the_same_seed_gives_the_same_cv_auc() -> None:
@@ -136,8 +117,8 @@ def test_train_errors(tmp_path: Path, extra: list[str], message: str) -> None:
 # ------------------------------------------------------------------- the ruleset component
 
 
-def test_a_component_reads_its_model(home: Path) -> None:
-    ruleset = parse_ruleset(RULESET, "p.yaml", model_loader(home))
+def test_a_component_reads_its_model(model_home: Path) -> None:
+    ruleset = parse_ruleset(RULESET, "p.yaml", model_loader(model_home))
     model = ruleset.components["predicted"].model
     assert model is not None and model.version == "plans-v1"
     likely = model.score({"plan": "pro", "visits": 11})
@@ -157,30 +138,26 @@ def test_a_component_reads_its_model(home: Path) -> None:
     ],
 )
 def test_model_problems_name_file_and_line(
-    home: Path, change: tuple[str, str], message: str
+    model_home: Path, change: tuple[str, str], message: str
 ) -> None:
-    (home / "models" / "notes.txt").write_text("not a model")
-    joblib.dump({"format": "something else"}, home / "models" / "dict.joblib")
+    (model_home / "models" / "notes.txt").write_text("not a model")
+    joblib.dump({"format": "something else"}, model_home / "models" / "dict.joblib")
     with pytest.raises(ProblemsError) as error:
-        parse_ruleset(RULESET.replace(*change), "p.yaml", model_loader(home))
+        parse_ruleset(RULESET.replace(*change), "p.yaml", model_loader(model_home))
     assert message in str(error.value)
 
 
-def test_live_scores_put_the_model_in_the_ledger(
-    home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    (home / "rulesets").mkdir(exist_ok=True)
-    (home / "rulesets" / "predicted-test.yaml").write_text(RULESET)
-    get_settings.cache_clear()
-    model = load_model(home / "models" / "plans-v1.joblib")
+@pytest.mark.home(rulesets=["predicted-test"])
+@pytest.mark.usefixtures("cli_home")
+def test_live_scores_put_the_model_in_the_ledger(model_home: Path) -> None:
+    model = load_model(model_home / "models" / "plans-v1.joblib")
     keen = {"plan": "pro", "visits": 11}
     cooled = {"plan": "free", "visits": 0}
     records = [
         {"email": "ana@acme.io", "occurred_at": "2026-01-05T10:00:00Z", **keen},
         {"email": "ana@acme.io", "occurred_at": "2026-01-06T10:00:00Z", **cooled},
     ]
-    events = home / "leads.jsonl"
+    events = model_home / "leads.jsonl"
     events.write_text("".join(json.dumps(r) + "\n" for r in records))
     code, output = run("ingest", str(events))
     assert code == 0, output
@@ -199,7 +176,8 @@ def test_live_scores_put_the_model_in_the_ledger(
     assert lead["ledger"][-1]["score_after"] == lead["score"]
 
 
-def test_a_backtest_compares_rules_model_and_mix(home: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("model_home")
+def test_a_backtest_compares_rules_model_and_mix(tmp_path: Path) -> None:
     ruleset = tmp_path / "p.yaml"
     ruleset.write_text(RULESET)
     leads = tmp_path / "leads.csv"
@@ -224,15 +202,14 @@ def test_a_backtest_compares_rules_model_and_mix(home: Path, tmp_path: Path) -> 
 
 
 XEDU = shared_data("x-education-leads.csv")
-EXAMPLE = Path(__file__).resolve().parents[1] / "rulesets" / "examples" / "x-education.yaml"
+EXAMPLE = ROOT / "rulesets" / "examples" / "x-education.yaml"
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not XEDU.is_file(), reason="the x-education CSV is not in ../shared/data")
+@pytest.mark.data("x-education-leads.csv")
 def test_the_case_study_model_and_the_mix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """README's figures: the model's cross-validated AUC, and the example rules plus the model."""
     monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    get_settings.cache_clear()
     leaks = ["Prospect ID", "Lead Number", "Tags", "Lead Quality", "Last Notable Activity"]
     exclude = [arg for column in leaks for arg in ("--exclude", column)]
     code, output = run(
@@ -261,4 +238,3 @@ def test_the_case_study_model_and_the_mix(tmp_path: Path, monkeypatch: pytest.Mo
     assert report["auc_parts"]["rules"] >= 0.87
     assert report["auc_parts"]["mix"] > report["auc_parts"]["rules"]
     assert report["hot"]["precision"] >= 0.8
-    get_settings.cache_clear()

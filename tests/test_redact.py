@@ -21,11 +21,12 @@ from engine.send.dispatch import Dispatcher
 from engine.send.smtp import SmtpMailer
 from engine.send.webhook import WebhookSender
 from engine.settings import Settings, configure_logging
-from tests.test_api import TOKEN, make_home
-from tests.test_backends import Inbox, smtp_server  # noqa: F401 (a fixture)
-from tests.test_campaigns import T0
-from tests.test_outbox import home as home
-from tests.test_outbox import outbox, run_steps, settings_for, warm
+from tests.campaign_support import CAMPAIGN_HOME, T0, outbox, run_steps, settings_for, warm
+from tests.helpers import API_TOKEN as TOKEN
+from tests.helpers import api_home
+from tests.mail_support import Inbox
+
+pytestmark = CAMPAIGN_HOME
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def access_line(path: str, app: Any) -> str:
     record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
                                args, None)  # fmt: skip
     logger = logging.getLogger("uvicorn.access")
-    assert all(f.filter(record) for f in logger.filters)
+    assert all(f.filter(record) for f in logger.filters if isinstance(f, logging.Filter))
     return record.getMessage().split('"')[1].split()[1]
 
 
@@ -76,7 +77,7 @@ def access_line(path: str, app: Any) -> str:
     ],
 )
 def test_the_access_log_names_no_lead_and_no_token(tmp_path: Path, path: str, logged: str) -> None:
-    settings = Settings(home=make_home(tmp_path), database_url=f"sqlite:///{tmp_path / 'a.db'}",
+    settings = Settings(home=api_home(tmp_path), database_url=f"sqlite:///{tmp_path / 'a.db'}",
                         api_token=TOKEN)  # fmt: skip
     from fastapi.testclient import TestClient
 
@@ -136,7 +137,7 @@ def test_provider_errors_are_kept_and_logged_without_the_address(
     db: sa.Engine,
     db_url: str,
     home: Path,
-    smtp_server: tuple[Inbox, str],  # noqa: F811
+    smtp_server: tuple[Inbox, str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     inbox, url = smtp_server

@@ -6,35 +6,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from engine.cli import app
 from engine.settings import get_settings
+from tests.helpers import ROOT, nurture, ruleset_text
 
-ROOT = Path(__file__).resolve().parent.parent
 RULESETS = ROOT / "rulesets"
 
-runner = CliRunner()
-
-GOOD = """\
-ruleset: cli-test
-components:
-  fit: {min: 0, max: 60}
-  engagement: {min: 0, max: 100}
-temperature: {cold: 0, warm: 40, hot: 70}
-rules:
-  - name: senior
-    when: {lead.job_title: {matches: '(?i)\\bvp\\b'}}
-    then: {score: {fit: 15}}
-    limit: once
-  - name: pricing
-    when: {event.type: page_view, event.properties.url: {contains: /pricing}}
-    then: {score: {engagement: 10}}
-"""
+GOOD = ruleset_text("cli-test")
 
 CASES = """\
 - name: a VP who views pricing
@@ -42,16 +23,6 @@ CASES = """\
   events: [{type: page_view, properties: {url: /pricing}}]
   expect: {score: 25, scores: {fit: 15, engagement: 10}, temperature: cold, stage: subscriber}
 """
-
-
-@pytest.fixture(autouse=True)
-def fresh_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Settings read the environment once (lru_cache): start and end each test clean."""
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path / "nowhere"))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def folder(tmp_path: Path, ruleset: str, cases: str | None = None, name: str = "cli") -> Path:
@@ -67,7 +38,7 @@ def folder(tmp_path: Path, ruleset: str, cases: str | None = None, name: str = "
 
 
 def test_check_the_repository_rulesets_passes() -> None:
-    result = runner.invoke(app, ["rules", "check", str(RULESETS)])
+    result = nurture("rules", "check", str(RULESETS))
     assert result.exit_code == 0, result.output
     assert "ok" in result.output
     assert "b2b-saas" in result.output
@@ -79,7 +50,7 @@ def test_check_a_broken_ruleset_fails_with_file_and_line(tmp_path: Path) -> None
         "{fit: 15}", "{fitness: 15}"
     )
     root = folder(tmp_path, broken)
-    result = runner.invoke(app, ["rules", "check", str(root)])
+    result = nurture("rules", "check", str(root))
     assert result.exit_code == 1
     path = str(root / "cli.yaml")
     assert f"{path}:9: " in result.output  # the unknown score component
@@ -92,7 +63,7 @@ def test_check_a_yaml_syntax_error(tmp_path: Path) -> None:
     root = folder(
         tmp_path, GOOD.replace("    then: {score: {fit: 15}}", "    then: {score: {fit: 15}")
     )
-    result = runner.invoke(app, ["rules", "check", str(root)])
+    result = nurture("rules", "check", str(root))
     assert result.exit_code == 1
     assert re.search(re.escape(str(root / "cli.yaml")) + r":\d+: YAML syntax", result.output)
 
@@ -100,7 +71,7 @@ def test_check_a_yaml_syntax_error(tmp_path: Path) -> None:
 def test_check_reports_every_broken_file(tmp_path: Path) -> None:
     root = folder(tmp_path, GOOD.replace("{contains: /pricing}", "{includes: /pricing}"))
     (root / "other.yaml").write_text(GOOD.replace("ruleset: cli-test", "ruleset: other\nbogus: 1"))
-    result = runner.invoke(app, ["rules", "check", str(root)])
+    result = nurture("rules", "check", str(root))
     assert result.exit_code == 1
     assert f"{root / 'cli.yaml'}:12: " in result.output
     assert f"{root / 'other.yaml'}:2: " in result.output
@@ -108,14 +79,14 @@ def test_check_reports_every_broken_file(tmp_path: Path) -> None:
 
 def test_check_a_broken_test_file(tmp_path: Path) -> None:
     root = folder(tmp_path, GOOD, "- name: no expectations\n  lead: {email: a@b.io}\n")
-    result = runner.invoke(app, ["rules", "check", str(root)])
+    result = nurture("rules", "check", str(root))
     assert result.exit_code == 1
     assert f"{root / 'tests' / 'cli.yaml'}:1: " in result.output
 
 
 def test_check_json_lists_problems(tmp_path: Path) -> None:
     root = folder(tmp_path, GOOD.replace("limit: once", "limit: twice"))
-    result = runner.invoke(app, ["rules", "check", str(root), "--json"])
+    result = nurture("rules", "check", str(root), "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["problems"] == [
@@ -130,7 +101,7 @@ def test_check_json_lists_problems(tmp_path: Path) -> None:
 def test_check_an_empty_folder_fails(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = runner.invoke(app, ["rules", "check", str(empty)])
+    result = nurture("rules", "check", str(empty))
     assert result.exit_code == 1
     assert "no ruleset files" in result.output
 
@@ -139,7 +110,7 @@ def test_check_defaults_to_nurture_home(tmp_path: Path, monkeypatch: pytest.Monk
     folder(tmp_path, GOOD, CASES)
     monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
     get_settings.cache_clear()
-    result = runner.invoke(app, ["rules", "check"])
+    result = nurture("rules", "check")
     assert result.exit_code == 0, result.output
     assert "ruleset cli-test, 2 rules" in result.output
     assert "1 test cases" in result.output
@@ -147,7 +118,7 @@ def test_check_defaults_to_nurture_home(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_check_warns_about_unlimited_profile_rules(tmp_path: Path) -> None:
     root = folder(tmp_path, GOOD.replace("    limit: once\n", ""))
-    result = runner.invoke(app, ["rules", "check", str(root)])
+    result = nurture("rules", "check", str(root))
     assert result.exit_code == 0  # a warning, not an error
     assert "warning" in result.output
     assert "'senior'" in result.output
@@ -160,7 +131,7 @@ def test_check_warns_about_unlimited_profile_rules(tmp_path: Path) -> None:
 def test_the_repository_ruleset_tests_pass() -> None:
     cases = RULESETS / "tests" / "b2b-saas.yaml"
     count = len(re.findall(r"^- name:", cases.read_text(encoding="utf-8"), re.MULTILINE))
-    result = runner.invoke(app, ["rules", "test", str(RULESETS)])
+    result = nurture("rules", "test", str(RULESETS))
     assert result.exit_code == 0, result.output
     assert f"{count} cases passed, 0 cases failed" in result.output
     assert "FAIL" not in result.output
@@ -168,7 +139,7 @@ def test_the_repository_ruleset_tests_pass() -> None:
 
 def test_a_passing_folder(tmp_path: Path) -> None:
     root = folder(tmp_path, GOOD, CASES)
-    result = runner.invoke(app, ["rules", "test", str(root)])
+    result = nurture("rules", "test", str(root))
     assert result.exit_code == 0, result.output
     assert "PASS a VP who views pricing" in result.output
     assert "1 cases passed, 0 cases failed" in result.output
@@ -183,7 +154,7 @@ def test_a_wrong_expectation_fails_with_expected_and_actual(tmp_path: Path) -> N
   expect: {score: 10, fired: [pricing], not_fired: [senior]}
 """
     root = folder(tmp_path, GOOD, wrong)
-    result = runner.invoke(app, ["rules", "test", str(root)])
+    result = nurture("rules", "test", str(root))
     assert result.exit_code == 1
     assert f"FAIL a VP who views pricing ({root / 'tests' / 'cli.yaml'}:1)" in result.output
     assert "score: expected 99, got 25" in result.output
@@ -200,7 +171,7 @@ def test_fired_and_tags_expectations_are_checked(tmp_path: Path) -> None:
   expect: {fired: [senior], not_fired: [pricing], tags: [hot], scores: {engagement: 0}}
 """
     root = folder(tmp_path, GOOD, cases)
-    result = runner.invoke(app, ["rules", "test", str(root)])
+    result = nurture("rules", "test", str(root))
     assert result.exit_code == 1
     assert "fired: expected 'senior' to fire" in result.output
     assert "not_fired: 'pricing' fired" in result.output
@@ -216,7 +187,7 @@ def test_the_repository_case_with_a_wrong_expectation(tmp_path: Path) -> None:
     first = re.search(r"^    score: (\d+)$", text, re.MULTILINE)
     assert first is not None
     cases.write_text(text[: first.start()] + "    score: 99" + text[first.end() :])
-    result = runner.invoke(app, ["rules", "test", str(tmp_path / "rulesets")])
+    result = nurture("rules", "test", str(tmp_path / "rulesets"))
     assert result.exit_code == 1
     assert f"score: expected 99, got {first.group(1)}" in result.output
     assert "1 cases failed" in result.output
@@ -227,7 +198,7 @@ def test_a_runaway_chain_fails_the_case_not_the_run(tmp_path: Path) -> None:
         "  - name: follow-up\n    when: {lead.scores.fit: {gte: 15}}\n    then: {tag: senior}\n"
     )
     root = folder(tmp_path, ruleset, CASES)
-    result = runner.invoke(app, ["rules", "test", str(root)])
+    result = nurture("rules", "test", str(root))
     assert result.exit_code == 1
     assert "runaway chain" in result.output
     assert "senior → follow-up" in result.output
@@ -235,21 +206,21 @@ def test_a_runaway_chain_fails_the_case_not_the_run(tmp_path: Path) -> None:
 
 def test_a_broken_ruleset_is_reported_by_rules_test(tmp_path: Path) -> None:
     root = folder(tmp_path, GOOD.replace("limit: once", "limit: twice"), CASES)
-    result = runner.invoke(app, ["rules", "test", str(root)])
+    result = nurture("rules", "test", str(root))
     assert result.exit_code == 1
     assert f"{root / 'cli.yaml'}:10: " in result.output
 
 
 def test_no_cases_is_a_failure(tmp_path: Path) -> None:
     root = folder(tmp_path, GOOD)
-    result = runner.invoke(app, ["rules", "test", str(root)])
+    result = nurture("rules", "test", str(root))
     assert result.exit_code == 1
     assert "0 cases passed" in result.output
 
 
 def test_rules_test_json(tmp_path: Path) -> None:
     root = folder(tmp_path, GOOD, CASES.replace("score: 25", "score: 26"))
-    result = runner.invoke(app, ["rules", "test", str(root), "--json"])
+    result = nurture("rules", "test", str(root), "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert (report["passed"], report["failed"], report["errors"]) == (0, 1, [])
@@ -262,7 +233,7 @@ def test_rules_test_defaults_to_nurture_home(
     folder(tmp_path, GOOD, CASES)
     monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
     get_settings.cache_clear()
-    result = runner.invoke(app, ["rules", "test"])
+    result = nurture("rules", "test")
     assert result.exit_code == 0, result.output
     assert "1 cases passed" in result.output
 
@@ -272,7 +243,7 @@ def test_check_a_rule_too_complex_for_the_engine(tmp_path: Path) -> None:
     conditions = "".join(f"      lead.a{i}: {{ne: x}}\n" for i in range(16))
     ruleset = GOOD + "  - name: picky\n    when:\n" + conditions + "    then: {tag: picky}\n"
     root = folder(tmp_path, ruleset)
-    result = runner.invoke(app, ["rules", "check", str(root)])
+    result = nurture("rules", "check", str(root))
     assert result.exit_code == 1
     assert f"{root / 'cli.yaml'}:14: rule 'picky' is too complex" in result.output
     assert "Traceback" not in result.output
@@ -286,6 +257,6 @@ def test_a_case_with_an_event_in_year_one_runs(tmp_path: Path) -> None:
   expect: {score: 10}
 """
     root = folder(tmp_path, GOOD, cases)
-    result = runner.invoke(app, ["rules", "test", str(root)])
+    result = nurture("rules", "test", str(root))
     assert result.exit_code == 0, result.output
     assert "1 cases passed" in result.output

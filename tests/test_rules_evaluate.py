@@ -510,7 +510,8 @@ def test_nested_event_properties() -> None:
         "  - name: r\n    when: {event.properties.utm.source: google}\n    then: {tag: x}\n"
     )
     assert "r" in Lead(compiled).event("page_view", utm={"source": "Google"}).fired
-    assert "r" in Lead(compiled).event("page_view", **{"utm.source": "google"}).fired
+    dotted: dict[str, Any] = {"utm.source": "google"}
+    assert "r" in Lead(compiled).event("page_view", **dotted).fired
     assert Lead(compiled).event("page_view", utm={"source": "bing"}).fired == []
     assert Lead(compiled).event("page_view", utm="google").fired == []
 
@@ -518,16 +519,17 @@ def test_nested_event_properties() -> None:
 # ------------------------------------------------------------------------- history: counts, limits
 
 
-def test_count_three_page_views_within_seven_days() -> None:
-    compiled = rules(
-        """\
+BUSY_WEEK = """\
   - name: busy-week
     when:
       event.type: page_view
       count: {type: page_view, within: 7d, at_least: 3}
     then: {score: {engagement: 5}}
 """
-    )
+
+
+def test_count_three_page_views_within_seven_days() -> None:
+    compiled = rules(BUSY_WEEK)
     lead = Lead(compiled)
     assert lead.event("page_view", at=T0).fired == []
     assert lead.event("email_open", at=T0 + timedelta(days=1)).fired == []  # other type
@@ -537,15 +539,7 @@ def test_count_three_page_views_within_seven_days() -> None:
 
 
 def test_count_spread_out_never_fires() -> None:
-    compiled = rules(
-        """\
-  - name: busy-week
-    when:
-      event.type: page_view
-      count: {type: page_view, within: 7d, at_least: 3}
-    then: {score: {engagement: 5}}
-"""
-    )
+    compiled = rules(BUSY_WEEK)
     lead = Lead(compiled)
     for day in range(0, 40, 4):  # every 4 days: at most 2 in any 7
         assert lead.event("page_view", at=T0 + timedelta(days=day)).fired == []

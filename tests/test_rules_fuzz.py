@@ -14,12 +14,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from engine.errors import ProblemsError
+from engine.errors import InvalidRecord, ProblemsError
 from engine.home import load_ruleset
 from engine.ingest.parse import (
     COMPUTED,
     EventRecord,
-    InvalidRecord,
     LeadRecord,
     Rejection,
     parse_jsonl,
@@ -614,6 +613,7 @@ def test_hostile_yaml_is_refused_quickly_with_its_line(
     assert time.monotonic() - started < 20
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     ruleset_texts(valid=True),
@@ -627,6 +627,7 @@ def test_any_well_formed_ruleset_compiles_and_runs(
     assert check_ruleset(text, attributes, kinds, amount), text
 
 
+@pytest.mark.slow
 @FUZZ
 @given(
     ruleset_texts(valid=False),

@@ -29,9 +29,7 @@ from engine.rules.history import MemoryHistory
 from engine.rules.load import parse_ruleset
 from engine.rules.testing import parse_cases
 from engine.settings import Settings, get_settings
-from tests.conftest import ROOT
-from tests.helpers import compiled
-from tests.store_support import nurture
+from tests.helpers import ROOT, compiled, nurture
 
 TOKEN = "hostile-token-123"
 HEAD = """\
@@ -317,7 +315,7 @@ def test_rules_check_warns_about_a_catastrophic_pattern_in_a_campaign(
 def test_validate_warns_about_a_catastrophic_pattern(api: TestClient) -> None:
     answer = validate(api, rule("{lead.t: {matches: '(a+)+$'}}", extra="    limit: once\n"))
     assert answer["valid"] is True
-    assert [w["line"] for w in answer["warnings"]] == [RULE_LINE + 1]  # type: ignore[attr-defined, index]
+    assert [w["line"] for w in answer["warnings"]] == [RULE_LINE + 1]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

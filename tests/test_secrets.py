@@ -16,9 +16,7 @@ import pytest
 
 from engine.errors import NurtureError
 from engine.settings import Settings
-from tests.conftest import ROOT
-from tests.helpers import run_cli
-from tests.test_api import make_home
+from tests.helpers import ROOT, api_home, run_cli
 
 KEPT = {"access_token": ".nurture-token", "signing_key": ".nurture-secret"}
 
@@ -40,7 +38,7 @@ def test_an_empty_or_short_kept_secret_is_refused(
 def test_an_empty_or_short_secret_in_the_environment_is_one_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
-    result, _ = run_cli(monkeypatch, make_home(tmp_path), ["leads"], **{name: value})
+    result, _ = run_cli(monkeypatch, api_home(tmp_path), ["leads"], **{name: value})
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1, result.output
@@ -51,7 +49,7 @@ def test_an_empty_or_short_secret_in_the_environment_is_one_clear_error(
 def test_serve_refuses_an_empty_kept_token_rather_than_accepting_an_empty_cookie(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (make_home(tmp_path) / ".nurture-token").write_text("")
+    (api_home(tmp_path) / ".nurture-token").write_text("")
     result, started = run_cli(monkeypatch, tmp_path, ["serve"])
     assert result.exit_code == 1 and not started
     assert ".nurture-token" in result.output and "Traceback" not in result.output
@@ -120,7 +118,7 @@ def test_six_processes_starting_at_once_keep_one_key(tmp_path: Path) -> None:
 def test_a_setting_nurture_cannot_run_with_is_one_line_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
-    result, _ = run_cli(monkeypatch, make_home(tmp_path), ["serve"], **{name: value})
+    result, _ = run_cli(monkeypatch, api_home(tmp_path), ["serve"], **{name: value})
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {name}: ") and len(result.output.splitlines()) == 1
 
@@ -129,7 +127,7 @@ def test_a_webhook_public_key_that_is_no_key_stops_serve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key = {"NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY": "bm90IGEga2V5"}
-    result, _ = run_cli(monkeypatch, make_home(tmp_path), ["serve"], **key)
+    result, _ = run_cli(monkeypatch, api_home(tmp_path), ["serve"], **key)
     assert result.exit_code == 1
     assert result.output.startswith(
         "error: NURTURE_SENDGRID_WEBHOOK_PUBLIC_KEY: not an ECDSA public key"

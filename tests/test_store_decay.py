@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,32 +21,10 @@ from engine.ingest.parse import parse_jsonl
 from engine.reports.leads import lead_detail
 from engine.rules.compile import CompiledRuleset
 from engine.schedule.decay import decay
-from engine.settings import get_settings
-from tests.conftest import ROOT
-from tests.helpers import compiled
-from tests.store_support import another_database, lead_state, ledger_sums, nurture, tables
+from tests.helpers import ROOT, compiled, nurture, ruleset_text
+from tests.store_support import another_database, lead_state, ledger_sums, tables
 
-RULESET = r"""
-ruleset: decay-test
-components:
-  fit: {min: 0, max: 60}
-  engagement: {min: 0, max: 100, decay: {points: 5, every: 7d}}
-temperature: {cold: 0, warm: 40, hot: 70}
-rules:
-  - name: senior-title
-    when: {lead.job_title: {matches: '(?i)\bvp\b'}}
-    then: {score: {fit: 30}}
-    limit: once
-  - name: webinar
-    when: {event.type: webinar_attended}
-    then: {score: {engagement: 40}}
-  - name: visit
-    when: {event.type: page_view}
-    then: {score: {engagement: 10}}
-  - name: engaged
-    when: {lead.stage: subscriber, lead.score: {gte: 60}}
-    then: {stage: lead}
-"""
+RULESET = ruleset_text("decay-test")
 
 
 def at(text: str) -> datetime:
@@ -66,18 +43,6 @@ def lead(db: sa.Engine, email: str) -> dict[str, Any]:
     return detail
 
 
-@pytest.fixture
-def home(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    (tmp_path / "rulesets").mkdir()
-    (tmp_path / "rulesets" / "decay-test.yaml").write_text(RULESET)
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    monkeypatch.delenv("NURTURE_RULESET", raising=False)
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
-
-
 def tick(now: str) -> int:
     result = nurture("tick", "--now", now, "--json")
     assert result.exit_code == 0, result.output
@@ -86,7 +51,9 @@ def tick(now: str) -> int:
     return int(report["decayed"])
 
 
-def test_points_decay_per_whole_period_since_the_last_rise(home: Path, db_url: str) -> None:
+@pytest.mark.home(rulesets=["decay-test"])
+@pytest.mark.usefixtures("cli_home")
+def test_points_decay_per_whole_period_since_the_last_rise(db_url: str) -> None:
     db = database.connect(db_url)
     records = [
         json.dumps({"email": "ana@acme.io", "job_title": "VP Sales", "occurred_at": "2026-01-01"}),

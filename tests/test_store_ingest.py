@@ -4,7 +4,6 @@ JSON Lines, bad lines, and the `nurture ingest / lead / leads` commands around i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +17,11 @@ from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
 from engine.reports.leads import lead_detail
 from engine.settings import get_settings
-from tests.conftest import ROOT
-from tests.helpers import compiled
-from tests.store_support import another_database, lead_state, ledger_sums, nurture, tables
+from tests.helpers import ROOT, compiled, nurture, ruleset_text
+from tests.store_support import another_database, lead_state, ledger_sums, tables
 
-RULESET = r"""
-ruleset: ingest-test
-components:
-  fit: {min: 0, max: 60}
-  engagement: {min: 0, max: 100}
-temperature: {cold: 0, warm: 40, hot: 70}
-rules:
-  - name: senior-title
-    when: {lead.job_title: {matches: '(?i)\b(vp|chief)\b'}}
-    then: {score: {fit: 30}}
-    limit: once
-  - name: big-company
-    when: {lead.company_size: {gte: 200}}
-    then: {score: {fit: 10}}
-    limit: once
-  - name: pricing-page
-    when: {event.type: page_view, event.properties.url: {contains: /pricing}}
-    then: {score: {engagement: 10}}
-    limit: {times: 1, per: 7d}
-  - name: busy-week
-    when: {event.type: page_view, count: {type: page_view, within: 7d, at_least: 3}}
-    then: {score: {engagement: 5}}
-  - name: demo
-    when: {event.type: demo_request}
-    then: {score: {engagement: 30}, tag: demo}
-  - name: became-lead
-    when: {lead.stage: subscriber, lead.score: {gte: 20}}
-    then: {stage: lead}
-  - name: marketing-qualified
-    when: {lead.stage: lead, lead.score: {gte: 60}}
-    then: {stage: mql, alert: sales}
-"""
-
-RULES = compiled(RULESET, "ingest-test.yaml")
+pytestmark = pytest.mark.home(rulesets=["ingest-test"])
+RULES = compiled(ruleset_text("ingest-test"), "ingest-test.yaml")
 
 
 def ev(
@@ -79,6 +45,11 @@ def lines(*records: dict[str, Any]) -> list[str]:
     return [json.dumps(r) for r in records]
 
 
+def score(db: sa.Engine, *records: dict[str, Any]) -> None:
+    """One ingest run of ``records`` by the ingest-test ruleset."""
+    ingest(db, RULES, parse_jsonl(lines(*records)))
+
+
 # A file with everything a real export has: profiles without ids (their id is derived from
 # their content), an event without id or time, duplicates, a late event, a bad line.
 MIXED = [
@@ -98,20 +69,6 @@ MIXED = [
     ev("a3", "ana@acme.io", "page_view", "2026-01-01T10:00:00Z", url="/pricing"),  # late
     ev("c1", "cleo@corp.io", "unsubscribe", "2026-01-07T10:00:00Z"),
 ]
-
-
-@pytest.fixture
-def home(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A NURTURE_HOME holding the test ruleset, and the database under test in the environment."""
-    (tmp_path / "rulesets").mkdir()
-    (tmp_path / "rulesets" / "ingest-test.yaml").write_text(RULESET)
-    monkeypatch.setenv("NURTURE_HOME", str(tmp_path))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    monkeypatch.delenv("NURTURE_RULESET", raising=False)
-    monkeypatch.delenv("NURTURE_BATCH_SIZE", raising=False)
-    get_settings.cache_clear()
-    yield tmp_path
-    get_settings.cache_clear()
 
 
 def engine_of(url: str) -> sa.Engine:
@@ -134,9 +91,9 @@ def event_count(engine: sa.Engine) -> int:
 
 
 def test_the_same_file_twice_leaves_exactly_the_state_of_once(
-    home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+    cli_home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = home / "mixed.jsonl"
+    path = cli_home / "mixed.jsonl"
     path.write_text(jsonl(MIXED))
     first = nurture("ingest", str(path), "--json")
     assert first.exit_code == 1, first.output  # one bad line
@@ -161,20 +118,20 @@ def test_the_same_file_twice_leaves_exactly_the_state_of_once(
     assert tables(engine_of(db_url)) == once
 
 
-def test_the_same_records_as_csv_after_jsonl_are_duplicates(home: Path, db_url: str) -> None:
+def test_the_same_records_as_csv_after_jsonl_are_duplicates(cli_home: Path, db_url: str) -> None:
     records = [
         ev("x1", "dan@delta.io", "page_view", "2026-02-01T10:00:00Z", url="/pricing"),
         ev("x2", "dan@delta.io", "demo_request", "2026-02-02T10:00:00Z"),
     ]
-    (home / "a.jsonl").write_text(jsonl(records))
-    (home / "a.csv").write_text(
+    (cli_home / "a.jsonl").write_text(jsonl(records))
+    (cli_home / "a.csv").write_text(
         "id,email,type,occurred_at,properties.url\n"
         "x1,dan@delta.io,page_view,2026-02-01T10:00:00Z,/pricing\n"
         "x2,DAN@delta.io,demo_request,2026-02-02T10:00:00Z,\n"
     )
-    assert nurture("ingest", str(home / "a.jsonl")).exit_code == 0
+    assert nurture("ingest", str(cli_home / "a.jsonl")).exit_code == 0
     state = tables(engine_of(db_url))
-    result = nurture("ingest", str(home / "a.csv"), "--json")
+    result = nurture("ingest", str(cli_home / "a.csv"), "--json")
     assert json.loads(result.stdout) == {"accepted": 0, "duplicates": 2, "rejected": []}
     assert tables(engine_of(db_url)) == state
 
@@ -207,41 +164,27 @@ def test_counts_and_limits_use_occurred_at_not_arrival(db: sa.Engine) -> None:
 
     # Out of order in one file: views on Jan 7, Jan 5, Jan 6. Each counts the views in the
     # seven days up to its own time: 1, 1, 2 — busy-week (3 views) never fires.
-    ingest(
+    score(
         db,
-        RULES,
-        parse_jsonl(
-            lines(
-                ev("o7", "ooo@x.io", "page_view", "2026-01-07T10:00:00Z"),
-                ev("o5", "ooo@x.io", "page_view", "2026-01-05T10:00:00Z"),
-                ev("o6", "ooo@x.io", "page_view", "2026-01-06T10:00:00Z"),
-            )
-        ),
+        ev("o7", "ooo@x.io", "page_view", "2026-01-07T10:00:00Z"),
+        ev("o5", "ooo@x.io", "page_view", "2026-01-05T10:00:00Z"),
+        ev("o6", "ooo@x.io", "page_view", "2026-01-06T10:00:00Z"),
     )
     assert fired("ooo@x.io", "busy-week") == []
     # A later view on Jan 8, in another run, sees the stored three: it fires.
-    ingest(db, RULES, parse_jsonl(lines(ev("o8", "ooo@x.io", "page_view", "2026-01-08T09:00:00Z"))))
+    score(db, ev("o8", "ooo@x.io", "page_view", "2026-01-08T09:00:00Z"))
     assert fired("ooo@x.io", "busy-week") == ["o8"]
 
     # Events from last year: two views in March 2025, then one now: the new one is alone in
     # its window. Then a late one from March 2025 arrives: with the two stored it makes three.
-    ingest(
+    score(
         db,
-        RULES,
-        parse_jsonl(
-            lines(
-                ev("p1", "past@x.io", "page_view", "2025-03-02T10:00:00Z"),
-                ev("p2", "past@x.io", "page_view", "2025-03-03T10:00:00Z"),
-            )
-        ),
+        ev("p1", "past@x.io", "page_view", "2025-03-02T10:00:00Z"),
+        ev("p2", "past@x.io", "page_view", "2025-03-03T10:00:00Z"),
     )
-    ingest(
-        db, RULES, parse_jsonl(lines(ev("p3", "past@x.io", "page_view", "2026-01-10T10:00:00Z")))
-    )
+    score(db, ev("p3", "past@x.io", "page_view", "2026-01-10T10:00:00Z"))
     assert fired("past@x.io", "busy-week") == []
-    ingest(
-        db, RULES, parse_jsonl(lines(ev("p4", "past@x.io", "page_view", "2025-03-04T10:00:00Z")))
-    )
+    score(db, ev("p4", "past@x.io", "page_view", "2025-03-04T10:00:00Z"))
     assert fired("past@x.io", "busy-week") == ["p4"]
 
     # limit {times: 1, per: 7d} counts firings in the 7 days ending at the event's own time.
@@ -251,7 +194,7 @@ def test_counts_and_limits_use_occurred_at_not_arrival(db: sa.Engine) -> None:
         ev("l3", "lim@x.io", "page_view", "2026-01-11T10:00:00Z", url="/pricing"),  # within l1's
         ev("l4", "lim@x.io", "page_view", "2026-01-17T10:00:01Z", url="/pricing"),  # l1 out
     ):
-        ingest(db, RULES, parse_jsonl(lines(record)))
+        score(db, record)
     assert fired("lim@x.io", "pricing-page") == ["l1", "l2", "l4"]
     for email in ("ooo@x.io", "past@x.io", "lim@x.io"):
         detail = lead_detail(db, email)
@@ -271,11 +214,11 @@ def test_a_late_event_within_one_batch_and_across_batches_scores_alike(
         ev("s6", "sam@x.io", "page_view", "2026-03-13T10:00:00Z"),  # fifth in its week
     ]
     for record in records:  # one record per run
-        ingest(db, RULES, parse_jsonl(lines(record)))
+        score(db, record)
     url = str(db.url.render_as_string(hide_password=False))
     with another_database(url, tmp_path) as other:
         together = database.connect(other)
-        ingest(together, RULES, parse_jsonl(lines(*records)))  # one batch
+        score(together, *records)  # one batch
         assert lead_state(db)["ledger"] == lead_state(together)["ledger"]
     detail = lead_detail(db, "sam@x.io")
     assert detail is not None
@@ -288,7 +231,7 @@ def test_a_late_event_within_one_batch_and_across_batches_scores_alike(
 # -- formats and bad lines --------------------------------------------------------------------
 
 
-def test_csv_profiles_and_events(home: Path) -> None:
+def test_csv_profiles_and_events(cli_home: Path) -> None:
     csv = (
         "id,email,type,occurred_at,properties.url,job_title,company_size,campaign\n"
         ",eve@epsilon.io,,2026-01-01T00:00:00Z,,Chief Revenue Officer,1200,\n"
@@ -296,8 +239,8 @@ def test_csv_profiles_and_events(home: Path) -> None:
         "e2,EVE@epsilon.io,page_view,2026-01-05T11:00:00Z,/features,,,spring\n"
         "e3,eve@epsilon.io,demo_request,2026-01-06T10:00:00Z,,,,\n"
     )
-    (home / "mixed.csv").write_text(csv)
-    result = nurture("ingest", str(home / "mixed.csv"), "--json")
+    (cli_home / "mixed.csv").write_text(csv)
+    result = nurture("ingest", str(cli_home / "mixed.csv"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == {"accepted": 4, "duplicates": 0, "rejected": []}
     lead = lead_json("eve@epsilon.io")
@@ -315,18 +258,18 @@ def test_csv_profiles_and_events(home: Path) -> None:
     assert events["e2"]["properties"] == {"url": "/features", "campaign": "spring"}
 
 
-def test_csv_and_jsonl_with_a_byte_order_mark(home: Path) -> None:
+def test_csv_and_jsonl_with_a_byte_order_mark(cli_home: Path) -> None:
     """Excel's "CSV UTF-8" starts the file with a BOM; the first column is still `email`."""
-    (home / "excel.csv").write_bytes(
+    (cli_home / "excel.csv").write_bytes(
         "\ufeffemail,job_title,company_size\nfay@phi.io,VP Sales,300\n".encode()
     )
-    result = nurture("ingest", str(home / "excel.csv"), "--json")
+    result = nurture("ingest", str(cli_home / "excel.csv"), "--json")
     assert json.loads(result.stdout) == {"accepted": 1, "duplicates": 0, "rejected": []}
     assert lead_json("fay@phi.io")["scores"]["fit"] == 40
-    (home / "bom.jsonl").write_bytes(
+    (cli_home / "bom.jsonl").write_bytes(
         b"\xef\xbb\xbf" + json.dumps(ev("g1", "gus@x.io", "demo_request")).encode() + b"\n"
     )
-    result = nurture("ingest", str(home / "bom.jsonl"), "--json")
+    result = nurture("ingest", str(cli_home / "bom.jsonl"), "--json")
     assert json.loads(result.stdout) == {"accepted": 1, "duplicates": 0, "rejected": []}
     piped = nurture(
         "ingest", "-", "--json", input="\ufeffemail,job_title\nhal@x.io,Chief of Staff\n"
@@ -349,9 +292,9 @@ BAD_JSONL = [
 ]
 
 
-def test_bad_lines_are_reported_with_line_and_field_and_the_rest_kept(home: Path) -> None:
-    (home / "bad.jsonl").write_text(jsonl(BAD_JSONL))
-    result = nurture("ingest", str(home / "bad.jsonl"), "--json")
+def test_bad_lines_are_reported_with_line_and_field_and_the_rest_kept(cli_home: Path) -> None:
+    (cli_home / "bad.jsonl").write_text(jsonl(BAD_JSONL))
+    result = nurture("ingest", str(cli_home / "bad.jsonl"), "--json")
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert (report["accepted"], report["duplicates"]) == (2, 0)
@@ -366,14 +309,15 @@ def test_bad_lines_are_reported_with_line_and_field_and_the_rest_kept(home: Path
     # The good lines were scored.
     assert lead_json("kim@x.io")["score"] == 40
 
-    text = nurture("ingest", str(home / "bad.jsonl"))
+    text = nurture("ingest", str(cli_home / "bad.jsonl"))
     assert text.exit_code == 1
     assert "accepted 0, duplicates 2, rejected 8" in text.stdout
     assert "line 4: occurred_at: not an ISO 8601 time: '05/01/2026'" in text.stderr
     assert "line 7: score: computed by the ruleset, cannot be imported" in text.stderr
 
 
-def test_bad_csv_rows_are_reported_with_their_line(home: Path) -> None:
+@pytest.mark.usefixtures("cli_home")
+def test_bad_csv_rows_are_reported_with_their_line() -> None:
     csv = (
         "id,email,type,occurred_at,properties.url\n"
         "m1,mia@x.io,page_view,2026-01-05T10:00:00Z,/pricing\n"
@@ -395,19 +339,20 @@ def test_bad_csv_rows_are_reported_with_their_line(home: Path) -> None:
 # -- the command line -------------------------------------------------------------------------
 
 
-def test_ingest_prints_its_summary_and_exits_0_when_all_lines_pass(home: Path) -> None:
-    (home / "ok.jsonl").write_text(jsonl([r for r in MIXED if isinstance(r, dict)]))
-    result = nurture("ingest", str(home / "ok.jsonl"))
+def test_ingest_prints_its_summary_and_exits_0_when_all_lines_pass(cli_home: Path) -> None:
+    (cli_home / "ok.jsonl").write_text(jsonl([r for r in MIXED if isinstance(r, dict)]))
+    result = nurture("ingest", str(cli_home / "ok.jsonl"))
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "accepted 8, duplicates 1, rejected 0"
-    again = nurture("ingest", str(home / "ok.jsonl"), "--json")
+    again = nurture("ingest", str(cli_home / "ok.jsonl"), "--json")
     assert again.exit_code == 0
     assert json.loads(again.stdout) == {"accepted": 0, "duplicates": 9, "rejected": []}
-    missing = nurture("ingest", str(home / "nope.jsonl"))
+    missing = nurture("ingest", str(cli_home / "nope.jsonl"))
     assert missing.exit_code == 1 and "no such file" in missing.stderr
 
 
-def test_ingest_from_stdin(home: Path, db_url: str) -> None:
+@pytest.mark.usefixtures("cli_home")
+def test_ingest_from_stdin(db_url: str) -> None:
     result = nurture("ingest", "-", "--json", input=jsonl(MIXED))
     assert result.exit_code == 1
     report = json.loads(result.stdout)
@@ -417,7 +362,8 @@ def test_ingest_from_stdin(home: Path, db_url: str) -> None:
     assert nurture("ingest", "-", input="").exit_code == 0  # empty input: nothing to do
 
 
-def test_lead_json_has_the_design_shape_and_its_ledger_sums_to_its_score(home: Path) -> None:
+@pytest.mark.usefixtures("cli_home")
+def test_lead_json_has_the_design_shape_and_its_ledger_sums_to_its_score() -> None:
     nurture("ingest", "-", input=jsonl(MIXED))
     lead = lead_json("ANA@acme.io ")
     required = {"email", "score", "scores", "temperature", "stage", "tags", "attributes"}
@@ -444,7 +390,8 @@ def test_lead_json_has_the_design_shape_and_its_ledger_sums_to_its_score(home: P
     assert nurture("lead", "nobody@acme.io", "--json").exit_code == 1
 
 
-def test_leads_filters_by_temperature_and_stage(home: Path) -> None:
+@pytest.mark.usefixtures("cli_home")
+def test_leads_filters_by_temperature_and_stage() -> None:
     records = [
         {"email": "hot@x.io", "job_title": "Chief Executive", "company_size": 500},
         ev("h1", "hot@x.io", "demo_request", "2026-01-05T10:00:00Z"),  # 30 + 10 + 30 = 70
@@ -472,7 +419,8 @@ def test_leads_filters_by_temperature_and_stage(home: Path) -> None:
     assert json.loads(nurture("leads", "--temperature", "tepid", "--json").stdout) == []
 
 
-def test_unsubscribe_and_spam_report_withdraw_consent(home: Path) -> None:
+@pytest.mark.usefixtures("cli_home")
+def test_unsubscribe_and_spam_report_withdraw_consent() -> None:
     records = [
         {"email": "una@x.io", "job_title": "VP Ops"},
         {"email": "sol@x.io", "job_title": "VP Ops"},
@@ -493,7 +441,7 @@ def test_unsubscribe_and_spam_report_withdraw_consent(home: Path) -> None:
 
 
 def test_events_of_unknown_leads_create_them_in_the_first_stage(db: sa.Engine) -> None:
-    ingest(db, RULES, parse_jsonl(lines(ev("n1", "new@x.io", "email_open", "2026-01-05"))))
+    score(db, ev("n1", "new@x.io", "email_open", "2026-01-05"))
     detail = lead_detail(db, "new@x.io")
     assert detail is not None
     assert (detail["stage"], detail["score"], detail["subscribed"]) == ("subscriber", 0, True)

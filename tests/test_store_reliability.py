@@ -22,8 +22,8 @@ from engine.db.schema import EVENTS, FIRINGS, LEADS, LEDGER, STAGES
 from engine.demo.sample import sample_records, write_jsonl
 from engine.rules.load import parse_ruleset
 from engine.settings import get_settings
-from tests.conftest import ROOT
-from tests.store_support import lead_state, ledger_sums, nurture, pg_schema
+from tests.helpers import ROOT, nurture
+from tests.store_support import lead_state, ledger_sums, pg_schema
 
 NURTURE = str(Path(sys.executable).with_name("nurture"))
 BATCH = 500
@@ -40,7 +40,6 @@ def start_ingest(
         "NURTURE_HOME": str(home),
         "NURTURE_BATCH_SIZE": str(batch),
     }
-    env.pop("NURTURE_RULESET", None)
     return subprocess.Popen(
         [NURTURE, "ingest", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -127,36 +126,15 @@ def test_sigkill_mid_ingest_then_rerun_equals_one_clean_run(
 
 # -- (2) two writers, the same leads ----------------------------------------------------------
 
-RACE_RULESET = """
-ruleset: race
-components:
-  fit: {min: 0, max: 100}
-  engagement: {min: 0, max: 100000}
-rules:
-  - name: first-touch
-    when: {event.type: {in: [email_click, page_view]}}
-    then: {score: {fit: 5}}
-    limit: once
-  - name: click
-    when: {event.type: email_click}
-    then: {score: {engagement: 3}}
-  - name: view
-    when: {event.type: page_view}
-    then: {score: {engagement: 1}}
-  - name: engaged
-    when: {lead.stage: subscriber, lead.scores.engagement: {gte: 30}}
-    then: {stage: lead}
-"""
-
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_two_processes_ingesting_the_same_leads_lose_no_update(pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.home(rulesets=["race"])
+def test_two_processes_ingesting_the_same_leads_lose_no_update(
+    pg_url: str, home: Path, tmp_path: Path
+) -> None:
     """Disjoint files of events for the same (not yet known) leads, ingested at the same time:
     every event is scored once, once-only rules fire once, stage moves are written once."""
-    home = tmp_path / "home"
-    (home / "rulesets").mkdir(parents=True)
-    (home / "rulesets" / "race.yaml").write_text(RACE_RULESET)
     leads, per_lead = 300, 20
     emails = [f"racer{i}@acme.io" for i in range(leads)]
     files = []
@@ -221,18 +199,6 @@ BROKEN_LINE = 7
 BROKEN = GOOD.replace("    then: {score: {engagement: 1}}", "    then: score: 1")
 
 
-@pytest.fixture
-def home(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    folder = tmp_path / "home"
-    (folder / "rulesets").mkdir(parents=True)
-    monkeypatch.setenv("NURTURE_HOME", str(folder))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
-    monkeypatch.delenv("NURTURE_RULESET", raising=False)
-    get_settings.cache_clear()
-    yield folder
-    get_settings.cache_clear()
-
-
 def view(n: int) -> str:
     return json.dumps(
         {"id": f"v{n}", "email": "ana@acme.io", "type": "page_view", "occurred_at": "2026-01-05"}
@@ -254,8 +220,8 @@ def ingest_ok(n: int) -> Any:
     return result
 
 
-def test_a_broken_ruleset_leaves_the_last_good_one_in_force(home: Path, db_url: str) -> None:
-    path = home / "rulesets" / "live.yaml"
+def test_a_broken_ruleset_leaves_the_last_good_one_in_force(cli_home: Path, db_url: str) -> None:
+    path = cli_home / "rulesets" / "live.yaml"
     path.write_text(GOOD)
     ingest_ok(1)
     path.write_text(BROKEN)
@@ -280,8 +246,8 @@ def test_a_broken_ruleset_leaves_the_last_good_one_in_force(home: Path, db_url: 
     assert json.loads(nurture("lead", "ana@acme.io", "--json").stdout)["score"] == 4
 
 
-def test_a_broken_ruleset_with_no_earlier_version_is_refused(home: Path, db_url: str) -> None:
-    path = home / "rulesets" / "live.yaml"
+def test_a_broken_ruleset_with_no_earlier_version_is_refused(cli_home: Path, db_url: str) -> None:
+    path = cli_home / "rulesets" / "live.yaml"
     path.write_text(BROKEN)
     result = nurture("ingest", "-", input=view(1))
     assert result.exit_code == 1
@@ -291,9 +257,9 @@ def test_a_broken_ruleset_with_no_earlier_version_is_refused(home: Path, db_url:
     assert nurture("tick").exit_code == 1
 
 
-def test_after_a_revert_the_reverted_version_is_the_one_kept(home: Path, db_url: str) -> None:
+def test_after_a_revert_the_reverted_version_is_the_one_kept(cli_home: Path, db_url: str) -> None:
     """Good → better → back to good → broken: `good` was in force, so `good` stays."""
-    path = home / "rulesets" / "live.yaml"
+    path = cli_home / "rulesets" / "live.yaml"
     for n, text in enumerate((GOOD, BETTER, GOOD), start=1):
         path.write_text(text)
         ingest_ok(n)
@@ -309,14 +275,14 @@ def test_after_a_revert_the_reverted_version_is_the_one_kept(home: Path, db_url:
 
 
 def test_the_version_in_force_is_found_however_home_is_spelled(
-    home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+    cli_home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A person runs ingest with NURTURE_HOME=/srv/x, cron runs it from /srv/x with ``.``."""
-    path = home / "rulesets" / "live.yaml"
+    path = cli_home / "rulesets" / "live.yaml"
     path.write_text(GOOD)
     ingest_ok(1)
     path.write_text(BROKEN)
-    monkeypatch.chdir(home)
+    monkeypatch.chdir(cli_home)
     monkeypatch.setenv("NURTURE_HOME", ".")
     get_settings.cache_clear()
     result = ingest_ok(2)

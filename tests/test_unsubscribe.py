@@ -17,11 +17,9 @@ from itsdangerous import URLSafeSerializer
 
 from engine.send.unsubscribe import make_token
 from engine.settings import Settings
-from tests.test_campaigns import T0
-from tests.test_outbox import home as home  # the fixtures
-from tests.test_outbox import outbox, run_steps, warm
-from tests.test_webhooks import lead
-from tests.test_webhooks import service as service
+from tests.campaign_support import CAMPAIGN_HOME, T0, lead, outbox, run_steps, warm
+
+pytestmark = CAMPAIGN_HOME
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 

@@ -3,70 +3,28 @@ the FastAPI app, scoring through the rules and the same database as everything e
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 
 from engine import db as database
 from engine.api.app import create_app
-from engine.settings import Settings
-from tests.test_campaigns import RULESET, T0
-from tests.test_outbox import home as home
-from tests.test_outbox import seed_outbox, settings_for
+from tests.campaign_support import CAMPAIGNS, T0, lead, seed_outbox, settings_for
+from tests.mail_support import RULES_WITH_EMAIL, signed
 
-RULES_WITH_EMAIL = RULESET + (
-    "  - name: opened\n    when: {event.type: email_open}\n    then: {score: {engagement: 3}}\n"
-    "  - name: clicked\n    when: {event.type: email_click}\n    then: {score: {engagement: 7}}\n"
-)
-KEY = ec.generate_private_key(ec.SECP256R1())
-PUBLIC = base64.b64encode(
-    KEY.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-).decode()
-
-
-@pytest.fixture
-def service(home: Path, db_url: str) -> Iterator[tuple[TestClient, Settings, sa.Engine]]:
-    (home / "rulesets").mkdir()
-    (home / "rulesets/test.yaml").write_text(RULES_WITH_EMAIL)
-    settings = settings_for(home, db_url, sendgrid_webhook_public_key=PUBLIC)
-    database.upgrade(db_url)
-    db = database.connect(db_url)
-    with TestClient(create_app(settings, db)) as client:
-        yield client, settings, db
-
-
-def signed(body: bytes, stamp: str | None = None) -> dict[str, str]:
-    stamp = str(int(time.time())) if stamp is None else stamp
-    signature = KEY.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    return {
-        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-        "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
-        "Content-Type": "application/json",
-    }
+# The campaigns and templates of a campaign home, scored by camp-test plus two email rules.
+pytestmark = pytest.mark.home(campaigns=CAMPAIGNS, templates=True)
 
 
 def post_events(client: TestClient, events: list[dict[str, Any]]) -> Any:
     body = json.dumps(events).encode()
     return client.post("/webhooks/sendgrid", content=body, headers=signed(body))
-
-
-def lead(db: sa.Engine, email: str) -> dict[str, Any]:
-    with db.connect() as conn:
-        row = conn.execute(sa.text("SELECT * FROM lead WHERE email = :e"), {"e": email}).first()
-    assert row is not None
-    return row._asdict()
 
 
 def sg(event: str, email: str = "ada@example.com", **extra: Any) -> dict[str, Any]:

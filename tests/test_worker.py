@@ -14,19 +14,11 @@ from pathlib import Path
 import pytest
 
 from engine.settings import get_settings
-from tests.store_support import nurture
-from tests.test_campaigns import HOT, RULESET, VIP, write_campaigns
-from tests.test_outbox import LAYOUT, email_template
+from tests.helpers import email_template, nurture
 
-
-def make_home(home: Path) -> Path:
-    (home / "rulesets").mkdir(parents=True)
-    (home / "rulesets/test.yaml").write_text(RULESET)
-    write_campaigns(home / "campaigns", HOT, VIP)
-    (home / "templates/hot").mkdir(parents=True)
-    (home / "templates/layout.j2").write_text(LAYOUT)
-    (home / "templates/hot/a.j2").write_text(email_template("Let's talk", "<p>Call us</p>"))
-    return home
+pytestmark = pytest.mark.home(
+    rulesets=["camp-test"], campaigns=["hot-followup", "vip-track"], templates=True
+)
 
 
 def hot_lead_events(path: Path, email: str, at: datetime) -> Path:
@@ -39,19 +31,18 @@ def hot_lead_events(path: Path, email: str, at: datetime) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    home = make_home(tmp_path / "home")
+def env(cli_home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The settings of `nurture` here, also for the worker's own process."""
     values = {
-        "NURTURE_HOME": str(home),
+        "NURTURE_HOME": str(cli_home),
         "NURTURE_DATABASE_URL": db_url,
-        "NURTURE_OUTBOX_DIR": str(home / "outbox"),
+        "NURTURE_OUTBOX_DIR": str(cli_home / "outbox"),
         "NURTURE_SECRET_KEY": "worker-test-secret-0123456789abcdef",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
-    yield values
-    get_settings.cache_clear()
+    return values
 
 
 def test_tick_renders_and_sends_what_is_due_once(env: dict[str, str], tmp_path: Path) -> None:
@@ -69,7 +60,7 @@ def test_tick_renders_and_sends_what_is_due_once(env: dict[str, str], tmp_path: 
     again = json.loads(nurture("tick", "--now", at.isoformat(), "--json").stdout)
     assert again["steps"]["queued"] == 0 and again["dispatch"]["sent"] == 0
     [eml] = (Path(env["NURTURE_HOME"]) / "outbox").glob("*.eml")
-    assert "Subject: Let's talk" in eml.read_text()
+    assert "Subject: hot/a for you" in eml.read_text()  # tests/templates/hot/a.j2
 
 
 def test_a_held_email_is_reported_by_tick(env: dict[str, str], tmp_path: Path) -> None:
@@ -94,6 +85,7 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_worker_sends_due_email_on_its_own_clock(env: dict[str, str], tmp_path: Path) -> None:
     now = datetime.now(UTC)
     assert (
