@@ -18,8 +18,9 @@ from schemathesis.specs.openapi import checks
 
 from engine.api.app import create_app
 from engine.settings import Settings
+from tests.helpers import API_TOKEN
 
-TOKEN = "test-token-123"
+TOKEN = API_TOKEN
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 CHECKS = [

@@ -149,6 +149,7 @@ def assert_acceptable(raw: bytes) -> None:
     assert message["Bcc"] is None and message.get_all("To") == ["ana@acme.io"]
 
 
+@SMTP_CONNECTION_KEPT
 def test_file_and_smtp_messages_are_what_providers_accept(
     tmp_path: Path, smtp_server: tuple[Inbox, str]
 ) -> None:

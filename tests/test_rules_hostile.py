@@ -31,7 +31,7 @@ from engine.rules.testing import parse_cases
 from engine.settings import Settings, get_settings
 from tests.helpers import ROOT, compiled, nurture
 
-TOKEN = "hostile-token-123"
+TOKEN = "hostile-token-0123456789abcdefghijklmnop"
 HEAD = """\
 ruleset: hostile
 components:
