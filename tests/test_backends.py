@@ -19,11 +19,10 @@ from engine.send.sendgrid import SendGridMailer
 from engine.send.smtp import SmtpMailer
 from engine.settings import Settings
 from tests.fake_sendgrid import FakeSendGrid
-from tests.mail_support import Inbox, free_port
+from tests.mail_support import SMTP_CONNECTION_KEPT, Inbox, free_port
 
 # SmtpMailer keeps one connection per dispatcher thread for the process's life and has no close():
 # what a test leaves open is collected unclosed (engine/send/smtp.py: a close() belongs there).
-SMTP_CONNECTION_KEPT = pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
 UNSUBSCRIBE = {
     "List-Unsubscribe": "<https://nurture.example/unsubscribe?token=abc>",
     "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",

@@ -38,7 +38,7 @@ from tests.campaign_support import (
 )
 from tests.fake_sendgrid import FakeSendGrid
 from tests.helpers import ROOT, email_template
-from tests.mail_support import Inbox
+from tests.mail_support import SMTP_CONNECTION_KEPT, Inbox
 
 pytestmark = CAMPAIGN_HOME
 
@@ -202,6 +202,7 @@ def test_a_nul_in_a_template_holds_that_email_only(db: sa.Engine, db_url: str, h
     assert status["bad@example.com"][0] == "held" and "NUL" in status["bad@example.com"][1]
 
 
+@SMTP_CONNECTION_KEPT
 def test_a_provider_answer_with_a_nul_fails_that_message_only(
     db: sa.Engine, db_url: str, home: Path, smtp_server: tuple[Inbox, str]
 ) -> None:

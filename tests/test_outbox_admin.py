@@ -21,11 +21,11 @@ from engine.send.file import FileMailer
 from engine.send.sendgrid import SendGridMailer
 from engine.settings import Settings, get_settings
 from engine.timeutil import parse_instant, utcnow
-from tests.campaign_support import CAMPAIGN_HOME, T0, outbox, run_steps, warm
+from tests.campaign_support import CAMPAIGNS, T0, outbox, run_steps, warm
 from tests.fake_sendgrid import FakeSendGrid
 from tests.helpers import email_template
 
-pytestmark = CAMPAIGN_HOME
+pytestmark = pytest.mark.home(campaigns=CAMPAIGNS, templates=True)  # service adds the ruleset
 
 runner = CliRunner()
 BROKEN = email_template("Hi {{ lead.frist_name }}", "<p>Hello</p>")

@@ -21,12 +21,12 @@ from engine.send.dispatch import Dispatcher
 from engine.send.smtp import SmtpMailer
 from engine.send.webhook import WebhookSender
 from engine.settings import Settings, configure_logging
-from tests.campaign_support import CAMPAIGN_HOME, T0, outbox, run_steps, settings_for, warm
+from tests.campaign_support import CAMPAIGNS, T0, outbox, run_steps, settings_for, warm
 from tests.helpers import API_TOKEN as TOKEN
 from tests.helpers import api_home
 from tests.mail_support import Inbox
 
-pytestmark = CAMPAIGN_HOME
+pytestmark = pytest.mark.home(campaigns=CAMPAIGNS, templates=True)  # service adds the ruleset
 
 
 @pytest.mark.parametrize(

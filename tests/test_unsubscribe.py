@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import sqlalchemy as sa
 from itsdangerous import URLSafeSerializer
 
 from engine.send.unsubscribe import make_token
 from engine.settings import Settings
-from tests.campaign_support import CAMPAIGN_HOME, T0, lead, outbox, run_steps, warm
+from tests.campaign_support import CAMPAIGNS, T0, lead, outbox, run_steps, warm
 
-pytestmark = CAMPAIGN_HOME
+pytestmark = pytest.mark.home(campaigns=CAMPAIGNS, templates=True)  # service adds the ruleset
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
