@@ -108,13 +108,9 @@ def lead(db: sa.Engine, email: str) -> dict[str, Any]:
 
 
 def test_a_customer_who_stops_buying_is_won_back_without_a_new_event(
-    home: Path, db_url: str
+    home: Path, db_url: str, receiver: Receiver
 ) -> None:
-    receiver = Receiver()
-    try:
-        _customer_flow(home, db_url, receiver)
-    finally:
-        receiver.server.shutdown()
+    _customer_flow(home, db_url, receiver)
 
 
 def _customer_flow(home: Path, db_url: str, receiver: Receiver) -> None:

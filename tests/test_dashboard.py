@@ -203,7 +203,7 @@ def test_a_lead_page_shows_its_emails_and_what_the_lead_did_with_them(client: Te
 def test_named_scores_on_the_overview_and_a_line_each_on_the_lead_page(
     client: TestClient, tmp_path: Path
 ) -> None:
-    client.cookies.set(COOKIE, TOKEN)
+    client.cookies.set(COOKIE, sign_in(client))
     db = database.connect(f"sqlite:///{tmp_path / 'n.db'}")
     with db.connect() as conn:
         counts: dict[str, int] = dict(

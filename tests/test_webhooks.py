@@ -76,7 +76,7 @@ def test_a_signed_body_with_a_stale_or_odd_timestamp_is_refused(service: Any, st
 def test_without_a_public_key_the_webhook_is_closed_unless_explicitly_opened(
     home: Path, db_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (home / "rulesets").mkdir()
+    (home / "rulesets").mkdir(exist_ok=True)
     (home / "rulesets/test.yaml").write_text(RULES_WITH_EMAIL)
     database.upgrade(db_url)
     db = database.connect(db_url)
