@@ -1,28 +1,36 @@
 """Which ruleset (and which campaigns) are in force: one service for the CLI, the API and the
-scheduler. A file that fails its checks never replaces
-the last good version: each good version's source is kept in ``ruleset_version`` and a broken
-file falls back to it. The campaigns folder is kept the same way, as one unit.
+scheduler.
 
-Versions are keyed by the file's resolved path (``NURTURE_HOME=.`` and ``/srv/x`` are one file),
-and ``loaded_at`` marks when a version last came into force, so a revert to an older version is
-what a later broken edit falls back to."""
+The ruleset in force lives in the database: the latest ``ruleset_apply`` row (written by
+``nurture rules apply`` / ``rollback``; an empty database adopts the files' version on first
+use). Saving a file changes nothing live: a process whose files differ says so once in its log
+(and ``nurture rules status`` says so), and a broken file only matters to ``rules check`` and
+``status``. Every process sees a newly applied version within ``RECHECK`` seconds: the compiled
+version is cached per database and the latest apply id read again at most that often.
+
+The campaigns folder is versioned as before: a broken folder leaves its last good version
+(kept in ``ruleset_version``) in force. Versions are keyed by the folder's resolved path."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.load import parse_campaigns
 from engine.campaigns.spec import Campaign
 from engine.db import reading
-from engine.db.schema import VERSIONS
+from engine.db.schema import APPLIES, VERSIONS
 from engine.errors import NurtureError, Problem, ProblemsError
 from engine.home import compile_checked, compile_text, read_sources, read_text, ruleset_files
 from engine.render.templates import Renderer
@@ -31,12 +39,43 @@ from engine.rules.spec import Ruleset, version_of
 from engine.settings import Settings
 from engine.timeutil import utcnow
 
+log = logging.getLogger(__name__)
+
+RECHECK = 2.0  # seconds between two reads of the latest apply id, per process and database
+DIFFER = "files differ from the version in force; run nurture rules plan/apply"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A ``ruleset_apply`` row: a version that came into force."""
+
+    id: int
+    name: str
+    version: str
+    source: str
+    kind: str  # adopt, apply, rollback
+    note: str | None
+    commit: str | None
+    applied_at: datetime
+    finished_at: datetime | None
+    leads_rescored: int
+    seconds: float | None
+
 
 @dataclass
 class InForce:
     compiled: CompiledRuleset
-    # Problems of the file on disk when it was rejected and an earlier version kept in force.
+    # Problems of the file on disk (which the version in force does not depend on).
     problems: list[Problem] = field(default_factory=list)
+    applied: Applied | None = None
+    file_version: str | None = None  # the version of the file on disk, when it compiles
+
+    @property
+    def differs(self) -> bool:
+        """The files hold another version than the one in force (or a broken one)."""
+        return bool(self.problems) or (
+            self.file_version is not None and self.file_version != self.compiled.ruleset.version
+        )
 
 
 class NoRuleset(NurtureError):
@@ -57,6 +96,150 @@ def choose_file(settings: Settings) -> Path:
         raise NoRuleset(f"no ruleset in {folder}: set NURTURE_HOME or write {folder}/NAME.yaml")
     names = ", ".join(f.stem for f in files)
     raise NoRuleset(f"several rulesets in {folder} ({names}): set NURTURE_RULESET to one")
+
+
+def _applied(row: object) -> Applied:
+    return Applied(*(getattr(row, name) for name in Applied.__dataclass_fields__))
+
+
+def latest_apply(conn: Connection) -> Applied | None:
+    """The version in force (None: an empty database that has adopted nothing yet)."""
+    row = conn.execute(select(APPLIES).order_by(APPLIES.c.id.desc()).limit(1)).first()
+    return None if row is None else _applied(row)
+
+
+def apply_history(conn: Connection) -> list[Applied]:
+    """Every version that came into force, oldest first."""
+    return [_applied(row) for row in conn.execute(select(APPLIES).order_by(APPLIES.c.id))]
+
+
+def record_apply(
+    db: Engine,
+    ruleset: Ruleset,
+    kind: str,
+    note: str | None = None,
+    commit: str | None = None,
+) -> Applied:
+    """Make ``ruleset`` the version in force for every process (this one at once)."""
+    applied = _insert_apply(db, ruleset, kind, note, commit)
+    forget(db)
+    return applied
+
+
+def _insert_apply(
+    db: Engine, ruleset: Ruleset, kind: str, note: str | None, commit: str | None
+) -> Applied:
+    with db.begin() as conn:
+        inserted = conn.execute(
+            APPLIES.insert().values(
+                name=ruleset.name,
+                version=ruleset.version,
+                source=ruleset.source,
+                note=note,
+                commit=commit,
+                kind=kind,
+                applied_at=utcnow(),
+                leads_rescored=0,
+            )
+        ).inserted_primary_key
+        assert inserted is not None
+        row = conn.execute(select(APPLIES).where(APPLIES.c.id == inserted[0])).one()
+    return _applied(row)
+
+
+def finish_apply(db: Engine, apply_id: int, leads: int, seconds: float) -> None:
+    with db.begin() as conn:
+        conn.execute(
+            update(APPLIES)
+            .where(APPLIES.c.id == apply_id)
+            .values(finished_at=utcnow(), leads_rescored=leads, seconds=round(seconds, 3))
+        )
+
+
+@dataclass
+class _Cached:
+    checked: float  # time.monotonic() of the last read of the latest apply id
+    in_force: InForce
+    fingerprint: str | None = None  # of the file on disk when last read
+    told: set[str] = field(default_factory=set)  # file versions already logged as differing
+
+
+_CACHE: dict[str, _Cached] = {}
+_LOCK = threading.Lock()
+
+
+def forget(db: Engine) -> None:
+    """Read the version in force again on next use (this process just applied one)."""
+    with _LOCK:
+        _CACHE.pop(str(db.url), None)
+
+
+def ruleset_in_force(db: Engine, settings: Settings, refresh: bool = False) -> InForce:
+    """The version in force (adopting the files' on an empty database), with what the files
+    on disk hold. Cached; ``refresh`` reads the database and the files again now."""
+    key = str(db.url)
+    with _LOCK:
+        cached = _CACHE.get(key)
+        now = time.monotonic()
+        if cached is not None and not refresh and now - cached.checked < RECHECK:
+            return cached.in_force
+        with reading(db) as conn:
+            applied = latest_apply_id(conn)
+        if applied is None:
+            adopted = compile_checked(choose_file(settings), settings.home)
+            _insert_apply(db, adopted.ruleset, "adopt", None, None)
+            cached = None
+        if (
+            cached is None
+            or cached.in_force.applied is None
+            or (applied is not None and cached.in_force.applied.id != applied)
+        ):
+            cached = _Cached(now, _load(db, settings), told=cached.told if cached else set())
+            _CACHE[key] = cached
+        cached.checked = now
+        _check_files(cached, settings)
+        return cached.in_force
+
+
+def latest_apply_id(conn: Connection) -> int | None:
+    return conn.execute(select(APPLIES.c.id).order_by(APPLIES.c.id.desc()).limit(1)).scalar()
+
+
+def _load(db: Engine, settings: Settings) -> InForce:
+    with reading(db) as conn:
+        applied = latest_apply(conn)
+    assert applied is not None
+    try:
+        path = str(choose_file(settings))
+    except NoRuleset:
+        path = f"{applied.name} (version {applied.version} in force)"
+    compiled = compile_text(applied.source, path, settings.home)
+    return InForce(compiled, applied=applied)
+
+
+def _check_files(cached: _Cached, settings: Settings) -> None:
+    """What the ruleset file holds, compiled again only when its text changed; a version that
+    differs from the one in force is logged once per process."""
+    in_force = cached.in_force
+    try:
+        path = choose_file(settings)
+        text = read_text(path)
+    except (NoRuleset, ProblemsError):
+        return
+    fingerprint = _fingerprint(text)
+    if fingerprint == cached.fingerprint:
+        return
+    cached.fingerprint = fingerprint
+    in_force.problems, in_force.file_version = [], version_of(text)
+    if in_force.file_version == in_force.compiled.ruleset.version:
+        return
+    try:
+        compile_checked(path, settings.home)
+    except ProblemsError as error:
+        in_force.problems = error.problems
+    if in_force.file_version not in cached.told:
+        cached.told.add(in_force.file_version)
+        log.warning("%s: %s", path, DIFFER)
 
 
 def _last_good(db: Engine, key: str) -> str | None:
@@ -113,41 +296,6 @@ _LAST: dict[tuple[str, str, str], tuple[str, object]] = {}
 
 def _fingerprint(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def ruleset_in_force(db: Engine, settings: Settings) -> InForce:
-    path = choose_file(settings)
-    try:
-        text = read_text(path)
-    except ProblemsError:
-        text = ""  # unreadable or too large: the full load below says why
-    slot, fingerprint = ("ruleset", str(db.url), str(path)), _fingerprint(text)
-    last = _LAST.get(slot)
-    if last is not None and last[0] == fingerprint and isinstance(last[1], InForce):
-        return last[1]
-    found = _ruleset_in_force(db, path, settings.home)
-    _LAST[slot] = (fingerprint, found)
-    return found
-
-
-def _ruleset_in_force(db: Engine, path: Path, home: Path) -> InForce:
-    key = str(path.resolve())
-    try:
-        compiled = compile_checked(path, home)
-    except ProblemsError as error:
-        source = _last_good(db, key)
-        if source is None:
-            raise
-        try:
-            kept = compile_text(source, str(path), home)
-        except ProblemsError:
-            # The version kept no longer passes (a bound added since): the file's problems
-            # are the ones to fix.
-            raise error from None
-        return InForce(kept, error.problems)
-    ruleset = compiled.ruleset
-    _remember(db, key, ruleset.name, ruleset.version, ruleset.source)
-    return InForce(compiled)
 
 
 @dataclass

@@ -12,6 +12,7 @@ class ActionStatus(StrEnum):
     PENDING = "pending"
     APPLIED = "applied"
     SUPPRESSED = "suppressed"
+    PAST = "past"
 
 
 class EnrollmentStatus(StrEnum):

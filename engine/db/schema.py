@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from engine.status import ActionStatus, EnrollmentStatus, OutboxStatus
@@ -41,6 +41,9 @@ class Lead(SQLModel, table=True):
     # When the lead's time-dependent inputs next change (a `days_since` threshold, an event
     # leaving a window, decay): the scheduler evaluates it then. None: never by the clock alone.
     time_due_at: datetime | None = None
+    # The ruleset version the stored scores are under (None: scored before versions were
+    # tracked). A lead under another version than the one in force is replayed before use.
+    ruleset_version: str | None = Field(default=None, max_length=64)
 
 
 class LeadNamedScore(SQLModel, table=True):
@@ -81,6 +84,8 @@ class EventRecord(SQLModel, table=True):
     occurred_at: datetime
     properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     received_at: datetime = Field(default_factory=utcnow)
+    # The profile attributes the record set (what replaying it needs); None when it set none.
+    attributes: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -114,6 +119,8 @@ class StageHistory(SQLModel, table=True):
     rule: str = Field(max_length=200)
     event_id: str | None = Field(default=None, max_length=200)
     at: datetime
+    # Made by a rescore (``nurture rules apply``), not by an event as it arrived.
+    rescore: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class RuleFiring(SQLModel, table=True):
@@ -158,6 +165,25 @@ class RulesetVersion(SQLModel, table=True):
     path: str = Field(max_length=1000)
     source: str = Field(sa_column=Column(Text, nullable=False))
     loaded_at: datetime = Field(default_factory=utcnow)
+
+
+class RulesetApply(SQLModel, table=True):
+    """A ruleset version coming into force: adopted by an empty database, applied, or rolled
+    back to. The latest row is the version in force for every process."""
+
+    __tablename__ = "ruleset_apply"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200)
+    version: str = Field(max_length=64)
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    note: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    commit: str | None = Field(default=None, max_length=64)  # git commit of the files
+    kind: str = Field(max_length=16)  # adopt, apply, rollback
+    applied_at: datetime
+    finished_at: datetime | None = None  # when every lead was rescored
+    leads_rescored: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    seconds: float | None = None
 
 
 class Enrollment(SQLModel, table=True):
@@ -290,6 +316,7 @@ STAGES = _table(StageHistory)
 FIRINGS = _table(RuleFiring)
 ACTIONS = _table(LeadAction)
 VERSIONS = _table(RulesetVersion)
+APPLIES = _table(RulesetApply)
 ENROLLMENTS = _table(Enrollment)
 OUTBOX = _table(OutboxMessage)
 ALERTS = _table(Alert)

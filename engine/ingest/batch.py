@@ -27,18 +27,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from engine import metrics
 from engine.alerts import wake
 from engine.campaigns.compile import CompiledCampaigns
-from engine.ingest import outcome, state
+from engine.ingest import outcome, rescore, state
 from engine.ingest.outcome import LoadedLead, Rows
 from engine.ingest.parse import MAX_FIELDS, EventRecord, LeadRecord, Parsed, Record, Rejection
+from engine.ingest.score import Scorer
 from engine.ingest.write import ConflictError, write
-from engine.rules.account import ACCOUNT_FIELDS, AccountBook, account_domain
+from engine.rules.account import ACCOUNT_FIELDS, AccountBook
 from engine.rules.compile import CompiledRuleset
-from engine.rules.evaluate import ChainError, Event, evaluate
+from engine.rules.evaluate import ChainError, Event
 from engine.rules.timing import TIME, next_change
 from engine.timeutil import utcnow
 
-# Event types that withdraw consent whatever the ruleset says.
-OPT_OUTS = frozenset({"unsubscribe", "spam_report"})
 RETRIES = 5
 REUSED_ID = "id: event id reused with different content; the stored event is kept"
 
@@ -179,6 +178,17 @@ class _Batch:
             first_seen[record.email] = min(first_seen.get(record.email, at), at)
         state.create_missing(self.conn, self.ruleset, first_seen, self.now)
         leads = state.lock(self.conn, list(first_seen))
+        stale = [
+            lead.id
+            for lead in leads.values()
+            if not lead.new and lead.ruleset_version not in (None, self.ruleset.version)
+        ]
+        if stale:
+            # Scored under another version than the one in force (an apply is under way, or
+            # has not reached them yet): replay them under this one first, so the batch's
+            # records are scored once, under the version in force, and the apply skips them.
+            rescore.rescore(self.conn, self.compiled, stale, self.now, self.campaigns)
+            leads = state.lock(self.conn, list(first_seen))
         seen = state.stored_events(self.conn, [r.id for r in records])
         fresh: list[Record] = []
         for record in records:
@@ -205,9 +215,10 @@ class _Batch:
                 state.load_enrollments(self.conn, leads)
             if self.compiled.all_reads & ACCOUNT_FIELDS:
                 self.accounts = state.load_accounts(self.conn, self.ruleset, leads, fresh)
+            scorer = Scorer(self.compiled, self.rows, self.now, self.campaigns, self.accounts)
             touched = set()
             for record in fresh:
-                if self._score(leads[record.email], record):
+                if self._score(scorer, leads[record.email], record):
                     touched.add(record.email)
             # New leads are written even when all their records were rejected: they exist now.
             written = [lead for lead in leads.values() if lead.new or lead.email in touched]
@@ -219,47 +230,21 @@ class _Batch:
             write(self.conn, self.ruleset, self.rows, written, self.now)
         return self.result
 
-    def _score(self, lead: LoadedLead, record: Record) -> bool:
+    def _score(self, scorer: Scorer, lead: LoadedLead, record: Record) -> bool:
         """Evaluate one record against its lead; False when it was rejected."""
-        at = record.occurred_at or self.now
-        before = lead.state.copy()
         kind, properties = _stored_form(record)
-        event = Event(record.id, kind, at, properties)
-        attributes = dict(record.attributes)
-        subscribed = attributes.pop("subscribed", None)
-        added = [key for key in attributes if key not in lead.state.attributes]
+        event = Event(record.id, kind, record.occurred_at or self.now, properties)
+        added = [key for key in record.attributes if key not in lead.state.attributes]
+        added = [key for key in added if key != "subscribed"]
         if added and len(lead.state.attributes) + len(added) > MAX_FIELDS:
             # Each record is bounded; so is what a lead gathers from many of them.
             error = f"{added[0]}: the lead would have more than {MAX_FIELDS} attributes"
             self.result.rejected.append(Rejection(record.line, error))
             return False
-        lead.state.attributes.update(attributes)
-        if self.accounts is not None:
-            domain = account_domain(lead.state.attributes, lead.email)
-            lead.state.account = self.accounts.peers(lead.id, domain)
-        tracked = event.type in self.compiled.history_types
-        amounts = self.compiled.amounts(event.type, event.properties) if tracked else None
-        if tracked:
-            lead.history.add_event(event.type, at, amounts)
         try:
-            result = evaluate(self.compiled, lead.state, event, lead.history)
+            scorer.score(lead, event, record.attributes)
         except ChainError as error:
-            lead.state = before
-            if tracked:
-                lead.history.remove_event(event.type, at, amounts)
             self.result.rejected.append(Rejection(record.line, str(error)))
             return False
-        lead.evaluated_at = at if lead.evaluated_at is None else max(lead.evaluated_at, at)
         self.result.accepted += 1
-        if isinstance(subscribed, bool):
-            lead.subscribed = subscribed
-        if event.type in OPT_OUTS:
-            lead.subscribed = False
-        applied = self.campaigns is not None
-        outcome.record(self.rows, lead, event, result, self.ruleset.version, self.now, applied)
-        if self.accounts is not None:
-            domain = account_domain(lead.state.attributes, lead.email)
-            self.accounts.place(lead.id, domain, self.ruleset.lead_score(lead.state.scores))
-        if self.campaigns is not None:
-            outcome.enrollments(self.rows, lead, event, result, self.campaigns)
         return True

@@ -35,6 +35,7 @@ class LoadedLead:
     opening: list[dict[str, Any]] = field(default_factory=list)
     enrolled: dict[str, str] = field(default_factory=dict)  # campaign → enrollment status
     due_at: datetime | None = None  # stored: when its time-dependent inputs change
+    ruleset_version: str | None = None  # stored: the version its state is under
     evaluated_at: datetime | None = None  # the latest time the batch evaluated it at
 
 
@@ -59,10 +60,13 @@ def record(
     version: str,
     received_at: datetime,
     campaigns_applied: bool,
+    attributes: dict[str, Any] | None = None,
+    status: ActionStatus | None = None,
 ) -> None:
     """Append the rows of one evaluation and move ``lead`` to its outcome. With
     ``campaigns_applied``, enroll/exit intents are applied in the same transaction; alerts
-    always wait for the dispatcher."""
+    always wait for the dispatcher. ``attributes``: the profile attributes the record set,
+    stored with the event for replay. ``status``: every intent's (a replay's are ``past``)."""
     at = event.occurred_at
     rows.events.append(
         {
@@ -72,6 +76,7 @@ def record(
             "occurred_at": at,
             "properties": dict(event.properties),
             "received_at": received_at,
+            "attributes": attributes,
         }
     )
     for change in outcome.score_changes:
@@ -100,6 +105,7 @@ def record(
                 "rule": stage.rule,
                 "event_id": event.id,
                 "at": at,
+                "rescore": False,
             }
         )
         lead.stage_entered_at = at
@@ -115,9 +121,12 @@ def record(
                 "rule": intent.rule,
                 "event_id": event.id,
                 "at": at,
-                "status": ActionStatus.APPLIED
-                if campaigns_applied and intent.kind != "alert"
-                else ActionStatus.PENDING,
+                "status": status
+                or (
+                    ActionStatus.APPLIED
+                    if campaigns_applied and intent.kind != "alert"
+                    else ActionStatus.PENDING
+                ),
             }
         )
     lead.state = outcome.state
@@ -162,6 +171,7 @@ def new_lead_stages(leads: list[LoadedLead], first_stage: str) -> list[Row]:
             "rule": "new-lead",
             "event_id": None,
             "at": lead.created_at,
+            "rescore": False,
         }
         for lead in leads
         if lead.new

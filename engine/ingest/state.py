@@ -38,6 +38,7 @@ def create_missing(
             "tags": [],
             "subscribed": True,
             "version": 0,
+            "ruleset_version": ruleset.version,
             "created_at": now,
             "updated_at": now,
         }
@@ -69,6 +70,7 @@ def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
             new=row["version"] == 0,
             created_at=row["stage_entered_at"],
             due_at=row["time_due_at"],
+            ruleset_version=row["ruleset_version"],
         )
     return leads
 
@@ -115,27 +117,32 @@ def load_scores(
         lead.decay[row["component"]] = [row["rose_at"], row["peak"], row["decay_steps"]]
     start = new_lead(ruleset, {}).scores
     for lead in leads.values():
-        # Components a lead has not scored on yet (new lead, or new in this ruleset).
-        total = sum(lead.state.scores.get(name, 0) for name in ruleset.components)
-        for name, value in start.items():
-            if name in lead.state.scores:
-                continue
-            lead.state.scores[name] = value
-            if value:
-                total += value
-                lead.opening.append(
-                    {
-                        "lead_id": lead.id,
-                        "component": name,
-                        "delta": value,
-                        "score_after": total,
-                        "rule": "new-lead" if lead.new else "new-component",
-                        "ruleset_version": ruleset.version,
-                        "event_id": None,
-                        "at": first_seen[lead.email],
-                    }
-                )
-        lead.state.scores = {name: lead.state.scores[name] for name in ruleset.components}
+        opening(ruleset, lead, start, first_seen[lead.email])
+
+
+def opening(ruleset: Ruleset, lead: LoadedLead, start: dict[str, int], at: datetime) -> None:
+    """Components a lead has not scored on yet (new lead, or new in this ruleset) take their
+    starting value, with a ledger row (in ``lead.opening``) when it is not 0."""
+    total = sum(lead.state.scores.get(name, 0) for name in ruleset.components)
+    for name, value in start.items():
+        if name in lead.state.scores:
+            continue
+        lead.state.scores[name] = value
+        if value:
+            total += value
+            lead.opening.append(
+                {
+                    "lead_id": lead.id,
+                    "component": name,
+                    "delta": value,
+                    "score_after": total,
+                    "rule": "new-lead" if lead.new else "new-component",
+                    "ruleset_version": ruleset.version,
+                    "event_id": None,
+                    "at": at,
+                }
+            )
+    lead.state.scores = {name: lead.state.scores[name] for name in ruleset.components}
 
 
 def load_history(

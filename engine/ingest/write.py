@@ -43,6 +43,13 @@ def write(
     ):
         if batch:
             append_rows(conn, table, batch)
+    enroll_and_exit(conn, rows)
+    if leads:
+        _write_leads(conn, ruleset, leads, now)
+
+
+def enroll_and_exit(conn: Connection, rows: Rows) -> None:
+    """Enrollments that start (a lead is enrolled in a campaign once) and that end."""
     if rows.enroll:
         conn.execute(
             upsert(conn, ENROLLMENTS).on_conflict_do_nothing(
@@ -66,8 +73,6 @@ def write(
             ),
             rows.exit,
         )
-    if leads:
-        _write_leads(conn, ruleset, leads, now)
 
 
 def _write_leads(
@@ -86,6 +91,7 @@ def _write_leads(
             subscribed=bindparam("b_subscribed"),
             account_domain=bindparam("b_account"),
             time_due_at=bindparam("b_due"),
+            ruleset_version=ruleset.version,
             version=LEADS.c.version + 1,
             updated_at=now,
         ),

@@ -51,13 +51,15 @@ def test_an_evaluation_becomes_one_row_per_fact_in_evaluation_order() -> None:
     base = {"lead_id": 7, "event_id": "e1", "at": AT}
     assert rows.events == [
         {"event_id": "e1", "lead_id": 7, "type": "demo_request", "occurred_at": AT,
-         "properties": {"url": "/demo"}, "received_at": RECEIVED}
+         "properties": {"url": "/demo"}, "received_at": RECEIVED, "attributes": None}
     ]  # fmt: skip
     assert rows.ledger == [
         base | {"component": "engagement", "delta": 50, "score_after": 50, "rule": "demo",
                 "ruleset_version": "v1"}
     ]  # fmt: skip
-    assert rows.stages == [base | {"from_stage": "subscriber", "to_stage": "lead", "rule": "demo"}]
+    assert rows.stages == [
+        base | {"from_stage": "subscriber", "to_stage": "lead", "rule": "demo", "rescore": False}
+    ]
     assert rows.firings == [base | {"rule": "demo"}, base | {"rule": "hot-lead"}]
     # An alert always waits for the alerts job; an enrollment applied in the same batch does not.
     assert rows.actions == [
