@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from engine.db.schema import EVENTS, LEDGER
+from engine.db.schema import EVENTS, LEDGER, current_ledger
 from engine.rules import spec
 from engine.timeutil import isoformat
 
@@ -91,7 +91,7 @@ def recent_changes(conn: Connection, lead_ids: list[int]) -> dict[int, list[dict
     ranked = (
         select(LEDGER.c.lead_id, LEDGER.c.rule, LEDGER.c.component, LEDGER.c.delta, LEDGER.c.at)
         .add_columns(rank)
-        .where(LEDGER.c.lead_id.in_(lead_ids))
+        .where(LEDGER.c.lead_id.in_(lead_ids), current_ledger())
         .subquery()
     )
     found: dict[int, list[dict[str, Any]]] = {}

@@ -30,7 +30,7 @@ from engine.alerts.context import (
 )
 from engine.alerts.decide import Firing, LastAlert, Policy, decide, recipient
 from engine.db import upsert
-from engine.db.schema import ACTIONS, ALERTS, EVENTS, LEADS, LEDGER, OUTBOX
+from engine.db.schema import ACTIONS, ALERTS, EVENTS, LEADS, LEDGER, OUTBOX, current_ledger
 from engine.reports.leads import named_scores, reasons_by_lead
 from engine.rules.spec import Ruleset
 from engine.send.dispatch import WEBHOOK
@@ -250,7 +250,7 @@ class _Batch:
             lowest = (
                 select(latest.c.lead_id, latest.c.target, func.min(LEDGER.c.score_after))
                 .join(latest, (latest.c.lead_id == LEDGER.c.lead_id) & (LEDGER.c.at > latest.c.at))
-                .where(LEDGER.c.component.not_in(list(self.ruleset.claimed)))
+                .where(LEDGER.c.component.not_in(list(self.ruleset.claimed)), current_ledger())
                 .group_by(latest.c.lead_id, latest.c.target)
             )
             for lead_id, target, score in self.conn.execute(lowest):

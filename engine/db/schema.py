@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Table, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ColumnElement,
+    Index,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    or_,
+    select,
+)
 from sqlmodel import Field, SQLModel
 
 from engine.status import ActionStatus, EnrollmentStatus, OutboxStatus
@@ -321,3 +333,12 @@ ENROLLMENTS = _table(Enrollment)
 OUTBOX = _table(OutboxMessage)
 ALERTS = _table(Alert)
 SESSIONS = _table(DashboardSession)
+
+
+def current_ledger() -> ColumnElement[bool]:
+    """Ledger rows of the version the lead's state is under (a rescore keeps the rows of earlier
+    versions for audit): what every reader of "the ledger" reads. A lead scored before
+    versions were tracked (``ruleset_version`` None) keeps all its rows."""
+    version = select(LEADS.c.ruleset_version).where(LEADS.c.id == LEDGER.c.lead_id)
+    lead_version = version.scalar_subquery()
+    return or_(lead_version.is_(None), LEDGER.c.ruleset_version == lead_version)

@@ -92,10 +92,13 @@ class Replayed:
     exit: list[str] = field(default_factory=list)
 
 
-def load_stored(conn: Connection, ruleset: Ruleset, ids: Sequence[int]) -> list[StoredLead]:
-    """The leads ``ids`` as stored, in id order (locked on PostgreSQL when ``lock``)."""
+def load_stored(
+    conn: Connection, ruleset: Ruleset, ids: Sequence[int], lock: bool = True
+) -> list[StoredLead]:
+    """The leads ``ids`` as stored, in id order (locked on PostgreSQL when ``lock``, in the
+    order ingest locks them)."""
     query = select(LEADS).where(LEADS.c.id.in_(list(ids))).order_by(LEADS.c.id)
-    if conn.dialect.name == "postgresql":
+    if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update()
     found = [
         StoredLead(
@@ -279,6 +282,7 @@ def rescore(
 
 
 def top_band(ruleset: Ruleset) -> str | None:
+    """The hottest temperature band (None: a ruleset with one band)."""
     ranked = ruleset.bands_from_top()
     return ranked[0][0] if ranked else None
 

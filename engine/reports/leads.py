@@ -10,7 +10,17 @@ from sqlalchemy import Connection, Engine, func, select
 
 from engine.address import normalise_email
 from engine.db import reading
-from engine.db.schema import ALERTS, EVENTS, LEADS, LEDGER, NAMED_SCORES, OUTBOX, SCORES, STAGES
+from engine.db.schema import (
+    ALERTS,
+    EVENTS,
+    LEADS,
+    LEDGER,
+    NAMED_SCORES,
+    OUTBOX,
+    SCORES,
+    STAGES,
+    current_ledger,
+)
 from engine.errors import InvalidRecord
 from engine.rules import spec
 from engine.status import OutboxStatus
@@ -48,9 +58,13 @@ def named_scores(conn: Connection, lead_ids: list[int]) -> dict[int, dict[str, t
     return found
 
 
-def lead_detail(db: Engine, email: str, claimed: Collection[str] = ()) -> dict[str, Any] | None:
+def lead_detail(
+    db: Engine, email: str, claimed: Collection[str] = (), versions: bool = False
+) -> dict[str, Any] | None:
     """One lead with its ledger, stage history, recent events, alerts and the top reasons
-    behind its lead score (``claimed``: the components of named scores, left out of them)."""
+    behind its lead score (``claimed``: the components of named scores, left out of them).
+    The ledger is the one of the version the lead is scored under; ``versions``: every
+    version's rows, each naming its version."""
     with reading(db) as conn:
         row = (
             conn.execute(select(LEADS).where(LEADS.c.email == normalise_email(email)))
@@ -65,9 +79,10 @@ def lead_detail(db: Engine, email: str, claimed: Collection[str] = ()) -> dict[s
                 select(SCORES.c.component, SCORES.c.value).where(SCORES.c.lead_id == lead_id)
             ).all()
         )
-        ledger = conn.execute(
-            select(LEDGER).where(LEDGER.c.lead_id == lead_id).order_by(LEDGER.c.at, LEDGER.c.id)
-        ).mappings()
+        ledger_query = select(LEDGER).where(LEDGER.c.lead_id == lead_id)
+        if not versions and row["ruleset_version"] is not None:
+            ledger_query = ledger_query.where(LEDGER.c.ruleset_version == row["ruleset_version"])
+        ledger = conn.execute(ledger_query.order_by(LEDGER.c.at, LEDGER.c.id)).mappings()
         stages = conn.execute(
             select(STAGES).where(STAGES.c.lead_id == lead_id).order_by(STAGES.c.at, STAGES.c.id)
         ).mappings()
@@ -86,15 +101,18 @@ def lead_detail(db: Engine, email: str, claimed: Collection[str] = ()) -> dict[s
                 "score_after": r["score_after"],
                 "event_id": r["event_id"],
                 "at": isoformat(r["at"]),
+                "ruleset_version": r["ruleset_version"],
             }
             for r in ledger
         ]
+        detail["ruleset_version"] = row["ruleset_version"]
         detail["stage_history"] = [
             {
                 "from": r["from_stage"],
                 "to": r["to_stage"],
                 "rule": r["rule"],
                 "at": isoformat(r["at"]),
+                "rescore": r["rescore"],
             }
             for r in stages
         ]
@@ -181,7 +199,7 @@ def reasons_by_lead(
     components left out (those of named scores); ``only``: the components counted."""
     query = (
         select(LEDGER.c.lead_id, LEDGER.c.rule, func.sum(LEDGER.c.delta), func.count())
-        .where(LEDGER.c.lead_id.in_(lead_ids))
+        .where(LEDGER.c.lead_id.in_(lead_ids), current_ledger())
         .group_by(LEDGER.c.lead_id, LEDGER.c.rule)
     )
     if claimed:
