@@ -11,9 +11,9 @@ from sqlalchemy import Engine
 from typer.core import TyperGroup
 
 from engine import db as database
-from engine.active import Active, NoRuleset, active
+from engine.active import Active, InForce, NoRuleset, active, ruleset_in_force
 from engine.cli.output import err, fail
-from engine.errors import NurtureError
+from engine.errors import NurtureError, ProblemsError
 from engine.settings import Settings
 
 
@@ -42,6 +42,14 @@ app.add_typer(model_app, name="model")
 def open_db(settings: Settings) -> Engine:
     """The database, migrated; one sentence and exit 1 (see ``Commands``) when it cannot be."""
     return database.open_database(settings.database_url)
+
+
+def in_force(db: Engine, settings: Settings) -> InForce:
+    """The ruleset in force, read again now (status, plan); exit 1 when there is none."""
+    try:
+        return ruleset_in_force(db, settings, refresh=True)
+    except (NoRuleset, ProblemsError) as error:
+        raise fail(str(error)) from None
 
 
 def scoring(db: Engine, settings: Settings) -> Active:

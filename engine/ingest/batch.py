@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine import metrics
 from engine.alerts import wake
 from engine.campaigns.compile import CompiledCampaigns
+from engine.db.schema import APPLIES
 from engine.ingest import outcome, rescore, state
 from engine.ingest.outcome import LoadedLead, Rows
 from engine.ingest.parse import MAX_FIELDS, EventRecord, LeadRecord, Parsed, Record, Rejection
@@ -183,7 +184,7 @@ class _Batch:
             for lead in leads.values()
             if not lead.new and lead.ruleset_version not in (None, self.ruleset.version)
         ]
-        if stale:
+        if stale and self._in_force():
             # Scored under another version than the one in force (an apply is under way, or
             # has not reached them yet): replay them under this one first, so the batch's
             # records are scored once, under the version in force, and the apply skips them.
@@ -229,6 +230,13 @@ class _Batch:
             self.rows.ledger[:0] = [row for lead in written for row in lead.opening]
             write(self.conn, self.ruleset, self.rows, written, self.now)
         return self.result
+
+    def _in_force(self) -> bool:
+        """This process scores with the version in force. Just after an apply it may not yet
+        (it reads the latest apply every few seconds): then it must not replay leads back to
+        the old version; it scores as before, and the apply rescans what it marks old."""
+        latest = select(APPLIES.c.version).order_by(APPLIES.c.id.desc()).limit(1)
+        return self.conn.execute(latest).scalar() in (None, self.ruleset.version)
 
     def _score(self, scorer: Scorer, lead: LoadedLead, record: Record) -> bool:
         """Evaluate one record against its lead; False when it was rejected."""

@@ -44,6 +44,7 @@ from engine.ingest.state import opening, stored_peers
 from engine.ingest.write import ConflictError, enroll_and_exit
 from engine.rules.account import ACCOUNT_FIELDS, AccountBook, account_domain
 from engine.rules.compile import CompiledRuleset
+from engine.rules.decay import DecayState, decayed
 from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, new_lead
 from engine.rules.spec import Ruleset
 from engine.rules.timing import next_change
@@ -71,6 +72,23 @@ class StoredLead:
     bands: dict[str, str] = field(default_factory=dict)  # named score → band
     totals: dict[str, int] = field(default_factory=dict)
     enrolled: dict[str, str] = field(default_factory=dict)
+    components: dict[str, tuple[int, DecayState]] = field(default_factory=dict)
+
+    def decay_to(self, ruleset: Ruleset, now: datetime) -> None:
+        """The stored scores as they stand at ``now`` under ``ruleset`` (the version they were
+        scored with): decay the scheduler has not applied yet, applied, so that a comparison
+        with a replay up to ``now`` shows what the version changes, not what time did."""
+        scores = {}
+        for name, (value, state) in self.components.items():
+            component = ruleset.components.get(name)
+            scores[name] = value if component is None else decayed(component, value, state, now)[0]
+        if not scores:
+            return
+        self.score = ruleset.lead_score(scores)
+        self.temperature = ruleset.band(self.score)
+        if ruleset.scores:
+            self.totals = ruleset.totals(scores)
+            self.bands = ruleset.named_bands(self.totals)
 
 
 @dataclass
@@ -92,9 +110,7 @@ class Replayed:
     exit: list[str] = field(default_factory=list)
 
 
-def load_stored(
-    conn: Connection, ruleset: Ruleset, ids: Sequence[int], lock: bool = True
-) -> list[StoredLead]:
+def load_stored(conn: Connection, ids: Sequence[int], lock: bool = True) -> list[StoredLead]:
     """The leads ``ids`` as stored, in id order (locked on PostgreSQL when ``lock``, in the
     order ingest locks them)."""
     query = select(LEADS).where(LEADS.c.id.in_(list(ids))).order_by(LEADS.c.id)
@@ -122,6 +138,9 @@ def load_stored(
     for row in conn.execute(named).mappings():
         by_id[row["lead_id"]].bands[row["name"]] = row["band"]
         by_id[row["lead_id"]].totals[row["name"]] = row["total"]
+    for row in conn.execute(select(SCORES).where(SCORES.c.lead_id.in_(list(by_id)))).mappings():
+        state = [row["rose_at"], row["peak"], row["decay_steps"]]
+        by_id[row["lead_id"]].components[row["component"]] = (row["value"], state)
     enrolled = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
     for lead_id, campaign, status in conn.execute(
         enrolled.where(ENROLLMENTS.c.lead_id.in_(list(by_id)))
@@ -137,10 +156,15 @@ def replay(
     now: datetime,
     campaigns: CompiledCampaigns | None = None,
     until: datetime | None = None,
+    baseline: Ruleset | None = None,
 ) -> list[Replayed]:
     """Replay ``stored`` leads' events (those up to ``until``, when given) under ``compiled``,
-    decayed up to ``now``; nothing is written."""
+    decayed up to ``now``; nothing is written. ``baseline``: the version the stored scores are
+    under, to bring them up to ``now`` too (see :meth:`StoredLead.decay_to`)."""
     ruleset = compiled.ruleset
+    if baseline is not None:
+        for lead in stored:
+            lead.decay_to(baseline, now)
     by_id = {lead.id: lead for lead in stored}
     columns = (EVENTS.c.lead_id, EVENTS.c.event_id, EVENTS.c.type, EVENTS.c.occurred_at)
     query = (
@@ -266,17 +290,16 @@ def rescore(
     now: datetime,
     campaigns: CompiledCampaigns | None = None,
     alert: bool = False,
+    baseline: Ruleset | None = None,
 ) -> list[Replayed]:
     """Replay the leads ``ids`` (locking them) and write the result; returns the replays of
     those still under another version than ``compiled``'s (the others were rescored meanwhile
     and are left alone)."""
     version = compiled.ruleset.version
-    stored = [
-        lead for lead in load_stored(conn, compiled.ruleset, ids) if lead.ruleset_version != version
-    ]
+    stored = [lead for lead in load_stored(conn, ids) if lead.ruleset_version != version]
     if not stored:
         return []
-    found = replay(conn, compiled, stored, now, campaigns)
+    found = replay(conn, compiled, stored, now, campaigns, baseline=baseline)
     write(conn, compiled.ruleset, found, now, alert)
     return found
 

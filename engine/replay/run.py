@@ -15,7 +15,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, func, or_, select
@@ -40,6 +40,7 @@ from engine.ingest.write import ConflictError
 from engine.render.templates import Renderer
 from engine.replay.summary import Summary
 from engine.rules.compile import CompiledRuleset
+from engine.rules.spec import Ruleset
 from engine.settings import Settings, get_settings
 from engine.timeutil import utcnow
 
@@ -61,6 +62,7 @@ class Job:
     worker: int = 0
     workers: int = 1
     batch: int = BATCH
+    baseline: str | None = None  # the source of the version the stored scores are under
 
 
 def campaigns_for(
@@ -104,11 +106,14 @@ def run_slice(
 ) -> Summary:
     """Plan or apply every batch of this job's slice of leads."""
     summary = Summary()
+    baseline = None
+    if job.baseline is not None:
+        baseline = compile_text(job.baseline, job.path, get_settings().home).ruleset
     after = 0
     while True:
         for attempt in range(RETRIES):
             try:
-                ids, found, alerting = _batch(db, compiled, campaigns, job, after)
+                ids, found, alerting = _batch(db, compiled, campaigns, job, after, baseline)
                 break
             except (ConflictError, IntegrityError, OperationalError):
                 # A concurrent ingest won the race for these leads: the batch rolled back.
@@ -128,20 +133,21 @@ def _batch(
     campaigns: CompiledCampaigns | None,
     job: Job,
     after: int,
+    baseline: Ruleset | None,
 ) -> tuple[list[int], list[Replayed], set[int]]:
     """One batch in one transaction: its ids, their replays, the leads that had an alert."""
     if not job.write:
         with reading(db) as conn:
             ids = _ids(conn, job, compiled.ruleset.version, after)
-            stored = load_stored(conn, compiled.ruleset, ids, lock=False)
-            found = replay(conn, compiled, stored, job.now, campaigns)
+            stored = load_stored(conn, ids, lock=False)
+            found = replay(conn, compiled, stored, job.now, campaigns, baseline=baseline)
             return ids, found, _alerting(conn, ids)
     with db.begin() as conn:
         ids = _ids(conn, job, compiled.ruleset.version, after)
         if not ids:
             return ids, [], set()
         alerting = _alerting(conn, ids)
-        found = rescore(conn, compiled, ids, job.now, campaigns, job.alert)
+        found = rescore(conn, compiled, ids, job.now, campaigns, job.alert, baseline)
         return ids, found, alerting
 
 
@@ -175,10 +181,7 @@ def run(
     the leads left under another version, for apply)."""
     if job.workers <= 1:
         return run_slice(db, compiled, campaigns, job, progress)
-    jobs = [
-        Job(job.url, job.source, job.path, job.write, job.alert, job.now, k, job.workers, job.batch)
-        for k in range(job.workers)
-    ]
+    jobs = [replace(job, worker=k) for k in range(job.workers)]
     context = multiprocessing.get_context("spawn")
     summary = Summary()
     with ProcessPoolExecutor(job.workers, mp_context=context) as pool:
@@ -226,22 +229,25 @@ def apply(
         applied = latest
     else:
         applied = record_apply(db, compiled.ruleset, kind, note, commit)
+    baseline = latest.source if latest is not None and not resumed else None
     campaigns = campaigns_for(db, settings, compiled)
     source, version = compiled.ruleset.source, compiled.ruleset.version
     url = db.url.render_as_string(hide_password=False)
-    job = Job(url, source, path, True, alert, now or utcnow(), workers=workers)
+    job = Job(url, source, path, True, alert, now or utcnow(), workers=workers, baseline=baseline)
     summary = run(db, compiled, campaigns, job, progress)
     # Processes that had not seen the new version yet may have scored leads under the old
     # one meanwhile: once they all have (RECHECK), scan until none is left.
     wait = applied.applied_at.timestamp() + RECHECK + 0.5 - time.time()
-    if wait > 0:
+    if wait > 0 and not (resumed and applied.finished_at is not None):
         time.sleep(wait)
     while remaining(db, version):
-        again = Job(job.url, source, path, True, alert, now or utcnow())
+        again = replace(job, workers=1, worker=0)
         summary.merge(run_slice(db, compiled, campaigns, again, progress))
     seconds = time.monotonic() - started
+    if resumed and applied.finished_at is not None and not summary.leads:
+        return ApplyResult(applied, summary, seconds, resumed)  # nothing was left to do
     rescored = summary.leads + (applied.leads_rescored if resumed else 0)
-    finish_apply(db, applied.id, rescored, seconds)
+    finish_apply(db, applied.id, rescored, seconds + ((applied.seconds or 0) if resumed else 0))
     return ApplyResult(applied, summary, seconds, resumed)
 
 
@@ -257,5 +263,9 @@ def plan(
     """Replay every lead under ``compiled`` and sum what would change; nothing is written."""
     campaigns = campaigns_for(db, settings, compiled)
     url = db.url.render_as_string(hide_password=False)
+    with reading(db) as conn:
+        latest = latest_apply(conn)
+    baseline = latest.source if latest is not None else None
     job = Job(url, compiled.ruleset.source, path, False, False, now or utcnow(), workers=workers)
+    job = replace(job, baseline=baseline)
     return run(db, compiled, campaigns, job, progress)
