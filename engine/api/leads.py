@@ -14,10 +14,12 @@ from engine.api.app import Context, Ctx
 from engine.api.auth import require_token
 from engine.api.intake import in_force, read_json, score
 from engine.api.models import LeadDetail, LeadIn, LeadSummary, Pipeline, errors, json_body
-from engine.errors import InvalidRecord
+from engine.errors import InvalidRecord, NurtureError
 from engine.ingest.parse import LeadRecord, record
+from engine.replay.asof import as_of as replayed
 from engine.reports import leads as report
 from engine.reports.pipeline import pipeline, report_options
+from engine.timeutil import parse_instant
 
 router = APIRouter(prefix="/api", tags=["leads"], dependencies=[Depends(require_token)])
 
@@ -87,10 +89,31 @@ def list_leads(
 
 
 @router.get("/leads/{email}", response_model=LeadDetail, responses=errors(401, 404, 422))
-def get_lead(email: str, ctx: Ctx) -> dict[str, Any]:
+def get_lead(
+    email: str,
+    ctx: Ctx,
+    as_of: Annotated[
+        str | None,
+        Query(description="Scores as of this time: the lead's events up to then, replayed."),
+    ] = None,
+) -> dict[str, Any]:
     """One lead: scores, temperature, stage, the score ledger (every change with its rule and
-    event), stage history, recent events and the top reasons behind the score."""
-    return lead_or_404(ctx, email)
+    event), stage history, recent events and the top reasons behind the score. With ``as_of``,
+    the scores, bands, stage, tags, attributes and ledger are those the version in force gives
+    the lead's events up to that time."""
+    detail = lead_or_404(ctx, email)
+    if as_of is None:
+        return detail
+    try:
+        at = parse_instant(as_of)
+    except NurtureError as error:
+        raise HTTPException(422, f"as_of: {error}") from None
+    found = replayed(ctx.db, in_force(ctx).compiled, email, at)
+    if found is None:
+        raise HTTPException(404, "no lead with that email")
+    keep = ("score", "scores", "totals", "bands", "temperature", "stage", "tags", "attributes")
+    return {**detail, **{k: found[k] for k in keep}, "ledger": found["ledger"],
+            "ruleset_version": found["ruleset_version"], "as_of": found["as_of"]}  # fmt: skip
 
 
 @router.get("/pipeline", response_model=Pipeline, responses=errors(401, 422, 503))

@@ -105,6 +105,7 @@ class LedgerRow(BaseModel):
     score_after: int
     event_id: str | None
     at: str
+    ruleset_version: str | None = None  # the ruleset version that produced the row
 
 
 class StageChange(BaseModel):
@@ -134,6 +135,8 @@ class LeadDetail(LeadSummary):
     stage_history: list[StageChange]
     recent_events: list[RecentEvent]
     reasons: list[Reason]
+    ruleset_version: str | None = None  # the version the lead's scores are under
+    as_of: str | None = None  # `?as_of=`: the scores replayed up to this time
 
 
 class PipelineStage(BaseModel):

@@ -10,18 +10,38 @@ from rich.table import Table
 from engine.cli.app import app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, fail, out
 from engine.errors import NurtureError
+from engine.replay.asof import as_of as replayed
+from engine.replay.asof import version_compiled
 from engine.reports import leads as report
 from engine.settings import get_settings
+from engine.timeutil import parse_instant
 
 
 @app.command("lead")
-def lead_command(email: str, as_json: JsonFlag = False) -> None:
+def lead_command(
+    email: str,
+    versions: Annotated[
+        bool, typer.Option("--versions", help="Ledger rows of every ruleset version, grouped.")
+    ] = False,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Scores as of this time (replayed).")
+    ] = None,
+    ruleset: Annotated[
+        str | None, typer.Option("--ruleset", help="With --as-of: a version of rules history.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
     """One lead: scores, temperature, stage, the ledger and stage history."""
     settings = get_settings()
     db = open_db(settings)
-    claimed = scoring(db, settings).compiled.ruleset.claimed
+    compiled = scoring(db, settings).compiled
     try:
-        detail = report.lead_detail(db, email, claimed)
+        if as_of is not None:
+            if ruleset is not None:
+                compiled = version_compiled(db, settings, ruleset)
+            detail = replayed(db, compiled, email, parse_instant(as_of))
+        else:
+            detail = report.lead_detail(db, email, compiled.ruleset.claimed, versions)
     except NurtureError as error:
         raise fail(str(error)) from None
     if detail is None:
@@ -29,6 +49,12 @@ def lead_command(email: str, as_json: JsonFlag = False) -> None:
     if as_json:
         emit_json(detail)
         return
+    if as_of is not None:
+        out.print(
+            f"as of {detail['as_of']} under version {detail['ruleset_version']} "
+            f"({detail['events']} events replayed)",
+            highlight=False,
+        )
     out.print(
         f"[bold]{detail['email']}[/bold]  score {detail['score']}  "
         f"{detail['temperature']}  stage {detail['stage']}",
@@ -40,17 +66,26 @@ def lead_command(email: str, as_json: JsonFlag = False) -> None:
         out.print(f"{name}: {total} ({detail['bands'][name]})", highlight=False)
     if detail["tags"]:
         out.print(f"tags: {', '.join(detail['tags'])}", highlight=False)
-    ledger = Table("at", "rule", "component", "delta", "score after", "event", title="ledger")
+    groups: dict[str, list[dict[str, Any]]] = {}
     for row in detail["ledger"]:
-        ledger.add_row(
-            row["at"],
-            row["rule"],
-            row["component"],
-            f"{row['delta']:+d}",
-            str(row["score_after"]),
-            row["event_id"] or "",
-        )
-    out.print(ledger)
+        groups.setdefault(row["ruleset_version"] if versions else "", []).append(row)
+    for version, rows in groups.items() or [("", [])]:
+        title = f"ledger of version {version}" if versions else "ledger"
+        if versions and version == detail.get("ruleset_version"):
+            title += " (in force for this lead)"
+        ledger = Table("at", "rule", "component", "delta", "score after", "event", title=title)
+        for row in rows:
+            ledger.add_row(
+                row["at"],
+                row["rule"],
+                row["component"],
+                f"{row['delta']:+d}",
+                str(row["score_after"]),
+                row["event_id"] or "",
+            )
+        out.print(ledger)
+    if as_of is not None:
+        return
     stages = Table("at", "from", "to", "rule", title="stage history")
     for row in detail["stage_history"]:
         stages.add_row(row["at"], row["from"] or "", row["to"], row["rule"])
