@@ -22,7 +22,7 @@ from tests.store_support import tables
 pytestmark = pytest.mark.home(rulesets=["cli-test"])
 RULESET = ruleset_text("cli-test")
 MORE = RULESET.replace("then: {score: {engagement: 10}}", "then: {score: {engagement: 30}}")
-RECORDS = [
+RECORDS: list[dict[str, Any]] = [
     {"email": "ana@acme.io", "job_title": "VP Sales", "id": "p1",
      "occurred_at": "2026-10-01T09:00:00Z"},
     {"id": "e1", "email": "ana@acme.io", "type": "page_view",
