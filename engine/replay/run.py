@@ -234,6 +234,7 @@ def apply(
     source, version = compiled.ruleset.source, compiled.ruleset.version
     url = db.url.render_as_string(hide_password=False)
     job = Job(url, source, path, True, alert, now or utcnow(), workers=workers, baseline=baseline)
+    job = replace(job, batch=min(settings.batch_size, BATCH))
     summary = run(db, compiled, campaigns, job, progress)
     # Processes that had not seen the new version yet may have scored leads under the old
     # one meanwhile: once they all have (RECHECK), scan until none is left.
@@ -267,5 +268,5 @@ def plan(
         latest = latest_apply(conn)
     baseline = latest.source if latest is not None else None
     job = Job(url, compiled.ruleset.source, path, False, False, now or utcnow(), workers=workers)
-    job = replace(job, baseline=baseline)
+    job = replace(job, baseline=baseline, batch=min(settings.batch_size, BATCH))
     return run(db, compiled, campaigns, job, progress)
