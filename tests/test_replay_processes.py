@@ -119,7 +119,7 @@ def test_sigkill_midway_then_apply_again_equals_an_uninterrupted_apply(
     with another_database(db_url, tmp_path) as other:
         other_home = make_home(tmp_path / "other")
         (other_home / "rulesets" / "b2b-saas.yaml").write_text(
-            ruleset.read_text().replace(*reversed(EDIT))
+            ruleset.read_text().replace(EDIT[1], EDIT[0])
         )
         score_in_force(other, other_home, records)
         shutil.copy(ruleset, other_home / "rulesets" / "b2b-saas.yaml")
@@ -162,7 +162,7 @@ def test_ingest_during_apply_loses_nothing_and_counts_nothing_twice(
         batch = [
             {"id": f"extra-{chunk}-{i}", "email": email, "type": "page_view",
              "occurred_at": now, "properties": {"url": "/pricing"}}
-            for i, email in enumerate(emails[chunk * 7 % LEADS_N :: 37] + [f"new{chunk}@acme.io"])
+            for i, email in enumerate([*emails[chunk * 7 % LEADS_N :: 37], f"new{chunk}@acme.io"])
         ]  # fmt: skip
         extra += lines(batch)
         score_in_force(db_url, home, lines(batch))
