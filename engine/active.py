@@ -176,12 +176,15 @@ def forget(db: Engine) -> None:
 
 def ruleset_in_force(db: Engine, settings: Settings, refresh: bool = False) -> InForce:
     """The version in force (adopting the files' on an empty database), with what the files
-    on disk hold. Cached; ``refresh`` reads the database and the files again now."""
+        on disk hold. The compiled version is cached; the latest apply id is read again every
+    ``RECHECK`` seconds (``refresh``: now)."""
     key = str(db.url)
     with _LOCK:
         cached = _CACHE.get(key)
         now = time.monotonic()
         if cached is not None and not refresh and now - cached.checked < RECHECK:
+            # The files are read every time (as cheap as hashing them): an edit is seen at once.
+            _check_files(cached, settings)
             return cached.in_force
         with reading(db) as conn:
             applied = latest_apply_id(conn)

@@ -316,7 +316,7 @@ def test_validate_reports_lines_and_changes_nothing(api: TestClient, db_url: str
     api.post("/api/events", json={"email": "ana@acme.io", "type": "demo_request", "id": "d1"})
     assert api.get("/api/leads/ana@acme.io").json()["stage"] == "lead"
     with database.connect(db_url).connect() as conn:
-        names = set(conn.execute(sa.text("SELECT name FROM ruleset_version")).scalars())
+        names = set(conn.execute(sa.text("SELECT name FROM ruleset_apply")).scalars())
     assert names == {"api-test"}
 
 

@@ -80,6 +80,7 @@ def test_points_decay_per_whole_period_since_the_last_rise(db_url: str) -> None:
         "score_after": 65,
         "event_id": None,
         "at": "2026-01-08T10:00:00Z",
+        "ruleset_version": ana["ruleset_version"],
     }
 
     # The same time again, or an earlier one, changes nothing at all.

@@ -371,10 +371,11 @@ def test_lead_json_has_the_design_shape_and_its_ledger_sums_to_its_score() -> No
     assert lead["email"] == "ana@acme.io"
     assert isinstance(lead["tags"], list) and isinstance(lead["attributes"], dict)
     assert all(
-        set(row) == {"rule", "component", "delta", "score_after", "event_id", "at"}
+        set(row)
+        == {"rule", "component", "delta", "score_after", "event_id", "at", "ruleset_version"}
         for row in lead["ledger"]
     )
-    assert all(set(row) == {"from", "to", "rule", "at"} for row in lead["stage_history"])
+    assert all(set(row) == {"from", "to", "rule", "at", "rescore"} for row in lead["stage_history"])
     # fit: title 30 + size 10; engagement: pricing (Jan 5) 10, late pricing (Jan 1) 10.
     assert lead["scores"] == {"fit": 40, "engagement": 20}
     assert lead["score"] == sum(lead["scores"].values()) == 60
@@ -446,8 +447,9 @@ def test_events_of_unknown_leads_create_them_in_the_first_stage(db: sa.Engine) -
     assert detail is not None
     assert (detail["stage"], detail["score"], detail["subscribed"]) == ("subscriber", 0, True)
     assert detail["stage_history"] == [
-        {"from": None, "to": "subscriber", "rule": "new-lead", "at": "2026-01-05T00:00:00Z"}
-    ]
+        {"from": None, "to": "subscriber", "rule": "new-lead", "at": "2026-01-05T00:00:00Z",
+         "rescore": False}
+    ]  # fmt: skip
     assert detail["attributes"] == {"domain": "x.io"}
     with db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(LEDGER)).scalar() == 0

@@ -239,11 +239,14 @@ def test_a_broken_ruleset_leaves_the_last_good_one_in_force(cli_home: Path, db_u
     tick = nurture("tick", "--now", "2026-02-01T00:00:00Z")
     assert tick.exit_code == 0 and "stays in force" in tick.stderr
 
-    # Fixed: the new version takes over.
+    # Fixed: saving changes nothing live; `rules apply` makes the new version the one in force
+    # and rescores the lead by replaying its events (+2 each).
     path.write_text(BETTER)
     ingest_ok(3)
+    assert versions_by_event(db_url)["v3"] == version_of(GOOD)
+    assert nurture("rules", "apply").exit_code == 0
     assert versions_by_event(db_url)["v3"] == version_of(BETTER)
-    assert json.loads(nurture("lead", "ana@acme.io", "--json").stdout)["score"] == 4
+    assert json.loads(nurture("lead", "ana@acme.io", "--json").stdout)["score"] == 6
 
 
 def test_a_broken_ruleset_with_no_earlier_version_is_refused(cli_home: Path, db_url: str) -> None:
@@ -258,20 +261,17 @@ def test_a_broken_ruleset_with_no_earlier_version_is_refused(cli_home: Path, db_
 
 
 def test_after_a_revert_the_reverted_version_is_the_one_kept(cli_home: Path, db_url: str) -> None:
-    """Good → better → back to good → broken: `good` was in force, so `good` stays."""
+    """Good → better → back to good (each applied) → broken: `good` is in force, so it stays."""
     path = cli_home / "rulesets" / "live.yaml"
     for n, text in enumerate((GOOD, BETTER, GOOD), start=1):
         path.write_text(text)
+        assert nurture("rules", "apply").exit_code == 0
         ingest_ok(n)
     path.write_text(BROKEN)
     result = ingest_ok(4)
     assert f"version {version_of(GOOD)} stays in force" in result.stderr
-    assert versions_by_event(db_url) == {
-        "v1": version_of(GOOD),
-        "v2": version_of(BETTER),
-        "v3": version_of(GOOD),
-        "v4": version_of(GOOD),
-    }
+    # Every event is scored under the version in force, the earlier ones by replay.
+    assert versions_by_event(db_url) == {f"v{n}": version_of(GOOD) for n in (1, 2, 3, 4)}
 
 
 def test_the_version_in_force_is_found_however_home_is_spelled(

@@ -146,6 +146,6 @@ def test_only_new_leads_get_their_first_stage_as_history() -> None:
     leads = [loaded(1, new=True), loaded(2, new=False), loaded(3, new=True)]
     assert new_lead_stages(leads, "subscriber") == [
         {"lead_id": n, "from_stage": None, "to_stage": "subscriber", "rule": "new-lead",
-         "event_id": None, "at": AT - timedelta(days=30)}
+         "event_id": None, "at": AT - timedelta(days=30), "rescore": False}
         for n in (1, 3)
     ]  # fmt: skip
