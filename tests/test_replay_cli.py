@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from engine import db as database
 from engine.api.app import create_app
+from engine.db.schema import ACTIONS, LEADS
 from engine.settings import Settings
 from tests.helpers import API_TOKEN, nurture, ruleset_text
 from tests.store_support import tables
@@ -77,9 +78,17 @@ def test_an_edit_goes_live_only_by_apply(cli_home: Path, db_url: str) -> None:
     top = report["biggest"][0]
     assert (top["email"], top["before"], top["after"]) == ("ana@acme.io", 35, 75)
 
-    applied = nurture("rules", "apply", "-m", "pricing counts more")
+    applied = nurture("rules", "apply", "-m", "pricing counts more", "--alert")
     assert applied.exit_code == 0, applied.output
     assert "2 leads rescored" in applied.stdout
+    # --alert: the lead the rescore made hot gets one alert, now; nothing else is pending.
+    with db.connect() as conn:
+        pending = conn.execute(
+            sa.select(LEADS.c.email, ACTIONS.c.rule)
+            .join(LEADS, LEADS.c.id == ACTIONS.c.lead_id)
+            .where(ACTIONS.c.kind == "alert", ACTIONS.c.status == "pending")
+        ).all()
+    assert [tuple(row) for row in pending] == [("ana@acme.io", "rescore")]
     assert lead("ana@acme.io")["score"] == 75 and lead("bo@acme.io")["score"] == 30
     status = json.loads(nurture("rules", "status", "--json").stdout)
     assert status["files_differ"] is False and status["finished"] is True

@@ -254,7 +254,9 @@ def _settle_stage(ruleset: Ruleset, found: Replayed, now: datetime) -> None:
     if not forward:
         found.held = replayed
         return
-    cause = next(row for row in reversed(found.rows.stages) if row["to_stage"] == replayed)
+    # The replayed move into that stage names the rule (none: a stage the ruleset dropped).
+    causes = [row for row in found.rows.stages if row["to_stage"] == replayed]
+    cause = causes[-1] if causes else {"rule": RESCORE, "event_id": None}
     found.stage, found.stage_entered_at = replayed, now
     found.moved = {
         "lead_id": found.stored.id,
