@@ -29,6 +29,7 @@ from engine.status import ActionStatus
 from tests.helpers import ROOT
 from tests.store_support import another_database, lead_state, tables
 
+pytestmark = pytest.mark.slow  # each ingests the sample data and replays it (10–60 s)
 LEADS_N = 120
 TICKS = [DEFAULT_END + timedelta(days=d, hours=10) for d in (1, 4, 9, 20, 45)]
 
@@ -67,7 +68,6 @@ def _forget_versions(db: sa.Engine) -> None:
         conn.execute(sa.update(LEADS).values(ruleset_version=None))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["b2b-saas.yaml", "examples/customer-health.yaml"])
 def test_online_scoring_equals_replay(db_url: str, tmp_path: Path, name: str) -> None:
     database.upgrade(db_url)
@@ -103,7 +103,8 @@ def test_apply_equals_a_fresh_database_scored_under_the_new_version(
     now = TICKS[0]
     _ingest(db, v1, ticks=[])
     before = lead_state(db)
-    result = apply(db, _settings(tmp_path, db_url), v2, now=now)
+    # Two worker processes, each a slice of the leads.
+    result = apply(db, _settings(tmp_path, db_url), v2, workers=2, now=now)
     assert result.summary.leads == LEADS_N and result.summary.changed > 0
     with another_database(db_url, tmp_path) as other_url:
         fresh = database.connect(other_url)
