@@ -49,6 +49,7 @@ def lead(email: str, *args: str) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.slow
 def test_an_edit_goes_live_only_by_apply(cli_home: Path, db_url: str) -> None:
     ingest(cli_home, RECORDS[:2])
     status = json.loads(nurture("rules", "status", "--json").stdout)

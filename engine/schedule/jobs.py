@@ -69,8 +69,9 @@ class TickReport:
 
 
 class Jobs:
-    """The jobs over one database, settings and mail backend. The ruleset and campaigns
-    are looked up on each run, so an edit on disk takes effect without a restart (a broken edit
+    """The jobs over one database, settings and mail backend. The ruleset in force (the
+    database's, see engine.active) and the campaigns are looked up on each run, so a version
+    applied by `nurture rules apply` takes effect without a restart (a broken campaigns edit
     leaves the last good version in force and is reported)."""
 
     def __init__(self, db: Engine, settings: Settings, mailer: Mailer | None = None) -> None:
