@@ -31,7 +31,9 @@ class Commands(TyperGroup):
 app = typer.Typer(
     help="Rules-engine lead scoring and nurturing.", no_args_is_help=True, cls=Commands
 )
-rules_app = typer.Typer(help="Check and test rulesets.", no_args_is_help=True)
+rules_app = typer.Typer(
+    help="Check, test, plan and apply rulesets; the version in force.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 model_app = typer.Typer(help="Predictive scores that rulesets can read.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
