@@ -277,6 +277,40 @@ def test_csv_and_jsonl_with_a_byte_order_mark(cli_home: Path) -> None:
     assert json.loads(piped.stdout) == {"accepted": 1, "duplicates": 0, "rejected": []}
 
 
+def test_csv_headers_become_the_attributes_the_backtest_names(cli_home: Path) -> None:
+    """A CRM export's headers as written: they name the same attributes as in `backtest`."""
+    (cli_home / "crm.csv").write_text(
+        "Email,Job Title,Company Size,Tags,Type,Occurred At,Properties.Page URL\n"
+        "ivy@iota.io,VP Sales,300,Met at a fair,,,\n"
+        "ivy@iota.io,,,,page_view,2026-01-05T10:00:00Z,/pricing\n"
+    )
+    result = nurture("ingest", str(cli_home / "crm.csv"), "--json")
+    assert json.loads(result.stdout) == {"accepted": 2, "duplicates": 0, "rejected": []}
+    lead = lead_json("ivy@iota.io")
+    assert lead["attributes"] == {
+        "domain": "iota.io",
+        "job_title": "VP Sales",
+        "company_size": 300,
+        "tags_column": "Met at a fair",
+    }
+    # The ruleset reads lead.job_title and lead.company_size: the profile scored.
+    assert lead["scores"]["fit"] == 40 and lead["tags"] == []
+    assert [e["properties"] for e in lead["recent_events"] if e["type"] == "page_view"] == [
+        {"page_url": "/pricing"}
+    ]
+
+    (cli_home / "twice.csv").write_text("email,Job Title,job_title\njo@iota.io,VP,CEO\n")
+    result = nurture("ingest", str(cli_home / "twice.csv"), "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["rejected"] == [
+        {
+            "line": 1,
+            "error": "the header row: columns 'Job Title' and 'job_title' would both be "
+            "attribute 'job_title'; no row was read",
+        }
+    ]
+
+
 BAD_JSONL = [
     ev("k1", "kim@x.io", "page_view", "2026-01-05T10:00:00Z", url="/pricing"),  # 1 good
     "{not json",  # 2
