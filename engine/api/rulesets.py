@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine
 
 from engine.api.app import Ctx
 from engine.api.auth import require_token
 from engine.api.intake import read_body
 from engine.api.models import Finding, Validation, errors
 from engine.errors import ProblemsError
+from engine.ingest.unseen import unseen
 from engine.rules.lint import warnings
 from engine.rules.load import parse_ruleset
 
@@ -20,7 +22,7 @@ router = APIRouter(prefix="/api", tags=["rulesets"], dependencies=[Depends(requi
 _TEXT = {"schema": {"type": "string"}}
 
 
-def validate(text: str) -> Validation:
+def validate(text: str, db: Engine | None = None) -> Validation:
     try:
         ruleset = parse_ruleset(text, "<request>")
     except ProblemsError as error:
@@ -34,7 +36,10 @@ def validate(text: str) -> Validation:
         version=ruleset.version,
         rules=len(ruleset.rules),
         problems=[],
-        warnings=[Finding(line=w.line, message=w.message) for w in warnings(ruleset)],
+        warnings=[
+            Finding(line=w.line, message=w.message)
+            for w in warnings(ruleset) + (unseen(ruleset, db) if db is not None else [])
+        ],
     )
 
 
@@ -52,11 +57,12 @@ def validate(text: str) -> Validation:
 )
 async def validate_ruleset(request: Request, ctx: Ctx) -> Validation:
     """Check a ruleset (its YAML text as the body): every problem with its line and a sentence,
-    and the warnings ``nurture rules check`` gives. 200 whether or not it is valid."""
+        and the warnings ``nurture rules check`` gives (attributes and event types the database never
+    had included). 200 whether or not it is valid."""
     body = await read_body(request)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPException(400, "the body is not UTF-8 text") from None
     # Reading YAML is pure Python (seconds for the largest files allowed): off the event loop.
-    return await run_in_threadpool(validate, text)
+    return await run_in_threadpool(validate, text, ctx.db)
