@@ -57,8 +57,8 @@ def validate(text: str, db: Engine | None = None) -> Validation:
 )
 async def validate_ruleset(request: Request, ctx: Ctx) -> Validation:
     """Check a ruleset (its YAML text as the body): every problem with its line and a sentence,
-        and the warnings ``nurture rules check`` gives (attributes and event types the database never
-    had included). 200 whether or not it is valid."""
+    and the warnings ``nurture rules check`` gives (about attributes and event types the
+    database never had too). 200 whether or not it is valid."""
     body = await read_body(request)
     try:
         text = body.decode("utf-8")

@@ -59,10 +59,12 @@ def record(
     version: str,
     received_at: datetime,
     campaigns_applied: bool,
+    past: bool = False,
 ) -> None:
     """Append the rows of one evaluation and move ``lead`` to its outcome. With
     ``campaigns_applied``, enroll/exit intents are applied in the same transaction; alerts
-    always wait for the dispatcher."""
+    wait for the dispatcher, or with ``past`` (a profile, a backfill) are stored as past: the
+    alerts job never sends them."""
     at = event.occurred_at
     rows.events.append(
         {
@@ -115,12 +117,16 @@ def record(
                 "rule": intent.rule,
                 "event_id": event.id,
                 "at": at,
-                "status": ActionStatus.APPLIED
-                if campaigns_applied and intent.kind != "alert"
-                else ActionStatus.PENDING,
+                "status": _status(intent.kind, campaigns_applied, past),
             }
         )
     lead.state = outcome.state
+
+
+def _status(kind: str, campaigns_applied: bool, past: bool) -> ActionStatus:
+    if kind == "alert":
+        return ActionStatus.PAST if past else ActionStatus.PENDING
+    return ActionStatus.APPLIED if campaigns_applied else ActionStatus.PENDING
 
 
 def enrollments(
