@@ -5,12 +5,15 @@ them is the pure core's (``rules``, ``campaigns``, ``render``)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from sqlalchemy import Engine
 
 from engine.campaigns.load import parse_campaigns
 from engine.campaigns.spec import Campaign
 from engine.errors import Problem, ProblemsError
+from engine.ingest.unseen import unseen
 from engine.render.templates import Renderer
 from engine.rules.compile import CompiledRuleset, CompileError, compile_ruleset
 from engine.rules.lint import pattern_cautions, warnings
@@ -143,9 +146,10 @@ def unknown_targets(ruleset: Ruleset, settings: Settings) -> list[Problem]:
     ]
 
 
-def check_folder(path: Path) -> FolderCheck:
+def check_folder(path: Path, db: Engine | None = None) -> FolderCheck:
     """Rulesets (and their tests) under ``path``; then the campaigns and templates beside it,
-    campaigns checked against the first good ruleset, templates rendered for a sample lead."""
+    campaigns checked against the first good ruleset, templates rendered for a sample lead.
+    With ``db``, rules reading what its leads and events never had are cautions too."""
     found = FolderCheck()
     rulesets = []
     files = list(ruleset_files(path)) if path.exists() else []
@@ -157,10 +161,13 @@ def check_folder(path: Path) -> FolderCheck:
         except ProblemsError as error:
             found.problems.extend(error.problems)
             continue
-        ruleset = compiled.ruleset
+        # A version is compiled once per process: its ruleset may name another file it was in.
+        ruleset = replace(compiled.ruleset, path=str(file))
         rulesets.append(ruleset)
         found.cautions += warnings(ruleset)
         found.cautions += unknown_targets(ruleset, get_settings())
+        if db is not None:
+            found.cautions += unseen(ruleset, db)
         found.ok.append(
             f"{file}: ruleset {ruleset.name}, {len(ruleset.rules)} rules, v{ruleset.version}"
         )

@@ -7,7 +7,9 @@ from enum import StrEnum
 
 
 class ActionStatus(StrEnum):
-    """A rule's pending action (``lead_action``): an alert waits for the alerts job."""
+    """A rule's pending action (``lead_action``): an alert waits for the alerts job. ``past``:
+    an alert for the past (an import, a backfill, a rescore), kept for the record and never
+    sent."""
 
     PENDING = "pending"
     APPLIED = "applied"

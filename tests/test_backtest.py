@@ -8,13 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from engine.analysis.pastleads import (
-    PastLeadsError,
-    attribute_name,
-    parse_past_leads,
-    read_past_leads,
-)
+from engine.analysis.pastleads import PastLeadsError, parse_past_leads, read_past_leads
+from engine.ingest.columns import attribute_name
 from engine.settings import get_settings
 from tests.helpers import ROOT, nurture, ruleset_text, shared_data
 
@@ -236,3 +233,39 @@ def test_the_example_ruleset_on_the_case_study_data(tmp_path: Path) -> None:
     assert report["auc"] >= 0.87
     assert report["hot"]["precision"] >= 0.78
     assert report["hot"]["leads"] >= 2000
+
+
+@pytest.mark.slow
+@pytest.mark.data("x-education-leads.csv")
+def test_what_is_backtested_is_what_runs_on_the_case_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case study's CSV, with an email column, ingested live under the example ruleset:
+    every lead has the score and band the backtest gave its row (same columns, same names)."""
+    from engine.analysis.backtest import score_leads
+    from engine.home import compile_checked
+
+    past = read_past_leads(XEDU, "Converted")
+    scored = score_leads(compile_checked(EXAMPLE), past)
+    lines = XEDU.read_text(encoding="utf-8-sig").splitlines()
+    live = [f"Email,{lines[0]}"]
+    live += [f"lead{n}@x-education.io,{line}" for n, line in enumerate(lines[1:]) if line]
+    home = tmp_path / "home"
+    (home / "rulesets").mkdir(parents=True)
+    (home / "rulesets" / EXAMPLE.name).write_text(EXAMPLE.read_text())
+    (home / "live.csv").write_text("\n".join(live) + "\n")
+    url = f"sqlite:///{home / 'nurture.db'}"
+    monkeypatch.setenv("NURTURE_HOME", str(home))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", url)
+    get_settings.cache_clear()
+    code, output = run("ingest", str(home / "live.csv"), "--json")
+    assert code == 0, output[-2000:]
+    assert json.loads(output)["accepted"] == 9240
+    with sa.create_engine(url).connect() as conn:
+        rows = conn.execute(sa.text("SELECT email, score, temperature FROM lead")).all()
+    stored = {email: score for email, score, _ in rows}
+    bands = {email: band for email, _, band in rows}
+    emails = [f"lead{n}@x-education.io" for n in range(len(past))]
+    assert [stored[email] for email in emails] == scored.scores.tolist()
+    assert [bands[email] for email in emails] == scored.bands
+    assert len(set(scored.bands)) == 3  # the comparison covers every band

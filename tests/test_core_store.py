@@ -145,7 +145,12 @@ def test_csv_and_stdin() -> None:
         ",cleo@corp.io,,,,Chief of Staff\n"
     )
     result = nurture("ingest", "-", "--json", input=csv)
-    assert json.loads(result.stdout) == {"accepted": 2, "duplicates": 0, "rejected": []}
+    assert json.loads(result.stdout) == {
+        "accepted": 2,
+        "duplicates": 0,
+        "rejected": [],
+        "alerts": 0,
+    }
     cleo = json.loads(nurture("lead", "cleo@corp.io", "--json").stdout)
     assert cleo["scores"]["fit"] == 30
     assert json.loads(nurture("lead", "ana@acme.io", "--json").stdout)["score"] == 20
@@ -187,6 +192,7 @@ def test_a_line_that_is_not_utf8_is_rejected_alone(cli_home: Path) -> None:
         "accepted": 1,
         "duplicates": 0,
         "rejected": [{"line": 2, "error": "not valid UTF-8 text"}],
+        "alerts": 0,
     }
 
 

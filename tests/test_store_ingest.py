@@ -101,6 +101,7 @@ def test_the_same_file_twice_leaves_exactly_the_state_of_once(
         "accepted": 8,
         "duplicates": 1,
         "rejected": [{"line": 8, "error": "occurred_at: not an ISO 8601 time: 'last tuesday'"}],
+        "alerts": 1,  # the demo request's, queued for sales
     }
     once = tables(engine_of(db_url))
     assert len(once["event"]) == 8
@@ -132,7 +133,12 @@ def test_the_same_records_as_csv_after_jsonl_are_duplicates(cli_home: Path, db_u
     assert nurture("ingest", str(cli_home / "a.jsonl")).exit_code == 0
     state = tables(engine_of(db_url))
     result = nurture("ingest", str(cli_home / "a.csv"), "--json")
-    assert json.loads(result.stdout) == {"accepted": 0, "duplicates": 2, "rejected": []}
+    assert json.loads(result.stdout) == {
+        "accepted": 0,
+        "duplicates": 2,
+        "rejected": [],
+        "alerts": 0,
+    }
     assert tables(engine_of(db_url)) == state
 
 
@@ -242,7 +248,12 @@ def test_csv_profiles_and_events(cli_home: Path) -> None:
     (cli_home / "mixed.csv").write_text(csv)
     result = nurture("ingest", str(cli_home / "mixed.csv"), "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"accepted": 4, "duplicates": 0, "rejected": []}
+    assert json.loads(result.stdout) == {
+        "accepted": 4,
+        "duplicates": 0,
+        "rejected": [],
+        "alerts": 1,
+    }
     lead = lead_json("eve@epsilon.io")
     # Numbers in cells are numbers: company_size 1200 ≥ 200.
     assert lead["attributes"]["company_size"] == 1200
@@ -264,17 +275,66 @@ def test_csv_and_jsonl_with_a_byte_order_mark(cli_home: Path) -> None:
         "\ufeffemail,job_title,company_size\nfay@phi.io,VP Sales,300\n".encode()
     )
     result = nurture("ingest", str(cli_home / "excel.csv"), "--json")
-    assert json.loads(result.stdout) == {"accepted": 1, "duplicates": 0, "rejected": []}
+    assert json.loads(result.stdout) == {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": [],
+        "alerts": 0,
+    }
     assert lead_json("fay@phi.io")["scores"]["fit"] == 40
     (cli_home / "bom.jsonl").write_bytes(
         b"\xef\xbb\xbf" + json.dumps(ev("g1", "gus@x.io", "demo_request")).encode() + b"\n"
     )
     result = nurture("ingest", str(cli_home / "bom.jsonl"), "--json")
-    assert json.loads(result.stdout) == {"accepted": 1, "duplicates": 0, "rejected": []}
+    assert json.loads(result.stdout) == {
+        "accepted": 1,
+        "duplicates": 0,
+        "rejected": [],
+        "alerts": 0,
+    }
     piped = nurture(
         "ingest", "-", "--json", input="\ufeffemail,job_title\nhal@x.io,Chief of Staff\n"
     )
-    assert json.loads(piped.stdout) == {"accepted": 1, "duplicates": 0, "rejected": []}
+    assert json.loads(piped.stdout) == {"accepted": 1, "duplicates": 0, "rejected": [], "alerts": 0}
+
+
+def test_csv_headers_become_the_attributes_the_backtest_names(cli_home: Path) -> None:
+    """A CRM export's headers as written: they name the same attributes as in `backtest`."""
+    (cli_home / "crm.csv").write_text(
+        "Email,Job Title,Company Size,Tags,Type,Occurred At,Properties.Page URL\n"
+        "ivy@iota.io,VP Sales,300,Met at a fair,,,\n"
+        "ivy@iota.io,,,,page_view,2026-01-05T10:00:00Z,/pricing\n"
+    )
+    result = nurture("ingest", str(cli_home / "crm.csv"), "--json")
+    assert json.loads(result.stdout) == {
+        "accepted": 2,
+        "duplicates": 0,
+        "rejected": [],
+        "alerts": 0,
+    }
+    lead = lead_json("ivy@iota.io")
+    assert lead["attributes"] == {
+        "domain": "iota.io",
+        "job_title": "VP Sales",
+        "company_size": 300,
+        "tags_column": "Met at a fair",
+    }
+    # The ruleset reads lead.job_title and lead.company_size: the profile scored.
+    assert lead["scores"]["fit"] == 40 and lead["tags"] == []
+    assert [e["properties"] for e in lead["recent_events"] if e["type"] == "page_view"] == [
+        {"page_url": "/pricing"}
+    ]
+
+    (cli_home / "twice.csv").write_text("email,Job Title,job_title\njo@iota.io,VP,CEO\n")
+    result = nurture("ingest", str(cli_home / "twice.csv"), "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["rejected"] == [
+        {
+            "line": 1,
+            "error": "the header row: columns 'Job Title' and 'job_title' would both be "
+            "attribute 'job_title'; no row was read",
+        }
+    ]
 
 
 BAD_JSONL = [
@@ -343,10 +403,10 @@ def test_ingest_prints_its_summary_and_exits_0_when_all_lines_pass(cli_home: Pat
     (cli_home / "ok.jsonl").write_text(jsonl([r for r in MIXED if isinstance(r, dict)]))
     result = nurture("ingest", str(cli_home / "ok.jsonl"))
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "accepted 8, duplicates 1, rejected 0"
+    assert result.stdout.strip() == "accepted 8, duplicates 1, rejected 0, alerts 1"
     again = nurture("ingest", str(cli_home / "ok.jsonl"), "--json")
     assert again.exit_code == 0
-    assert json.loads(again.stdout) == {"accepted": 0, "duplicates": 9, "rejected": []}
+    assert json.loads(again.stdout) == {"accepted": 0, "duplicates": 9, "rejected": [], "alerts": 0}
     missing = nurture("ingest", str(cli_home / "nope.jsonl"))
     assert missing.exit_code == 1 and "no such file" in missing.stderr
 

@@ -1,25 +1,24 @@
 """A CSV of past leads with known outcomes → lead attributes and 0/1 outcomes: the input of
 ``nurture backtest`` and ``nurture model train``. Pure but for reading the file.
 
-Column headers become attribute names in snake_case ("Lead Origin" → ``lead_origin``,
-"Total Time Spent on Website" → ``total_time_spent_on_website``) so rules can read them as
-``lead.<attribute>``; a name the ruleset computes (``tags``, ``score``, ``stage``...) gets
-``_column`` appended ("Tags" → ``tags_column``). Cells that read back as the same number become
-numbers, as in ``nurture ingest``; empty cells are missing attributes. The outcome column is not
-an attribute: rules and models must not see the answer.
+Column headers become attribute names by the rule ``nurture ingest`` applies to CSV
+(:mod:`engine.ingest.columns`: snake_case, "Lead Origin" → ``lead_origin``, "Tags" →
+``tags_column``), so a ruleset reads the same ``lead.<attribute>`` here and live. Cells that
+read back as the same number become numbers, as in ``nurture ingest``; empty cells are missing
+attributes. The outcome column is not an attribute: rules and models must not see the answer.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.errors import NurtureError
-from engine.ingest.parse import COMPUTED, csv_value
+from engine.ingest.columns import ColumnError, attribute_name, column_names
+from engine.ingest.parse import csv_value
 
 
 class PastLeadsError(NurtureError, ValueError):
@@ -37,11 +36,6 @@ class PastLeads:
 
     def __len__(self) -> int:
         return len(self.outcomes)
-
-
-def attribute_name(header: str) -> str:
-    """A column header as a rule attribute: lower case, runs of other characters → ``_``."""
-    return re.sub(r"[^0-9a-z]+", "_", header.strip().lower()).strip("_")
 
 
 def resolve_column(columns: dict[str, str], name: str, path: str) -> str:
@@ -117,22 +111,11 @@ def parse_past_leads(text: str, outcome: str, path: str = "<csv>") -> PastLeads:
 def _columns(header: list[str], path: str) -> dict[str, int]:
     """Attribute name → index, for every named column. Unnamed ones (a trailing comma) are
     skipped; two headers with one attribute name are an error."""
-    columns: dict[str, int] = {}
-    for index, title in enumerate(header):
-        if not title.strip():
-            continue
-        name = attribute_name(title)
-        if name in COMPUTED:  # "Tags" must not shadow the tags rules give: lead.tags_column
-            name += "_column"
-        if not name:
-            raise PastLeadsError(f"{path}:1: column {title!r} has no letters or digits to name it")
-        if name in columns:
-            first = header[columns[name]]
-            raise PastLeadsError(
-                f"{path}:1: columns {first!r} and {title!r} would both be attribute {name!r}"
-            )
-        columns[name] = index
-    return columns
+    try:
+        names = column_names(header)
+    except ColumnError as error:
+        raise PastLeadsError(f"{path}:1: {error}") from None
+    return {name: index for index, name in enumerate(names) if name is not None}
 
 
 def _outcome(cell: str, column: str, path: str, line: int) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine
 
 from engine.api.app import Context, Ctx
 from engine.api.auth import require_token
@@ -20,6 +21,7 @@ from engine.api.intake import in_force, read_body
 from engine.api.models import Finding, Validation, errors
 from engine.errors import ProblemsError
 from engine.home import compile_text
+from engine.ingest.unseen import unseen
 from engine.replay.run import plan
 from engine.rules.lint import warnings
 from engine.rules.load import parse_ruleset
@@ -28,7 +30,7 @@ router = APIRouter(prefix="/api", tags=["rulesets"], dependencies=[Depends(requi
 _TEXT = {"schema": {"type": "string"}}
 
 
-def validate(text: str) -> Validation:
+def validate(text: str, db: Engine | None = None) -> Validation:
     try:
         ruleset = parse_ruleset(text, "<request>")
     except ProblemsError as error:
@@ -42,7 +44,10 @@ def validate(text: str) -> Validation:
         version=ruleset.version,
         rules=len(ruleset.rules),
         problems=[],
-        warnings=[Finding(line=w.line, message=w.message) for w in warnings(ruleset)],
+        warnings=[
+            Finding(line=w.line, message=w.message)
+            for w in warnings(ruleset) + (unseen(ruleset, db) if db is not None else [])
+        ],
     )
 
 
@@ -60,14 +65,15 @@ def validate(text: str) -> Validation:
 )
 async def validate_ruleset(request: Request, ctx: Ctx) -> Validation:
     """Check a ruleset (its YAML text as the body): every problem with its line and a sentence,
-    and the warnings ``nurture rules check`` gives. 200 whether or not it is valid."""
+    and the warnings ``nurture rules check`` gives (about attributes and event types the
+    database never had too). 200 whether or not it is valid."""
     body = await read_body(request)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPException(400, "the body is not UTF-8 text") from None
     # Reading YAML is pure Python (seconds for the largest files allowed): off the event loop.
-    return await run_in_threadpool(validate, text)
+    return await run_in_threadpool(validate, text, ctx.db)
 
 
 def planned(ctx: Context, text: str) -> dict[str, Any]:

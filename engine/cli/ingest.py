@@ -23,7 +23,7 @@ def _count_lines(path: Path) -> int:
 
 def print_ingest(result: IngestResult, as_json: bool) -> None:
     if as_json:
-        emit_json(result.as_json())
+        emit_json({**result.as_json(), "alerts": result.alerts})
         return
     for rejection in result.rejected[:50]:
         err.print(f"line {rejection.line}: {rejection.error}", highlight=False, markup=False)
@@ -31,16 +31,24 @@ def print_ingest(result: IngestResult, as_json: bool) -> None:
         err.print(f"... and {len(result.rejected) - 50} more rejected lines")
     out.print(
         f"accepted {result.accepted}, duplicates {result.duplicates}, "
-        f"rejected {len(result.rejected)}"
+        f"rejected {len(result.rejected)}, alerts {result.alerts}"
     )
 
 
 @app.command("ingest")
 def ingest_command(
     file: Annotated[str, typer.Argument(help="JSON Lines or CSV of events or leads; - for stdin.")],
+    backfill: Annotated[
+        bool,
+        typer.Option(
+            "--backfill",
+            help="History, not news: score everything but page sales for none of it.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Score events and lead profiles. Idempotent by event id; bad lines are reported."""
+    """Score events and lead profiles. Idempotent by event id; bad lines are reported. Profile
+    records (and with --backfill every record) alert no one; the count of alerts is printed."""
     settings = get_settings()
     db = open_db(settings)
     active = scoring(db, settings)
@@ -63,6 +71,7 @@ def ingest_command(
             batch_size=settings.batch_size,
             on_progress=advance,
             campaigns=active.campaigns,
+            backfill=backfill,
         )
     print_ingest(result, as_json)
     if result.rejected:

@@ -12,13 +12,16 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from engine.active import DIFFER, NoRuleset, apply_history, choose_file
 from engine.cli.app import in_force as current
 from engine.cli.app import open_db, rules_app
 from engine.cli.output import JsonFlag, cell, emit_json, err, fail, out, progress_bar
 from engine.db import reading
-from engine.errors import ProblemsError
+from engine.errors import NurtureError, ProblemsError
 from engine.home import check_folder, compile_checked, compile_text, load_cases, ruleset_files
 from engine.replay.run import apply, plan, remaining
 from engine.replay.summary import Summary
@@ -28,14 +31,27 @@ from engine.rules.testing import CaseResult, run_case
 from engine.settings import Settings, get_settings
 
 
+def _stored(settings: Settings) -> Engine | None:
+    """The database to compare the rules with, when there is one: ``rules check`` also runs
+    where none is (CI, an editor), and creates none (a SQLite file that does not exist)."""
+    try:
+        url = make_url(settings.database_url)
+        if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+            return None
+        return open_db(settings)
+    except (ArgumentError, NurtureError):
+        return None
+
+
 @rules_app.command("check")
 def check_command(
     path: Annotated[Path | None, typer.Argument(help="A ruleset file or folder.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Validate rulesets, campaigns and templates: every problem with file, line and a plain
-    sentence."""
-    found = check_folder(path or get_settings().rulesets_dir)
+    sentence; warnings about rules reading attributes or event types the database never had."""
+    settings = get_settings()
+    found = check_folder(path or settings.rulesets_dir, _stored(settings))
     ok, problems, cautions = found.ok, found.problems, found.cautions
     if as_json:
         emit_json(

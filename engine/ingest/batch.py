@@ -37,6 +37,7 @@ from engine.rules.account import ACCOUNT_FIELDS, AccountBook
 from engine.rules.compile import CompiledRuleset
 from engine.rules.evaluate import ChainError, Event
 from engine.rules.timing import TIME, next_change
+from engine.status import ActionStatus
 from engine.timeutil import utcnow
 
 RETRIES = 5
@@ -58,6 +59,7 @@ class IngestResult:
     rejected: list[Rejection] = field(default_factory=list)
     # The lines (indexes over HTTP) of the duplicates, for per-record answers.
     duplicate_lines: list[int] = field(default_factory=list)
+    alerts: int = 0  # alerts queued for the alerts job (none for profiles or a backfill)
 
     def as_json(self, position: str = "line") -> dict[str, Any]:
         return {
@@ -74,10 +76,12 @@ def ingest(
     batch_size: int = 2000,
     on_progress: Callable[[int], None] | None = None,
     campaigns: CompiledCampaigns | None = None,
+    backfill: bool = False,
 ) -> IngestResult:
     """Score every record; rejections (parse errors, runaway chains) are reported, not fatal.
     With ``campaigns``, each evaluation also enrolls the lead in campaigns or ends enrollments,
-    in the same transaction."""
+    in the same transaction. Imports never page sales for the past: the alerts of a profile
+    record, and with ``backfill`` of every record, are stored as past, never sent."""
     result = IngestResult()
     for chunk in _batches(parsed, batch_size):
         records = [item for item in chunk if not isinstance(item, Rejection)]
@@ -85,8 +89,9 @@ def ingest(
         result.rejected.extend(unparsed)
         metrics.events_ingested(0, 0, len(unparsed))
         if records:
-            batch = _apply_with_retries(db, compiled, records, campaigns)
+            batch = _apply_with_retries(db, compiled, records, campaigns, backfill)
             result.accepted += batch.accepted
+            result.alerts += batch.alerts
             result.duplicates += batch.duplicates
             result.duplicate_lines.extend(batch.duplicate_lines)
             result.rejected.extend(batch.rejected)
@@ -119,12 +124,13 @@ def _apply_with_retries(
     compiled: CompiledRuleset,
     records: list[Record],
     campaigns: CompiledCampaigns | None,
+    backfill: bool = False,
 ) -> IngestResult:
     started = time.perf_counter()
     for attempt in range(RETRIES):
         try:
             with _one_writer(db), db.begin() as connection:
-                batch = _Batch(connection, compiled, campaigns)
+                batch = _Batch(connection, compiled, campaigns, backfill)
                 result = batch.run(records)
         except (ConflictError, IntegrityError, OperationalError):
             # Lost a race (another writer stored the same event or lead, or a deadlock /
@@ -135,7 +141,11 @@ def _apply_with_retries(
         metrics.INGEST_BATCH.observe(time.perf_counter() - started)
         metrics.events_ingested(result.accepted, result.duplicates, len(result.rejected))
         metrics.rules_fired(row["rule"] for row in batch.rows.firings)
-        if any(row["kind"] == "alert" for row in batch.rows.actions):
+        result.alerts = sum(
+            row["kind"] == "alert" and row["status"] == ActionStatus.PENDING
+            for row in batch.rows.actions
+        )
+        if result.alerts:
             wake.notify()
         return result
     raise AssertionError("unreachable")
@@ -162,8 +172,10 @@ class _Batch:
         connection: Connection,
         compiled: CompiledRuleset,
         campaigns: CompiledCampaigns | None = None,
+        backfill: bool = False,
     ) -> None:
         self.conn = connection
+        self.backfill = backfill
         self.compiled = compiled
         self.campaigns = campaigns
         self.ruleset = compiled.ruleset
@@ -250,7 +262,9 @@ class _Batch:
             self.result.rejected.append(Rejection(record.line, error))
             return False
         try:
-            scorer.score(lead, event, record.attributes)
+            # Imports never page sales for the past: a profile, or any record of a backfill.
+            past = self.backfill or isinstance(record, LeadRecord)
+            scorer.score(lead, event, record.attributes, past=past)
         except ChainError as error:
             self.result.rejected.append(Rejection(record.line, str(error)))
             return False

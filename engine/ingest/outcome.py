@@ -62,10 +62,12 @@ def record(
     campaigns_applied: bool,
     attributes: dict[str, Any] | None = None,
     status: ActionStatus | None = None,
+    past: bool = False,
 ) -> None:
     """Append the rows of one evaluation and move ``lead`` to its outcome. With
     ``campaigns_applied``, enroll/exit intents are applied in the same transaction; alerts
-    always wait for the dispatcher. ``attributes``: the profile attributes the record set,
+    wait for the dispatcher, or with ``past`` (a profile, a backfill) are stored as past: the
+    alerts job never sends them. ``attributes``: the profile attributes the record set,
     stored with the event for replay. ``status``: every intent's (a replay's are ``past``)."""
     at = event.occurred_at
     rows.events.append(
@@ -121,15 +123,16 @@ def record(
                 "rule": intent.rule,
                 "event_id": event.id,
                 "at": at,
-                "status": status
-                or (
-                    ActionStatus.APPLIED
-                    if campaigns_applied and intent.kind != "alert"
-                    else ActionStatus.PENDING
-                ),
+                "status": status or _status(intent.kind, campaigns_applied, past),
             }
         )
     lead.state = outcome.state
+
+
+def _status(kind: str, campaigns_applied: bool, past: bool) -> ActionStatus:
+    if kind == "alert":
+        return ActionStatus.PAST if past else ActionStatus.PENDING
+    return ActionStatus.APPLIED if campaigns_applied else ActionStatus.PENDING
 
 
 def enrollments(

@@ -18,12 +18,12 @@ from engine import jsontext
 from engine.address import normalise_email
 from engine.errors import InvalidRecord
 from engine.ingest import reader
+from engine.ingest.columns import COMPUTED as COMPUTED  # JSON records may not set them either
+from engine.ingest.columns import PROPERTIES, ColumnError, column_names
 from engine.ingest.reader import Rejection as Rejection  # the parser answers with it too
-from engine.rules.spec import COMPUTED_FIELDS, TIME_EVENT
+from engine.rules.spec import TIME_EVENT
 from engine.timeutil import parse_instant, utcnow
 
-# Fields of the lead JSON that the ruleset computes; an import may not overwrite them.
-COMPUTED = COMPUTED_FIELDS | {"ledger", "stage_history"}
 EVENT_KEYS = frozenset({"id", "email", "type", "occurred_at", "properties", "lead"})
 MAX_TYPE_LENGTH = 64
 MAX_NAME_LENGTH = 200  # of an id, an attribute or a property
@@ -240,14 +240,20 @@ def csv_value(text: str) -> Any:
 
 
 def parse_csv(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
-    """One record per row, its cells named by the header; rows the reader could not read are
-    rejected with the line they start on (see :mod:`engine.ingest.reader`)."""
+    """One record per row, its cells named by the header as :mod:`engine.ingest.columns` says
+    (the backtest's rule); rows the reader could not read are rejected with the line they start
+    on (see :mod:`engine.ingest.reader`)."""
     rows = reader.csv_rows(lines)
     header = next(rows, None)
     if isinstance(header, Rejection):
         yield Rejection(header.line, f"the header row: {header.error}; no row was read")
         return
-    fieldnames = header[1] if header else []
+    try:
+        fieldnames = column_names(header[1]) if header else []
+    except ColumnError as error:
+        assert header is not None
+        yield Rejection(header[0], f"the header row: {error}; no row was read")
+        return
     for item in rows:
         if isinstance(item, Rejection):
             yield item
@@ -259,15 +265,15 @@ def parse_csv(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
         if None in row:
             yield Rejection(number, "more cells than the header has columns")
             continue
-        cells = {k.strip(): csv_value(v or "") for k, v in row.items() if k}
+        cells = {k: csv_value(v or "") for k, v in row.items() if k}
         raw: dict[str, Any] = {}
         properties: dict[str, Any] = {}
         is_event = cells.get("type") not in (None, "")
         for key, value in cells.items():
             if value is None:
                 continue
-            if key.startswith("properties."):
-                properties[key.removeprefix("properties.")] = value
+            if key.startswith(PROPERTIES):
+                properties[key.removeprefix(PROPERTIES)] = value
             elif is_event and key not in EVENT_KEYS:
                 properties[key] = value
             else:
@@ -284,13 +290,17 @@ def parse_csv(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
             yield Rejection(number, str(error))
 
 
-def _by_name(fieldnames: list[str], cells: list[str]) -> dict[str | None, Any]:
-    """A row as ``csv.DictReader`` gives it: cells past the header under None, missing ones None."""
-    row: dict[str | None, Any] = dict(zip(fieldnames, cells, strict=False))
+def _by_name(fieldnames: list[str | None], cells: list[str]) -> dict[str | None, Any]:
+    """A row as ``csv.DictReader`` gives it: cells past the header under None, missing ones
+    None; cells of columns without a header are dropped."""
+    row: dict[str | None, Any] = {
+        name: cell for name, cell in zip(fieldnames, cells, strict=False) if name is not None
+    }
     if len(cells) > len(fieldnames):
         row[None] = cells[len(fieldnames) :]
     for name in fieldnames[len(cells) :]:
-        row[name] = None
+        if name is not None:
+            row[name] = None
     return row
 
 

@@ -75,10 +75,15 @@ class Scorer:
         return moved
 
     def score(
-        self, lead: LoadedLead, event: Event, attributes: Mapping[str, Any] | None = None
+        self,
+        lead: LoadedLead,
+        event: Event,
+        attributes: Mapping[str, Any] | None = None,
+        past: bool = False,
     ) -> Outcome:
         """Evaluate one event (with the profile ``attributes`` its record sets) against its
-        lead and append its rows; ChainError (the lead left as it was) on a runaway chain."""
+        lead and append its rows; ChainError (the lead left as it was) on a runaway chain.
+        ``past``: its alerts are stored as past (a profile record, a backfill)."""
         at = event.occurred_at
         before, decay_before = lead.state.copy(), {k: list(v) for k, v in lead.decay.items()}
         ledger_before = len(self.rows.ledger)
@@ -117,6 +122,7 @@ class Scorer:
             self.campaigns is not None,
             attributes=dict(attributes) if attributes else None,
             status=status,
+            past=past,
         )
         if self.accounts is not None:
             domain = account_domain(lead.state.attributes, lead.email)
