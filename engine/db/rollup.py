@@ -1,0 +1,223 @@
+"""Stage changes and the pipeline rollups, written together: every writer of ``stage_history``
+calls :func:`record_moves`, which appends the rows and brings up to date, for the leads they
+touch, each stay's facts (``stage_stay``) and the daily rollups the pipeline report sums
+(``stage_entry_day``, ``stage_length_day``, ``stage_move_day``, ``stage_cohort_day``).
+
+A lead's stays are recomputed from its whole history (a handful of rows) and compared with those
+stored: only stays that changed are rewritten, and the rollups get the difference as additive
+counters (``n = n + delta`` upserts, keys sorted), so concurrent writers never lose a count and
+moves written out of order (a replay's past moves) land right. Nothing here knows the funnel's
+order: stays keep the later stages as bits (``stage_code``), and the report applies the order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, select
+
+from engine.db.bulk import append_rows, upsert
+from engine.db.schema import (
+    COHORT_DAYS,
+    ENTRY_DAYS,
+    LEADS,
+    LENGTH_DAYS,
+    MOVE_DAYS,
+    STAGE_CODES,
+    STAGES,
+    STAYS,
+)
+from engine.errors import NurtureError
+
+DAY = 86_400
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_CODES = 62  # bits of a signed 64-bit integer, with room to spare
+CHUNK = 500  # leads per round of reads and writes
+# The stay columns compared to find the stays that changed (besides the id).
+FACTS = ("lead_id", "stage", "entered_at", "first", "later", "prev_entered_at", "stay", "bucket")
+
+
+class TooManyStages(NurtureError):
+    """More distinct stage names than ``stage_stay.later`` has bits for."""
+
+
+def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``rows`` to ``stage_history`` (each with lead_id, from_stage, to_stage, rule,
+    event_id, at; a lead's first stage has from_stage None) and update the rollups, in the
+    caller's transaction, which should be the one that writes the leads themselves. Rows may
+    come in any order and predate a lead's other moves."""
+    if not rows:
+        return
+    append_rows(conn, STAGES, [dict(row) for row in rows])
+    moves = Counter(
+        (day(row["at"]), row["from_stage"], row["to_stage"], row["rule"])
+        for row in rows
+        if row["from_stage"] is not None
+    )
+    _add(conn, MOVE_DAYS, ("day", "from_stage", "to_stage", "rule"), moves)
+    lead_ids = sorted({int(row["lead_id"]) for row in rows})
+    for start in range(0, len(lead_ids), CHUNK):
+        _refresh(conn, lead_ids[start : start + CHUNK])
+
+
+def bucket(stay: int) -> int:
+    """A stay's length bucket: whole hours under two days, then whole days (bucket 48 = 2 days),
+    so a percentile's exact value is read among few stays. Frozen in migration 0010."""
+    return stay // 3600 if stay < 2 * DAY else 46 + stay // DAY
+
+
+def seconds(at: datetime) -> int:
+    """Whole epoch seconds, as the report's SQL truncates them."""
+    return (_aware(at) - EPOCH) // timedelta(seconds=1)
+
+
+def day(at: datetime) -> int:
+    """The UTC day of ``at``, in days since 1970-01-01: the rollups' key."""
+    return seconds(at) // DAY
+
+
+def codes(conn: Connection, names: Iterable[str] = ()) -> dict[str, int]:
+    """Every stage name's bit, ``names`` registered first if new."""
+    known = {name: 1 << (id_ - 1) for id_, name in conn.execute(select(STAGE_CODES))}
+    missing = sorted(set(names) - set(known))
+    if not missing:
+        return known
+    conn.execute(
+        upsert(conn, STAGE_CODES).on_conflict_do_nothing(index_elements=["name"]),
+        [{"name": name} for name in missing],
+    )
+    known = {name: 1 << (id_ - 1) for id_, name in conn.execute(select(STAGE_CODES))}
+    if max(known.values()).bit_length() > MAX_CODES:
+        raise TooManyStages(f"more than {MAX_CODES} distinct stage names in stage_history")
+    return known
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _refresh(conn: Connection, lead_ids: list[int]) -> None:
+    """Recompute these leads' stays; write the ones that changed and the rollups' difference."""
+    if conn.dialect.name == "postgresql":
+        # One writer per lead at a time (SQLite's BEGIN IMMEDIATE already serialises writers).
+        conn.execute(
+            select(LEADS.c.id)
+            .where(LEADS.c.id.in_(lead_ids))
+            .order_by(LEADS.c.id)
+            .with_for_update()
+        )
+    history = conn.execute(
+        select(STAGES.c.id, STAGES.c.lead_id, STAGES.c.to_stage, STAGES.c.at)
+        .where(STAGES.c.lead_id.in_(lead_ids))
+        .order_by(STAGES.c.lead_id, STAGES.c.at, STAGES.c.id)
+    ).all()
+    stored = {
+        row.id: row for row in conn.execute(select(STAYS).where(STAYS.c.lead_id.in_(lead_ids)))
+    }
+    bits = codes(conn, {row.to_stage for row in history} | {row.stage for row in stored.values()})
+    fresh = {stay["id"]: stay for stay in stays(history, bits)}
+    changed = {
+        id_
+        for id_, row in stored.items()
+        if id_ not in fresh or _facts(row._mapping) != _facts(fresh[id_])
+    }
+    old = [stored[id_] for id_ in sorted(changed)]
+    new = [stay for id_, stay in fresh.items() if id_ not in stored or id_ in changed]
+    if old:
+        conn.execute(delete(STAYS).where(STAYS.c.id.in_(sorted(changed))))
+    if new:
+        append_rows(conn, STAYS, new)
+    before = _tallies([row._mapping for row in old], bits)
+    after = _tallies(new, bits)
+    for table, keys in (
+        (ENTRY_DAYS, ("stage", "day", "later", "reentry")),
+        (LENGTH_DAYS, ("stage", "day", "bucket")),
+        (COHORT_DAYS, ("day", "reached")),
+    ):
+        delta = Counter(after[table.name])
+        delta.subtract(before[table.name])
+        _add(conn, table, keys, delta)
+
+
+def stays(history: Iterable[Any], bits: Mapping[str, int]) -> Iterator[dict[str, Any]]:
+    """The stays of leads' moves (id, lead_id, to_stage, at; each lead's in order)."""
+    lead: list[Any] = []
+    for move in history:
+        if lead and lead[-1].lead_id != move.lead_id:
+            yield from _lead_stays(lead, bits)
+            lead = []
+        lead.append(move)
+    if lead:
+        yield from _lead_stays(lead, bits)
+
+
+def _lead_stays(moves: list[Any], bits: Mapping[str, int]) -> list[dict[str, Any]]:
+    later = [0] * len(moves)
+    for i in range(len(moves) - 2, -1, -1):
+        later[i] = later[i + 1] | bits[moves[i + 1].to_stage]
+    entered: dict[str, datetime] = {}
+    result = []
+    for i, move in enumerate(moves):
+        at = _aware(move.at)
+        stay = seconds(moves[i + 1].at) - seconds(at) if i + 1 < len(moves) else None
+        result.append(
+            {
+                "id": move.id,
+                "lead_id": move.lead_id,
+                "stage": move.to_stage,
+                "entered_at": at,
+                "first": i == 0,
+                "later": later[i],
+                "prev_entered_at": entered.get(move.to_stage),
+                "stay": stay,
+                "bucket": None if stay is None else bucket(stay),
+            }
+        )
+        entered[move.to_stage] = at
+    return result
+
+
+def _facts(stay: Mapping[Any, Any]) -> tuple[Any, ...]:
+    return tuple(
+        _aware(stay[key]) if isinstance(stay[key], datetime) else stay[key] for key in FACTS
+    )
+
+
+def _tallies(
+    rows: Iterable[Mapping[Any, Any]], bits: Mapping[str, int]
+) -> dict[str, Counter[tuple[Any, ...]]]:
+    """What these stays add to each rollup."""
+    tallies: dict[str, Counter[tuple[Any, ...]]] = {
+        ENTRY_DAYS.name: Counter(),
+        LENGTH_DAYS.name: Counter(),
+        COHORT_DAYS.name: Counter(),
+    }
+    for stay in rows:
+        begun = day(stay["entered_at"])
+        reentry = stay["prev_entered_at"] is not None
+        tallies[ENTRY_DAYS.name][(stay["stage"], begun, stay["later"], reentry)] += 1
+        if stay["stay"] is not None:
+            tallies[LENGTH_DAYS.name][(stay["stage"], begun, stay["bucket"])] += 1
+        if stay["first"]:
+            tallies[COHORT_DAYS.name][(begun, bits[stay["stage"]] | stay["later"])] += 1
+    return tallies
+
+
+def _add(
+    conn: Connection, table: Table, keys: tuple[str, ...], delta: Mapping[tuple[Any, ...], int]
+) -> None:
+    """Add ``delta`` to the counters ``n`` of ``table``, keyed by ``keys``: sorted, so that two
+    writers take row locks in the same order."""
+    rows = [dict(zip(keys, key, strict=True), n=n) for key, n in sorted(delta.items()) if n]
+    if not rows:
+        return
+    statement = upsert(conn, table)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=list(keys), set_={"n": table.c.n + statement.excluded.n}
+        ),
+        rows,
+    )
