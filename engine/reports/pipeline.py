@@ -332,7 +332,7 @@ def _from_rollups(
         else [select(moved.from_stage, moved.to_stage, moved.rule, moved.n).where(*days(moved.day))]
     )
     parts += [
-        select(history.from_stage, history.to_stage, history.rule, literal(1)).where(
+        select(history.from_stage, history.to_stage, history.rule, literal(1).label("n")).where(
             *_period(history.at, start, end)
         )
         for start, end in edges
