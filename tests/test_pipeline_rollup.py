@@ -38,7 +38,8 @@ def histories(leads: int, seed: int) -> list[list[dict[str, Any]]]:
         at = START + timedelta(
             days=rng.randrange(90), seconds=rng.choice([0, rng.randrange(86400)])
         )
-        stage, moves = None, []
+        stage: str | None = None
+        moves: list[dict[str, Any]] = []
         for _ in range(rng.randrange(1, 9)):
             if moves:
                 at += rng.choice(
@@ -182,13 +183,10 @@ def test_migration_backfills_what_record_moves_keeps(db_url: str) -> None:
 def test_a_past_move_rewrites_the_stays_after_it(db: sa.Engine, place: str, median: float) -> None:
     """A move written after later ones (a replay's) changes the stay it splits and the stages
     entered after earlier stays: the report counts it as if written in order."""
-    moves = [
-        {"lead_id": 1, "from_stage": None, "to_stage": "subscriber", "rule": "new-lead"},
-        {"lead_id": 1, "from_stage": "subscriber", "to_stage": "mql", "rule": "advance"},
-    ]
-    moves = [
-        move | {"event_id": None, "at": START + timedelta(days=i * 10)}
-        for i, move in enumerate(moves)
+    moves: list[dict[str, Any]] = [
+        {"lead_id": 1, "from_stage": before, "to_stage": to, "rule": "advance", "event_id": None}
+        | {"at": START + timedelta(days=i * 10)}
+        for i, (before, to) in enumerate([(None, "subscriber"), ("subscriber", "mql")])
     ]
     with db.begin() as conn:
         add_leads(conn, [moves])
