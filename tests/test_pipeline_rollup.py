@@ -164,12 +164,13 @@ def test_migration_backfills_what_record_moves_keeps(db_url: str) -> None:
         same_report(db, since, until)
     with db.connect() as conn:
         history = conn.execute(
-            sa.select(STAGES.c.id, STAGES.c.lead_id, STAGES.c.to_stage, STAGES.c.at).order_by(
+            sa.select(STAGES.c.lead_id, STAGES.c.to_stage, STAGES.c.at).order_by(
                 STAGES.c.lead_id, STAGES.c.at, STAGES.c.id
             )
         )
-        expected = sorted(rollup.stays(history, rollup.codes(conn)), key=lambda s: s["id"])
-        stored = [dict(row._mapping) for row in conn.execute(sa.select(STAYS).order_by(STAYS.c.id))]
+        expected = list(rollup.stays(history, rollup.codes(conn)))
+        order = (STAYS.c.lead_id, STAYS.c.seq)
+        stored = [dict(row._mapping) for row in conn.execute(sa.select(STAYS).order_by(*order))]
     assert stored == expected
     # Moves written afterwards update the backfilled rollups like any others.
     more = histories(300, seed=43)

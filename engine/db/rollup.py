@@ -12,9 +12,11 @@ order: stays keep the later stages as bits (``stage_code``), and the report appl
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from itertools import groupby
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, select
@@ -36,8 +38,8 @@ DAY = 86_400
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_CODES = 62  # bits of a signed 64-bit integer, with room to spare
 CHUNK = 500  # leads per round of reads and writes
-# The stay columns compared to find the stays that changed (besides the id).
-FACTS = ("lead_id", "stage", "entered_at", "first", "later", "prev_entered_at", "stay", "bucket")
+# The stay columns compared to find the stays that changed.
+FACTS = ("stage", "entered_at", "later", "prev_entered_at", "stay", "bucket")
 
 
 class TooManyStages(NurtureError):
@@ -47,10 +49,26 @@ class TooManyStages(NurtureError):
 def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     """Append ``rows`` to ``stage_history`` (each with lead_id, from_stage, to_stage, rule,
     event_id, at; a lead's first stage has from_stage None) and update the rollups, in the
-    caller's transaction, which should be the one that writes the leads themselves. Rows may
-    come in any order and predate a lead's other moves."""
+    caller's transaction, which should be the one that writes the leads themselves. A lead's
+    rows count in the order given among moves at the same time, after those already written;
+    they may predate its other moves (a replay's)."""
     if not rows:
         return
+    added: dict[int, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        added.setdefault(int(row["lead_id"]), []).append(row)
+    lead_ids = sorted(added)
+    if conn.dialect.name == "postgresql":
+        # One writer per lead at a time, from before its rows get their ids (SQLite's BEGIN
+        # IMMEDIATE already serialises writers).
+        for start in range(0, len(lead_ids), CHUNK):
+            chunk = lead_ids[start : start + CHUNK]
+            conn.execute(
+                select(LEADS.c.id)
+                .where(LEADS.c.id.in_(chunk))
+                .order_by(LEADS.c.id)
+                .with_for_update()
+            )
     append_rows(conn, STAGES, [dict(row) for row in rows])
     moves = Counter(
         (day(row["at"]), row["from_stage"], row["to_stage"], row["rule"])
@@ -58,9 +76,9 @@ def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if row["from_stage"] is not None
     )
     _add(conn, MOVE_DAYS, ("day", "from_stage", "to_stage", "rule"), moves)
-    lead_ids = sorted({int(row["lead_id"]) for row in rows})
+    bits = codes(conn, {row["to_stage"] for row in rows})
     for start in range(0, len(lead_ids), CHUNK):
-        _refresh(conn, lead_ids[start : start + CHUNK])
+        _refresh(conn, {lead: added[lead] for lead in lead_ids[start : start + CHUNK]}, bits)
 
 
 def bucket(stay: int) -> int:
@@ -71,7 +89,7 @@ def bucket(stay: int) -> int:
 
 def seconds(at: datetime) -> int:
     """Whole epoch seconds, as the report's SQL truncates them."""
-    return (_aware(at) - EPOCH) // timedelta(seconds=1)
+    return math.floor(_aware(at).timestamp())
 
 
 def day(at: datetime) -> int:
@@ -99,35 +117,33 @@ def _aware(at: datetime) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def _refresh(conn: Connection, lead_ids: list[int]) -> None:
-    """Recompute these leads' stays; write the ones that changed and the rollups' difference."""
-    if conn.dialect.name == "postgresql":
-        # One writer per lead at a time (SQLite's BEGIN IMMEDIATE already serialises writers).
-        conn.execute(
-            select(LEADS.c.id)
-            .where(LEADS.c.id.in_(lead_ids))
-            .order_by(LEADS.c.id)
-            .with_for_update()
-        )
-    history = conn.execute(
-        select(STAGES.c.id, STAGES.c.lead_id, STAGES.c.to_stage, STAGES.c.at)
-        .where(STAGES.c.lead_id.in_(lead_ids))
-        .order_by(STAGES.c.lead_id, STAGES.c.at, STAGES.c.id)
-    ).all()
-    stored = {
-        row.id: row for row in conn.execute(select(STAYS).where(STAYS.c.lead_id.in_(lead_ids)))
+def _refresh(
+    conn: Connection, added: dict[int, list[Mapping[str, Any]]], bits: Mapping[str, int]
+) -> None:
+    """Recompute these leads' stays from those stored and the moves added; write the ones that
+    changed and the rollups' difference."""
+    query = select(STAYS).where(STAYS.c.lead_id.in_(list(added)))
+    stored = {(row.lead_id, row.seq): row for row in conn.execute(query)}
+    moves: dict[int, list[tuple[datetime, int, int, str]]] = {lead: [] for lead in added}
+    for (lead, seq), row in stored.items():
+        moves[lead].append((_aware(row.entered_at), 0, seq, row.stage))
+    for lead, rows in added.items():
+        moves[lead] += [(_aware(row["at"]), 1, i, row["to_stage"]) for i, row in enumerate(rows)]
+    fresh = {
+        (stay["lead_id"], stay["seq"]): stay
+        for lead, ordered in moves.items()
+        for stay in _lead_stays(lead, [(at, stage) for at, *_, stage in sorted(ordered)], bits)
     }
-    bits = codes(conn, {row.to_stage for row in history} | {row.stage for row in stored.values()})
-    fresh = {stay["id"]: stay for stay in stays(history, bits)}
     changed = {
-        id_
-        for id_, row in stored.items()
-        if id_ not in fresh or _facts(row._mapping) != _facts(fresh[id_])
+        key
+        for key, row in stored.items()
+        if key not in fresh or _facts(row._mapping) != _facts(fresh[key])
     }
-    old = [stored[id_] for id_ in sorted(changed)]
-    new = [stay for id_, stay in fresh.items() if id_ not in stored or id_ in changed]
-    if old:
-        conn.execute(delete(STAYS).where(STAYS.c.id.in_(sorted(changed))))
+    old = [stored[key] for key in sorted(changed)]
+    new = [stay for key, stay in fresh.items() if key not in stored or key in changed]
+    for lead in sorted({lead for lead, _ in changed}):
+        seqs = sorted(seq for key_lead, seq in changed if key_lead == lead)
+        conn.execute(delete(STAYS).where(STAYS.c.lead_id == lead, STAYS.c.seq.in_(seqs)))
     if new:
         append_rows(conn, STAYS, new)
     before = _tallies([row._mapping for row in old], bits)
@@ -143,40 +159,36 @@ def _refresh(conn: Connection, lead_ids: list[int]) -> None:
 
 
 def stays(history: Iterable[Any], bits: Mapping[str, int]) -> Iterator[dict[str, Any]]:
-    """The stays of leads' moves (id, lead_id, to_stage, at; each lead's in order)."""
-    lead: list[Any] = []
-    for move in history:
-        if lead and lead[-1].lead_id != move.lead_id:
-            yield from _lead_stays(lead, bits)
-            lead = []
-        lead.append(move)
-    if lead:
-        yield from _lead_stays(lead, bits)
+    """The stays of leads' moves (rows with lead_id, to_stage, at; each lead's in order)."""
+    for lead, moves in groupby(history, key=lambda move: move.lead_id):
+        yield from _lead_stays(lead, [(move.at, move.to_stage) for move in moves], bits)
 
 
-def _lead_stays(moves: list[Any], bits: Mapping[str, int]) -> list[dict[str, Any]]:
+def _lead_stays(
+    lead: int, moves: list[tuple[datetime, str]], bits: Mapping[str, int]
+) -> list[dict[str, Any]]:
+    """One lead's stays, from its moves (time, stage) in order."""
     later = [0] * len(moves)
     for i in range(len(moves) - 2, -1, -1):
-        later[i] = later[i + 1] | bits[moves[i + 1].to_stage]
+        later[i] = later[i + 1] | bits[moves[i + 1][1]]
+    times = [seconds(at) for at, _ in moves]
     entered: dict[str, datetime] = {}
     result = []
-    for i, move in enumerate(moves):
-        at = _aware(move.at)
-        stay = seconds(moves[i + 1].at) - seconds(at) if i + 1 < len(moves) else None
+    for i, (at, stage) in enumerate(moves):
+        stay = times[i + 1] - times[i] if i + 1 < len(moves) else None
         result.append(
             {
-                "id": move.id,
-                "lead_id": move.lead_id,
-                "stage": move.to_stage,
-                "entered_at": at,
-                "first": i == 0,
+                "lead_id": lead,
+                "seq": i,
+                "stage": stage,
+                "entered_at": _aware(at),
                 "later": later[i],
-                "prev_entered_at": entered.get(move.to_stage),
+                "prev_entered_at": entered.get(stage),
                 "stay": stay,
                 "bucket": None if stay is None else bucket(stay),
             }
         )
-        entered[move.to_stage] = at
+        entered[stage] = _aware(at)
     return result
 
 
@@ -201,7 +213,7 @@ def _tallies(
         tallies[ENTRY_DAYS.name][(stay["stage"], begun, stay["later"], reentry)] += 1
         if stay["stay"] is not None:
             tallies[LENGTH_DAYS.name][(stay["stage"], begun, stay["bucket"])] += 1
-        if stay["first"]:
+        if stay["seq"] == 0:
             tallies[COHORT_DAYS.name][(begun, bits[stay["stage"]] | stay["later"])] += 1
     return tallies
 

@@ -9,9 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    ForeignKey,
     Index,
-    Integer,
     Table,
     Text,
     UniqueConstraint,
@@ -127,12 +125,12 @@ class StageHistory(SQLModel, table=True):
 
 
 class StageStay(SQLModel, table=True):
-    """One stay in a stage: a ``stage_history`` row (same id) with what the pipeline report
-    needs of the lead's moves around it, kept by ``engine.db.rollup.record_moves``."""
+    """One stay in a stage: a ``stage_history`` row (a lead's moves ordered by time, then id)
+    with what the pipeline report needs of the moves around it, kept by
+    ``engine.db.rollup.record_moves``."""
 
     __tablename__ = "stage_stay"
     __table_args__ = (
-        Index("ix_stage_stay_lead", "lead_id"),
         # Stays begun on the partial first and last days of a report's period.
         Index("ix_stage_stay_entered", "entered_at"),
         # Re-entries whose previous entry falls in the period (counted once per lead).
@@ -141,15 +139,10 @@ class StageStay(SQLModel, table=True):
         Index("ix_stage_stay_length", "stage", "bucket", "stay", "entered_at"),
     )
 
-    id: int = Field(
-        sa_column=Column(
-            Integer, ForeignKey("stage_history.id"), primary_key=True, autoincrement=False
-        )
-    )
-    lead_id: int = Field(foreign_key="lead.id")
+    lead_id: int = Field(foreign_key="lead.id", primary_key=True)
+    seq: int = Field(primary_key=True)  # the move's place in the lead's history, from 0
     stage: str = Field(max_length=64)
     entered_at: datetime
-    first: bool  # the lead's first move: its cohort
     # The stages the lead entered after this one, as stage_code bits (rank-free: the funnel's
     # order is applied when reading).
     later: int = Field(sa_column=Column(BigInteger, nullable=False))

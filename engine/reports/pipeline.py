@@ -46,6 +46,7 @@ from sqlalchemy import (
     extract,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -375,6 +376,14 @@ def _split(since: datetime | None, until: datetime | None) -> tuple[_Days, _Edge
     return days, edges
 
 
+def _narrow(conn: Connection, conditions: list[ColumnElement[bool]]) -> list[ColumnElement[bool]]:
+    """Conditions that select few stays (a partial day, re-entries), said so to SQLite's
+    planner, which otherwise skip-scans another index of stage_stay."""
+    if conn.dialect.name != "sqlite":
+        return conditions
+    return [func.likelihood(condition, literal_column("0.001")) for condition in conditions]
+
+
 def _midnight(day: int) -> datetime:
     return rollup.EPOCH + timedelta(days=day)
 
@@ -404,7 +413,7 @@ def _read_entries(
     reentry = stay.prev_entered_at.is_not(None)
     queries += [
         select(stay.stage, stay.later, reentry, func.count())
-        .where(*_period(stay.entered_at, start, end))
+        .where(*_narrow(conn, _period(stay.entered_at, start, end)))
         .group_by(stay.stage, stay.later, reentry)
         for start, end in edges
     ]
@@ -416,7 +425,10 @@ def _read_entries(
     if since is not None:
         repeated = (
             select(stay.stage, stay.later, func.count())
-            .where(stay.prev_entered_at >= since, *_period(stay.entered_at, None, until))
+            .where(
+                *_narrow(conn, [stay.prev_entered_at >= since]),
+                *_period(stay.entered_at, None, until),
+            )
             .group_by(stay.stage, stay.later)
         )
         for stage, later, n in conn.execute(repeated):
@@ -454,7 +466,7 @@ def _read_lengths(
     )
     queries += [
         select(stay.stage, stay.bucket, func.count())
-        .where(stay.stay.is_not(None), *_period(stay.entered_at, start, end))
+        .where(stay.stay.is_not(None), *_narrow(conn, _period(stay.entered_at, start, end)))
         .group_by(stay.stage, stay.bucket)
         for start, end in edges
     ]
@@ -513,7 +525,7 @@ def _read_cohorts(
             groups[_midnight(int(day)).strftime("%Y-%m"), int(reached)] += int(n)
     for start, end in edges:
         firsts = select(stay.entered_at, stay.stage, stay.later).where(
-            stay.first, *_period(stay.entered_at, start, end)
+            stay.seq == 0, *_narrow(conn, _period(stay.entered_at, start, end))
         )
         for at, stage, later in conn.execute(firsts):
             groups[at.strftime("%Y-%m"), bits.get(stage, 0) | int(later)] += 1

@@ -46,7 +46,7 @@ COUNTERS = {
 }
 STAY = sa.table(
     "stage_stay",
-    *(sa.column(name) for name in ("id", "lead_id", "stage", "entered_at", "first", "later")),
+    *(sa.column(name) for name in ("lead_id", "seq", "stage", "entered_at", "later")),
     *(sa.column(name) for name in ("prev_entered_at", "stay", "bucket")),
 )
 
@@ -62,18 +62,16 @@ def upgrade() -> None:
     )
     op.create_table(
         "stage_stay",
-        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("lead_id", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("stage", stage, nullable=False),
         sa.Column("entered_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-        sa.Column("first", sa.Boolean(), nullable=False),
         sa.Column("later", sa.BigInteger(), nullable=False),
         sa.Column("prev_entered_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
         sa.Column("stay", sa.BigInteger(), nullable=True),
         sa.Column("bucket", sa.Integer(), nullable=True),
-        sa.ForeignKeyConstraint(["id"], ["stage_history.id"]),
         sa.ForeignKeyConstraint(["lead_id"], ["lead.id"]),
-        sa.PrimaryKeyConstraint("id"),
+        sa.PrimaryKeyConstraint("lead_id", "seq"),
     )
     counters: list[tuple[str, list[sa.Column[Any]]]] = [
         (
@@ -118,7 +116,6 @@ def upgrade() -> None:
             sa.PrimaryKeyConstraint(*(key.name for key in keys)),
         )
     _backfill()
-    op.create_index("ix_stage_stay_lead", "stage_stay", ["lead_id"])
     op.create_index("ix_stage_stay_entered", "stage_stay", ["entered_at"])
     op.create_index(
         "ix_stage_stay_reentry", "stage_stay", ["prev_entered_at", "entered_at", "stage", "later"]
@@ -160,11 +157,10 @@ def _backfill() -> None:
         sa.literal(0, sa.BigInteger),
     )
     moves = sa.select(
-        h.id,
         h.lead_id,
+        (sa.func.row_number().over(**lead_order) - 1).label("seq"),
         h.to_stage.label("stage"),
         h.at.label("entered_at"),
-        (sa.func.row_number().over(**lead_order) == 1).label("first"),
         later.label("later"),
         sa.func.lag(h.at)
         .over(partition_by=(h.lead_id, h.to_stage), order_by=(h.at, h.id))
@@ -195,7 +191,7 @@ def _backfill() -> None:
         .where(s.stay.is_not(None))
         .group_by(s.stage, day, s.bucket),
         "stage_cohort_day": sa.select(day, reached, sa.func.count())
-        .where(s.first)
+        .where(s.seq == 0)
         .group_by(day, reached),
         "stage_move_day": sa.select(
             secs(h.at) // DAY, h.from_stage, h.to_stage, h.rule, sa.func.count()
@@ -213,6 +209,5 @@ def downgrade() -> None:
         op.drop_table(name)
     for index in ("ix_stage_stay_length", "ix_stage_stay_reentry", "ix_stage_stay_entered"):
         op.drop_index(index, table_name="stage_stay")
-    op.drop_index("ix_stage_stay_lead", table_name="stage_stay")
     op.drop_table("stage_stay")
     op.drop_table("stage_code")
