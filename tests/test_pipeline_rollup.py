@@ -7,6 +7,7 @@ backfills an existing history. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import random
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -202,3 +203,22 @@ def test_a_past_move_rewrites_the_stays_after_it(db: sa.Engine, place: str, medi
     # The first stay now ends on day 4, not day 10 (then, back in subscriber: 6 more days).
     assert (subscriber["entered"], subscriber["median_days"]) == (1, median)
     assert before != after
+
+
+def test_concurrent_writers_lose_no_count(db: sa.Engine) -> None:
+    """Four writers record moves of their own leads at once, on the same days: the counters
+    they share add up (upserts that add, taken in one order)."""
+    moves = histories(200, seed=7)
+    with db.begin() as conn:
+        add_leads(conn, moves)
+
+    def writer(part: int) -> None:
+        mine = moves[part::4]
+        for step in range(0, len(mine), 5):
+            with db.begin() as conn:
+                record_moves(conn, [move for lead in mine[step : step + 5] for move in lead])
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(writer, range(4)))
+    same_report(db, None, None)
+    same_report(db, START + timedelta(days=20, hours=6), START + timedelta(days=70))

@@ -42,6 +42,15 @@ CHUNK = 500  # leads per round of reads and writes
 FACTS = ("stage", "entered_at", "later", "prev_entered_at", "stay", "bucket")
 
 
+# The counters and their keys, in the order every writer updates them.
+ROLLUPS = (
+    (MOVE_DAYS, ("day", "from_stage", "to_stage", "rule")),
+    (ENTRY_DAYS, ("stage", "day", "later", "reentry")),
+    (LENGTH_DAYS, ("stage", "day", "bucket")),
+    (COHORT_DAYS, ("day", "reached")),
+)
+
+
 class TooManyStages(NurtureError):
     """More distinct stage names than ``stage_stay.later`` has bits for."""
 
@@ -62,10 +71,10 @@ def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         # One writer per lead at a time, from before its rows get their ids (SQLite's BEGIN
         # IMMEDIATE already serialises writers).
         for start in range(0, len(lead_ids), CHUNK):
-            chunk = lead_ids[start : start + CHUNK]
+            locked = lead_ids[start : start + CHUNK]
             conn.execute(
                 select(LEADS.c.id)
-                .where(LEADS.c.id.in_(chunk))
+                .where(LEADS.c.id.in_(locked))
                 .order_by(LEADS.c.id)
                 .with_for_update()
             )
@@ -75,10 +84,16 @@ def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         for row in rows
         if row["from_stage"] is not None
     )
-    _add(conn, MOVE_DAYS, ("day", "from_stage", "to_stage", "rule"), moves)
     bits = codes(conn, {row["to_stage"] for row in rows})
+    deltas = {table.name: Counter[tuple[Any, ...]]() for table, _ in ROLLUPS}
+    deltas[MOVE_DAYS.name] = moves
     for start in range(0, len(lead_ids), CHUNK):
-        _refresh(conn, {lead: added[lead] for lead in lead_ids[start : start + CHUNK]}, bits)
+        chunk = {lead: added[lead] for lead in lead_ids[start : start + CHUNK]}
+        for name, delta in _refresh(conn, chunk, bits).items():
+            deltas[name].update(delta)
+    # Once per table at the end, keys sorted: concurrent writers lock counters in one order.
+    for table, keys in ROLLUPS:
+        _add(conn, table, keys, deltas[table.name])
 
 
 def bucket(stay: int) -> int:
@@ -119,9 +134,9 @@ def _aware(at: datetime) -> datetime:
 
 def _refresh(
     conn: Connection, added: dict[int, list[Mapping[str, Any]]], bits: Mapping[str, int]
-) -> None:
-    """Recompute these leads' stays from those stored and the moves added; write the ones that
-    changed and the rollups' difference."""
+) -> dict[str, Counter[tuple[Any, ...]]]:
+    """Recompute these leads' stays from those stored and the moves added, write the ones that
+    changed; the rollups' difference (table → key → delta)."""
     query = select(STAYS).where(STAYS.c.lead_id.in_(list(added)))
     stored = {(row.lead_id, row.seq): row for row in conn.execute(query)}
     moves: dict[int, list[tuple[datetime, int, int, str]]] = {lead: [] for lead in added}
@@ -146,16 +161,10 @@ def _refresh(
         conn.execute(delete(STAYS).where(STAYS.c.lead_id == lead, STAYS.c.seq.in_(seqs)))
     if new:
         append_rows(conn, STAYS, new)
-    before = _tallies([row._mapping for row in old], bits)
-    after = _tallies(new, bits)
-    for table, keys in (
-        (ENTRY_DAYS, ("stage", "day", "later", "reentry")),
-        (LENGTH_DAYS, ("stage", "day", "bucket")),
-        (COHORT_DAYS, ("day", "reached")),
-    ):
-        delta = Counter(after[table.name])
-        delta.subtract(before[table.name])
-        _add(conn, table, keys, delta)
+    deltas = _tallies(new, bits)
+    for name, removed in _tallies([row._mapping for row in old], bits).items():
+        deltas[name].subtract(removed)
+    return deltas
 
 
 def stays(history: Iterable[Any], bits: Mapping[str, int]) -> Iterator[dict[str, Any]]:
