@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select
 
 from engine.db.bulk import append_rows, upsert
 from engine.db.schema import (
@@ -156,9 +156,13 @@ def _refresh(
     }
     old = [stored[key] for key in sorted(changed)]
     new = [stay for key, stay in fresh.items() if key not in stored or key in changed]
-    for lead in sorted({lead for lead, _ in changed}):
-        seqs = sorted(seq for key_lead, seq in changed if key_lead == lead)
-        conn.execute(delete(STAYS).where(STAYS.c.lead_id == lead, STAYS.c.seq.in_(seqs)))
+    if changed:
+        conn.execute(
+            delete(STAYS).where(
+                STAYS.c.lead_id == bindparam("b_lead"), STAYS.c.seq == bindparam("b_seq")
+            ),
+            [{"b_lead": lead, "b_seq": seq} for lead, seq in sorted(changed)],
+        )
     if new:
         append_rows(conn, STAYS, new)
     deltas = _tallies(new, bits)
