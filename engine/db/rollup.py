@@ -3,10 +3,11 @@ calls :func:`record_moves`, which appends the rows and brings up to date, for th
 touch, each stay's facts (``stage_stay``) and the daily rollups the pipeline report sums
 (``stage_entry_day``, ``stage_length_day``, ``stage_move_day``, ``stage_cohort_day``).
 
-A lead's stays are recomputed from its whole history (a handful of rows) and compared with those
-stored: only stays that changed are rewritten, and the rollups get the difference as additive
-counters (``n = n + delta`` upserts, keys sorted), so concurrent writers never lose a count and
-moves written out of order (a replay's past moves) land right. Nothing here knows the funnel's
+A lead's stays are recomputed from those stored (its history so far, a handful of rows) and the
+moves added, and compared with those stored: only stays that changed are rewritten, and the
+rollups get the difference as additive counters (``n = n + delta`` upserts, keys sorted), so
+concurrent writers never lose a count and moves written out of order (a replay's past moves)
+land right. Nothing here knows the funnel's
 order: stays keep the later stages as bits (``stage_code``), and the report applies the order.
 """
 
