@@ -112,7 +112,8 @@ class StageHistory(SQLModel, table=True):
     __table_args__ = (
         # A lead's moves in order: the pipeline report's window functions walk this index.
         Index("ix_stage_history_lead_at", "lead_id", "at", "id"),
-        Index("ix_stage_history_at", "at"),
+        # Changes in a period from the index alone (the pipeline report's partial days).
+        Index("ix_stage_history_at", "at", "from_stage", "to_stage", "rule"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -131,8 +132,17 @@ class StageStay(SQLModel, table=True):
 
     __tablename__ = "stage_stay"
     __table_args__ = (
-        # Stays begun on the partial first and last days of a report's period.
-        Index("ix_stage_stay_entered", "entered_at"),
+        # Stays begun on the partial first and last days of a report's period, from the index
+        # alone.
+        Index(
+            "ix_stage_stay_entered",
+            "entered_at",
+            "stage",
+            "later",
+            "prev_entered_at",
+            "bucket",
+            "seq",
+        ),
         # Re-entries whose previous entry falls in the period (counted once per lead).
         Index("ix_stage_stay_reentry", "prev_entered_at", "entered_at", "stage", "later"),
         # The stays ranked around a percentile, read in order within their length bucket.

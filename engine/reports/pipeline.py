@@ -39,7 +39,6 @@ from sqlalchemy import (
     Engine,
     Select,
     Subquery,
-    and_,
     case,
     cast,
     distinct,
@@ -152,8 +151,8 @@ def _report(
         now_rows = conn.execute(_now_query(thresholds, now)).all()
         figures = read(conn, ruleset, ranks, since, until, cohorts)
 
-    leads = {stage: int(n) for stage, n, _ in now_rows}
-    stuck = {stage: int(n or 0) for stage, _, n in now_rows}
+    leads = {stage: int(n) for kind, stage, n in now_rows if kind == "leads"}
+    stuck = {stage: int(n) for kind, stage, n in now_rows if kind == "stuck"}
     known = set(ruleset.all_stages)
     extra = sorted((set(leads) | set(figures.entered)) - known)
     stages = []
@@ -466,7 +465,7 @@ def _read_lengths(
     )
     queries += [
         select(stay.stage, stay.bucket, func.count())
-        .where(stay.stay.is_not(None), *_narrow(conn, _period(stay.entered_at, start, end)))
+        .where(stay.bucket.is_not(None), *_narrow(conn, _period(stay.entered_at, start, end)))
         .group_by(stay.stage, stay.bucket)
         for start, end in edges
     ]
@@ -544,17 +543,19 @@ def _read_cohorts(
     return [(month, *counts) for month, counts in sorted(months.items()) if counts[0]]
 
 
-def _now_query(thresholds: Mapping[str, int], now: datetime) -> Select[Any]:
-    """Leads per stage now, and how many of them entered it before its stuck threshold."""
-    late = [
-        (
-            and_(LEADS.c.stage == stage, LEADS.c.stage_entered_at < now - timedelta(days=days)),
-            1,
+def _now_query(thresholds: Mapping[str, int], now: datetime) -> Any:
+    """('leads', stage, n): leads per stage now; ('stuck', stage, n): how many of them entered
+    it before its stuck threshold. Each a count over a range of ix_lead_stage_entered alone."""
+    lead = LEADS.c
+    stuck = [
+        select(literal("stuck"), literal(stage), func.count()).where(
+            lead.stage == stage, lead.stage_entered_at < now - timedelta(days=days)
         )
         for stage, days in thresholds.items()
     ]
-    stuck = func.sum(case(*late, else_=0)) if late else literal(0)
-    return select(LEADS.c.stage, func.count(), stuck).group_by(LEADS.c.stage)
+    return union_all(
+        select(literal("leads"), lead.stage, func.count()).group_by(lead.stage), *stuck
+    )
 
 
 def _flow_query(

@@ -116,7 +116,16 @@ def upgrade() -> None:
             sa.PrimaryKeyConstraint(*(key.name for key in keys)),
         )
     _backfill()
-    op.create_index("ix_stage_stay_entered", "stage_stay", ["entered_at"])
+    op.create_index(
+        "ix_stage_stay_entered",
+        "stage_stay",
+        ["entered_at", "stage", "later", "prev_entered_at", "bucket", "seq"],
+    )
+    # The changes of a period's partial days, read from the index alone.
+    op.drop_index("ix_stage_history_at", table_name="stage_history")
+    op.create_index(
+        "ix_stage_history_at", "stage_history", ["at", "from_stage", "to_stage", "rule"]
+    )
     op.create_index(
         "ix_stage_stay_reentry", "stage_stay", ["prev_entered_at", "entered_at", "stage", "later"]
     )
@@ -205,6 +214,8 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_stage_history_at", table_name="stage_history")
+    op.create_index("ix_stage_history_at", "stage_history", ["at"])
     for name in ("stage_cohort_day", "stage_move_day", "stage_length_day", "stage_entry_day"):
         op.drop_table(name)
     for index in ("ix_stage_stay_length", "ix_stage_stay_reentry", "ix_stage_stay_entered"):
