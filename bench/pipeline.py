@@ -2,11 +2,16 @@
 
     python bench/pipeline.py                       # 1,000,000 leads on SQLite and PostgreSQL
     python bench/pipeline.py --leads 100000 --skip-pg
+    python bench/pipeline.py --skip-reference      # the rollups alone (the reference takes minutes)
 
 Loads N leads and ~5 N stage changes set-based (a recursive CTE on SQLite, generate_series on
-PostgreSQL: INSERT ... SELECT, nothing row by row from Python) into a freshly migrated database,
-then times `engine.reports.pipeline.pipeline` (whole history; the last 90 days; with cohorts) and
-`engine.reports.accounts.hottest_accounts`.
+PostgreSQL: INSERT ... SELECT, nothing row by row from Python) into a database migrated up to
+the revision before the pipeline rollups, then runs that migration (its backfill is timed), then
+times each report both ways in the same run: `pipeline_reference` (window functions over every
+stage change) and `pipeline` (the rollups), whole history, the last 90 days, a period with
+partial days and the whole history with cohorts, checking they agree; then
+`engine.reports.accounts.hottest_accounts`, and `record_moves` writing 20,000 new leads' moves
+(the cost every stage change now pays at write time). Peak RSS of the process at the end.
 
 Lead i has 3 + (7 i mod 5) stage changes (5 on average), days to weeks apart from a first one
 spread over a year: new-lead into subscriber, then up the funnel; the last move of 2 leads in 10
@@ -17,17 +22,20 @@ company domains.
 
 from __future__ import annotations
 
+import resource
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from alembic import command
 from scratch import run
 
 from engine import db as database
+from engine.db.rollup import record_moves
 from engine.home import load_ruleset
 from engine.reports.accounts import hottest_accounts
-from engine.reports.pipeline import pipeline
+from engine.reports.pipeline import pipeline, pipeline_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 RULESET = ROOT / "rulesets" / "b2b-saas.yaml"
@@ -120,8 +128,78 @@ def timed(label: str, work: object) -> object:
     return result
 
 
-def bench(url: str, name: str, leads: int) -> None:
-    database.upgrade(url)
+def before_rollups(url: str) -> None:
+    """Migrate up to the revision before the rollups (0010), which `database.upgrade` then runs."""
+    engine = database.connect(url)
+    with engine.begin() as connection:
+        config = database.alembic_config(url)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0010-1")
+    engine.dispose()
+
+
+def both_ways(
+    engine: sa.Engine, ruleset: object, label: str, reference: bool, **options: object
+) -> None:
+    """Times the report from the rollups and, unless skipped, the reference; they must agree."""
+    start = time.perf_counter()
+    report = pipeline(engine, ruleset, now=NOW, **options)  # type: ignore[arg-type]
+    fast = time.perf_counter() - start
+    if not reference:
+        print(f"  pipeline, {label}: rollups {fast:.2f} s")
+        return
+    start = time.perf_counter()
+    expected = pipeline_reference(engine, ruleset, now=NOW, **options)  # type: ignore[arg-type]
+    slow = time.perf_counter() - start
+    same = "same report" if report == expected else "REPORTS DIFFER"
+    print(
+        f"  pipeline, {label}: straightforward {slow:.2f} s, rollups {fast:.2f} s "
+        f"({slow / fast:,.0f}x), {same}"
+    )
+
+
+def write_moves(engine: sa.Engine, leads: int) -> None:
+    """`record_moves` as ingest calls it: batches of 1,000 new leads, 5 moves each."""
+    with engine.connect() as conn:
+        first = int(conn.execute(sa.text("SELECT max(id) FROM lead")).scalar_one()) + 1
+    stages = ("subscriber", "lead", "mql", "sql", "opportunity")
+    start = time.perf_counter()
+    for batch in range(first, first + leads, 1000):
+        ids = range(batch, min(batch + 1000, first + leads))
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO lead (id, email, attributes, score, temperature, stage, "
+                    "stage_entered_at, tags, subscribed, version, created_at, updated_at) "
+                    "VALUES (:id, :email, '{}', 0, 'cold', 'opportunity', :at, '[]', true, 1, "
+                    ":at, :at)"
+                ),
+                [{"id": i, "email": f"new{i}@example.com", "at": NOW} for i in ids],
+            )
+            record_moves(
+                conn,
+                [
+                    {
+                        "lead_id": i,
+                        "from_stage": stages[j - 1] if j else None,
+                        "to_stage": stage,
+                        "rule": "advance" if j else "new-lead",
+                        "event_id": None,
+                        "at": NOW - timedelta(days=30 - 7 * j, seconds=i % 86400),
+                    }
+                    for i in ids
+                    for j, stage in enumerate(stages)
+                ],
+            )
+    elapsed = time.perf_counter() - start
+    print(
+        f"  record_moves, {leads * 5:,} stage changes of {leads:,} new leads: "
+        f"{leads * 5 / elapsed:,.0f} changes/s ({elapsed:.1f} s)"
+    )
+
+
+def bench(url: str, name: str, leads: int, reference: bool = True) -> None:
+    before_rollups(url)
     engine = database.connect(url)
     ruleset = load_ruleset(RULESET)
     print(f"{name}:")
@@ -129,25 +207,42 @@ def bench(url: str, name: str, leads: int) -> None:
     with engine.connect() as conn:
         changes = conn.execute(sa.text("SELECT count(*) FROM stage_history")).scalar_one()
     print(f"  ({changes:,} stage changes)")
-    report = timed("pipeline, whole history", lambda: pipeline(engine, ruleset, now=NOW))
-    timed(
-        "pipeline, last 90 days",
-        lambda: pipeline(engine, ruleset, since=NOW - timedelta(days=90), now=NOW),
-    )
-    timed(
-        "pipeline, whole history with cohorts",
-        lambda: pipeline(engine, ruleset, now=NOW, cohorts=True),
-    )
+    timed("migration 0010: backfill the rollups", lambda: database.upgrade(url))
+    # As autovacuum leaves tables after a bulk load: statistics, and on PostgreSQL the
+    # visibility map that lets index-only scans skip the heap.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE")
+    both_ways(engine, ruleset, "whole history", reference)
+    both_ways(engine, ruleset, "last 90 days", reference, since=NOW - timedelta(days=90))
+    partial = {
+        "since": NOW - timedelta(days=200, hours=5),
+        "until": NOW - timedelta(days=20, hours=7),
+    }
+    both_ways(engine, ruleset, "partial days (-200 d 5 h to -20 d 7 h)", reference, **partial)
+    both_ways(engine, ruleset, "whole history with cohorts", reference, cohorts=True)
     timed("accounts, top 20", lambda: hottest_accounts(engine, ruleset, 20))
-    assert isinstance(report, dict)
+    report = pipeline(engine, ruleset, now=NOW)
     for row in report["stages"]:
         print(
             f"    {row['stage']:<13} leads {row['leads']:>8,}  entered {row['entered']:>8,}  "
             f"rate {row['conversion_rate']}  median {row['median_days']}  p90 {row['p90_days']}  "
             f"stuck {row['stuck']}"
         )
+    write_moves(engine, 20_000)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak RSS {rss:,.0f} MiB")
     engine.dispose()
 
 
 if __name__ == "__main__":
-    run(__doc__, bench, 1_000_000, "pipeline")
+    import sys
+
+    with_reference = "--skip-reference" not in sys.argv
+    if not with_reference:
+        sys.argv.remove("--skip-reference")
+    run(
+        __doc__,
+        lambda url, name, leads: bench(url, name, leads, with_reference),
+        1_000_000,
+        "pipeline",
+    )

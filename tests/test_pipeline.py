@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from engine.db.schema import LEADS, STAGES
+from engine.db.rollup import record_moves
+from engine.db.schema import LEADS
 from engine.reports.pipeline import pipeline
 from engine.rules.load import parse_ruleset
 from tests.helpers import nurture, ruleset_text
@@ -62,13 +63,20 @@ def build(db: sa.Engine) -> None:
                 .returning(LEADS.c.id)
             ).scalar_one()
             before = None
+            changes = []
             for n, stage, rule in moves:
-                conn.execute(
-                    STAGES.insert().values(
-                        lead_id=lead_id, from_stage=before, to_stage=stage, rule=rule, at=day(n)
-                    )
+                changes.append(
+                    {
+                        "lead_id": lead_id,
+                        "from_stage": before,
+                        "to_stage": stage,
+                        "rule": rule,
+                        "event_id": None,
+                        "at": day(n),
+                    }
                 )
                 before = stage
+            record_moves(conn, changes)
 
 
 def by_stage(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

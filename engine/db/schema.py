@@ -121,7 +121,8 @@ class StageHistory(SQLModel, table=True):
     __table_args__ = (
         # A lead's moves in order: the pipeline report's window functions walk this index.
         Index("ix_stage_history_lead_at", "lead_id", "at", "id"),
-        Index("ix_stage_history_at", "at"),
+        # Changes in a period from the index alone (the pipeline report's partial days).
+        Index("ix_stage_history_at", "at", "from_stage", "to_stage", "rule"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -133,6 +134,98 @@ class StageHistory(SQLModel, table=True):
     at: datetime
     # Made by a rescore (``nurture rules apply``), not by an event as it arrived.
     rescore: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+
+
+class StageStay(SQLModel, table=True):
+    """One stay in a stage: a ``stage_history`` row (a lead's moves ordered by time, then id)
+    with what the pipeline report needs of the moves around it, kept by
+    ``engine.db.rollup.record_moves``."""
+
+    __tablename__ = "stage_stay"
+    __table_args__ = (
+        # Stays begun on the partial first and last days of a report's period, from the index
+        # alone.
+        Index(
+            "ix_stage_stay_entered",
+            "entered_at",
+            "stage",
+            "later",
+            "prev_entered_at",
+            "bucket",
+            "seq",
+        ),
+        # Re-entries whose previous entry falls in the period (counted once per lead).
+        Index("ix_stage_stay_reentry", "prev_entered_at", "entered_at", "stage", "later"),
+        # The stays ranked around a percentile, read in order within their length bucket.
+        Index("ix_stage_stay_length", "stage", "bucket", "stay", "entered_at"),
+    )
+
+    lead_id: int = Field(foreign_key="lead.id", primary_key=True)
+    seq: int = Field(primary_key=True)  # the move's place in the lead's history, from 0
+    stage: str = Field(max_length=64)
+    entered_at: datetime
+    # The stages the lead entered after this one, as stage_code bits (rank-free: the funnel's
+    # order is applied when reading).
+    later: int = Field(sa_column=Column(BigInteger, nullable=False))
+    prev_entered_at: datetime | None = None  # the lead's previous entry into this stage
+    stay: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))  # seconds
+    bucket: int | None = None  # of the stay's length (engine.db.rollup.bucket)
+
+
+class StageCode(SQLModel, table=True):
+    """A stage name's bit in ``stage_stay.later`` and ``stage_cohort_day.reached``:
+    1 << (id - 1)."""
+
+    __tablename__ = "stage_code"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+
+
+class StageEntryDay(SQLModel, table=True):
+    """Stays begun per stage and UTC day (days since 1970-01-01), by the stages entered after
+    and whether the lead had been in the stage before."""
+
+    __tablename__ = "stage_entry_day"
+
+    stage: str = Field(max_length=64, primary_key=True)
+    day: int = Field(primary_key=True)
+    later: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    reentry: bool = Field(primary_key=True)
+    n: int = 0
+
+
+class StageLengthDay(SQLModel, table=True):
+    """Ended stays per stage, UTC day begun and length bucket."""
+
+    __tablename__ = "stage_length_day"
+
+    stage: str = Field(max_length=64, primary_key=True)
+    day: int = Field(primary_key=True)
+    bucket: int = Field(primary_key=True)
+    n: int = 0
+
+
+class StageMoveDay(SQLModel, table=True):
+    """Stage changes (a lead's first stage excluded) per UTC day, from, to and rule."""
+
+    __tablename__ = "stage_move_day"
+
+    day: int = Field(primary_key=True)
+    from_stage: str = Field(max_length=64, primary_key=True)
+    to_stage: str = Field(max_length=64, primary_key=True)
+    rule: str = Field(max_length=200, primary_key=True)
+    n: int = 0
+
+
+class StageCohortDay(SQLModel, table=True):
+    """Leads per UTC day of their first move and the stages they ever entered (bits)."""
+
+    __tablename__ = "stage_cohort_day"
+
+    day: int = Field(primary_key=True)
+    reached: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    n: int = 0
 
 
 class RuleFiring(SQLModel, table=True):
@@ -325,6 +418,12 @@ NAMED_SCORES = _table(LeadNamedScore)
 EVENTS = _table(EventRecord)
 LEDGER = _table(LedgerEntry)
 STAGES = _table(StageHistory)
+STAYS = _table(StageStay)
+STAGE_CODES = _table(StageCode)
+ENTRY_DAYS = _table(StageEntryDay)
+LENGTH_DAYS = _table(StageLengthDay)
+MOVE_DAYS = _table(StageMoveDay)
+COHORT_DAYS = _table(StageCohortDay)
 FIRINGS = _table(RuleFiring)
 ACTIONS = _table(LeadAction)
 VERSIONS = _table(RulesetVersion)

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, bindparam, delete, select, update
 
 from engine.campaigns.compile import CompiledCampaigns
 from engine.db import append_rows, upsert
+from engine.db.rollup import record_moves
 from engine.db.schema import (
     ACTIONS,
     ENROLLMENTS,
@@ -35,7 +36,6 @@ from engine.db.schema import (
     LEDGER,
     NAMED_SCORES,
     SCORES,
-    STAGES,
 )
 from engine.ingest import outcome
 from engine.ingest.outcome import LoadedLead, Rows
@@ -351,12 +351,12 @@ def write(
         ]
     for table, batch in (
         (LEDGER, rows.ledger),
-        (STAGES, rows.stages),
         (FIRINGS, rows.firings),
         (ACTIONS, rows.actions),
     ):
         if batch:
             append_rows(conn, table, batch)
+    record_moves(conn, rows.stages)
     enroll_and_exit(conn, rows)
     scores = [
         {

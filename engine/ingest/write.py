@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, update
 
 from engine.db import append_rows, upsert
+from engine.db.rollup import record_moves
 from engine.db.schema import (
     ACTIONS,
     ENROLLMENTS,
@@ -18,7 +19,6 @@ from engine.db.schema import (
     LEDGER,
     NAMED_SCORES,
     SCORES,
-    STAGES,
 )
 from engine.errors import NurtureError
 from engine.ingest.outcome import LoadedLead, Rows
@@ -37,12 +37,13 @@ def write(
     for table, batch in (
         (EVENTS, rows.events),
         (LEDGER, rows.ledger),
-        (STAGES, rows.stages),
         (FIRINGS, rows.firings),
         (ACTIONS, rows.actions),
     ):
         if batch:
             append_rows(conn, table, batch)
+    # Stage changes keep the pipeline rollups in step, so they go through their one writer.
+    record_moves(conn, rows.stages)
     enroll_and_exit(conn, rows)
     if leads:
         _write_leads(conn, ruleset, leads, now)
