@@ -1,11 +1,12 @@
 """Imports never page sales for the past: profile records and `nurture ingest --backfill` score
 leads hot without alerting anyone (their alerts are stored as `past`, which the alerts job
-ignores); the same leads made hot by events now are alerted. `nurture ingest` says how many
-alerts a run queued."""
+ignores), events older than NURTURE_ALERT_MAX_AGE are suppressed as stale; the same leads made
+hot by events now are alerted. `nurture ingest` says how many alerts a run queued."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -64,11 +65,20 @@ def test_profiles_and_backfills_page_nobody_events_now_do(cli_home: Path, db_url
     assert jobs.alerts(utcnow()).created == 0
     assert statuses(db_url) == {"past": 2 * LEADS}
 
+    # Last month's events, without --backfill: stale at dispatch, and not counted as alerts.
+    stale = cli_home / "stale.jsonl"
+    month_ago = (utcnow() - timedelta(days=30)).isoformat()
+    stale.write_text(backfill.read_text().replace('"b', '"s').replace(now, month_ago))
+    assert ingest(stale)["alerts"] == 0
+    report = jobs.alerts(utcnow())
+    assert (report.created, report.suppressed) == (0, LEADS)
+    assert statuses(db_url) == {"past": 2 * LEADS, "suppressed": LEADS}
+
     # Leads made hot by events now: each pages sales once, and ingest says so.
     news = cli_home / "news.jsonl"
     news.write_text(backfill.read_text().replace('"b', '"e'))
     assert ingest(news)["alerts"] == LEADS
     assert jobs.alerts(utcnow()).created == LEADS
-    assert statuses(db_url) == {"past": 2 * LEADS, "applied": LEADS}
+    assert statuses(db_url) == {"past": 2 * LEADS, "suppressed": LEADS, "applied": LEADS}
     text = nurture("ingest", str(news))
     assert text.stdout.strip() == f"accepted 0, duplicates {LEADS}, rejected 0, alerts 0"

@@ -72,6 +72,7 @@ def ingest_command(
             on_progress=advance,
             campaigns=active.campaigns,
             backfill=backfill,
+            alert_max_age=settings.alert_max_age,
         )
     print_ingest(result, as_json)
     if result.rejected:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
@@ -59,7 +59,9 @@ class IngestResult:
     rejected: list[Rejection] = field(default_factory=list)
     # The lines (indexes over HTTP) of the duplicates, for per-record answers.
     duplicate_lines: list[int] = field(default_factory=list)
-    alerts: int = 0  # alerts queued for the alerts job (none for profiles or a backfill)
+    # Alerts queued for the alerts job: none for profiles or a backfill, nor (given the
+    # NURTURE_ALERT_MAX_AGE) for events it will find stale.
+    alerts: int = 0
 
     def as_json(self, position: str = "line") -> dict[str, Any]:
         return {
@@ -77,11 +79,13 @@ def ingest(
     on_progress: Callable[[int], None] | None = None,
     campaigns: CompiledCampaigns | None = None,
     backfill: bool = False,
+    alert_max_age: timedelta | None = None,
 ) -> IngestResult:
     """Score every record; rejections (parse errors, runaway chains) are reported, not fatal.
     With ``campaigns``, each evaluation also enrolls the lead in campaigns or ends enrollments,
     in the same transaction. Imports never page sales for the past: the alerts of a profile
-    record, and with ``backfill`` of every record, are stored as past, never sent."""
+    record, and with ``backfill`` of every record, are stored as past, never sent; those of
+    events older than ``alert_max_age`` are not counted as alerts (dispatch finds them stale)."""
     result = IngestResult()
     for chunk in _batches(parsed, batch_size):
         records = [item for item in chunk if not isinstance(item, Rejection)]
@@ -89,7 +93,7 @@ def ingest(
         result.rejected.extend(unparsed)
         metrics.events_ingested(0, 0, len(unparsed))
         if records:
-            batch = _apply_with_retries(db, compiled, records, campaigns, backfill)
+            batch = _apply_with_retries(db, compiled, records, campaigns, backfill, alert_max_age)
             result.accepted += batch.accepted
             result.alerts += batch.alerts
             result.duplicates += batch.duplicates
@@ -125,6 +129,7 @@ def _apply_with_retries(
     records: list[Record],
     campaigns: CompiledCampaigns | None,
     backfill: bool = False,
+    alert_max_age: timedelta | None = None,
 ) -> IngestResult:
     started = time.perf_counter()
     for attempt in range(RETRIES):
@@ -141,11 +146,14 @@ def _apply_with_retries(
         metrics.INGEST_BATCH.observe(time.perf_counter() - started)
         metrics.events_ingested(result.accepted, result.duplicates, len(result.rejected))
         metrics.rules_fired(row["rule"] for row in batch.rows.firings)
-        result.alerts = sum(
-            row["kind"] == "alert" and row["status"] == ActionStatus.PENDING
+        queued = [
+            row["at"]
             for row in batch.rows.actions
-        )
-        if result.alerts:
+            if row["kind"] == "alert" and row["status"] == ActionStatus.PENDING
+        ]
+        cutoff = batch.now - alert_max_age if alert_max_age is not None else None
+        result.alerts = sum(cutoff is None or at >= cutoff for at in queued)
+        if queued:
             wake.notify()
         return result
     raise AssertionError("unreachable")
