@@ -249,12 +249,12 @@ def add_points(
 def predict(ruleset: spec.Ruleset, outcome: Outcome) -> None:
     """Components fed by a model take the model's score for the lead's attributes before any
     rule reads them; the change is a ledger row (rule ``model:<version>``) like any other."""
-    for component in ruleset.components.values():
-        if component.model is not None:
-            target = component.model.score(outcome.state.attributes)
-            current = outcome.state.scores[component.name]
-            source = f"model:{component.model.version}"
-            add_points(ruleset, outcome, source, component.name, target - current)
+    for component in ruleset.modelled:
+        assert component.model is not None
+        target = component.model.score(outcome.state.attributes)
+        current = outcome.state.scores[component.name]
+        source = f"model:{component.model.version}"
+        add_points(ruleset, outcome, source, component.name, target - current)
 
 
 def prime(ruleset: spec.Ruleset, rows: Sequence[Mapping[str, Any]]) -> None:
