@@ -628,16 +628,39 @@ class CompiledRuleset:
             parts.append(part)
         return "".join(parts)
 
-    def history_fields(self, history: History, at: datetime) -> dict[str, Any]:
-        fact: dict[str, Any] = {}
-        for key, count in self.enc.counts:
-            fact[key] = history.count_events(count.type, window_start(at, count.within), at)
-        for key, rule in self.enc.limits:
+    def history_values(self, history: History, at: datetime) -> tuple[Any, ...]:
+        """The counts, the limited rules' firings and the aggregates (None: none) at ``at``."""
+        count_events, count_firings = history.count_events, history.count_firings
+        starts: dict[timedelta, datetime] = {}  # the windows repeat: work each start out once
+        values: list[Any] = []
+        for _, count in self.enc.counts:
+            start = starts.get(count.within) or starts.setdefault(
+                count.within, window_start(at, count.within)
+            )
+            values.append(count_events(count.type, start, at))
+        for _, rule in self.enc.limits:
             assert rule.limit is not None
-            start = window_start(at, rule.limit.per) if rule.limit.per is not None else None
-            fact[key] = history.count_firings(rule.name, start, at)
-        for key, present, aggregate in self.enc.aggregates:
-            value = aggregate_value(aggregate, history, at)
+            per = rule.limit.per
+            if per is None:
+                values.append(count_firings(rule.name, None, at))
+            else:
+                start = starts.get(per) or starts.setdefault(per, window_start(at, per))
+                values.append(count_firings(rule.name, start, at))
+        values.extend(aggregate_value(aggregate, history, at) for aggregate in self.aggregates)
+        return tuple(values)
+
+    def history_fields(
+        self, history: History, at: datetime, values: tuple[Any, ...] | None = None
+    ) -> dict[str, Any]:
+        """The fact keys of counts, limits and aggregates (of ``values`` when given)."""
+        found = iter(values if values is not None else self.history_values(history, at))
+        fact: dict[str, Any] = {}
+        for key, _ in self.enc.counts:
+            fact[key] = next(found)
+        for key, _ in self.enc.limits:
+            fact[key] = next(found)
+        for key, present, _ in self.enc.aggregates:
+            value = next(found)
             fact[present] = value is not None
             if value is not None:
                 fact[key] = value
@@ -645,16 +668,16 @@ class CompiledRuleset:
 
     def history_text(self, history: History, at: datetime) -> str:
         """:meth:`history_fields` as JSON members (see :meth:`text`)."""
-        fact = self.history_fields(history, at)
-        # Most leads' counts are alike (mostly 0). Each key holds one type of value (a flag, a
-        # count, a normalised number), so the items make a sound key.
-        key = tuple(fact.items())
-        text = self._texts.get(key)
+        values = self.history_values(history, at)
+        # Most leads' counts are alike (mostly 0). Each place holds one type of value (a count,
+        # a normalised number, None), so the values make a sound key.
+        text = self._texts.get(values)
         if text is None:
+            fact = self.history_fields(history, at, values)
             text = _to_json(fact)[1:-1] + ", " if fact else ""
             if len(self._texts) >= MEMO_SIZE:
                 self._texts.clear()
-            self._texts[key] = text
+            self._texts[values] = text
         return text
 
     def match(self, fact: Mapping[str, Any]) -> list[int]:
