@@ -66,25 +66,30 @@ class _Matcher:
 _MATCHERS: dict[str, _Matcher] = {}
 
 
-def evaluate(
-    compiled: CompiledRuleset, state: LeadState, event: Event, history: History
-) -> Outcome:
-    """``evaluate.evaluate`` the plain way: every round encodes the whole fact into a dict."""
+def match(compiled: CompiledRuleset, fact: dict[str, Any]) -> list[int]:
+    """``CompiledRuleset.match`` through durable's Python host."""
     with _LOCK:
         matcher = _MATCHERS.get(compiled.engine_name)
         if matcher is None:
             matcher = _MATCHERS[compiled.engine_name] = _Matcher(compiled)
+    return matcher.match(fact)
+
+
+def evaluate(
+    compiled: CompiledRuleset, state: LeadState, event: Event, history: History
+) -> Outcome:
+    """``evaluate.evaluate`` the plain way: every round encodes the whole fact into a dict."""
 
     def rounds(fields: Mapping[str, Any]) -> Rounds:
         fixed = compiled.history_fields(history, event.occurred_at)
         compiled.encode(fields, event.properties, compiled.event_plan, fixed)
 
-        def match(fields: Mapping[str, Any]) -> list[int]:
+        def round(fields: Mapping[str, Any]) -> list[int]:
             fact = dict(fixed)
             compiled.encode(fields, event.properties, compiled.lead_plan, fact)
-            return matcher.match(fact)
+            return match(compiled, fact)
 
-        return match
+        return round
 
     return chain(compiled, state, event, rounds, _settled)
 
