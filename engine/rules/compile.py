@@ -700,6 +700,8 @@ class CompiledRuleset:
                 # Message ids are 32-bit hashes: a collision is a false "seen"; take another id.
                 if code != _OBSERVED:
                     break
+            else:  # never seen here; answering "nothing matched" would be a wrong answer
+                raise RuntimeError("durable-rules took three fresh fact ids for ones it had seen")
             try:
                 if code == _MATCHED:
                     action = c_engine.start_action_for_state(handle, state)
