@@ -1,5 +1,5 @@
-# Two commands: `make demo` and `make test` (`make test-fast` skips the slow tests). All build
-# .venv themselves.
+# Two commands: `make demo` and `make test` (`make test-fast` skips the slow tests); `make bench`
+# prints the benchmarks' figures. All build .venv themselves.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -28,8 +28,18 @@ test: lint
 test-fast: lint
 	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# Every benchmark in bench/ at a size that finishes in minutes; each prints its figures (the
+# load average before and after: on shared cores compare ratios, not absolute figures). Full
+# sizes: each script's --help.
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	@uptime
+	$(BIN)/python bench/ingest.py --events 30000 --baseline-records 20000
+	$(BIN)/python bench/api.py --events 1000
+	$(BIN)/python bench/send.py --steps 10000 --dispatch 1000
+	$(BIN)/python bench/pipeline.py --leads 50000
+	$(BIN)/python bench/tick.py --leads 10000
+	$(BIN)/python bench/alerts.py --events 50
+	@uptime
 
 clean:
 	rm -rf $(VENV) nurture.db outbox

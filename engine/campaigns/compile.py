@@ -57,7 +57,7 @@ class CompiledCampaigns:
             repr((ruleset.version, [(c.name, c.audience, c.exit_when, c.steps) for c in campaigns]))
         )
         self.compiled: CompiledRuleset | None = None
-        self._memo: dict[frozenset[tuple[str, object]], frozenset[str]] = {}
+        self._memo: dict[str, frozenset[str]] = {}
         if synthetic:
             self.compiled = compile_ruleset(
                 replace(
@@ -75,16 +75,15 @@ class CompiledCampaigns:
             return frozenset()
         compiled = self.compiled
         fields = state_fields(self.ruleset, state, "")
-        fact: dict[str, object] = {}
-        compiled.encode(fields, {}, compiled.lead_plan, fact)
+        # The fact as the engine reads it (its JSON members, built from remembered pieces).
         # Most leads share a handful of facts (temperature × stage …): ask the engine once each.
-        key = frozenset(fact.items())
-        found = self._memo.get(key)
+        fact = compiled.text(fields, {}, compiled.lead_plan)
+        found = self._memo.get(fact)
         if found is None:
             if len(self._memo) >= MEMO_SIZE:
                 self._memo.clear()
-            found = frozenset(compiled.rules[i].rule.name for i in compiled.match(fact))
-            self._memo[key] = found
+            found = frozenset(compiled.rules[i].rule.name for i in compiled.match_text(fact))
+            self._memo[fact] = found
         return found
 
     def changes(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import shutil
 import sys
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +15,7 @@ import typer
 from engine.cli.app import app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, err, fail, out, progress_bar
 from engine.ingest.batch import IngestResult, ingest
+from engine.ingest.parallel import ingest_parallel
 from engine.ingest.parse import parse_stream
 from engine.settings import get_settings
 
@@ -46,34 +50,71 @@ def ingest_command(
         ),
     ] = False,
     as_json: JsonFlag = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Processes scoring the file side by side, each the leads of one slice of it "
+            "(PostgreSQL; SQLite takes one writer at a time).",
+        ),
+    ] = 1,
 ) -> None:
     """Score events and lead profiles. Idempotent by event id; bad lines are reported. Profile
     records (and with --backfill every record) alert no one; the count of alerts is printed."""
     settings = get_settings()
     db = open_db(settings)
     active = scoring(db, settings)
-    if file == "-":
-        stream, total = sys.stdin, None
-        if isinstance(stream, io.TextIOWrapper):
-            # No newline translation, as for files: a bare CR inside a row must reach the reader.
-            stream.reconfigure(errors="surrogateescape", newline="")
-    else:
-        path = Path(file)
-        if not path.is_file():
-            raise fail(f"{file}: no such file")
-        stream = path.open(encoding="utf-8", errors="surrogateescape", newline="")
-        total = _count_lines(path)
-    with stream, progress_bar(total, err.is_terminal and not as_json) as advance:
-        result = ingest(
-            db,
-            active.compiled,
-            parse_stream(stream, file),
-            batch_size=settings.batch_size,
-            on_progress=advance,
-            campaigns=active.campaigns,
-            backfill=backfill,
-            alert_max_age=settings.alert_max_age,
-        )
+    with ExitStack() as stack:
+        if file == "-":
+            stream, total = sys.stdin, None
+            if isinstance(stream, io.TextIOWrapper):
+                # No newline translation, as for files: a bare CR inside a row must reach the
+                # reader.
+                stream.reconfigure(errors="surrogateescape", newline="")
+            if workers > 1:
+                # Each worker reads the whole input: keep stdin in a file they can all open.
+                spool = stack.enter_context(
+                    tempfile.NamedTemporaryFile(
+                        "w", encoding="utf-8", errors="surrogateescape", newline=""
+                    )
+                )
+                shutil.copyfileobj(stream, spool)
+                spool.flush()
+                path = Path(spool.name)
+        else:
+            path = Path(file)
+            if not path.is_file():
+                raise fail(f"{file}: no such file")
+            stream = path.open(encoding="utf-8", errors="surrogateescape", newline="")
+            total = _count_lines(path)
+        stack.enter_context(stream)
+        advance = stack.enter_context(progress_bar(total, err.is_terminal and not as_json))
+        if workers > 1:
+            result = ingest_parallel(
+                db,
+                active.compiled,
+                path,
+                workers,
+                batch_size=settings.batch_size,
+                on_progress=advance,
+                campaigns=active.campaigns,
+                name=file,
+                backfill=backfill,
+                alert_max_age=settings.alert_max_age,
+            )
+        else:
+            result = ingest(
+                db,
+                active.compiled,
+                parse_stream(stream, file),
+                batch_size=settings.batch_size,
+                on_progress=advance,
+                campaigns=active.campaigns,
+                backfill=backfill,
+                alert_max_age=settings.alert_max_age,
+            )
     print_ingest(result, as_json)
     if result.rejected:
         raise typer.Exit(1)

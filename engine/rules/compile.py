@@ -19,7 +19,7 @@ values put in the shape the engine compares soundly (see ``docs/durable-rules.md
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import itertools
 import json
 import math
@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, Protocol
 
-from durable import engine as durable
+import durable_rules_engine as c_engine
 
 from engine.errors import NurtureError
 from engine.rules import patterns, spec
@@ -48,6 +48,10 @@ MAX_GROUPS = 15
 MAX_FANOUT = 500
 MAX_ENDINGS = 250
 MAX_JOINS = 120
+# Remembered serialisations of field values (see CompiledRuleset.text) before starting afresh.
+MEMO_SIZE = 50_000
+# json.dumps with arguments builds an encoder per call; facts are serialised many times a record.
+_to_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 # Stands in for a value no rule can equal: rule values are stripped, this one is not.
 UNCOMPARABLE = " (no comparable value) "
 
@@ -128,26 +132,40 @@ def window_start(at: datetime, span: timedelta) -> datetime:
         return datetime.min.replace(tzinfo=at.tzinfo)
 
 
-def lookup(state_fields: Mapping[str, Any], properties: Mapping[str, Any], path: str) -> Any:
-    """The value at a rule path: ``lead.*`` from ``state_fields``, ``event.properties.*``."""
+Getter = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
+
+
+@functools.lru_cache(maxsize=4096)
+def getter(path: str) -> Getter:
+    """Reads the value at a rule path from (``lead.*`` view, event properties); a path is
+    parsed once, not per fact."""
     parts = path.split(".")
     if parts[0] == "lead":
         if parts[1] in ("scores", "bands") and len(parts) == 3:
-            return state_fields.get(parts[1], {}).get(parts[2])
-        if parts[1] == "account" and len(parts) == 3:
-            return state_fields.get(path.removeprefix("lead."))
-        return state_fields.get(parts[1])
+            table, name = parts[1], parts[2]
+            return lambda fields, _: fields.get(table, {}).get(name)
+        key = path.removeprefix("lead.") if parts[1] == "account" and len(parts) == 3 else parts[1]
+        return lambda fields, _: fields.get(key)
     if path == "event.type":
-        return state_fields["event.type"]
-    key = ".".join(parts[2:])
-    if key in properties:
-        return properties[key]
-    node: Any = properties
-    for part in parts[2:]:
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
+        return lambda fields, _: fields["event.type"]
+    key, steps = ".".join(parts[2:]), parts[2:]
+
+    def from_event(_: Mapping[str, Any], properties: Mapping[str, Any]) -> Any:
+        if key in properties:
+            return properties[key]
+        node: Any = properties
+        for part in steps:
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    return from_event
+
+
+def lookup(state_fields: Mapping[str, Any], properties: Mapping[str, Any], path: str) -> Any:
+    """The value at a rule path: ``lead.*`` from ``state_fields``, ``event.properties.*``."""
+    return getter(path)(state_fields, properties)
 
 
 def _feature(test: spec.Test, path: str) -> Callable[[Any], bool]:
@@ -247,6 +265,7 @@ class _Plan:
     """The fact keys one field fills (None where no rule needs that shape of it)."""
 
     path: str
+    get: Getter
     present: str | None
     value: str | None
     number: str | None
@@ -260,6 +279,7 @@ def _plans(enc: _Encoder) -> list[_Plan]:
     return [
         _Plan(
             path,
+            getter(path),
             enc.present.get(path),
             enc.values.get(path),
             enc.numbers.get(path),
@@ -268,6 +288,25 @@ def _plans(enc: _Encoder) -> list[_Plan]:
         )
         for path in paths
     ]
+
+
+def _encode_value(plan: _Plan, raw: Any, fact: dict[str, Any]) -> None:
+    """Fill the fact keys of one field's ``plan`` from its value ``raw``."""
+    if plan.present:
+        fact[plan.present] = raw not in (None, "", [], {})
+    if plan.value and raw is not None:
+        value = None if isinstance(raw, list | dict) else normalise(raw)
+        # A present value with no scalar reading (a list, NaN) equals nothing, so its
+        # negations hold: the engine's `$neq` against None would not match.
+        fact[plan.value] = UNCOMPARABLE if value is None else value
+    if plan.number or plan.number_present:
+        number = as_number(raw)
+        if plan.number_present:
+            fact[plan.number_present] = number is not None
+        if plan.number and number is not None:
+            fact[plan.number] = number
+    for key, check in plan.features:
+        fact[key] = check(raw)
 
 
 def _either(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -503,17 +542,10 @@ class CompiledRule:
     reads: frozenset[str]
 
 
-class _Host(durable.Host):  # type: ignore[misc]
-    """durable-rules host with its background dispatch thread off: we call it synchronously,
-    and the thread races ``delete_state`` into a segfault."""
-
-    def _run(self) -> None:
-        pass
-
-
-_HOST = _Host()
 _LOCK = threading.Lock()
 _REGISTERED: dict[str, CompiledRuleset] = {}
+# The engine's answers to assert_fact (rules.h): matched, nothing matched, id seen before.
+_MATCHED, _NOT_HANDLED, _OBSERVED = 0, 1, 2
 
 
 class CompiledRuleset:
@@ -528,28 +560,34 @@ class CompiledRuleset:
         self.enc = _Encoder(path=ruleset.path)
         compiler = _ConditionCompiler(self.enc)
         self.rules: list[CompiledRule] = []
-        definition: dict[str, Any] = {}
-        self._matched: list[int] = []
+        # Rule i is `r<i>`: the engine names the matched rule in each action it queues.
+        self.definition: dict[str, Any] = {}
         for index, rule in enumerate(ruleset.rules):
             condition = _rule_condition(compiler, rule)
-            definition[f"r{index}"] = {"all": [{"m": condition}], "run": self._action(index)}
+            self.definition[f"r{index}"] = {"all": [{"m": condition}]}
             self.rules.append(CompiledRule(rule, frozenset(_reads(rule.when))))
         self.all_reads = frozenset().union(*(rule.reads for rule in self.rules))
+        # state token → the indices of the rules whose conditions read it
+        self.readers = {
+            token: frozenset(i for i, rule in enumerate(self.rules) if token in rule.reads)
+            for token in self.all_reads
+        }
         self.engine_name = re.sub(r"\W", "_", f"{ruleset.name}_{ruleset.version}")
         try:
-            _HOST.set_rulesets({self.engine_name: definition})
+            # The C core itself, not durable's Python host: the host serialises every message
+            # and action twice more and runs a Python callback per match, 5x the engine's cost.
+            self._handle = c_engine.create_ruleset(
+                self.engine_name, json.dumps(self.definition, ensure_ascii=False)
+            )
         except Exception as error:  # the C core reports what it refuses as a bare error code
             raise CompileError(f"the rules engine refused the ruleset: {error}") from None
         self._fact_id = 0
+        # (path, type, value) → the JSON members of a field's fact keys (see `text`); the
+        # history's items → its members (see `history_text`).
+        self._texts: dict[tuple[Any, ...], str] = {}
         plans = _plans(self.enc)
         self.lead_plan = [plan for plan in plans if plan.path.startswith("lead.")]
         self.event_plan = [plan for plan in plans if not plan.path.startswith("lead.")]
-
-    def _action(self, index: int) -> Callable[[Any], None]:
-        def run(_closure: Any) -> None:
-            self._matched.append(index)
-
-        return run
 
     def encode(
         self,
@@ -560,53 +598,124 @@ class CompiledRuleset:
     ) -> None:
         """Fill the fact keys of ``plans`` from the current lead and event values."""
         for plan in plans:
-            raw = lookup(fields, properties, plan.path)
-            if plan.present:
-                fact[plan.present] = raw not in (None, "", [], {})
-            if plan.value and raw is not None:
-                value = None if isinstance(raw, list | dict) else normalise(raw)
-                # A present value with no scalar reading (a list, NaN) equals nothing, so its
-                # negations hold: the engine's `$neq` against None would not match.
-                fact[plan.value] = UNCOMPARABLE if value is None else value
-            if plan.number or plan.number_present:
-                number = as_number(raw)
-                if plan.number_present:
-                    fact[plan.number_present] = number is not None
-                if plan.number and number is not None:
-                    fact[plan.number] = number
-            for key, check in plan.features:
-                fact[key] = check(raw)
+            _encode_value(plan, plan.get(fields, properties), fact)
 
-    def history_fields(self, history: History, at: datetime) -> dict[str, Any]:
-        fact: dict[str, Any] = {}
-        for key, count in self.enc.counts:
-            fact[key] = history.count_events(count.type, window_start(at, count.within), at)
-        for key, rule in self.enc.limits:
+    def text(
+        self, fields: Mapping[str, Any], properties: Mapping[str, Any], plans: list[_Plan]
+    ) -> str:
+        """The fact keys of ``plans`` as JSON members, each followed by ", " (see
+        :meth:`match_text`). A plan's members depend on its field's value alone, so each value's
+        are serialised once and remembered: most leads share titles, countries, stages."""
+        memo, parts = self._texts, []
+        for plan in plans:
+            raw = plan.get(fields, properties)
+            try:
+                # The type is part of the key: True == 1 == 1.0, but they encode differently.
+                key = (plan.path, type(raw), raw)
+                part = memo.get(key)
+            except TypeError:  # a list or dict: not hashable, encode it every time
+                key, part = None, None
+            if part is None:
+                values: dict[str, Any] = {}
+                timeouts = patterns.timeouts
+                _encode_value(plan, raw, values)
+                part = _to_json(values)[1:-1] + ", " if values else ""
+                # A search that timed out counts as no match, and as a timeout each time.
+                if key is not None and patterns.timeouts == timeouts:
+                    if len(memo) >= MEMO_SIZE:
+                        memo.clear()
+                    memo[key] = part
+            parts.append(part)
+        return "".join(parts)
+
+    def history_values(self, history: History, at: datetime) -> tuple[Any, ...]:
+        """The counts, the limited rules' firings and the aggregates (None: none) at ``at``."""
+        count_events, count_firings = history.count_events, history.count_firings
+        starts: dict[timedelta, datetime] = {}  # the windows repeat: work each start out once
+        values: list[Any] = []
+        for _, count in self.enc.counts:
+            start = starts.get(count.within) or starts.setdefault(
+                count.within, window_start(at, count.within)
+            )
+            values.append(count_events(count.type, start, at))
+        for _, rule in self.enc.limits:
             assert rule.limit is not None
-            start = window_start(at, rule.limit.per) if rule.limit.per is not None else None
-            fact[key] = history.count_firings(rule.name, start, at)
-        for key, present, aggregate in self.enc.aggregates:
-            value = aggregate_value(aggregate, history, at)
+            per = rule.limit.per
+            if per is None:
+                values.append(count_firings(rule.name, None, at))
+            else:
+                start = starts.get(per) or starts.setdefault(per, window_start(at, per))
+                values.append(count_firings(rule.name, start, at))
+        values.extend(aggregate_value(aggregate, history, at) for aggregate in self.aggregates)
+        return tuple(values)
+
+    def history_fields(
+        self, history: History, at: datetime, values: tuple[Any, ...] | None = None
+    ) -> dict[str, Any]:
+        """The fact keys of counts, limits and aggregates (of ``values`` when given)."""
+        found = iter(values if values is not None else self.history_values(history, at))
+        fact: dict[str, Any] = {}
+        for key, _ in self.enc.counts:
+            fact[key] = next(found)
+        for key, _ in self.enc.limits:
+            fact[key] = next(found)
+        for key, present, _ in self.enc.aggregates:
+            value = next(found)
             fact[present] = value is not None
             if value is not None:
                 fact[key] = value
         return fact
 
-    def match(self, fact: dict[str, Any]) -> list[int]:
+    def history_text(self, history: History, at: datetime) -> str:
+        """:meth:`history_fields` as JSON members (see :meth:`text`)."""
+        values = self.history_values(history, at)
+        # Most leads' counts are alike (mostly 0). Each place holds one type of value (a count,
+        # a normalised number, None), so the values make a sound key.
+        text = self._texts.get(values)
+        if text is None:
+            fact = self.history_fields(history, at, values)
+            text = _to_json(fact)[1:-1] + ", " if fact else ""
+            if len(self._texts) >= MEMO_SIZE:
+                self._texts.clear()
+            self._texts[values] = text
+        return text
+
+    def match(self, fact: Mapping[str, Any]) -> list[int]:
         """Indices of the rules whose conditions hold for ``fact``, in file order."""
-        with _LOCK:
-            self._fact_id += 1
-            fact["id"] = self._fact_id
-            self._matched.clear()
+        body = _to_json({k: v for k, v in fact.items() if k != "id"})
+        return self.match_text(body[1:-1] + ", " if len(body) > 2 else "")
+
+    def match_text(self, members: str) -> list[int]:
+        """:meth:`match` for a fact given as JSON members, each followed by ", " (as
+        :meth:`text` writes them). The fact is asserted in the one session the engine keeps for
+        a ruleset (sid "0": live sessions are capped at 1,024), every action the match queued
+        is taken and completed without running anything, and the fact is retracted so the
+        engine holds nothing between evaluations."""
+        handle, matched = self._handle, []
+        with _LOCK:  # one session: an assert, its actions and its retract must not interleave
+            for _ in range(3):
+                self._fact_id += 1
+                text = f'{{{members}"id": {self._fact_id}}}'
+                code, state = c_engine.assert_fact(handle, text)
+                # Message ids are 32-bit hashes: a collision is a false "seen"; take another id.
+                if code != _OBSERVED:
+                    break
+            else:  # never seen here; answering "nothing matched" would be a wrong answer
+                raise RuntimeError("durable-rules took three fresh fact ids for ones it had seen")
             try:
-                _HOST.assert_fact(self.engine_name, fact)
-            except durable.MessageNotHandledException:
-                return []
+                if code == _MATCHED:
+                    action = c_engine.start_action_for_state(handle, state)
+                    message = action[1] if action is not None else None
+                    while message is not None:
+                        # '{"r12":{"m":…}}': the rule's index sits between '{"r' and '"'.
+                        matched.append(int(message[3 : message.index('"', 3)]))
+                        message = c_engine.complete_and_start_action(handle, state)
+            except BaseException:
+                c_engine.abandon_action(handle, state)
+                raise
             finally:
-                # Retract so the engine holds nothing between evaluations.
-                with contextlib.suppress(durable.MessageNotHandledException):
-                    _HOST.retract_fact(self.engine_name, fact)
-            return sorted(set(self._matched))
+                c_engine.retract_fact(handle, text)
+        return sorted(set(matched))
 
     @property
     def count_windows(self) -> list[spec.Count]:

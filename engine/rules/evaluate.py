@@ -12,7 +12,7 @@ at most once per evaluation, and a chain longer than ``max_chain`` rounds is an 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -124,21 +124,55 @@ def state_fields(ruleset: spec.Ruleset, state: LeadState, event_type: str) -> di
     return fields
 
 
+# What one evaluation asks the engine each round: the lead's current ``lead.*`` view → the indices
+# of the rules that match it (with the event and the history fixed for the evaluation).
+Rounds = Callable[[Mapping[str, Any]], list[int]]
+
+
 def evaluate(
     compiled: CompiledRuleset, state: LeadState, event: Event, history: History
 ) -> Outcome:
+    """What ``event`` does to a lead in ``state``: each round's fact goes to durable-rules as
+    one JSON text built from remembered pieces (see ``CompiledRuleset.text``); the event's part
+    and the history's are built once per evaluation. ``reference.evaluate`` is the plain path
+    it must agree with."""
+
+    def rounds(fields: Mapping[str, Any]) -> Rounds:
+        fixed = compiled.history_text(history, event.occurred_at) + compiled.text(
+            fields, event.properties, compiled.event_plan
+        )
+        return lambda fields: compiled.match_text(
+            fixed + compiled.text(fields, event.properties, compiled.lead_plan)
+        )
+
+    return chain(compiled, state, event, rounds, settled)
+
+
+def settled(compiled: CompiledRuleset, fired: set[int], changed: set[str]) -> bool:
+    """No rule that has yet to fire reads what the last round changed: the next round would
+    match only rules that have fired (its fact differs in nothing the others read)."""
+    return all(compiled.readers.get(token, fired) <= fired for token in changed)
+
+
+def chain(
+    compiled: CompiledRuleset,
+    state: LeadState,
+    event: Event,
+    start: Callable[[Mapping[str, Any]], Rounds],
+    done: Callable[[CompiledRuleset, set[int], set[str]], bool],
+) -> Outcome:
+    """The forward-chaining loop: ``start`` gets the first round's ``lead.*`` view and returns
+    what answers each round (see :data:`Rounds`); after a round, ``done`` says whether another
+    could fire anything."""
     ruleset = compiled.ruleset
     outcome = Outcome(state.copy())
     predict(ruleset, outcome)
-    fixed = compiled.history_fields(history, event.occurred_at)
     fields = state_fields(ruleset, outcome.state, event.type)
-    compiled.encode(fields, event.properties, compiled.event_plan, fixed)
+    match = start(fields)
     fired: set[int] = set()
     rounds = 0
     while True:
-        fact = dict(fixed)
-        compiled.encode(fields, event.properties, compiled.lead_plan, fact)
-        matched = [i for i in compiled.match(fact) if i not in fired]
+        matched = [i for i in match(fields) if i not in fired]
         if not matched:
             return outcome
         rounds += 1
@@ -153,9 +187,7 @@ def evaluate(
             fired.add(index)
             outcome.fired.append(compiled_rule.rule.name)
             changed |= apply(ruleset, compiled_rule.rule, outcome)
-        if not changed & compiled.all_reads:
-            # Nothing any rule reads has changed: another round would match the same rules,
-            # all of which have fired.
+        if done(compiled, fired, changed):
             return outcome
         fields = state_fields(ruleset, outcome.state, event.type)
 
@@ -217,12 +249,12 @@ def add_points(
 def predict(ruleset: spec.Ruleset, outcome: Outcome) -> None:
     """Components fed by a model take the model's score for the lead's attributes before any
     rule reads them; the change is a ledger row (rule ``model:<version>``) like any other."""
-    for component in ruleset.components.values():
-        if component.model is not None:
-            target = component.model.score(outcome.state.attributes)
-            current = outcome.state.scores[component.name]
-            source = f"model:{component.model.version}"
-            add_points(ruleset, outcome, source, component.name, target - current)
+    for component in ruleset.modelled:
+        assert component.model is not None
+        target = component.model.score(outcome.state.attributes)
+        current = outcome.state.scores[component.name]
+        source = f"model:{component.model.version}"
+        add_points(ruleset, outcome, source, component.name, target - current)
 
 
 def prime(ruleset: spec.Ruleset, rows: Sequence[Mapping[str, Any]]) -> None:

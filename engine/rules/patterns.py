@@ -202,6 +202,10 @@ def _first(items: Any) -> set[int] | None:
     return None  # an option that can match nothing overlaps every other
 
 
+# Searches that timed out in this process: a result found under a timeout is not remembered.
+timeouts = 0
+
+
 class _Search:
     """``pattern`` searched in a value's first MAX_TEXT characters, within TIMEOUT."""
 
@@ -220,8 +224,10 @@ class _Search:
             return False
 
     def timed_out(self) -> None:
+        global timeouts
         metrics.REGEX_TIMEOUTS.inc()
         with self.lock:
+            timeouts += 1
             first, self.warned = not self.warned, True
         if first:
             log.warning(

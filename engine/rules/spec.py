@@ -194,14 +194,27 @@ class NamedScore:
     line: int
 
     def band(self, total: int) -> str:
-        return band_of(self.bands, total)
+        return _band(self.ranked_bands, total)
+
+    @cached_property
+    def ranked_bands(self) -> tuple[list[tuple[str, int]], str]:
+        """The bands as :func:`band_of` searches them, worked out once: scores are banded
+        several times per evaluation."""
+        return _ranked(self.bands)
 
 
 def band_of(bands: tuple[tuple[str, int], ...], total: int) -> str:
     """The band of ``total`` among ``bands`` (lower bounds inclusive; below them all, the
     lowest band)."""
-    ranked, bottom = _ranked(bands)
-    return next((name for name, lower in ranked if total >= lower), bottom)
+    return _band(_ranked(bands), total)
+
+
+def _band(ranked: tuple[list[tuple[str, int]], str], total: int) -> str:
+    bands, bottom = ranked
+    for name, lower in bands:
+        if total >= lower:
+            return name
+    return bottom
 
 
 @cache
@@ -243,7 +256,17 @@ class Ruleset:
 
     def band(self, score: int) -> str:
         """The temperature band of a lead score (lower bounds inclusive)."""
-        return band_of(self.temperature, score)
+        return _band(self.ranked_temperature, score)
+
+    @cached_property
+    def ranked_temperature(self) -> tuple[list[tuple[str, int]], str]:
+        """The temperature bands as :func:`band_of` searches them, worked out once."""
+        return _ranked(self.temperature)
+
+    @cached_property
+    def modelled(self) -> tuple[Component, ...]:
+        """The components a predictive model feeds."""
+        return tuple(c for c in self.components.values() if c.model is not None)
 
     def bands_from_top(self) -> list[tuple[str, int]]:
         """The temperature bands above the lowest, highest first (see :func:`bands_from_top`)."""
@@ -268,7 +291,7 @@ class Ruleset:
         """The lead score: the sum of the components no named score claims."""
         if not self.scores:
             return sum(scores.values())
-        return sum(scores.get(name, 0) for name in self.lead_components)
+        return sum([scores.get(name, 0) for name in self.lead_components])
 
     def totals(self, scores: Mapping[str, int]) -> dict[str, int]:
         """Each named score's total."""

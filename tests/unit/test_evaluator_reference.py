@@ -1,0 +1,170 @@
+"""The fast evaluation path (``evaluate.evaluate``: durable-rules' C core called directly, facts
+built from remembered pieces, rounds skipped when nothing unfired reads a change) gives the same
+outcome as the plain one (``reference.evaluate``: dict facts through durable's Python host) on
+generated leads and events: every shape of condition and action, odd values, account peers,
+rulesets with named scores, sums, counts, days_since and limits."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.rules import reference
+from engine.rules.account import Peers
+from engine.rules.compile import CompiledRuleset
+from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, evaluate, new_lead
+from engine.rules.history import MemoryHistory
+from tests.helpers import compiled, ruleset_text
+
+SHIPPED = Path(__file__).resolve().parents[2] / "rulesets" / "b2b-saas.yaml"
+START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+TITLES = [
+    "VP Sales",
+    "Head of Growth",
+    "Marketing Manager",
+    "Student",
+    "student intern",
+    "General Manager & VP",
+    "Chief Executive Officer",
+    "engineer",
+    "",
+    None,
+    42,
+    ["vp", "manager"],
+    "Directeur Général",
+    "  Founder ",
+]
+INDUSTRIES = ["Software", "saas", "Fintech ", "Retail", "", None, 7, ["Software"], "Ünïcode"]
+SIZES: list[Any] = [5, 20, 21, "250", "1,200", 199.5, 200, 199.6, -3, None, "big", 1e20, 3.0]
+COUNTRIES = ["US", "us", "GB", "DE", "", None, True, "FR"]
+EVENTS = [
+    "page_view",
+    "page_view",
+    "page_view",
+    "email_open",
+    "email_click",
+    "content_download",
+    "webinar",
+    "webinar_attended",
+    "form_submit",
+    "trial_signup",
+    "demo_request",
+    "bounce",
+    "purchase",
+    "purchase",
+    "crm_meeting",
+    "crm_won",
+    "crm_lost",
+    "unsubscribe",
+]
+URLS = ["/pricing", "/PRICING/plans", "/careers", "/blog", "", None, ["/pricing"]]
+AMOUNTS: list[Any] = [10, 99.99, 500, 1500, "2,500", 1e-7, 0.0005, 2e6, -40, None, float("inf")]
+
+
+def attributes(rng: random.Random) -> dict[str, Any]:
+    fields = {
+        "job_title": rng.choice(TITLES),
+        "industry": rng.choice(INDUSTRIES),
+        "company_size": rng.choice(SIZES),
+        "country": rng.choice(COUNTRIES),
+        "budget": rng.choice([None, 5000, 10000, "15000", 2.5e4]),
+        "domain": rng.choice(["gmail.com", "acme.io", "hubspot.com", "initech.com"]),
+        "phone": rng.choice([None, "", "+1 555 0100"]),
+        "vip": rng.choice([None, True, False, "true", 1]),
+    }
+    return {key: value for key, value in fields.items() if rng.random() < 0.7}
+
+
+def properties(rng: random.Random, kind: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if kind == "page_view" or rng.random() < 0.1:
+        found["url"] = rng.choice(URLS)
+    if kind == "purchase" or rng.random() < 0.1:
+        found["amount"] = rng.choice(AMOUNTS)
+    if rng.random() < 0.3:
+        found["utm"] = {"source": rng.choice(["google", "bing", "BING", "mail", None])}
+    if rng.random() < 0.05:
+        found["utm.source"] = "google"  # a dotted key wins over the nested one
+    return found
+
+
+def records(seed: int, count: int, leads: int) -> Iterator[tuple[int, Event, dict[str, Any]]]:
+    """(lead, event, attributes to merge first): profile updates and events in time order."""
+    rng = random.Random(seed)
+    at = START
+    for index in range(count):
+        at += timedelta(minutes=rng.choice([1, 30, 600, 3000, 20000]))
+        lead = rng.randrange(leads)
+        if rng.random() < 0.15:
+            yield lead, Event(f"e{index}", "profile_update", at), attributes(rng)
+        else:
+            kind = rng.choice(EVENTS)
+            yield lead, Event(f"e{index}", kind, at, properties(rng, kind)), {}
+
+
+def outcome_or_error(
+    path: Any, rules: CompiledRuleset, state: LeadState, event: Event, history: MemoryHistory
+) -> Outcome | str:
+    try:
+        result: Outcome = path(rules, state, event, history)
+    except ChainError as error:
+        return str(error)
+    return result
+
+
+def compare(rules: CompiledRuleset, seed: int, count: int, leads: int) -> int:
+    """Evaluate ``count`` generated records both ways; returns how many fired something."""
+    rng = random.Random(seed + 1)
+    states: dict[int, LeadState] = {}
+    histories: dict[int, MemoryHistory] = {}
+    fired = 0
+    for lead, event, changes in records(seed, count, leads):
+        state = states.get(lead) or new_lead(rules.ruleset, {"email": f"l{lead}@x.io"})
+        state.attributes.update(changes)
+        if rng.random() < 0.3:
+            top = rng.choice([None, 10, 80])
+            state.account = Peers(rng.randrange(5), rng.randrange(200), top)
+        history = histories.setdefault(lead, MemoryHistory())
+        if event.type in rules.history_types:
+            history.add_event(
+                event.type, event.occurred_at, rules.amounts(event.type, event.properties)
+            )
+        expected = outcome_or_error(reference.evaluate, rules, state.copy(), event, history)
+        got = outcome_or_error(evaluate, rules, state.copy(), event, history)
+        assert got == expected, (lead, event, state)
+        if isinstance(got, Outcome):
+            for rule in got.fired:
+                history.add_firing(rule, event.occurred_at)
+            states[lead] = replace(got.state, account=None)
+            fired += bool(got.fired)
+    return fired
+
+
+@pytest.fixture(scope="module")
+def shapes() -> CompiledRuleset:
+    return compiled(ruleset_text("evaluator-shapes"), "evaluator-shapes.yaml")
+
+
+def test_fast_and_plain_paths_agree_on_every_rule_shape(shapes: CompiledRuleset) -> None:
+    fired = compare(shapes, seed=1, count=600, leads=40)
+    assert fired > 200  # the data exercise the rules, not just their absence
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3])
+def test_fast_and_plain_paths_agree_on_tens_of_thousands_of_records(
+    shapes: CompiledRuleset, seed: int
+) -> None:
+    assert compare(shapes, seed=seed, count=15000, leads=400) > 5000
+
+
+@pytest.mark.slow
+def test_fast_and_plain_paths_agree_on_the_shipped_ruleset() -> None:
+    rules = compiled(SHIPPED.read_text(encoding="utf-8"), str(SHIPPED))
+    assert compare(rules, seed=4, count=15000, leads=500) > 5000
