@@ -87,7 +87,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
         logging.getLogger("uvicorn.access").addFilter(access_log)
         try:
             if scheduler:
-                with _scheduled(db, settings):
+                with scheduled(db, settings):
                     yield
             else:
                 yield
@@ -113,8 +113,8 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
 
 
 @contextmanager
-def _scheduled(db: Engine, settings: Settings) -> Iterator[None]:
-    """The scheduler of ``nurture serve``, running while the app serves."""
+def scheduled(db: Engine, settings: Settings) -> Iterator[None]:
+    """The scheduler of ``nurture serve``, running while the app (or its workers) serve."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from engine.schedule.jobs import Jobs
