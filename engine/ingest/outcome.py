@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.campaigns.compile import CompiledCampaigns
+from engine.ingest import feedback
 from engine.rules.decay import DecayState, rise
 from engine.rules.evaluate import Event, LeadState, Outcome
 from engine.rules.history import MemoryHistory
@@ -72,6 +73,7 @@ def record(
             "occurred_at": at,
             "properties": dict(event.properties),
             "received_at": received_at,
+            **feedback.columns(event.properties),
         }
     )
     for change in outcome.score_changes:
