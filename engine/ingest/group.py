@@ -92,6 +92,9 @@ class GroupCommit:
         try:
             self._write(group)
         finally:
+            for job in group:  # answered, whatever stopped the write
+                if job.result is None and job.error is None:
+                    job.error = RuntimeError("the write of this request's group was interrupted")
             with self._lock:
                 if self._queue:
                     self._queue[0].leads = True
