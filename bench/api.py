@@ -3,10 +3,12 @@ loopback, on SQLite and PostgreSQL. Figures are printed, not asserted.
 
     python bench/api.py              # 4,000 events, 8 clients, 1 and 50 events per request
     python bench/api.py --events 20000 --clients 16 --batch 1,100 --skip-pg
+    python bench/api.py --pg-workers 2       # PostgreSQL served by `nurture serve --workers 2`
 
 Each client is an asyncio task with its own keep-alive connection, sending its next request as
 soon as its last one is answered. For every request size it prints events/s, requests/s and the
-p50/p99 latency of a request. To measure something else against the same server, add a phase
+p50/p99 latency of a request, then the server's peak RSS (all its processes) and the load
+average. To measure something else against the same server, add a phase
 that takes a ``Server`` (its ``url`` and ``headers``) the way ``load`` does.
 """
 
@@ -42,6 +44,11 @@ PAGES = ("/pricing", "/blog/rules", "/features", "/docs/start", "/case-studies")
 class Server:
     url: str
     headers: dict[str, str]
+    pid: int = 0
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's processes (user + system)."""
+        return sum(_cpu(pid) for pid in _family(self.pid))
 
 
 @dataclass
@@ -51,6 +58,7 @@ class Figures:
     seconds: float
     latencies: list[float]  # seconds per request
     failures: int
+    cpu: float = 0.0  # the server's CPU seconds meanwhile
 
     def line(self, label: str) -> str:
         ordered = sorted(self.latencies)
@@ -61,7 +69,8 @@ class Figures:
         return (
             f"{label:<28} {self.events / self.seconds:>8,.0f} events/s "
             f"{self.requests / self.seconds:>7,.0f} req/s   p50 {pct(0.50):7.1f} ms   "
-            f"p99 {pct(0.99):7.1f} ms   ({self.events:,} events, {self.failures} failed requests)"
+            f"p99 {pct(0.99):7.1f} ms   server CPU {self.cpu / self.events * 1000:.2f} ms/event "
+            f"({self.events:,} events, {self.failures} failed requests)"
         )
 
 
@@ -79,8 +88,29 @@ def make_home(folder: Path) -> Path:
     return folder
 
 
+def _family(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [pid, *(int(k) for k in children.read_text().split())] if children.exists() else [pid]
+
+
+def _cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of a process and its children (``VmHWM``), summed."""
+    total = 0.0
+    for each in _family(pid):
+        status = Path(f"/proc/{each}/status")
+        for line in status.read_text().splitlines() if status.exists() else ():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
 @contextmanager
-def serve(home: Path, database_url: str) -> Iterator[Server]:
+def serve(home: Path, database_url: str, workers: int = 1) -> Iterator[Server]:
     """``nurture serve`` (API and scheduler) in its own process, until the block ends."""
     port = free_port()
     env = {
@@ -92,9 +122,12 @@ def serve(home: Path, database_url: str) -> Iterator[Server]:
     }
     log = (home / "serve.log").open("w")
     process = subprocess.Popen(
-        [NURTURE, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [NURTURE, "serve", "--port", str(port), *(["--workers", str(workers)] * (workers > 1))],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
-    server = Server(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"})
+    server = Server(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}, process.pid)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -107,6 +140,11 @@ def serve(home: Path, database_url: str) -> Iterator[Server]:
                 raise SystemExit(f"nurture serve did not start; see {home / 'serve.log'}")
             time.sleep(0.2)
         yield server
+        print(
+            f"  server peak RSS {peak_rss_mb(process.pid):,.0f} MB, "
+            f"load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -147,14 +185,15 @@ async def load(server: Server, requests: list[list[dict[str, Any]]], clients: in
                 if response.status_code != 200 or response.json()["accepted"] != len(body):
                     failures += 1
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), server.cpu_seconds()
     await asyncio.gather(*(client() for _ in range(clients)))
-    seconds = time.perf_counter() - started
-    return Figures(sum(map(len, requests)), len(requests), seconds, latencies, failures)
+    seconds, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu
+    return Figures(sum(map(len, requests)), len(requests), seconds, latencies, failures, cpu)
 
 
-def bench(label: str, database_url: str, args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as folder, serve(make_home(Path(folder)), database_url) as s:
+def bench(label: str, database_url: str, args: argparse.Namespace, workers: int = 1) -> None:
+    home = tempfile.TemporaryDirectory()
+    with home as folder, serve(make_home(Path(folder)), database_url, workers) as s:
         # Warm-up: the ruleset and campaigns are loaded and the first leads exist.
         asyncio.run(load(s, bodies(200, 10, args.leads, "warm"), 4))
         for size in args.batch:
@@ -176,6 +215,9 @@ def main() -> None:
     parser.add_argument("--leads", type=int, default=1000, help="distinct leads")
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument(
+        "--pg-workers", type=int, default=2, help="HTTP processes serving PostgreSQL"
+    )
+    parser.add_argument(
         "--pg-url",
         default=os.environ.get(
             "NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -187,7 +229,7 @@ def main() -> None:
         bench("SQLite", f"sqlite:///{folder}/bench.db", args)
     if not args.skip_pg:
         with scratch_schema(args.pg_url, "bench") as url:
-            bench("PostgreSQL", url, args)
+            bench(f"PostgreSQL, {args.pg_workers} workers", url, args, args.pg_workers)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,11 @@ Figures:
 - Jinja2 alone: the shipped warm/case-study template rendered N times (no CSS inlining, no SQL);
 - render and enqueue: N due warm-nurture steps → rendered outbox rows (StepRunner, the job
   behind ``nurture tick``), messages/s on SQLite and PostgreSQL;
-- dispatch: M queued messages through the official SendGrid client to the fake SendGrid on
-  127.0.0.1 (each request answered after --latency seconds), messages/s at several
-  concurrencies.
+- dispatch: M queued messages through the official SendGrid client to the fake SendGrid,
+  running in its own process on 127.0.0.1 (each request answered after --latency seconds),
+  messages/s and TCP connections opened at several concurrencies.
+
+Peak RSS of this process is printed last.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +44,6 @@ from engine.schedule.steps import StepRunner  # noqa: E402
 from engine.send.dispatch import Dispatcher  # noqa: E402
 from engine.send.sendgrid import SendGridMailer  # noqa: E402
 from engine.settings import Settings  # noqa: E402
-from tests.fake_sendgrid import FakeSendGrid  # noqa: E402
 
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # a Monday, inside every shipped send window
 PG_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -109,7 +113,28 @@ def render_and_enqueue(url: str, count: int) -> float:
     return count / elapsed
 
 
-def dispatch(url: str, count: int, concurrency: int, latency: float) -> float:
+@contextmanager
+def fake_sendgrid(latency: float) -> Iterator[str]:
+    """The fake SendGrid in a process of its own (its CPU is not this one's); its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_sendgrid", "--delay", str(latency)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        yield process.stdout.readline().strip()
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+def dispatch(url: str, count: int, concurrency: int, latency: float) -> tuple[float, float, int]:
+    """Messages/s, ms of this process's CPU per message, and the TCP connections the fake
+    accepted."""
     database.upgrade(url)
     db = database.connect(url)
     seed(db, count)
@@ -124,16 +149,16 @@ def dispatch(url: str, count: int, concurrency: int, latency: float) -> float:
             ),
             {"now": NOW},
         )
-    with FakeSendGrid() as fake:
-        fake.delay = latency
+    with fake_sendgrid(latency) as fake:
         settings = Settings(database_url=url, send_concurrency=concurrency, dispatch_batch=100)
-        mailer = SendGridMailer("SG.bench", fake.url, timeout=10)
-        start = time.perf_counter()
+        mailer = SendGridMailer("SG.bench", fake, timeout=10)
+        start, cpu = time.perf_counter(), time.process_time()
         report = Dispatcher(db, settings, mailer).run(NOW)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        connections = int(httpx.get(f"{fake}/stats").json()["connections"])
     assert report.sent == count, report
     db.dispose()
-    return count / elapsed
+    return count / elapsed, cpu / count * 1000, connections
 
 
 def main() -> None:
@@ -142,9 +167,17 @@ def main() -> None:
     parser.add_argument("--dispatch", type=int, default=5_000)
     parser.add_argument("--latency", type=float, default=0.02, help="fake SendGrid reply delay")
     parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument(
+        "--parts",
+        type=lambda text: set(text.split(",")),
+        default={"jinja", "render", "dispatch"},
+        help="which figures, comma-separated (default jinja,render,dispatch)",
+    )
     args = parser.parse_args()
 
-    print(f"Jinja2 alone (warm/case-study): {jinja_alone(min(args.steps, 20_000)):,.0f} renders/s")
+    if "jinja" in args.parts:
+        rate = jinja_alone(min(args.steps, 20_000))
+        print(f"Jinja2 alone (warm/case-study): {rate:,.0f} renders/s")
     with tempfile.TemporaryDirectory() as folder, ExitStack() as scratch:
         targets: list[tuple[str, Callable[[], str]]] = [
             ("SQLite", lambda: f"sqlite:///{folder}/{uuid.uuid4().hex}.db")
@@ -154,17 +187,19 @@ def main() -> None:
             targets.append(
                 ("PostgreSQL", lambda: scratch.enter_context(database.scratch_schema(PG_URL)))
             )
-        for name, url in targets:
+        for name, url in targets if "render" in args.parts else ():
             rate = render_and_enqueue(url(), args.steps)
             print(f"{name}: render and enqueue {args.steps:,} due steps: {rate:,.0f} messages/s")
-        for name, url in targets:
+        for name, url in targets if "dispatch" in args.parts else ():
             for concurrency in (1, 8, 32):
-                rate = dispatch(url(), args.dispatch, concurrency, args.latency)
+                rate, cpu, opened = dispatch(url(), args.dispatch, concurrency, args.latency)
                 print(
                     f"{name}: dispatch {args.dispatch:,} via fake SendGrid "
-                    f"({args.latency * 1000:.0f} ms per call, {concurrency} connections): "
-                    f"{rate:,.0f} messages/s"
+                    f"({args.latency * 1000:.0f} ms per call, {concurrency} senders): "
+                    f"{rate:,.0f} messages/s, {cpu:.2f} ms CPU each, {opened:,} TCP connections"
                 )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak:,.0f} MB; load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from the settings."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -96,6 +97,19 @@ def test_sendgrid_requests_are_valid_mail_send_bodies_with_our_outbox_id() -> No
     assert body["from"] == {"email": "hello@acme.io", "name": "Acme"}
     assert body["personalizations"][0]["to"] == [{"email": "ana@acme.io"}]
     assert body["categories"] == ["warm-nurture"]
+
+
+def test_many_sendgrid_sends_reuse_a_few_kept_alive_connections() -> None:
+    with FakeSendGrid() as fake:
+        mailer = SendGridMailer("SG.test", fake.url, timeout=5)
+        fake.fail_next(503)  # a failure answered on a connection leaves it usable
+        with pytest.raises(TransientError, match="503"):
+            mailer.send(an_email())
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            provider_ids = list(pool.map(lambda _: mailer.send(an_email()), range(60)))
+    assert len(fake.messages) == 60 and all(provider_ids)
+    assert len(set(provider_ids)) == 60
+    assert 1 <= fake.connections <= 4
 
 
 def test_sendgrid_4xx_is_permanent_and_an_unreachable_host_transient() -> None:

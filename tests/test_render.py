@@ -3,6 +3,7 @@ bounded in time, CSS inlined, a text part always present, errors with file and l
 
 from __future__ import annotations
 
+import os
 import time
 import tracemalloc
 from datetime import UTC, datetime
@@ -276,3 +277,23 @@ def test_check_reports_a_template_too_deep_to_compile(tmp_path: Path) -> None:
     assert [Path(p.file or "").stem for p in problems] == ["deep"]
     with pytest.raises(TemplateError):
         Renderer(tmp_path).render("deep", variables())
+
+
+def test_an_edit_of_a_template_or_its_layout_reaches_the_next_batch(tmp_path: Path) -> None:
+    write(tmp_path, "layout", "<html><body>{% block html %}{% endblock %} v1</body></html>")
+    child = '{% extends "layout.j2" %}{% block subject %}Hello {{ lead.first_name }}{% endblock %}'
+    write(tmp_path, "a", child + "{% block html %}<p>one</p>{% endblock %}")
+    renderer = Renderer(tmp_path)
+    first = renderer.render_many([("a", variables(first_name="Ana"))] * 3)
+    assert {r.html for r in first if not isinstance(r, TemplateError)} == {
+        "<html><head></head><body><p>one</p> v1</body></html>"
+    }
+    write(tmp_path, "layout", "<html><body>{% block html %}{% endblock %} v2</body></html>")
+    write(tmp_path, "a", child.replace("Hello", "Hi") + "{% block html %}<p>two</p>{% endblock %}")
+    for path in tmp_path.glob("*.j2"):  # a later mtime, however coarse the file system's clock
+        stamp = path.stat().st_mtime + 5
+        os.utime(path, (stamp, stamp))
+    [second] = renderer.render_many([("a", variables(first_name="Ana"))])
+    assert not isinstance(second, TemplateError)
+    assert second.subject == "Hi Ana"
+    assert second.html == "<html><head></head><body><p>two</p> v2</body></html>"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -16,8 +16,10 @@ from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine
 
 from engine import db as database
+from engine.active import Active
 from engine.api.limits import BodyLimit
 from engine.errors import NurtureError
+from engine.ingest.group import GroupCommit
 from engine.redact import Redacting
 from engine.settings import Settings
 
@@ -28,6 +30,14 @@ log = logging.getLogger(__name__)
 class Context:
     settings: Settings
     db: Engine
+    # This process's writer of scored records (engine.ingest.group): concurrent requests'
+    # events commit together.
+    writer: GroupCommit = field(init=False)
+    # The configuration in force as last looked up, and when (engine.api.intake.in_force).
+    config: tuple[float, Active] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.writer = GroupCommit(self.db, self.settings.batch_size)
 
 
 def context(request: Request) -> Context:
@@ -77,7 +87,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
         logging.getLogger("uvicorn.access").addFilter(access_log)
         try:
             if scheduler:
-                with _scheduled(db, settings):
+                with scheduled(db, settings):
                     yield
             else:
                 yield
@@ -103,8 +113,8 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
 
 
 @contextmanager
-def _scheduled(db: Engine, settings: Settings) -> Iterator[None]:
-    """The scheduler of ``nurture serve``, running while the app serves."""
+def scheduled(db: Engine, settings: Settings) -> Iterator[None]:
+    """The scheduler of ``nurture serve``, running while the app (or its workers) serve."""
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from engine.schedule.jobs import Jobs

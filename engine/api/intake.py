@@ -5,6 +5,7 @@ campaigns in force, exactly as ``nurture ingest`` scores a file. ``POST /api/eve
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -15,20 +16,35 @@ from engine.api.app import Context
 from engine.ingest.batch import IngestResult, ingest
 from engine.ingest.parse import Parsed
 
+# How long a looked-up configuration serves requests before it is looked up again: reading
+# and fingerprinting the ruleset, campaigns and templates took ~5 ms, more than scoring an
+# event, so an edit (or a version put in force) reaches the API within this many seconds.
+CONFIG_SECONDS = 1.0
+
 
 def in_force(ctx: Context) -> Active:
     """The ruleset and campaigns in force, or 503: without a ruleset nothing can be scored or
     reported."""
+    cached = ctx.config
+    if cached is not None and time.monotonic() - cached[0] < CONFIG_SECONDS:
+        return cached[1]
     try:
-        return active(ctx.db, ctx.settings)
+        found = active(ctx.db, ctx.settings)
     except NoRuleset as error:
         raise HTTPException(503, f"no ruleset in force: {error}") from None
+    ctx.config = (time.monotonic(), found)
+    return found
 
 
 def score(ctx: Context, items: list[Parsed]) -> IngestResult:
-    """Records through the rules, with campaign enrollment and exit, like ``nurture ingest``."""
+    """Records through the rules, with campaign enrollment and exit, like ``nurture ingest``;
+    committed together with other requests' records that arrive meanwhile (group commit)."""
     found = in_force(ctx)
-    return ingest(ctx.db, found.compiled, items, ctx.settings.batch_size, campaigns=found.campaigns)
+    if len(items) > ctx.settings.batch_size:  # more than one transaction's worth: on its own
+        return ingest(
+            ctx.db, found.compiled, items, ctx.settings.batch_size, campaigns=found.campaigns
+        )
+    return ctx.writer.ingest(found.compiled, items, found.campaigns)
 
 
 def too_large(what: str) -> HTTPException:

@@ -89,16 +89,27 @@ def worker_command() -> None:
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="HTTP server processes (PostgreSQL only: SQLite has one writer). The "
+            "scheduler runs once, in the parent process.",
+        ),
+    ] = 1,
 ) -> None:
-    """The HTTP API, the dashboard and the scheduler in one process."""
+    """The HTTP API, the dashboard and the scheduler in one process (or, with --workers, the
+    scheduler and N HTTP processes)."""
     import uvicorn
 
-    from engine.api.app import create_app
+    from engine.api.app import create_app, scheduled
     from engine.api.webhooks import open_webhook_warning
 
     settings = get_settings()
     configure_logging(settings)
     db = open_db(settings)
+    if workers > 1 and db.dialect.name != "postgresql":
+        raise fail("--workers: needs PostgreSQL (SQLite admits one writer at a time)")
     scoring(db, settings)
     # Both secrets made (or refused) now, not on the first request: the kept token file exists
     # before anyone is told to read it.
@@ -106,16 +117,41 @@ def serve_command(
     settings.signing_key()
     # Where the token is, never the token itself: this line ends up in logs.
     where = "NURTURE_API_TOKEN" if settings.api_token else f"in {settings.token_file}"
+    processes = f" ({workers} HTTP processes)" if workers > 1 else ""
     err.print(
-        f"nurture: API, dashboard and scheduler on http://{host}:{port} "
+        f"nurture: API, dashboard and scheduler on http://{host}:{port}{processes} "
         f"(API reference at /docs); the API token is {where}",
         highlight=False,
     )
-    app = create_app(settings, db, scheduler=True)
     if warning := open_webhook_warning(settings):
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     # log_config=None: uvicorn logs through the handlers configure_logging set up.
-    uvicorn.run(app, host=host, port=port, log_config=None, log_level=settings.log_level.lower())
+    options = {"host": host, "port": port, "log_config": None,
+               "log_level": settings.log_level.lower()}  # fmt: skip
+    if workers == 1:
+        uvicorn.run(create_app(settings, db, scheduler=True), **options)  # type: ignore[arg-type]
+        return
+    # Each worker process builds its app from the same environment (worker_app); the
+    # scheduler is this process's, so the jobs run once however many workers serve.
+    # A worker answers uvicorn's health check only once it has imported and built its app:
+    # seconds on a busy machine, where the default 5 s had workers killed and restarted.
+    with scheduled(db, settings):
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=workers,
+            timeout_worker_healthcheck=60,
+            **options,  # type: ignore[arg-type]
+        )
+
+
+def worker_app() -> object:
+    """The app of one ``nurture serve --workers`` HTTP process (no scheduler)."""
+    from engine.api.app import create_app
+
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 @db_app.command("upgrade")

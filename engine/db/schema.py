@@ -17,6 +17,7 @@ from sqlalchemy import (
     false,
     or_,
     select,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -87,7 +88,19 @@ class LeadScore(SQLModel, table=True):
 
 class EventRecord(SQLModel, table=True):
     __tablename__ = "event"
-    __table_args__ = (Index("ix_event_lead_type_time", "lead_id", "type", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_event_lead_type_time", "lead_id", "type", "occurred_at"),
+        # The dashboard's campaign figures read only the events that name an email or campaign.
+        Index(
+            "ix_event_feedback",
+            "type",
+            "campaign",
+            "outbox_id",
+            "lead_id",
+            sqlite_where=text("outbox_id IS NOT NULL OR campaign IS NOT NULL"),
+            postgresql_where=text("outbox_id IS NOT NULL OR campaign IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(max_length=200, unique=True)
@@ -98,6 +111,10 @@ class EventRecord(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
     # The profile attributes the record set (what replaying it needs); None when it set none.
     attributes: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # Feedback about an email (SendGrid's webhook, the unsubscribe link): the outbox row and
+    # the campaign its properties name, as columns (engine.ingest.feedback).
+    outbox_id: int | None = Field(default=None)
+    campaign: str | None = Field(default=None, max_length=200)
 
 
 class LedgerEntry(SQLModel, table=True):

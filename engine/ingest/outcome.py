@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.campaigns.compile import CompiledCampaigns
+from engine.ingest import feedback
 from engine.rules.decay import DecayState, rise
 from engine.rules.evaluate import Event, LeadState, Outcome
 from engine.rules.history import MemoryHistory
@@ -79,6 +80,7 @@ def record(
             "properties": dict(event.properties),
             "received_at": received_at,
             "attributes": attributes,
+            **feedback.columns(event.properties),
         }
     )
     for change in outcome.score_changes:

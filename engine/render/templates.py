@@ -6,7 +6,8 @@ time, macro nesting and the size of every value and text), undefined variables a
 is autoescaped and cannot be un-escaped (no ``safe`` filter, no ``{% autoescape false %}``), and
 the email has an output bound. CSS is inlined (css-inline) and a text part is derived from the
 HTML (inscriptis) when the template has none. Templates are compiled once and cached by Jinja2;
-an edit on disk is picked up on the next render.
+an edit on disk is picked up by the next batch rendered (files are checked once per batch, not
+once per email).
 
 A failure of any kind, in one email of a batch, is a :class:`TemplateError` naming the template
 file and line, so the caller can hold that email with the reason and send the others.
@@ -92,7 +93,15 @@ def _origin(error: BaseException, folder: Path) -> tuple[str | None, int | None]
 
 
 class _Loader(FileSystemLoader):
-    """The templates folder, where a file over :data:`MAX_TEMPLATE_BYTES` is refused unread."""
+    """The templates folder, where a file over :data:`MAX_TEMPLATE_BYTES` is refused unread.
+
+    Jinja2 asks whether a cached template is up to date (a ``stat`` of its file, and of its
+    layout's) on every render; here a template's file is checked once per ``epoch``, which the
+    renderer moves on at each batch, so an edit is still seen by the next batch."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.epoch = 0
 
     def get_source(
         self, environment: Environment, template: str
@@ -103,8 +112,21 @@ class _Loader(FileSystemLoader):
             if os.path.isfile(path):
                 if os.path.getsize(path) > MAX_TEMPLATE_BYTES:
                     raise JinjaError(f"{template} is larger than {MAX_TEMPLATE_BYTES:,} bytes")
-                return super().get_source(environment, template)
+                source, filename, uptodate = super().get_source(environment, template)
+                return source, filename, self._once_per_epoch(uptodate)
         raise TemplateNotFound(template)
+
+    def _once_per_epoch(self, uptodate: Callable[[], bool]) -> Callable[[], bool]:
+        checked = self.epoch
+
+        def fresh() -> bool:
+            nonlocal checked
+            if checked == self.epoch:
+                return True
+            checked = self.epoch
+            return uptodate()
+
+        return fresh
 
 
 class Renderer:
@@ -112,8 +134,9 @@ class Renderer:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self.loader = _Loader(self.folder)
         self.env = BoundedEnvironment(
-            loader=_Loader(self.folder), undefined=StrictUndefined, cache_size=1000
+            loader=self.loader, undefined=StrictUndefined, cache_size=1000
         )
         self.inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
 
@@ -138,7 +161,8 @@ class Renderer:
     ) -> list[Rendered | TemplateError]:
         """Each (template, variables) rendered, or the error that stops it: one bad email never
         stops the others. The CSS of the whole batch is inlined in one call, which css-inline
-        spreads over the cores."""
+        spreads over the cores. Each template's file is checked for edits once per call."""
+        self.loader.epoch += 1
         results: list[Rendered | TemplateError] = [self._draft(n, v) for n, v in jobs]
         good = [i for i, draft in enumerate(results) if isinstance(draft, Rendered)]
         pages = self._inline([results[i].html for i in good])  # type: ignore[union-attr]

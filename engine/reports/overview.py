@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Engine, String, case, cast, func, select
+from sqlalchemy import Engine, String, case, cast, func, or_, select
 
 from engine.address import normalise_email
 from engine.db import reading
@@ -116,34 +116,24 @@ def last_events(
     return found
 
 
-def _outbox_id(db: Engine) -> ColumnElement[Any]:
-    """``properties.outbox_id`` as an integer where it is one (SendGrid echoes it as text)."""
-    text = EVENTS.c.properties["outbox_id"].as_string()
-    if db.dialect.name == "postgresql":  # a cast of anything but digits is an error there
-        return case((text.regexp_match(r"^[0-9]{1,18}$"), cast(text, BigInteger)))
-    return cast(text, BigInteger)
-
-
 def campaigns(db: Engine, limit: int = 50) -> list[dict[str, Any]]:
     """Per campaign: emails sent, leads they went to, and leads who opened, clicked or
-    unsubscribed. Feedback events count for the campaign of the email named by their
-    ``properties.outbox_id`` (SendGrid's webhook), else the one in ``properties.category``
-    (a name, or a list of them whose first is taken) or ``properties.campaign``."""
-    props = EVENTS.c.properties
-    campaign = func.coalesce(
-        OUTBOX.c.campaign,
-        props[("category", 0)].as_string(),
-        props["category"].as_string(),
-        props["campaign"].as_string(),
-    ).label("campaign")
+    unsubscribed. Feedback events count for the campaign of the email their ``outbox_id``
+    names (SendGrid's webhook), else the campaign they name themselves (the event's columns,
+    filled from its properties by ``engine.ingest.feedback``)."""
+    campaign = func.coalesce(OUTBOX.c.campaign, EVENTS.c.campaign).label("campaign")
     attributed = (
         select(EVENTS.c.lead_id, EVENTS.c.type, campaign)
-        .select_from(EVENTS.outerjoin(OUTBOX, OUTBOX.c.id == _outbox_id(db)))
-        .where(EVENTS.c.type.in_(list(FEEDBACK)))
+        .select_from(EVENTS.outerjoin(OUTBOX, OUTBOX.c.id == EVENTS.c.outbox_id))
+        .where(
+            EVENTS.c.type.in_(list(FEEDBACK)),
+            # What names neither is unattributed (and outside the partial index).
+            or_(EVENTS.c.outbox_id.is_not(None), EVENTS.c.campaign.is_not(None)),
+        )
         .subquery()
     )
-    # Grouped unfiltered: the unattributed group is dropped below, because a filter on the
-    # campaign here would extract it from the JSON twice (PostgreSQL computes it again).
+    # An outbox id naming no email (and no campaign of the event's own) is unattributed: that
+    # group is dropped below.
     feedback = select(
         attributed.c.campaign,
         *(
@@ -208,7 +198,7 @@ def lead_page(db: Engine, email: str, ruleset: Ruleset | None = None) -> dict[st
         ]
         reactions: dict[str, set[str]] = {}
         for outbox_id, kind in conn.execute(
-            select(EVENTS.c.properties["outbox_id"].as_string(), EVENTS.c.type).where(
+            select(EVENTS.c.outbox_id, EVENTS.c.type).where(
                 EVENTS.c.lead_id == lead_id, EVENTS.c.type.in_(list(FEEDBACK))
             )
         ):

@@ -4,6 +4,7 @@ The host comes from ``NURTURE_SENDGRID_HOST`` (tests point it at a fake on 127.0
 call has a timeout, and the outbox id travels in ``custom_args`` so SendGrid's event webhook
 can name the message it is about (``processed`` settles a row a crash left uncertain). 429 and
 5xx answers, timeouts and refused connections are transient; other 4xx answers are permanent.
+Requests go over kept-alive connections (:mod:`engine.send.pool`), not a new one per email.
 """
 
 from __future__ import annotations
@@ -24,12 +25,21 @@ from sendgrid.helpers.mail import (
 )
 
 from engine.send.email import Email, TransientError, http_failure, one_line
+from engine.send.pool import ConnectionPool, PooledClient, proxied
 
 
 class SendGridMailer:
     def __init__(self, api_key: str, host: str, timeout: float = 10.0) -> None:
         self.client = SendGridAPIClient(api_key=api_key, host=host.rstrip("/"))
-        self.client.client.timeout = timeout
+        if not proxied(self.client.host):
+            # The official client with its transport swapped for kept-alive connections.
+            self.client.client = PooledClient(
+                host=self.client.host,
+                request_headers=self.client._default_headers,
+                version=3,
+                timeout=timeout,
+                pool=ConnectionPool(self.client.host),
+            )
 
     @staticmethod
     def payload(email: Email) -> Mail:
