@@ -123,7 +123,7 @@ def test_the_migration_fills_the_columns_of_events_stored_before(
     with db.begin() as conn:  # the columns gone, as before 0009
         config = alembic_config(db_url)
         config.attributes["connection"] = conn
-        command.downgrade(config, "0007")
+        command.downgrade(config, "0008")
     database.upgrade(db_url)
     with db.connect() as conn:
         after = conn.execute(
