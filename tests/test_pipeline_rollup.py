@@ -127,7 +127,7 @@ def same_report(db: sa.Engine, since: datetime | None, until: datetime | None) -
 
 
 def test_rollups_equal_the_straightforward_report(db: sa.Engine) -> None:
-    moves = histories(400, seed=15)
+    moves = histories(300, seed=15)
     rng = random.Random(16)
     # Most moves in three interleaved batches in order; for one lead in ten, one past move is
     # written only at the end (a replay's), after the moves that follow it.
