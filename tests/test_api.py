@@ -5,6 +5,7 @@ everything it stores goes through the same ingest path as ``nurture ingest``."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -408,3 +409,15 @@ def test_the_api_reference_needs_nothing_from_the_internet(api: TestClient, page
         served = api.get(url, headers={"Authorization": ""})
         assert served.status_code == 200 and len(served.content) > 1000, url
     assert api.get("/openapi.json").json()["info"]["title"] == "nurture"
+
+
+def test_an_edited_ruleset_scores_api_events_within_a_second(api: TestClient, home: Path) -> None:
+    def score_after(key: str) -> int:
+        assert api.post("/api/events", json=view(key=key)).json()["accepted"] == 1
+        return int(api.get("/api/leads/ana@acme.io").json()["score"])
+
+    assert score_after("p1") == 10
+    rules = home / "rulesets" / "api-test.yaml"
+    rules.write_text(rules.read_text().replace("engagement: 10}", "engagement: 25}"))
+    time.sleep(1.1)  # the configuration in force is looked up at most once a second
+    assert score_after("p2") == 35
