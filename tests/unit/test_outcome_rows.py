@@ -51,7 +51,8 @@ def test_an_evaluation_becomes_one_row_per_fact_in_evaluation_order() -> None:
     base = {"lead_id": 7, "event_id": "e1", "at": AT}
     assert rows.events == [
         {"event_id": "e1", "lead_id": 7, "type": "demo_request", "occurred_at": AT,
-         "properties": {"url": "/demo"}, "received_at": RECEIVED}
+         "properties": {"url": "/demo"}, "received_at": RECEIVED, "outbox_id": None,
+         "campaign": None}
     ]  # fmt: skip
     assert rows.ledger == [
         base | {"component": "engagement", "delta": 50, "score_after": 50, "rule": "demo",
