@@ -421,3 +421,14 @@ def test_an_edited_ruleset_scores_api_events_within_a_second(api: TestClient, ho
     rules.write_text(rules.read_text().replace("engagement: 10}", "engagement: 25}"))
     time.sleep(1.1)  # the configuration in force is looked up at most once a second
     assert score_after("p2") == 35
+
+
+def test_serve_with_several_workers_is_refused_on_sqlite(
+    home: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NURTURE_HOME", str(home))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("NURTURE_API_TOKEN", TOKEN)
+    result = nurture("serve", "--workers", "2")
+    assert result.exit_code != 0
+    assert "--workers: needs PostgreSQL" in result.output
