@@ -5,6 +5,7 @@ everything it stores goes through the same ingest path as ``nurture ingest``."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -408,3 +409,35 @@ def test_the_api_reference_needs_nothing_from_the_internet(api: TestClient, page
         served = api.get(url, headers={"Authorization": ""})
         assert served.status_code == 200 and len(served.content) > 1000, url
     assert api.get("/openapi.json").json()["info"]["title"] == "nurture"
+
+
+def test_an_applied_ruleset_scores_api_events_within_seconds(
+    api: TestClient, home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def score_after(key: str) -> int:
+        assert api.post("/api/events", json=view(key=key)).json()["accepted"] == 1
+        return int(api.get("/api/leads/ana@acme.io").json()["score"])
+
+    assert score_after("p1") == 10
+    rules = home / "rulesets" / "api-test.yaml"
+    rules.write_text(rules.read_text().replace("engagement: 10}", "engagement: 25}"))
+    time.sleep(1.1)  # the configuration in force is looked up at most once a second
+    assert score_after("p2") == 20  # an edited file changes nothing live
+    monkeypatch.setenv("NURTURE_HOME", str(home))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", db_url)
+    applied = nurture("rules", "apply", "-m", "more for a view")
+    assert applied.exit_code == 0, applied.output
+    time.sleep(3.5)  # each process re-reads the version in force every RECHECK (2 s) seconds
+    # The two earlier views rescored under the applied version, then a third scored under it.
+    assert score_after("p3") == 75
+
+
+def test_serve_with_several_workers_is_refused_on_sqlite(
+    home: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NURTURE_HOME", str(home))
+    monkeypatch.setenv("NURTURE_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("NURTURE_API_TOKEN", TOKEN)
+    result = nurture("serve", "--workers", "2")
+    assert result.exit_code != 0
+    assert "--workers: needs PostgreSQL" in result.output

@@ -52,7 +52,7 @@ def test_an_evaluation_becomes_one_row_per_fact_in_evaluation_order() -> None:
     assert rows.events == [
         {"event_id": "e1", "lead_id": 7, "type": "demo_request", "occurred_at": AT,
          "properties": {"url": "/demo"}, "received_at": RECEIVED, "attributes": None,
-             "outbox_id": None, "campaign": None}
+         "outbox_id": None, "campaign": None}
     ]  # fmt: skip
     assert rows.ledger == [
         base | {"component": "engagement", "delta": 50, "score_after": 50, "rule": "demo",
