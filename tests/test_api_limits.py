@@ -85,6 +85,7 @@ def test_every_post_route_is_covered(app: FastAPI) -> None:
     assert post_routes(app) == [
         "/api/events",
         "/api/leads",
+        "/api/rulesets/plan",
         "/api/rulesets/validate",
         "/login",
         "/logout",
