@@ -62,15 +62,15 @@ def score_in_force(url: str, home: Path, records: list[str]) -> None:
     db.dispose()
 
 
-def start_apply(url: str, home: Path) -> subprocess.Popen[bytes]:
-    """`nurture rules apply` in its own process, 25 leads a transaction; its stderr (with any
-    error) goes to ``home``/apply.err."""
+def start_apply(url: str, home: Path, batch: int = 25) -> subprocess.Popen[bytes]:
+    """`nurture rules apply` in its own process, ``batch`` leads a transaction; its stderr (with
+    any error) goes to ``home``/apply.err."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "NURTURE_HOME": str(home),
         "NURTURE_DATABASE_URL": url,
-        "NURTURE_BATCH_SIZE": "25",
+        "NURTURE_BATCH_SIZE": str(batch),
     }
     command = [sys.executable, "-m", "engine.cli", "rules", "apply"]
     with (home / "apply.err").open("ab") as errors:
@@ -125,12 +125,15 @@ def test_sigkill_midway_then_apply_again_equals_an_uninterrupted_apply(
         shutil.copy(ruleset, other_home / "rulesets" / "b2b-saas.yaml")
         uninterrupted = start_apply(other, other_home)
 
-        killed = start_apply(db_url, home)
+        # One lead a transaction: on a quiet machine a larger batch can finish between two looks.
+        killed = start_apply(db_url, home, batch=1)
         deadline = time.monotonic() + 120
-        while under(db_url, v2) < 50 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
+        try:
+            while under(db_url, v2) < 10 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            killed.send_signal(signal.SIGKILL)
+            killed.wait()
         done = under(db_url, v2)
         assert 0 < done < LEADS_N  # killed midway
         again = start_apply(db_url, home)
