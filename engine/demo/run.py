@@ -118,5 +118,6 @@ def run_demo(
             f"  nurture leads --band {s.name}={s.bands[0][0]}   the lowest {s.name}\n"
             for s in ruleset.scores
         )
-        + f"  {ruleset.path}   the rules; nurture rules check / nurture rules test after an edit"
+        + f"  {ruleset.path}   the rules; after an edit: nurture rules check, rules test, "
+        "rules plan (what it would change), rules apply"
     )
