@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, delete, select
 
 from engine.campaigns.compile import CompiledCampaigns
-from engine.db import append_rows, upsert
+from engine.db import append_rows
 from engine.db.rollup import record_moves
 from engine.db.schema import (
     ACTIONS,
@@ -41,8 +41,8 @@ from engine.ingest import outcome
 from engine.ingest.outcome import LoadedLead, Rows
 from engine.ingest.score import Scorer
 from engine.ingest.state import opening, stored_peers
-from engine.ingest.write import ConflictError, enroll_and_exit
-from engine.rules.account import ACCOUNT_FIELDS, AccountBook, account_domain
+from engine.ingest.write import enroll_and_exit, write_leads
+from engine.rules.account import ACCOUNT_FIELDS, AccountBook
 from engine.rules.compile import CompiledRuleset
 from engine.rules.decay import DecayState, decayed
 from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, new_lead
@@ -358,64 +358,16 @@ def write(
             append_rows(conn, table, batch)
     record_moves(conn, rows.stages)
     enroll_and_exit(conn, rows)
-    scores = [
-        {
-            "lead_id": item.stored.id,
-            "component": name,
-            "value": value,
-            "rose_at": rose_at,
-            "peak": peak or 0,
-            "decay_steps": steps or 0,
-        }
-        for item in found
-        for name, value in item.lead.state.scores.items()
-        for rose_at, peak, steps in [item.lead.decay.get(name, [None, 0, 0])]
-    ]
-    if scores:
-        append_rows(conn, SCORES, scores)
-    if ruleset.scores:
-        named = []
-        for item in found:
-            totals = ruleset.totals(item.lead.state.scores)
-            bands = ruleset.named_bands(totals)
-            named += [
-                {"lead_id": item.stored.id, "name": name, "total": total, "band": bands[name]}
-                for name, total in totals.items()
-            ]
-        conn.execute(upsert(conn, NAMED_SCORES).on_conflict_do_nothing(), named)
-    updated = conn.execute(
-        update(LEADS)
-        .where(LEADS.c.id == bindparam("b_id"), LEADS.c.version == bindparam("b_version"))
-        .values(
-            attributes=bindparam("b_attributes"),
-            score=bindparam("b_score"),
-            temperature=bindparam("b_temperature"),
-            stage=bindparam("b_stage"),
-            stage_entered_at=bindparam("b_entered"),
-            tags=bindparam("b_tags"),
-            account_domain=bindparam("b_account"),
-            time_due_at=bindparam("b_due"),
-            ruleset_version=version,
-            version=LEADS.c.version + 1,
-            updated_at=now,
-        ),
-        [
-            {
-                "b_id": item.stored.id,
-                "b_version": item.stored.version,
-                "b_attributes": {
-                    k: v for k, v in item.lead.state.attributes.items() if k != "email"
-                },
-                "b_score": item.score,
-                "b_temperature": ruleset.band(item.score),
-                "b_stage": item.stage,
-                "b_entered": item.stage_entered_at,
-                "b_tags": item.lead.state.tags,
-                "b_account": account_domain(item.lead.state.attributes, item.stored.email),
-                "b_due": item.lead.due_at,
-            }
-            for item in found
-        ],
-    )
-    if updated.rowcount != len(found):
-        raise ConflictError("a lead changed during the rescore")
+    leads = []
+    for item in found:
+        lead = item.lead
+        # What the forward-only rule kept, and what is not the ruleset's to replay: consent
+        # (an opt-out stored before events kept their attributes would be lost) and the row
+        # version the batch locked.
+        lead.state.stage = item.stage
+        if item.stage_entered_at is not None:
+            lead.stage_entered_at = item.stage_entered_at
+        lead.subscribed = item.stored.subscribed
+        lead.version = item.stored.version
+        leads.append(lead)
+    write_leads(conn, ruleset, leads, now)

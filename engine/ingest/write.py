@@ -46,7 +46,7 @@ def write(
     record_moves(conn, rows.stages)
     enroll_and_exit(conn, rows)
     if leads:
-        _write_leads(conn, ruleset, leads, now)
+        write_leads(conn, ruleset, leads, now)
 
 
 def enroll_and_exit(conn: Connection, rows: Rows) -> None:
@@ -76,9 +76,9 @@ def enroll_and_exit(conn: Connection, rows: Rows) -> None:
         )
 
 
-def _write_leads(
-    conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now: datetime
-) -> None:
+def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now: datetime) -> None:
+    """The leads' rows, components and named scores as scored (by ingest or a rescore); a lead
+    whose row version moved meanwhile is a ConflictError."""
     updated = conn.execute(
         update(LEADS)
         .where(LEADS.c.id == bindparam("b_id"), LEADS.c.version == bindparam("b_version"))
