@@ -79,7 +79,9 @@ def start_apply(url: str, home: Path, batch: int = 25) -> subprocess.Popen[bytes
 
 def under(url: str, version: str) -> int:
     db = database.connect(url)
-    with db.connect() as conn:
+    # A snapshot read: on SQLite a plain connection begins IMMEDIATE and would queue for the
+    # write lock behind the apply it is watching (until the apply is done).
+    with database.reading(db) as conn:
         query = sa.select(sa.func.count()).where(LEADS.c.ruleset_version == version)
         found = int(conn.execute(query).scalar() or 0)
     db.dispose()
