@@ -27,8 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from scratch import data_file
+
 from engine.db import scratch_schema
-from engine.demo.sample import sample_records, write_jsonl
 from engine.home import load_ruleset
 from engine.ingest.parse import LeadRecord, Parsed, Rejection, parse_jsonl
 from engine.rules import reference
@@ -46,14 +47,6 @@ MEASURE = (
     "sys.exit(code)"
 )
 Evaluator = Callable[[CompiledRuleset, LeadState, Event, History], Outcome]
-
-
-def data_file(events: int, leads: int, out: Path) -> Path:
-    path = out / f"sample-{events}-{leads}.jsonl"
-    if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        write_jsonl(sample_records(leads=leads, events_per_lead=events / leads, seed=11), path)
-    return path
 
 
 def load_average() -> str:

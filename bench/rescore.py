@@ -21,22 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from scratch import ROOT, database_options, databases
-
-from engine.demo.sample import sample_records, write_jsonl
+from scratch import ROOT, data_file, database_options, databases
 
 NURTURE = str(Path(sys.executable).with_name("nurture"))
 # The edit planned and applied: a pricing view is worth 15 instead of 10.
 PRICING = "then: {score: {engagement: %d}, tag: pricing-interest}"
 EDITS = ((PRICING % 10, PRICING % 15),)
-
-
-def data_file(events: int, leads: int, out: Path) -> Path:
-    path = out / f"sample-{events}-{leads}.jsonl"
-    if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        write_jsonl(sample_records(leads=leads, events_per_lead=events / leads, seed=11), path)
-    return path
 
 
 def make_home(folder: Path) -> Path:

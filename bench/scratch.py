@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from engine import db as database
+from engine.demo.sample import sample_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +52,13 @@ def run(doc: str, bench: Callable[[str, str, int], None], leads: int, prefix: st
     args = parser.parse_args()
     for name, url in databases(args, prefix):
         bench(url, name, args.leads)
+
+
+def data_file(events: int, leads: int, out: Path) -> Path:
+    """The sample data of ``leads`` leads and about ``events`` events as JSON Lines, made once
+    per size under ``out``."""
+    path = out / f"sample-{events}-{leads}.jsonl"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(sample_records(leads=leads, events_per_lead=events / leads, seed=11), path)
+    return path
