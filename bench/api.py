@@ -50,6 +50,17 @@ class Server:
         """CPU time used so far by the server's processes (user + system)."""
         return sum(_cpu(pid) for pid in _family(self.pid))
 
+    def transactions(self) -> tuple[float, float]:
+        """Ingest transactions committed so far and their seconds, from ``/metrics`` (with
+        ``--workers``, the share of the process that answers)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=30).text
+        found = dict.fromkeys(("count", "sum"), 0.0)
+        for line in text.splitlines():
+            for key in found:
+                if line.startswith(f"nurture_ingest_batch_seconds_{key} "):
+                    found[key] = float(line.split()[1])
+        return found["count"], found["sum"]
+
 
 @dataclass
 class Figures:
@@ -59,6 +70,15 @@ class Figures:
     latencies: list[float]  # seconds per request
     failures: int
     cpu: float = 0.0  # the server's CPU seconds meanwhile
+    transactions: float = 0.0  # ingest transactions meanwhile (group commits)
+    transaction_seconds: float = 0.0  # their time, from begin to commit
+
+    def groups(self) -> str:
+        """Events per transaction and the mean time of one (a single server process only)."""
+        if not self.transactions:
+            return ""
+        per = self.transaction_seconds / self.transactions * 1000
+        return f"   {self.events / self.transactions:.1f} events/transaction, {per:.1f} ms each"
 
     def line(self, label: str) -> str:
         ordered = sorted(self.latencies)
@@ -70,7 +90,7 @@ class Figures:
             f"{label:<28} {self.events / self.seconds:>8,.0f} events/s "
             f"{self.requests / self.seconds:>7,.0f} req/s   p50 {pct(0.50):7.1f} ms   "
             f"p99 {pct(0.99):7.1f} ms   server CPU {self.cpu / self.events * 1000:.2f} ms/event "
-            f"({self.events:,} events, {self.failures} failed requests)"
+            f"({self.events:,} events, {self.failures} failed requests){self.groups()}"
         )
 
 
@@ -185,10 +205,15 @@ async def load(server: Server, requests: list[list[dict[str, Any]]], clients: in
                 if response.status_code != 200 or response.json()["accepted"] != len(body):
                     failures += 1
 
+    groups = server.transactions()
     started, cpu = time.perf_counter(), server.cpu_seconds()
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu
-    return Figures(sum(map(len, requests)), len(requests), seconds, latencies, failures, cpu)
+    (count, total), before = server.transactions(), groups
+    count, total = count - before[0], total - before[1]
+    figures = Figures(sum(map(len, requests)), len(requests), seconds, latencies, failures, cpu)
+    figures.transactions, figures.transaction_seconds = count, total
+    return figures
 
 
 def bench(label: str, database_url: str, args: argparse.Namespace, workers: int = 1) -> None:
@@ -199,6 +224,8 @@ def bench(label: str, database_url: str, args: argparse.Namespace, workers: int 
         for size in args.batch:
             run = f"{label}-{size}-{uuid.uuid4().hex[:6]}"
             figures = asyncio.run(load(s, bodies(args.events, size, args.leads, run), args.clients))
+            if workers > 1:  # /metrics is one process's share: no figure of the whole
+                figures.transactions = 0
             print(figures.line(f"{label}, {size}/request"), flush=True)
 
 

@@ -3,10 +3,13 @@ transactions get the answers, and leave the leads, that one ingest per caller gi
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from engine import db as database
@@ -57,21 +60,8 @@ def scores(db: sa.Engine) -> dict[str, int]:
         return {e: s for e, s in conn.execute(sa.text("SELECT email, score FROM lead"))}
 
 
-def test_concurrent_callers_get_the_answers_one_ingest_each_gives(
-    db: sa.Engine, tmp_path: Path
-) -> None:
-    reference_url = f"sqlite:///{tmp_path / 'reference.db'}"
-    database.upgrade(reference_url)
-    reference = database.connect(reference_url)
-    for target in (db, reference):
-        ingest(target, RULES, [view(0, 100, "stored-before")])
-    expected = [answers(ingest(reference, RULES, items)) for items in jobs()]
-
-    writer = GroupCommit(db, limit=2000)
-    bad: list[Parsed] = [view(0, 200, "fine"), view(1, 201, "broken", "/x")]
-    # A value the database cannot store: this caller's transaction fails, nobody else's.
-    bad[1] = EventRecord(1, "lead201@acme.io", "broken", "page_view", None, {"x": object()})
-    work = [*jobs(), bad]
+def on_threads(writer: GroupCommit, work: list[list[Parsed]]) -> list[Any]:
+    """Each job's answer (or error) from its own thread, all started together."""
     got: list[Any] = [None] * len(work)
     start = threading.Barrier(len(work))
 
@@ -87,6 +77,41 @@ def test_concurrent_callers_get_the_answers_one_ingest_each_gives(
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    return got
+
+
+def on_the_loop(writer: GroupCommit, work: list[list[Parsed]]) -> list[Any]:
+    """Each job's answer (or error) from its own task on one event loop (as the API calls)."""
+
+    async def call(items: list[Parsed]) -> Any:
+        try:
+            return answers(await writer.submit(RULES, items))
+        except Exception as error:
+            return error
+
+    async def everyone() -> list[Any]:
+        return list(await asyncio.gather(*(call(items) for items in work)))
+
+    return asyncio.run(everyone())
+
+
+@pytest.mark.parametrize("callers", [on_threads, on_the_loop])
+def test_concurrent_callers_get_the_answers_one_ingest_each_gives(
+    db: sa.Engine, tmp_path: Path, callers: Callable[[GroupCommit, list[list[Parsed]]], list[Any]]
+) -> None:
+    reference_url = f"sqlite:///{tmp_path / 'reference.db'}"
+    database.upgrade(reference_url)
+    reference = database.connect(reference_url)
+    for target in (db, reference):
+        ingest(target, RULES, [view(0, 100, "stored-before")])
+    expected = [answers(ingest(reference, RULES, items)) for items in jobs()]
+
+    writer = GroupCommit(db, limit=2000)
+    bad: list[Parsed] = [view(0, 200, "fine"), view(1, 201, "broken", "/x")]
+    # A value the database cannot store: this caller's transaction fails, nobody else's.
+    bad[1] = EventRecord(1, "lead201@acme.io", "broken", "page_view", None, {"x": object()})
+    work = [*jobs(), bad]
+    got = callers(writer, work)
 
     assert got[:-1] == expected
     assert isinstance(got[-1], Exception), "the caller with the bad record hears of it"
@@ -120,3 +145,18 @@ def test_groups_never_exceed_their_limit_and_keep_every_record(db: sa.Engine) ->
     assert writer.groups == 12
     with db.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM event")).scalar() == 24
+
+
+def test_a_caller_that_goes_away_leaves_the_writer_working(db: sa.Engine) -> None:
+    """A request cancelled while it waits (its client hung up) is still written; the callers
+    after it are answered as usual."""
+    writer = GroupCommit(db, limit=10)
+
+    async def scenario() -> IngestResult:
+        gone = asyncio.ensure_future(writer.submit(RULES, [view(0, 1, "gone")]))
+        await asyncio.sleep(0)  # queued
+        gone.cancel()
+        return await writer.submit(RULES, [view(0, 2, "after")])
+
+    assert asyncio.run(scenario()).accepted == 1
+    assert writer.ingest(RULES, [view(0, 1, "gone")]).duplicates == 1

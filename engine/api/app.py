@@ -40,8 +40,9 @@ class Context:
         self.writer = GroupCommit(self.db, self.settings.batch_size)
 
 
-def context(request: Request) -> Context:
-    """The dependency every route takes: this app's settings and database."""
+async def context(request: Request) -> Context:
+    """The dependency every route takes: this app's settings and database. Dependencies that
+    do no I/O are ``async``: FastAPI runs a plain one on a worker thread, a hop per request."""
     found: Context = request.app.state.nurture
     return found
 
@@ -49,7 +50,7 @@ def context(request: Request) -> Context:
 Ctx = Annotated[Context, Depends(context)]
 
 
-def no_nul(request: Request) -> None:
+async def no_nul(request: Request) -> None:
     """PostgreSQL stores no NUL in text: a query or path parameter holding one is refused with a
     422 naming it (as ingest refuses NUL in records) instead of failing in the database."""
     found = [("query", k) for k, v in request.query_params.multi_items() if "\x00" in v]

@@ -30,7 +30,7 @@ def valid(token: str | None, ctx: Context) -> bool:
     return token is not None and hmac.compare_digest(token.encode(), expected.encode())
 
 
-def require_token(
+async def require_token(
     request: Request,
     ctx: Annotated[Context, Depends(context)],
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,

@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 
 from engine.api.app import Ctx
 from engine.api.auth import require_token
-from engine.api.intake import read_json, score, too_large
+from engine.api.intake import read_json, score_async, too_large
 from engine.api.models import EventIn, IngestAnswer, ItemOutcome, Rejected, errors, json_body
 from engine.errors import InvalidRecord
 from engine.ingest.batch import IngestResult
@@ -78,5 +77,5 @@ async def post_events(request: Request, ctx: Ctx) -> IngestAnswer:
             "(NURTURE_MAX_EVENTS_PER_REQUEST)"
         )
     parsed = [parse_event(index, raw) for index, raw in enumerate(payload)]
-    result = await run_in_threadpool(score, ctx, parsed)
+    result = await score_async(ctx, parsed)
     return answer(parsed, result)

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from fastapi import HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 
 from engine import jsontext
 from engine.active import Active, NoRuleset, active
@@ -24,10 +25,10 @@ CONFIG_SECONDS = 1.0
 
 def in_force(ctx: Context) -> Active:
     """The ruleset and campaigns in force, or 503: without a ruleset nothing can be scored or
-    reported."""
-    cached = ctx.config
-    if cached is not None and time.monotonic() - cached[0] < CONFIG_SECONDS:
-        return cached[1]
+    reported. May read the database and the files: call it from a worker thread."""
+    found = cached_config(ctx)
+    if found is not None:
+        return found
     try:
         found = active(ctx.db, ctx.settings)
     except NoRuleset as error:
@@ -36,15 +37,38 @@ def in_force(ctx: Context) -> Active:
     return found
 
 
+def cached_config(ctx: Context) -> Active | None:
+    """The configuration looked up less than ``CONFIG_SECONDS`` ago, if any (no I/O)."""
+    cached = ctx.config
+    if cached is not None and time.monotonic() - cached[0] < CONFIG_SECONDS:
+        return cached[1]
+    return None
+
+
 def score(ctx: Context, items: list[Parsed]) -> IngestResult:
     """Records through the rules, with campaign enrollment and exit, like ``nurture ingest``;
-    committed together with other requests' records that arrive meanwhile (group commit)."""
+    committed together with other requests' records that arrive meanwhile (group commit). For
+    a worker thread; on the event loop, :func:`score_async`."""
     found = in_force(ctx)
-    if len(items) > ctx.settings.batch_size:  # more than one transaction's worth: on its own
-        return ingest(
-            ctx.db, found.compiled, items, ctx.settings.batch_size, campaigns=found.campaigns
-        )
+    if len(items) > ctx.settings.batch_size:
+        return _alone(ctx, found, items)
     return ctx.writer.ingest(found.compiled, items, found.campaigns)
+
+
+async def score_async(ctx: Context, items: list[Parsed]) -> IngestResult:
+    """:func:`score` from the event loop: the request waits for its group's commit without
+    holding a thread (the configuration is looked up on a thread when its cache has expired)."""
+    found = cached_config(ctx)
+    if found is None:
+        found = await run_in_threadpool(in_force, ctx)
+    if len(items) > ctx.settings.batch_size:
+        return await run_in_threadpool(_alone, ctx, found, items)
+    return await ctx.writer.submit(found.compiled, items, found.campaigns)
+
+
+def _alone(ctx: Context, found: Active, items: list[Parsed]) -> IngestResult:
+    """More than one transaction's worth: ingested on its own, a batch per transaction."""
+    return ingest(ctx.db, found.compiled, items, ctx.settings.batch_size, campaigns=found.campaigns)
 
 
 def too_large(what: str) -> HTTPException:

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from engine.api.app import Context, Ctx
 from engine.api.auth import require_token
-from engine.api.intake import in_force, read_json, score
+from engine.api.intake import in_force, read_json, score_async
 from engine.api.models import LeadDetail, LeadIn, LeadSummary, Pipeline, errors, json_body
 from engine.errors import InvalidRecord, NurtureError
 from engine.ingest.parse import LeadRecord, record
@@ -63,7 +63,7 @@ async def upsert_lead(request: Request, ctx: Ctx) -> dict[str, Any]:
         item = profile(await read_json(request))
     except InvalidRecord as error:
         raise HTTPException(422, str(error)) from None
-    result = await run_in_threadpool(score, ctx, [item])
+    result = await score_async(ctx, [item])
     if result.rejected:
         raise HTTPException(422, result.rejected[0].error)
     return await run_in_threadpool(lead_or_404, ctx, item.email)

@@ -21,7 +21,7 @@ from sendgrid.helpers.eventwebhook.eventwebhook_header import EventWebhookHeader
 from sqlalchemy import select
 
 from engine.api.app import Context, Ctx
-from engine.api.intake import parse_json, read_body, score
+from engine.api.intake import parse_json, read_body, score, score_async
 from engine.api.models import errors
 from engine.db import reading
 from engine.db.schema import LEADS
@@ -167,7 +167,7 @@ async def sendgrid_events(request: Request, ctx: Ctx) -> dict[str, Any]:
     items = [found for i, item in enumerate(payload) if (found := _event(i, item)) is not None]
     settled = _settling(payload)
     # Database work off the event loop: other requests go on being served meanwhile.
-    result = await run_in_threadpool(score, ctx, items) if items else IngestResult()
+    result = await score_async(ctx, items) if items else IngestResult()
     count = await run_in_threadpool(settle_processed, ctx.db, list(settled), settled)
     return {**result.as_json(position="index"), "settled": count}
 

@@ -2,10 +2,12 @@
 
 A request of one event costs little to evaluate but a whole transaction to store (a dozen
 statements, a commit, on SQLite the one write lock). :class:`GroupCommit` queues each caller's
-records; the caller at the head of the queue writes the queue's head jobs (up to ``limit``
-records) in one ``engine.ingest.batch.ingest`` call, answers each of them, and hands the
-writing on to the next job waiting. So one thread at a time writes, a caller is answered once
-its records have committed, and a caller waits for at most the group in progress and its own.
+records; one writer thread takes the queue's head jobs (up to ``limit`` records), writes them
+in one ``engine.ingest.batch.ingest`` call, answers each of them, and takes the next jobs that
+queued meanwhile. So one thread at a time writes, a caller is answered once its records have
+committed, and a caller waits for at most the group in progress and its own. Callers on the
+event loop (:meth:`GroupCommit.submit`) await their answer without holding a thread; callers
+on threads (:meth:`GroupCommit.ingest`) block.
 
 The group is scored exactly as if its jobs came one after another in queue order: ingest takes
 records in order, so an event id repeated across two requests is a duplicate (or a rejected
@@ -17,10 +19,13 @@ its own, so one request whose records cannot be stored never fails the others.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
@@ -29,29 +34,39 @@ from engine.ingest.batch import IngestResult, ingest
 from engine.ingest.parse import Parsed, Rejection
 from engine.rules.compile import CompiledRuleset
 
+# How long the writer thread waits for work before it ends (the next caller starts another).
+IDLE_SECONDS = 5.0
+
 
 @dataclass(eq=False)
 class _Job:
     items: list[Parsed]
     compiled: CompiledRuleset
     campaigns: CompiledCampaigns | None
+    # Called by the writer thread once the job is answered (result or error set).
+    answered: Callable[[], None]
     result: IngestResult | None = None
     error: BaseException | None = None
-    # Set when the job is answered, or when its caller is to write the next group.
-    wake: threading.Event = field(default_factory=threading.Event)
-    leads: bool = False
+
+    def outcome(self) -> IngestResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 class GroupCommit:
-    """One writer at a time for one database, batching what callers queue meanwhile."""
+    """One writer thread for one database, batching what callers queue meanwhile."""
 
     def __init__(self, db: Engine, limit: int) -> None:
         self.db = db
         self.limit = max(1, limit)  # records per group: one ingest batch, one transaction
         self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
         self._queue: deque[_Job] = deque()
-        self._writing = False
+        self._writer: threading.Thread | None = None
         self.groups = 0  # transactions written, for benchmarks and tests
+        self.records = 0  # records written in them
 
     def ingest(
         self,
@@ -60,52 +75,83 @@ class GroupCommit:
         campaigns: CompiledCampaigns | None = None,
     ) -> IngestResult:
         """``items`` scored and committed (with whatever other callers queued meanwhile); the
-        result as ``ingest`` would give it for ``items`` alone."""
-        job = _Job(items, compiled, campaigns)
+        result as ``ingest`` would give it for ``items`` alone. Blocks this thread until then."""
+        done = threading.Event()
+        job = _Job(items, compiled, campaigns, done.set)
+        self._put(job)
+        done.wait()
+        return job.outcome()
+
+    async def submit(
+        self,
+        compiled: CompiledRuleset,
+        items: list[Parsed],
+        campaigns: CompiledCampaigns | None = None,
+    ) -> IngestResult:
+        """:meth:`ingest` for a caller on the event loop: it waits without holding a thread."""
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not answered.done():  # a cancelled caller's job is still written, unheard
+                answered.set_result(None)
+
+        def wake() -> None:  # on the writer thread
+            with suppress(RuntimeError):  # the loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(settle)
+
+        job = _Job(items, compiled, campaigns, wake)
+        self._put(job)
+        await answered
+        return job.outcome()
+
+    def _put(self, job: _Job) -> None:
         with self._lock:
             self._queue.append(job)
-            if not self._writing:
-                self._writing = job.leads = True
-        while True:
-            if not job.leads:
-                job.wake.wait()
-            if job.result is not None or job.error is not None:
-                break
-            self._write_next()
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._run, name="group-commit", daemon=True)
+                self._writer.start()
+            else:
+                self._work.notify()
 
-    def _write_next(self) -> None:
-        """Write the head of the queue (this caller's job first), then pass the writing on."""
-        with self._lock:
-            group = [self._queue.popleft()]
-            size = len(group[0].items)
-            while self._queue:
-                nxt = self._queue[0]
-                same = (nxt.compiled, nxt.campaigns) == (group[0].compiled, group[0].campaigns)
-                if not same or size + len(nxt.items) > self.limit:
-                    break
-                group.append(self._queue.popleft())
-                size += len(nxt.items)
+    def _run(self) -> None:
+        """The writer thread: groups written one after another while there is work."""
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._work.wait(IDLE_SECONDS)
+                    if not self._queue:
+                        self._writer = None
+                        return
+                group = self._take()
+            self._write_group(group)
+
+    def _take(self) -> list[_Job]:
+        """The head of the queue: jobs of one configuration, up to ``limit`` records (the first
+        job whatever its size)."""
+        group = [self._queue.popleft()]
+        size = len(group[0].items)
+        while self._queue:
+            nxt = self._queue[0]
+            same = (nxt.compiled, nxt.campaigns) == (group[0].compiled, group[0].campaigns)
+            if not same or size + len(nxt.items) > self.limit:
+                break
+            group.append(self._queue.popleft())
+            size += len(nxt.items)
+        return group
+
+    def _write_group(self, group: list[_Job]) -> None:
         try:
             self._write(group)
         finally:
             for job in group:  # answered, whatever stopped the write
                 if job.result is None and job.error is None:
                     job.error = RuntimeError("the write of this request's group was interrupted")
-            with self._lock:
-                if self._queue:
-                    self._queue[0].leads = True
-                    self._queue[0].wake.set()
-                else:
-                    self._writing = False
-            for job in group:
-                job.wake.set()
+                job.answered()
 
     def _write(self, group: list[_Job]) -> None:
         self.groups += 1
+        self.records += sum(len(job.items) for job in group)
         if len(group) > 1:
             try:
                 results = _together(self.db, group)
