@@ -275,6 +275,7 @@ def main() -> None:
         help="events per request, comma-separated (default 1,50)",
     )
     parser.add_argument("--leads", type=int, default=1000, help="distinct leads")
+    parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument(
         "--pg-workers", type=int, default=2, help="HTTP processes serving PostgreSQL"
@@ -287,8 +288,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"POST /api/events: {args.events:,} events per size, {args.clients} clients, loopback")
-    with tempfile.TemporaryDirectory() as folder:
-        bench("SQLite", f"sqlite:///{folder}/bench.db", args)
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory() as folder:
+            bench("SQLite", f"sqlite:///{folder}/bench.db", args)
     if not args.skip_pg:
         with scratch_schema(args.pg_url, "bench") as url:
             bench(f"PostgreSQL, {args.pg_workers} workers", url, args, args.pg_workers)

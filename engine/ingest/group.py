@@ -43,6 +43,9 @@ IDLE_SECONDS = 5.0
 # fixed cost (~7 ms of CPU on SQLite) dwarfs an event's (~0.4 ms): under 8 API clients this
 # took groups from ~4 to ~7.5 events. A lone caller never waits: it is everyone expected.
 GATHER_SECONDS = 0.002
+# ...unless the queue already holds this many records: then the fixed cost is shared enough,
+# and a larger group would only make each of its callers wait longer.
+GATHER_RECORDS = 50
 
 
 @dataclass(eq=False)
@@ -71,6 +74,7 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._queue: deque[_Job] = deque()
+        self._queued = 0  # records in the queue
         self._writer: threading.Thread | None = None
         self.groups = 0  # transactions written, for benchmarks and tests
         self.records = 0  # records written in them
@@ -115,6 +119,7 @@ class GroupCommit:
     def _put(self, job: _Job) -> None:
         with self._lock:
             self._queue.append(job)
+            self._queued += len(job.items)
             if self._writer is None:
                 self._writer = threading.Thread(target=self._run, name="group-commit", daemon=True)
                 self._writer.start()
@@ -134,7 +139,11 @@ class GroupCommit:
                 # The callers just answered mostly come straight back with their next
                 # request: waiting a moment for them makes the next group whole.
                 deadline = time.monotonic() + GATHER_SECONDS
-                while len(self._queue) < callers and (left := deadline - time.monotonic()) > 0:
+                while (
+                    len(self._queue) < callers
+                    and self._queued < GATHER_RECORDS
+                    and (left := deadline - time.monotonic()) > 0
+                ):
                     self._work.wait(left)
                 group = self._take()
                 callers = len(group) + len(self._queue)
@@ -152,6 +161,7 @@ class GroupCommit:
                 break
             group.append(self._queue.popleft())
             size += len(nxt.items)
+        self._queued -= size
         return group
 
     def _write_group(self, group: list[_Job]) -> None:
