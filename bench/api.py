@@ -5,11 +5,13 @@ loopback, on SQLite and PostgreSQL. Figures are printed, not asserted.
     python bench/api.py --events 20000 --clients 16 --batch 1,100 --skip-pg
     python bench/api.py --pg-workers 2       # PostgreSQL served by `nurture serve --workers 2`
 
-Each client is an asyncio task with its own keep-alive connection, sending its next request as
-soon as its last one is answered. For every request size it prints events/s, requests/s and the
-p50/p99 latency of a request, then the server's peak RSS (all its processes) and the load
-average. To measure something else against the same server, add a phase
-that takes a ``Server`` (its ``url`` and ``headers``) the way ``load`` does.
+Each client is an asyncio task with its own keep-alive connection (raw HTTP/1.1, cheap enough
+not to be what is measured), sending its next request as soon as its last one is answered. For
+every request size it prints events/s, requests/s, the p50/p99 latency of a request, the
+server's CPU per event and (one server process) the events per ingest transaction, then the
+server's peak RSS (all its processes) and the load average. To measure something else
+against the same server, add a phase that takes a ``Server`` (its ``url`` and ``headers``) the
+way ``load`` does.
 """
 
 from __future__ import annotations
