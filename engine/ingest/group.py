@@ -128,7 +128,9 @@ class GroupCommit:
 
     def _run(self) -> None:
         """The writer thread: groups written one after another while there is work."""
-        callers = 0  # jobs of the last group and those queued behind it: who comes back
+        # The jobs of the last group and those that queued while it was written: the callers
+        # seen in one round, whom the next group waits for.
+        callers = 0
         while True:
             with self._lock:
                 while not self._queue:
@@ -146,8 +148,9 @@ class GroupCommit:
                 ):
                     self._work.wait(left)
                 group = self._take()
-                callers = len(group) + len(self._queue)
             self._write_group(group)
+            with self._lock:
+                callers = len(group) + len(self._queue)
 
     def _take(self) -> list[_Job]:
         """The head of the queue: jobs of one configuration, up to ``limit`` records (the first
