@@ -35,6 +35,8 @@ async def require_token(
     ctx: Annotated[Context, Depends(context)],
     _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None,
 ) -> None:
+    # On the event loop (see engine.api.app.context); its one I/O, reading the kept token file
+    # when NURTURE_API_TOKEN is unset, is a cached read of a few bytes.
     if not valid(presented(request), ctx):
         raise HTTPException(
             401, "a valid API token is required", headers={"WWW-Authenticate": "Bearer"}
