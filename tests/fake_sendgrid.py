@@ -164,9 +164,12 @@ class FakeSendGrid:
         """The same answers from an asyncio loop on a port of its own (``ready`` gets its URL)
         until ``stop`` is done."""
 
+        open_writers: set[asyncio.StreamWriter] = set()
+
         async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             with self._lock:
                 self.connections += 1
+            open_writers.add(writer)
             try:
                 while head := await reader.readuntil(b"\r\n\r\n"):
                     line, *fields = head.decode("latin-1").split("\r\n")
@@ -184,14 +187,21 @@ class FakeSendGrid:
                     lines.append(f"Content-Length: {len(data)}")
                     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
             except (asyncio.IncompleteReadError, ConnectionError):
-                pass  # the client closed its connection
+                pass  # the connection was closed (by the client, or at the end)
             finally:
+                open_writers.discard(writer)
                 writer.close()
 
         server = await asyncio.start_server(connection, "127.0.0.1", 0, backlog=256)
         async with server:
             ready(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
             await stop
+            # Kept-alive connections closed, so that their handlers end rather than be
+            # cancelled.
+            for writer in list(open_writers):
+                writer.close()
+            while open_writers:
+                await asyncio.sleep(0.01)
 
 
 def _json(
