@@ -8,7 +8,8 @@ Figures:
 - render and enqueue: N due warm-nurture steps → rendered outbox rows (StepRunner, the job
   behind ``nurture tick``), messages/s on SQLite and PostgreSQL (aim 10,000/s), and this
   process's CPU per message;
-- dispatch: M queued messages through the official SendGrid client to the fake SendGrid,
+- dispatch: M queued messages (beside --history messages sent before) through the official
+  SendGrid client to the fake SendGrid,
   running in its own process on 127.0.0.1 (each request answered after --latency seconds),
   messages/s (aim 1,500/s with 32 senders), CPU per message of this process and of the fake,
   and TCP connections opened, at each concurrency of --senders.
@@ -29,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -146,14 +147,27 @@ def fake_sendgrid(latency: float) -> Iterator[tuple[str, int]]:
 
 
 def dispatch(
-    url: str, count: int, concurrency: int, latency: float
+    url: str, count: int, concurrency: int, latency: float, history: int
 ) -> tuple[float, float, float, int]:
     """Messages/s, ms of CPU per message of this process and of the fake, and the TCP
-    connections the fake accepted."""
+    connections the fake accepted. ``history`` messages sent earlier are in the outbox too, as
+    in any database that has been sending for a while."""
     database.upgrade(url)
     db = database.connect(url)
     seed(db, count)
     with db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO outbox_message (idempotency_key, kind, lead_id, campaign, step, "
+                "template, to_email, from_email, subject, html, text, headers, status, attempts, "
+                "next_attempt_at, created_at, sent_at) WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL "
+                "SELECT i + 1 FROM n WHERE i + 1 < :history) SELECT 'h' || i, 'campaign', "
+                "(SELECT min(id) FROM lead) + i % :count, 'warm-nurture', 0, 'warm/case-study', "
+                "'old@example.com', 'hello@acme.io', 'Hello', '<p>Hello</p>', 'Hello', '{}', "
+                "'sent', 1, :before, :before, :before FROM n"
+            ),
+            {"history": history, "count": count, "before": NOW - timedelta(days=30)},
+        )
         conn.execute(
             sa.text(
                 "INSERT INTO outbox_message (idempotency_key, kind, lead_id, campaign, step, "
@@ -182,6 +196,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--dispatch", type=int, default=5_000)
     parser.add_argument("--latency", type=float, default=0.02, help="fake SendGrid reply delay")
+    parser.add_argument(
+        "--history", type=int, default=20_000, help="messages sent before, already in the outbox"
+    )
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument(
         "--senders",
@@ -218,10 +235,11 @@ def main() -> None:
         for name, url in targets if "dispatch" in args.parts else ():
             for concurrency in args.senders:
                 rate, cpu, served, opened = dispatch(
-                    url(), args.dispatch, concurrency, args.latency
+                    url(), args.dispatch, concurrency, args.latency, args.history
                 )
                 print(
-                    f"{name}: dispatch {args.dispatch:,} via fake SendGrid "
+                    f"{name}: dispatch {args.dispatch:,} ({args.history:,} sent before) via fake "
+                    "SendGrid "
                     f"({args.latency * 1000:.0f} ms per call, {concurrency} senders): "
                     f"{rate:,.0f} messages/s, {cpu:.2f} ms CPU each (the fake: {served:.2f} ms), "
                     f"{opened:,} TCP connections"
