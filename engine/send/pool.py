@@ -19,7 +19,7 @@ import ssl
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from email.message import Message
 from typing import Any
 from urllib.error import HTTPError, URLError
@@ -152,8 +152,8 @@ class ConnectionPool:
 def _one_packet(sock: socket.socket) -> Iterator[None]:
     """What is sent inside leaves as one TCP segment where the system can cork a socket
     (Linux): ``http.client`` sends a request's headers and body with two ``send`` calls, each
-    its own packet (the connection has TCP_NODELAY), and a packet costs the sender ~50 µs of
-    CPU on the loopback, as much as building the whole request."""
+    its own packet (the connection has TCP_NODELAY), and a packet costs the sender tens of µs
+    of CPU on the loopback."""
     if not _CORK:
         yield
         return
@@ -161,7 +161,9 @@ def _one_packet(sock: socket.socket) -> Iterator[None]:
     try:
         yield
     finally:
-        sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+        # A send that failed may have left the socket closed: its own error is what counts.
+        with suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
 
 
 def proxied(base_url: str) -> bool:
