@@ -1,15 +1,18 @@
 """Campaign sending throughput, printed (not asserted).
 
     python bench/send.py --steps 100000               # SQLite and PostgreSQL (NURTURE_TEST_PG_URL)
-    python bench/send.py --steps 20000 --dispatch 5000 --skip-pg
+    python bench/send.py --steps 20000 --dispatch 5000 --skip-pg --senders 32
 
 Figures:
 - Jinja2 alone: the shipped warm/case-study template rendered N times (no CSS inlining, no SQL);
 - render and enqueue: N due warm-nurture steps → rendered outbox rows (StepRunner, the job
-  behind ``nurture tick``), messages/s on SQLite and PostgreSQL;
-- dispatch: M queued messages through the official SendGrid client to the fake SendGrid,
+  behind ``nurture tick``), messages/s on SQLite and PostgreSQL (aim 10,000/s), and this
+  process's CPU per message;
+- dispatch: M queued messages (beside --history messages sent before) through the official
+  SendGrid client to the fake SendGrid,
   running in its own process on 127.0.0.1 (each request answered after --latency seconds),
-  messages/s and TCP connections opened at several concurrencies.
+  messages/s (aim 1,500/s with 32 senders), CPU per message of this process and of the fake,
+  and TCP connections opened, at each concurrency of --senders.
 
 Peak RSS of this process is printed last.
 """
@@ -27,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -93,7 +96,8 @@ def seed(db: sa.Engine, count: int) -> None:
         )
 
 
-def render_and_enqueue(url: str, count: int) -> float:
+def render_and_enqueue(url: str, count: int) -> tuple[float, float]:
+    """Messages/s, and ms of this process's CPU per message."""
     database.upgrade(url)
     db = database.connect(url)
     seed(db, count)
@@ -105,17 +109,27 @@ def render_and_enqueue(url: str, count: int) -> float:
     settings = Settings(
         home=ROOT, database_url=url, secret_key="bench-secret-0123456789abcdef0123456789"
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = StepRunner(db, settings, campaigns, renderer).run(NOW)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert report.queued == count, report
     db.dispose()
-    return count / elapsed
+    return count / elapsed, cpu / count * 1000
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux), 0 where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
-def fake_sendgrid(latency: float) -> Iterator[str]:
-    """The fake SendGrid in a process of its own (its CPU is not this one's); its URL."""
+def fake_sendgrid(latency: float) -> Iterator[tuple[str, int]]:
+    """The fake SendGrid in a process of its own (its CPU is not this one's): its URL and
+    process id."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_sendgrid", "--delay", str(latency)],
         cwd=ROOT,
@@ -126,19 +140,34 @@ def fake_sendgrid(latency: float) -> Iterator[str]:
     )
     assert process.stdout is not None and process.stdin is not None
     try:
-        yield process.stdout.readline().strip()
+        yield process.stdout.readline().strip(), process.pid
     finally:
         process.stdin.close()
         process.wait(timeout=30)
 
 
-def dispatch(url: str, count: int, concurrency: int, latency: float) -> tuple[float, float, int]:
-    """Messages/s, ms of this process's CPU per message, and the TCP connections the fake
-    accepted."""
+def dispatch(
+    url: str, count: int, concurrency: int, latency: float, history: int
+) -> tuple[float, float, float, int]:
+    """Messages/s, ms of CPU per message of this process and of the fake, and the TCP
+    connections the fake accepted. ``history`` messages sent earlier are in the outbox too, as
+    in any database that has been sending for a while."""
     database.upgrade(url)
     db = database.connect(url)
     seed(db, count)
     with db.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO outbox_message (idempotency_key, kind, lead_id, campaign, step, "
+                "template, to_email, from_email, subject, html, text, headers, status, attempts, "
+                "next_attempt_at, created_at, sent_at) WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL "
+                "SELECT i + 1 FROM n WHERE i + 1 < :history) SELECT 'h' || i, 'campaign', "
+                "(SELECT min(id) FROM lead) + i % :count, 'warm-nurture', 0, 'warm/case-study', "
+                "'old@example.com', 'hello@acme.io', 'Hello', '<p>Hello</p>', 'Hello', '{}', "
+                "'sent', 1, :before, :before, :before FROM n"
+            ),
+            {"history": history, "count": count, "before": NOW - timedelta(days=30)},
+        )
         conn.execute(
             sa.text(
                 "INSERT INTO outbox_message (idempotency_key, kind, lead_id, campaign, step, "
@@ -149,16 +178,17 @@ def dispatch(url: str, count: int, concurrency: int, latency: float) -> tuple[fl
             ),
             {"now": NOW},
         )
-    with fake_sendgrid(latency) as fake:
+    with fake_sendgrid(latency) as (fake, pid):
         settings = Settings(database_url=url, send_concurrency=concurrency, dispatch_batch=100)
         mailer = SendGridMailer("SG.bench", fake, timeout=10)
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu, served = time.perf_counter(), time.process_time(), cpu_seconds(pid)
         report = Dispatcher(db, settings, mailer).run(NOW)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        served = cpu_seconds(pid) - served
         connections = int(httpx.get(f"{fake}/stats").json()["connections"])
     assert report.sent == count, report
     db.dispose()
-    return count / elapsed, cpu / count * 1000, connections
+    return count / elapsed, cpu / count * 1000, served / count * 1000, connections
 
 
 def main() -> None:
@@ -166,7 +196,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--dispatch", type=int, default=5_000)
     parser.add_argument("--latency", type=float, default=0.02, help="fake SendGrid reply delay")
+    parser.add_argument(
+        "--history", type=int, default=20_000, help="messages sent before, already in the outbox"
+    )
     parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument(
+        "--senders",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 8, 32],
+        help="dispatch concurrencies, comma-separated (default 1,8,32)",
+    )
     parser.add_argument(
         "--parts",
         type=lambda text: set(text.split(",")),
@@ -188,15 +227,22 @@ def main() -> None:
                 ("PostgreSQL", lambda: scratch.enter_context(database.scratch_schema(PG_URL)))
             )
         for name, url in targets if "render" in args.parts else ():
-            rate = render_and_enqueue(url(), args.steps)
-            print(f"{name}: render and enqueue {args.steps:,} due steps: {rate:,.0f} messages/s")
+            rate, cpu = render_and_enqueue(url(), args.steps)
+            print(
+                f"{name}: render and enqueue {args.steps:,} due steps: {rate:,.0f} messages/s "
+                f"({rate / 10_000:.2f}× the 10,000/s aim), {cpu:.3f} ms CPU each"
+            )
         for name, url in targets if "dispatch" in args.parts else ():
-            for concurrency in (1, 8, 32):
-                rate, cpu, opened = dispatch(url(), args.dispatch, concurrency, args.latency)
+            for concurrency in args.senders:
+                rate, cpu, served, opened = dispatch(
+                    url(), args.dispatch, concurrency, args.latency, args.history
+                )
                 print(
-                    f"{name}: dispatch {args.dispatch:,} via fake SendGrid "
+                    f"{name}: dispatch {args.dispatch:,} ({args.history:,} sent before) via fake "
+                    "SendGrid "
                     f"({args.latency * 1000:.0f} ms per call, {concurrency} senders): "
-                    f"{rate:,.0f} messages/s, {cpu:.2f} ms CPU each, {opened:,} TCP connections"
+                    f"{rate:,.0f} messages/s, {cpu:.2f} ms CPU each (the fake: {served:.2f} ms), "
+                    f"{opened:,} TCP connections"
                 )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:,.0f} MB; load average {os.getloadavg()[0]:.2f}")

@@ -9,12 +9,16 @@ Connections are kept alive (HTTP/1.1) and counted in ``connections``.
 ``python -m tests.fake_sendgrid [--delay SECONDS] [--validate]`` runs one in its own process
 (for benchmarks: bodies are checked against the schema only with ``--validate``, which costs
 about 0.5 ms of CPU a request): it prints its URL, serves until its standard input closes, and
-answers ``GET /stats`` with its counts.
+answers ``GET /stats`` with its counts. That one serves from an asyncio loop rather than a
+thread per connection: the delay is a timer, not a sleeping thread, so 32 connections get
+their answers on time (threads reached ~1,250 of the 1,600 answers/s that 32 connections at
+20 ms allow) for about half the CPU. Both answer through :meth:`FakeSendGrid.answer`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -22,6 +26,8 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -89,6 +95,37 @@ class FakeSendGrid:
         self._server.shutdown()
         self._server.server_close()
 
+    def answer(
+        self, method: str, path: str, headers: Mapping[str, str], raw: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Status, body and headers of the answer to one request (``headers``: looked up by
+        lower-case name), as SendGrid would give it or as a test queued it."""
+        if method == "GET":
+            if path != "/stats":
+                return _json(404, {"errors": [{"message": "not found"}]})
+            with self._lock:
+                return _json(200, {"calls": self.calls, "connections": self.connections})
+        with self._lock:
+            self.calls += 1
+            failure = self._failures.popleft() if self._failures else None
+        if path != "/v3/mail/send":
+            return _json(404, {"errors": [{"message": "not found"}]})
+        if not (headers.get("authorization") or "").startswith("Bearer "):
+            return _json(401, {"errors": [{"message": "no API key"}]})
+        if failure is not None:
+            status, extra = failure
+            return _json(status, {"errors": [{"message": "fake failure"}]}, extra)
+        body = json.loads(raw)
+        if self.validator is not None:
+            problem = next(iter(self.validator.iter_errors(body)), None)
+            if problem is not None:
+                with self._lock:
+                    self.invalid.append((body, problem.message))
+                return _json(400, {"errors": [{"message": problem.message}]})
+        with self._lock:
+            self.messages.append(body)
+        return 202, b"", {"X-Message-Id": uuid.uuid4().hex}
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
@@ -101,51 +138,76 @@ class FakeSendGrid:
                     fake.connections += 1
 
             def do_GET(self) -> None:
-                if self.path != "/stats":
-                    return self._answer(404, {"errors": [{"message": "not found"}]})
-                with fake._lock:
-                    counts = {"calls": fake.calls, "connections": fake.connections}
-                self._answer(200, counts)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, body: Any = None, **headers: str) -> None:
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name.replace("_", "-"), value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self._reply(*fake.answer("GET", self.path, {}, b""))
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if fake.delay:
                     time.sleep(fake.delay)
-                with fake._lock:
-                    fake.calls += 1
-                    failure = fake._failures.popleft() if fake._failures else None
-                if self.path != "/v3/mail/send":
-                    return self._answer(404, {"errors": [{"message": "not found"}]})
-                if not self.headers.get("Authorization", "").startswith("Bearer "):
-                    return self._answer(401, {"errors": [{"message": "no API key"}]})
-                if failure is not None:
-                    status, headers = failure
-                    return self._answer(status, {"errors": [{"message": "fake failure"}]},
-                                        **headers)  # fmt: skip
-                body = json.loads(raw)
-                if fake.validator is not None:
-                    problem = next(iter(fake.validator.iter_errors(body)), None)
-                    if problem is not None:
-                        with fake._lock:
-                            fake.invalid.append((body, problem.message))
-                        return self._answer(400, {"errors": [{"message": problem.message}]})
-                with fake._lock:
-                    fake.messages.append(body)
-                self._answer(202, None, X_Message_Id=uuid.uuid4().hex)
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                self._reply(*fake.answer("POST", self.path, headers, raw))
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         return Handler
+
+    async def serve(self, ready: Callable[[str], None], stop: asyncio.Future[None]) -> None:
+        """The same answers from an asyncio loop on a port of its own (``ready`` gets its URL)
+        until ``stop`` is done."""
+
+        open_writers: set[asyncio.StreamWriter] = set()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with self._lock:
+                self.connections += 1
+            open_writers.add(writer)
+            try:
+                while head := await reader.readuntil(b"\r\n\r\n"):
+                    line, *fields = head.decode("latin-1").split("\r\n")
+                    method, path, _version = line.split(" ", 2)
+                    headers = {}
+                    for field in fields:
+                        name, _, value = field.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                    raw = await reader.readexactly(int(headers.get("content-length") or 0))
+                    if method == "POST" and self.delay:
+                        await asyncio.sleep(self.delay)
+                    status, data, extra = self.answer(method, path, headers, raw)
+                    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+                    lines += [f"{name}: {value}" for name, value in extra.items()]
+                    lines.append(f"Content-Length: {len(data)}")
+                    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass  # the connection was closed (by the client, or at the end)
+            finally:
+                open_writers.discard(writer)
+                writer.close()
+
+        server = await asyncio.start_server(connection, "127.0.0.1", 0, backlog=256)
+        async with server:
+            ready(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+            await stop
+            # Kept-alive connections closed, so that their handlers end rather than be
+            # cancelled.
+            for writer in list(open_writers):
+                writer.close()
+            while open_writers:
+                await asyncio.sleep(0.01)
+
+
+def _json(
+    status: int, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    return status, json.dumps(body).encode(), headers or {}
 
 
 def main() -> None:
@@ -153,12 +215,20 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--validate", action="store_true", help="check bodies against the schema")
     args = parser.parse_args()
-    with FakeSendGrid() as fake:
-        fake.delay = args.delay
-        if not args.validate:
-            fake.validator = None
-        print(fake.url, flush=True)
-        sys.stdin.read()  # until the parent closes the pipe (or exits)
+    fake = FakeSendGrid()  # its threaded server is never started: the loop serves
+    fake.delay = args.delay
+    if not args.validate:
+        fake.validator = None
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        # Until the parent closes the pipe (or exits).
+        closed = loop.run_in_executor(None, sys.stdin.read)
+        closed.add_done_callback(lambda _: None if stop.done() else stop.set_result(None))
+        await fake.serve(lambda url: print(url, flush=True), stop)
+
+    asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -7,21 +7,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import UTC, datetime
+import struct
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from itsdangerous import URLSafeSerializer
 
+from engine.db.schema import LEADS
 from engine.send.unsubscribe import make_token
 from engine.settings import Settings
 from tests.campaign_support import CAMPAIGNS, T0, lead, outbox, run_steps, warm
 
 pytestmark = pytest.mark.home(campaigns=CAMPAIGNS, templates=True)  # service adds the ruleset
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
 
@@ -107,6 +111,28 @@ def test_links_sent_before_tokens_became_opaque_still_work(service: Any, home: P
     wrong = old.dumps([zoe["id"], hashlib.sha256(b"eve@example.com").hexdigest()[:16]])
     assert client.post("/unsubscribe", params={"token": wrong}, data=ONE_CLICK).status_code == 400
     response = client.post("/unsubscribe", params={"token": old.dumps([zoe["id"], digest])})
+    assert response.status_code == 200
+    assert not subscribed(db, "zoe@example.com")
+
+
+def test_fernet_links_sent_before_the_cheaper_tokens_still_work(service: Any, home: Path) -> None:
+    client, settings, db = service
+    emailed_link(db, home, settings, "zoe@example.com")
+    with db.connect() as conn:
+        query = sa.select(LEADS.c.id, LEADS.c.created_at).where(LEADS.c.email == "zoe@example.com")
+        lead_id, created = conn.execute(query).one()
+    created = created if created.tzinfo else created.replace(tzinfo=UTC)
+    # The token as it was made before: Fernet under a key derived from the secret.
+    derived = hashlib.sha256(f"nurture.unsubscribe\0{settings.signing_key()}".encode()).digest()
+    payload = struct.pack(">qq", lead_id, (created - EPOCH) // timedelta(microseconds=1))
+    old = Fernet(base64.urlsafe_b64encode(derived)).encrypt(payload).decode().rstrip("=")
+    assert len(old) > 100 and old.startswith("gAAAAA")
+    tampered = old[:-3] + ("AAA" if not old.endswith("AAA") else "BBB")
+    assert (
+        client.post("/unsubscribe", params={"token": tampered}, data=ONE_CLICK).status_code == 400
+    )
+    assert subscribed(db, "zoe@example.com")
+    response = client.post("/unsubscribe", params={"token": old}, data=ONE_CLICK)
     assert response.status_code == 200
     assert not subscribed(db, "zoe@example.com")
 

@@ -27,7 +27,7 @@ from typing import Any
 import css_inline
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateSyntaxError
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateSyntaxError
 from jinja2 import TemplateError as JinjaError
 from jinja2.exceptions import TemplateNotFound
 from jinja2.loaders import split_template_path
@@ -90,6 +90,13 @@ def _origin(error: BaseException, folder: Path) -> tuple[str | None, int | None]
     if frames:
         return frames[-1].filename, frames[-1].lineno
     return None, None
+
+
+def _failure(error: BaseException, folder: Path, file: str) -> TemplateError:
+    """A template's exception as the error that holds the email."""
+    where, line = _origin(error, folder)
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    return TemplateError(message, where or file, line)
 
 
 class _Loader(FileSystemLoader):
@@ -161,15 +168,26 @@ class Renderer:
     ) -> list[Rendered | TemplateError]:
         """Each (template, variables) rendered, or the error that stops it: one bad email never
         stops the others. The CSS of the whole batch is inlined in one call, which css-inline
-        spreads over the cores. Each template's file is checked for edits once per call."""
+        spreads over the cores. Each template is looked up (its file checked for edits) once per
+        call, not once per email."""
         self.loader.epoch += 1
-        results: list[Rendered | TemplateError] = [self._draft(n, v) for n, v in jobs]
+        templates: dict[str, tuple[str, Template | TemplateError]] = {}
+        results: list[Rendered | TemplateError] = []
+        for name, variables in jobs:
+            found = templates.get(name)
+            if found is None:
+                found = templates[name] = self._template(name)
+            file, template = found
+            if isinstance(template, TemplateError):
+                results.append(template)
+            else:
+                results.append(self._draft(file, template, variables))
         good = [i for i, draft in enumerate(results) if isinstance(draft, Rendered)]
         pages = self._inline([results[i].html for i in good])  # type: ignore[union-attr]
         for i, page in zip(good, pages, strict=True):
             draft = results[i]
             assert isinstance(draft, Rendered)
-            results[i] = self._finish(jobs[i][0], draft, page)
+            results[i] = self._finish(templates[jobs[i][0]][0], draft, page)
         return results
 
     def _inline(self, pages: list[str]) -> list[str | Exception]:
@@ -187,11 +205,9 @@ class Renderer:
                 inlined.append(error)
         return inlined
 
-    def _finish(
-        self, name: str, draft: Rendered, page: str | Exception
-    ) -> Rendered | TemplateError:
+    @staticmethod
+    def _finish(file: str, draft: Rendered, page: str | Exception) -> Rendered | TemplateError:
         """The email from its draft and inlined page, or why it cannot go."""
-        file = str(self.folder / (name + SUFFIX))
         if isinstance(page, Exception):
             return TemplateError(f"the CSS cannot be inlined: {page}", file)
         try:
@@ -205,29 +221,45 @@ class Renderer:
             return TemplateError("the email contains a NUL character", file)
         return Rendered(draft.subject, page, text)
 
-    def _draft(self, name: str, variables: Mapping[str, Any]) -> Rendered | TemplateError:
-        """Subject, page (CSS not yet inlined) and the text block if any, within the budget."""
+    def _template(self, name: str) -> tuple[str, Template | TemplateError]:
+        """The template file's name, and the compiled email template or why there is none."""
         file = str(self.folder / (name + SUFFIX))
         try:
             with budget():
                 template = self.env.get_template(name + SUFFIX)
-                if "subject" not in template.blocks or "html" not in template.blocks:
-                    return TemplateError(
-                        "an email template needs {% block subject %} and {% block html %}", file
-                    )
+        except RecursionError:
+            return file, TemplateError(
+                "templates nested too deeply (does a template include itself?)", file
+            )
+        except Exception as error:
+            return file, _failure(error, self.folder, file)
+        if "subject" not in template.blocks or "html" not in template.blocks:
+            return file, TemplateError(
+                "an email template needs {% block subject %} and {% block html %}", file
+            )
+        return file, template
+
+    def _draft(
+        self, file: str, template: Template, variables: Mapping[str, Any]
+    ) -> Rendered | TemplateError:
+        """Subject, page (CSS not yet inlined) and the text block if any, within the budget."""
+        try:
+            with budget():
                 try:
-                    blocks = template.new_context(dict(variables))
+                    # One context for the blocks and the page: rendering a block changes nothing
+                    # in its context (only the page's top level sets variables), and the page is
+                    # rendered last, with the blocks already taken out of it.
+                    scope = template.new_context(dict(variables))
                     parts = {
-                        block: joined(template.blocks[block](blocks))
+                        block: joined(template.blocks[block](scope))
                         for block in ("subject", "text")
                         if block in template.blocks
                     }
                     # The HTML is the whole page (a layout around the html block), without the
                     # subject and text blocks where a stand-alone template has them in its body.
-                    page = template.new_context(dict(variables))
                     for block in parts:
-                        page.blocks[block] = [_nothing]
-                    html = joined(template.root_render_func(page)).strip()
+                        scope.blocks[block] = [_nothing]
+                    html = joined(template.root_render_func(scope)).strip()
                 except Exception:
                     # Re-raised with the traceback pointing at template lines, as
                     # Template.render does.
@@ -237,9 +269,7 @@ class Renderer:
                 "templates nested too deeply (does a template include itself?)", file
             )
         except Exception as error:  # whatever a template raises holds this email, not the batch
-            where, line = _origin(error, self.folder)
-            message = getattr(error, "message", None) or str(error) or type(error).__name__
-            return TemplateError(message, where or file, line)
+            return _failure(error, self.folder, file)
         # Autoescaping is for the HTML: the subject and text parts are plain text, so what it
         # escaped there is turned back (a company called "A&B" stays "A&B").
         subject = " ".join(unescape(parts["subject"]).split())  # one line, whatever it was
@@ -257,9 +287,7 @@ class Renderer:
             try:
                 template = self.env.get_template(name + SUFFIX)
             except Exception as error:  # a template too deep to compile is a problem too
-                file, line = _origin(error, self.folder)
-                message = getattr(error, "message", None) or str(error) or type(error).__name__
-                problems.append(TemplateError(message, file or str(self.folder / name), line))
+                problems.append(_failure(error, self.folder, str(self.folder / name)))
                 continue
             if "subject" not in template.blocks:
                 continue

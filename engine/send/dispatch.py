@@ -31,7 +31,18 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    union_all,
+    update,
+)
 
 from engine import metrics
 from engine.db import reading
@@ -127,6 +138,7 @@ class Dispatcher:
         # Alert target → its webhook; a webhook row's `to_email` names the target.
         self.webhooks = dict(webhooks or {})
         self.host = mail_host(settings.public_url)
+        self._claims: dict[int, Any] = {}  # claim statement by round size
 
     def run(self, now: datetime, limit: int | None = None) -> DispatchReport:
         """Send what is due at ``now`` round by round until nothing due is left (or ``limit``
@@ -166,21 +178,46 @@ class Dispatcher:
 
     def claim(self, now: datetime, size: int) -> list[Any]:
         """Take up to ``size`` due messages: one ``UPDATE … RETURNING`` (the statements a round
-        costs are a good part of a message's CPU)."""
-        ids = select(OUTBOX.c.id).where(self.due(now)).order_by(OUTBOX.c.next_attempt_at)
-        ids = ids.limit(size)
-        if self.db.dialect.name == "postgresql":
-            ids = ids.with_for_update(skip_locked=True)
+        costs are a good part of a message's CPU, so each is built once and reused)."""
+        claim = self._claims.get(size)
+        if claim is None:
+            claim = self._claims[size] = (
+                update(OUTBOX)
+                .where(OUTBOX.c.id.in_(self._due_ids(size)))
+                .values(
+                    status=OutboxStatus.SENDING,
+                    lease_until=bindparam("lease"),
+                    attempts=OUTBOX.c.attempts + 1,
+                )
+                .returning(*OUTBOX.c)
+            )
         lease = now + timedelta(seconds=self.settings.lease_seconds)
-        claim = (
-            update(OUTBOX)
-            .where(OUTBOX.c.id.in_(ids.scalar_subquery()))
-            .values(status=OutboxStatus.SENDING, lease_until=lease, attempts=OUTBOX.c.attempts + 1)
-            .returning(*OUTBOX.c)
-        )
         with self.db.begin() as conn:
-            rows = list(conn.execute(claim).all())
+            rows = list(conn.execute(claim, {"now": now, "lease": lease}).all())
         return sorted(rows, key=lambda row: (row.next_attempt_at, row.id))
+
+    def _due_ids(self, size: int) -> Any:
+        """The ids of the first ``size`` messages :meth:`due` at ``:now``, by due time: the first
+        ``size`` of the queued ones and of those whose lease lapsed, each an ordered range of the
+        (kind, status, due) index. One condition with OR read every row of the kind and sorted
+        them, so that each claim cost as much as the outbox was long."""
+        now: BindParameter[Any] = bindparam("now")
+        parts = []
+        for status, lapsed in (
+            (OutboxStatus.QUEUED, OUTBOX.c.next_attempt_at <= now),
+            (OutboxStatus.SENDING, OUTBOX.c.lease_until < now),
+        ):
+            part = (
+                select(OUTBOX.c.id, OUTBOX.c.next_attempt_at)
+                .where(OUTBOX.c.kind.in_(self.kinds), OUTBOX.c.status == status, lapsed)
+                .order_by(OUTBOX.c.next_attempt_at)
+                .limit(size)
+            )
+            if self.db.dialect.name == "postgresql":
+                part = part.with_for_update(skip_locked=True)
+            parts.append(select(part.subquery()))
+        both = union_all(*parts).subquery()
+        return select(both.c.id).order_by(both.c.next_attempt_at).limit(size).scalar_subquery()
 
     def _start(
         self, rows: list[Any], now: datetime, pool: ThreadPoolExecutor, report: DispatchReport
@@ -209,17 +246,7 @@ class Dispatcher:
             settled.append(self._settlement(row, sending.result(), now, report))
         with self.db.begin() as conn:
             conn.execute(
-                update(OUTBOX)
-                .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == OutboxStatus.SENDING)
-                .values(
-                    status=bindparam("b_status"),
-                    provider_id=bindparam("b_provider"),
-                    sent_at=bindparam("b_sent"),
-                    # Only a retry moves the due time; a settled row keeps its last one.
-                    next_attempt_at=func.coalesce(bindparam("b_next"), OUTBOX.c.next_attempt_at),
-                    last_error=bindparam("b_error"),
-                    lease_until=None,
-                ),
+                _SETTLE,
                 [{"b_next": None, "b_sent": None, "b_provider": None, **s} for s in settled],
             )
         if CAMPAIGN in self.kinds:  # alert deliveries have metrics of their own
@@ -268,17 +295,34 @@ class Dispatcher:
     def _suppressed(conn: Connection, lead_ids: set[int]) -> dict[int, str]:
         """Lead → why it must not be mailed, for leads of ``lead_ids`` that must not."""
         blocked: dict[int, str] = {}
-        gone = select(LEADS.c.id).where(LEADS.c.id.in_(lead_ids), LEADS.c.subscribed.is_(False))
-        for lead_id in conn.execute(gone).scalars():
+        for lead_id in conn.execute(_UNSUBSCRIBED, {"leads": list(lead_ids)}).scalars():
             blocked[lead_id] = "unsubscribed"
-        bad = (
-            select(EVENTS.c.lead_id, EVENTS.c.type)
-            .where(EVENTS.c.lead_id.in_(lead_ids), EVENTS.c.type.in_(SUPPRESSING))
-            .distinct()
-        )
-        for lead_id, kind in conn.execute(bad):
+        for lead_id, kind in conn.execute(_BOUNCED, {"leads": list(lead_ids)}):
             blocked.setdefault(lead_id, kind)
         return blocked
+
+
+# The statements of every round, built once (building one costs more than running it).
+_LEADS: BindParameter[Any] = bindparam("leads", expanding=True)
+_UNSUBSCRIBED = select(LEADS.c.id).where(LEADS.c.id.in_(_LEADS), LEADS.c.subscribed.is_(False))
+_BOUNCED = (
+    select(EVENTS.c.lead_id, EVENTS.c.type)
+    .where(EVENTS.c.lead_id.in_(_LEADS), EVENTS.c.type.in_(SUPPRESSING))
+    .distinct()
+)
+_SETTLE = (
+    update(OUTBOX)
+    .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == OutboxStatus.SENDING)
+    .values(
+        status=bindparam("b_status"),
+        provider_id=bindparam("b_provider"),
+        sent_at=bindparam("b_sent"),
+        # Only a retry moves the due time; a settled row keeps its last one.
+        next_attempt_at=func.coalesce(bindparam("b_next"), OUTBOX.c.next_attempt_at),
+        last_error=bindparam("b_error"),
+        lease_until=None,
+    )
+)
 
 
 def _reason(error: Exception) -> str:

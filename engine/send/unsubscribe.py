@@ -2,35 +2,43 @@
 endpoint.
 
 A token is the lead's id and the moment the lead was created, encrypted and authenticated with
-a key derived from ``NURTURE_SECRET_KEY`` (Fernet: AES-CBC and HMAC-SHA256, a random IV per
-token). It says nothing to whoever holds it, not even whether two emails went to the same
-person; it cannot be forged or altered; and it names one lead, not a later lead that happens to
-reuse an erased one's id. Links do not expire: an unsubscribe link must work however old the
-email is.
+a key derived from ``NURTURE_SECRET_KEY`` (AES-256-GCM-SIV with a random nonce per token: one
+AEAD call, about 2 µs, where Fernet's AES-CBC + HMAC took 14 µs and was a tenth of rendering an
+email; SIV because a repeated random nonce, possible over billions of emails, then reveals at
+most that two tokens are equal instead of the key's authenticator). It says nothing to whoever
+holds it, not even whether two emails went to the same person; it cannot be forged or altered;
+and it names one lead, not a later lead that happens to reuse an erased one's id. Links do not
+expire: an unsubscribe link must work however old the email is.
 
-Links sent before tokens became opaque (a signed lead id and digest of the address) are still
-honoured: they are already in people's mailboxes, and checking them reveals nothing new.
+Links sent before, already in people's mailboxes, are still honoured: Fernet tokens (the same
+payload) and, from before tokens became opaque, a signed lead id and digest of the address.
+Checking them reveals nothing new.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from urllib.parse import urlencode
 
+from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from engine.errors import NurtureError
 
 SALT = "nurture.unsubscribe"
-MAX_TOKEN = 1000  # characters; ours are about 120
+MAX_TOKEN = 1000  # characters; ours are 60, Fernet ones from before about 120
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PAYLOAD = struct.Struct(">qq")  # lead id, creation in microseconds since the epoch
+_VERSION = b"\x01"  # first byte of a token (a Fernet token's is 0x80)
+_NONCE = 12
+_SEALED = len(_VERSION) + _NONCE + _PAYLOAD.size + 16  # bytes of a token: the tag is 16
 
 
 class BadToken(NurtureError, ValueError):
@@ -64,9 +72,16 @@ def _fernet(key: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(derived))
 
 
+@lru_cache(maxsize=8)
+def _sealer(key: str) -> AESGCMSIV:
+    return AESGCMSIV(hashlib.sha256(f"{SALT}.siv\0{key}".encode()).digest())
+
+
 def make_token(key: str, lead_id: int, created_at: datetime) -> str:
-    token = _fernet(key).encrypt(_PAYLOAD.pack(lead_id, _stamp(created_at)))
-    return token.decode().rstrip("=")  # the padding is restored when read
+    nonce = os.urandom(_NONCE)
+    sealed = _sealer(key).encrypt(nonce, _PAYLOAD.pack(lead_id, _stamp(created_at)), _VERSION)
+    # 45 bytes: 60 URL-safe characters, no padding to strip.
+    return base64.urlsafe_b64encode(_VERSION + nonce + sealed).decode()
 
 
 def read_token(key: str, token: str) -> Token:
@@ -75,10 +90,16 @@ def read_token(key: str, token: str) -> Token:
         raise BadToken("the unsubscribe link is not valid")
     if "." in token:  # itsdangerous' payload.signature: a link from before
         return _legacy(key, token)
+    padded = token + "=" * (-len(token) % 4)
     try:
-        payload = _fernet(key).decrypt(token + "=" * (-len(token) % 4))
+        raw = base64.urlsafe_b64decode(padded)
+        if len(raw) == _SEALED and raw[:1] == _VERSION:
+            nonce, sealed = raw[1 : 1 + _NONCE], raw[1 + _NONCE :]
+            payload = _sealer(key).decrypt(nonce, sealed, _VERSION)
+        else:  # a Fernet token: a link from before
+            payload = _fernet(key).decrypt(padded)
         lead_id, created = _PAYLOAD.unpack(payload)
-    except (InvalidToken, ValueError, struct.error):
+    except (InvalidTag, InvalidToken, ValueError, struct.error):
         raise BadToken("the unsubscribe link is not valid (altered or not ours)") from None
     return Token(lead_id, created)
 
@@ -99,8 +120,8 @@ def _legacy(key: str, token: str) -> Token:
 
 
 def unsubscribe_url(public_url: str, key: str, lead_id: int, created_at: datetime) -> str:
-    query = urlencode({"token": make_token(key, lead_id, created_at)})
-    return f"{public_url.rstrip('/')}/unsubscribe?{query}"
+    # A token is URL-safe base64: nothing in it to quote.
+    return f"{public_url.rstrip('/')}/unsubscribe?token={make_token(key, lead_id, created_at)}"
 
 
 def list_unsubscribe_headers(url: str) -> dict[str, str]:
