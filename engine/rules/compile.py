@@ -273,21 +273,42 @@ class _Plan:
     features: tuple[tuple[str, Callable[[Any], bool]], ...]
 
 
-def _plans(enc: _Encoder) -> list[_Plan]:
+def _plans(enc: _Encoder, read: frozenset[str] | None = None) -> list[_Plan]:
+    """What each field fills: every key the encoder assigned, or (``read``) only the keys some
+    condition reads (the encoder assigns presence keys that only negations use, and each key
+    costs the engine a hash probe at every node a fact passes)."""
+
+    def only(key: str | None) -> str | None:
+        return key if read is None or key in read else None
+
     tables = (enc.present, enc.values, enc.numbers, enc.number_present)
     paths = sorted({p for table in tables for p in table} | {p for _, p, _ in enc.features})
-    return [
+    plans = [
         _Plan(
             path,
             getter(path),
-            enc.present.get(path),
-            enc.values.get(path),
-            enc.numbers.get(path),
-            enc.number_present.get(path),
-            tuple((key, check) for key, p, check in enc.features if p == path),
+            only(enc.present.get(path)),
+            only(enc.values.get(path)),
+            only(enc.numbers.get(path)),
+            only(enc.number_present.get(path)),
+            tuple((key, check) for key, p, check in enc.features if p == path and only(key)),
         )
         for path in paths
     ]
+    return [p for p in plans if p.present or p.value or p.number or p.number_present or p.features]
+
+
+def _read(condition: Mapping[str, Any]) -> set[str]:
+    """The fact keys a compiled condition tests."""
+    keys: set[str] = set()
+    for key, value in condition.items():
+        if key in ("$and", "$or"):
+            keys = keys.union(*(_read(item) for item in value))
+        elif key.startswith("$"):
+            keys.update(value)
+        else:
+            keys.add(key)
+    return keys
 
 
 def _encode_value(plan: _Plan, raw: Any, fact: dict[str, Any]) -> None:
@@ -562,10 +583,14 @@ class CompiledRuleset:
         self.rules: list[CompiledRule] = []
         # Rule i is `r<i>`: the engine names the matched rule in each action it queues.
         self.definition: dict[str, Any] = {}
+        read: set[str] = set()
         for index, rule in enumerate(ruleset.rules):
             condition = _rule_condition(compiler, rule)
+            read |= _read(condition)
             self.definition[f"r{index}"] = {"all": [{"m": condition}]}
             self.rules.append(CompiledRule(rule, frozenset(_reads(rule.when))))
+        # The fact keys some condition tests: the fast path sends only these.
+        self.read = frozenset(read)
         self.all_reads = frozenset().union(*(rule.reads for rule in self.rules))
         # state token → the indices of the rules whose conditions read it
         self.readers = {
@@ -585,7 +610,10 @@ class CompiledRuleset:
         # (path, type, value) → the JSON members of a field's fact keys (see `text`); the
         # history's items → its members (see `history_text`).
         self._texts: dict[tuple[Any, ...], str] = {}
-        plans = _plans(self.enc)
+        # Every key (the plain path's facts), and the keys read split into the lead's part
+        # (each round) and the event's (once per evaluation).
+        self.plans = _plans(self.enc)
+        plans = _plans(self.enc, self.read)
         self.lead_plan = [plan for plan in plans if plan.path.startswith("lead.")]
         self.event_plan = [plan for plan in plans if not plan.path.startswith("lead.")]
 
@@ -673,7 +701,8 @@ class CompiledRuleset:
         # a normalised number, None), so the values make a sound key.
         text = self._texts.get(values)
         if text is None:
-            fact = self.history_fields(history, at, values)
+            read = self.read
+            fact = {k: v for k, v in self.history_fields(history, at, values).items() if k in read}
             text = _to_json(fact)[1:-1] + ", " if fact else ""
             if len(self._texts) >= MEMO_SIZE:
                 self._texts.clear()
@@ -714,7 +743,9 @@ class CompiledRuleset:
                 c_engine.abandon_action(handle, state)
                 raise
             finally:
-                c_engine.retract_fact(handle, text)
+                # The engine finds a fact to retract by its id alone: parsing the whole fact
+                # again would cost as much as asserting it.
+                c_engine.retract_fact(handle, f'{{"id": {self._fact_id}}}')
         return sorted(set(matched))
 
     @property
