@@ -36,6 +36,7 @@ import durable_rules_engine as c_engine
 
 from engine.errors import NurtureError
 from engine.rules import patterns, spec
+from engine.rules.history import Tally
 
 # durable-rules refuses facts with more than ~253 properties (error 302).
 MAX_FACT_FIELDS = 240
@@ -74,6 +75,14 @@ class History(Protocol):
 
     def event_time(self, type: str, first: bool, end: datetime) -> datetime | None:
         """The latest (``first``: the first) time of an event of ``type`` at or before ``end``."""
+        ...
+
+    def tally(
+        self, queries: Sequence[Tally], starts: Sequence[datetime], end: datetime
+    ) -> list[int]:
+        """:meth:`count_events` (of event type ``key``) and :meth:`count_firings` (of rule
+        ``key``) for each ``(of_firings, key, window)`` of ``queries``, each from
+        ``starts[window]`` (None: ever) to ``end``."""
         ...
 
 
@@ -607,6 +616,17 @@ class CompiledRuleset:
         except Exception as error:  # the C core reports what it refuses as a bare error code
             raise CompileError(f"the rules engine refused the ruleset: {error}") from None
         self._fact_id = 0
+        # The counts and limits of `history_values` as one `History.tally`: its windows, and a
+        # query per value.
+        windows = [count.within for _, count in self.enc.counts]
+        windows += [r.limit.per for _, r in self.enc.limits if r.limit and r.limit.per]
+        self._windows = list(dict.fromkeys(windows))
+        slot = {window: i for i, window in enumerate(self._windows)}
+        self._tallies: list[Tally] = [(False, c.type, slot[c.within]) for _, c in self.enc.counts]
+        for _, rule in self.enc.limits:
+            assert rule.limit is not None
+            per = rule.limit.per
+            self._tallies.append((True, rule.name, None if per is None else slot[per]))
         # (path, type, value) → the JSON members of a field's fact keys (see `text`); the
         # history's items → its members (see `history_text`).
         self._texts: dict[tuple[Any, ...], str] = {}
@@ -695,8 +715,12 @@ class CompiledRuleset:
         return fact
 
     def history_text(self, history: History, at: datetime) -> str:
-        """:meth:`history_fields` as JSON members (see :meth:`text`)."""
-        values = self.history_values(history, at)
+        """:meth:`history_fields` as JSON members (see :meth:`text`), the counts asked in one
+        :meth:`History.tally`."""
+        starts = [window_start(at, window) for window in self._windows]
+        found = history.tally(self._tallies, starts, at)
+        found.extend(aggregate_value(aggregate, history, at) for aggregate in self.aggregates)
+        values = tuple(found)
         # Most leads' counts are alike (mostly 0). Each place holds one type of value (a count,
         # a normalised number, None), so the values make a sound key.
         text = self._texts.get(values)
