@@ -49,6 +49,8 @@ MAX_GROUPS = 15
 MAX_FANOUT = 500
 MAX_ENDINGS = 250
 MAX_JOINS = 120
+# Rules plus residuals (see `_residuals`) in one engine ruleset: 512 hang its creation.
+MAX_RULES = 400
 # Remembered serialisations of field values (see CompiledRuleset.text) before starting afresh.
 MEMO_SIZE = 50_000
 # json.dumps with arguments builds an encoder per call; facts are serialised many times a record.
@@ -267,6 +269,12 @@ class _Encoder:
     @property
     def size(self) -> int:
         return self._next + 1  # + the fact id
+
+    def assigned(self) -> list[tuple[str, str]]:
+        """(path, key) of every key a field fills."""
+        tables = (self.values, self.numbers, self.present, self.number_present)
+        found = [(path, key) for table in tables for path, key in table.items()]
+        return found + [(path, key) for key, path, _ in self.features]
 
 
 @dataclass(frozen=True)
@@ -554,16 +562,81 @@ def engine_problems(rules: Sequence[spec.Rule]) -> list[tuple[spec.Rule | None, 
 
 
 def _reads(condition: spec.Condition) -> set[str]:
-    """State tokens a condition depends on (see ``writes`` in evaluate)."""
+    """State tokens a condition depends on (see ``apply`` in evaluate)."""
     if isinstance(condition, spec.Not):
         return _reads(condition.item)
     if isinstance(condition, spec.All | spec.AnyOf):
         return set().union(*(_reads(item) for item in condition.items))
-    if isinstance(condition, spec.Test) and condition.path.startswith("lead."):
-        token = condition.path.removeprefix("lead.")
-        # The account's score counts the lead's own score, so it moves when that does.
-        return {token, "score"} if token == "account.score" else {token}
+    if isinstance(condition, spec.Test):
+        return _tokens(condition.path)
     return set()
+
+
+def _tokens(path: str) -> set[str]:
+    """The state tokens the value at ``path`` depends on (none for the event's)."""
+    if not path.startswith("lead."):
+        return set()
+    token = path.removeprefix("lead.")
+    # The account's score counts the lead's own score, so it moves when that does.
+    return {token, "score"} if token == "account.score" else {token}
+
+
+def token_class(token: str) -> str:
+    """State tokens that change together (a score's points move its total, the lead score, the
+    temperature and bands) make one class; any other token is a class of its own."""
+    if token in ("score", "temperature", "account.score"):
+        return "score"
+    if token.startswith(("scores.", "bands.")):
+        return "score"
+    return token
+
+
+def _written(rules: Sequence[spec.Rule]) -> set[str]:
+    """The token classes some rule's action can change mid-evaluation."""
+    found: set[str] = set()
+    for rule in rules:
+        then = rule.then
+        found.update(["score"] if then.score else [])
+        found.update(["stage"] if then.stage is not None else [])
+        found.update(["tags"] if then.tags else [])
+        found.update(token_class(attribute) for attribute, _ in then.set)
+    return found
+
+
+def _conjuncts(condition: dict[str, Any]) -> list[dict[str, Any]]:
+    if list(condition) == ["$and"]:
+        return [part for item in condition["$and"] for part in _conjuncts(item)]
+    return [condition]
+
+
+def _residuals(
+    conditions: Sequence[dict[str, Any]], written: set[str], key_tokens: Mapping[str, set[str]]
+) -> tuple[list[dict[str, Any]], dict[tuple[int, str], int]]:
+    """Conditions the engine matches beside the rules, so that a round that could fire nothing
+    new is skipped on its word: for rule i whose condition is a conjunction, and a class c of
+    tokens that an action can change, the conjuncts reading no token of c. When only tokens of c
+    that rule i reads have changed since a fact on which that residual did not hold, rule i
+    cannot hold on the next fact either (the residual's inputs are the same, and rule i implies
+    it). Returns the residual conditions and (i, c) → the residual's index among them."""
+    found: dict[str, int] = {}
+    residuals: list[dict[str, Any]] = []
+    index: dict[tuple[int, str], int] = {}
+    for i, condition in enumerate(conditions):
+        parts = _conjuncts(condition)
+        classes = [
+            {token_class(t) for key in _read(part) for t in key_tokens.get(key, ())}
+            for part in parts
+        ]
+        for kind in sorted(written & set().union(*classes)):
+            kept = [part for part, read in zip(parts, classes, strict=True) if kind not in read]
+            if kept and len(kept) < len(parts):
+                residual = _both(*kept)
+                text = json.dumps(residual, sort_keys=True)
+                if text not in found:
+                    found[text] = len(residuals)
+                    residuals.append(residual)
+                index[(i, kind)] = found[text]
+    return residuals, index
 
 
 @dataclass(frozen=True)
@@ -606,12 +679,21 @@ class CompiledRuleset:
             token: frozenset(i for i, rule in enumerate(self.rules) if token in rule.reads)
             for token in self.all_reads
         }
+        key_tokens = {key: _tokens(path) for path, key in self.enc.assigned()}
+        conditions = [rule["all"][0]["m"] for rule in self.definition.values()]
+        residuals, self.residual = _residuals(conditions, _written(ruleset.rules), key_tokens)
+        if len(conditions) + len(residuals) > MAX_RULES or _crowded(conditions + residuals):
+            residuals, self.residual = [], {}  # the engine could not take them: never skip
+        # What the engine is given: the rules, then the residuals (r<len(rules) + j>).
+        engine = dict(self.definition)
+        for j, residual in enumerate(residuals):
+            engine[f"r{len(self.rules) + j}"] = {"all": [{"m": residual}]}
         self.engine_name = re.sub(r"\W", "_", f"{ruleset.name}_{ruleset.version}")
         try:
             # The C core itself, not durable's Python host: the host serialises every message
             # and action twice more and runs a Python callback per match, 5x the engine's cost.
             self._handle = c_engine.create_ruleset(
-                self.engine_name, json.dumps(self.definition, ensure_ascii=False)
+                self.engine_name, json.dumps(engine, ensure_ascii=False)
             )
         except Exception as error:  # the C core reports what it refuses as a bare error code
             raise CompileError(f"the rules engine refused the ruleset: {error}") from None
@@ -740,10 +822,11 @@ class CompiledRuleset:
 
     def match_text(self, members: str) -> list[int]:
         """:meth:`match` for a fact given as JSON members, each followed by ", " (as
-        :meth:`text` writes them). The fact is asserted in the one session the engine keeps for
-        a ruleset (sid "0": live sessions are capped at 1,024), every action the match queued
-        is taken and completed without running anything, and the fact is retracted so the
-        engine holds nothing between evaluations."""
+        :meth:`text` writes them), and of the residuals that hold for it (numbered after the
+        rules: ``len(rules) + j``; see ``_residuals``). The fact is asserted in the one session
+        the engine keeps for a ruleset (sid "0": live sessions are capped at 1,024), every
+        action the match queued is taken and completed without running anything, and the fact
+        is retracted so the engine holds nothing between evaluations."""
         handle, matched = self._handle, []
         with _LOCK:  # one session: an assert, its actions and its retract must not interleave
             for _ in range(3):
