@@ -36,7 +36,7 @@ import durable_rules_engine as c_engine
 
 from engine.errors import NurtureError
 from engine.rules import patterns, spec
-from engine.rules.history import Tally
+from engine.rules.history import Place, Tallies
 
 # durable-rules refuses facts with more than ~253 properties (error 302).
 MAX_FACT_FIELDS = 240
@@ -79,12 +79,9 @@ class History(Protocol):
         """The latest (``first``: the first) time of an event of ``type`` at or before ``end``."""
         ...
 
-    def tally(
-        self, queries: Sequence[Tally], starts: Sequence[datetime], end: datetime
-    ) -> list[int]:
-        """:meth:`count_events` (of event type ``key``) and :meth:`count_firings` (of rule
-        ``key``) for each ``(of_firings, key, window)`` of ``queries``, each from
-        ``starts[window]`` (None: ever) to ``end``."""
+    def tally(self, tallies: Tallies, starts: Sequence[datetime], end: datetime) -> list[int]:
+        """:meth:`count_events` and :meth:`count_firings` for every count of ``tallies``, each
+        from ``starts[window]`` (None: ever) to ``end``, in their places."""
         ...
 
 
@@ -704,11 +701,15 @@ class CompiledRuleset:
         windows += [r.limit.per for _, r in self.enc.limits if r.limit and r.limit.per]
         self._windows = list(dict.fromkeys(windows))
         slot = {window: i for i, window in enumerate(self._windows)}
-        self._tallies: list[Tally] = [(False, c.type, slot[c.within]) for _, c in self.enc.counts]
-        for _, rule in self.enc.limits:
+        events: dict[str, tuple[Place, ...]] = {}
+        firings: dict[str, tuple[Place, ...]] = {}
+        for place, (_, count) in enumerate(self.enc.counts):
+            events[count.type] = (*events.get(count.type, ()), (place, slot[count.within]))
+        for place, (_, rule) in enumerate(self.enc.limits, len(self.enc.counts)):
             assert rule.limit is not None
-            per = rule.limit.per
-            self._tallies.append((True, rule.name, None if per is None else slot[per]))
+            per = None if rule.limit.per is None else slot[rule.limit.per]
+            firings[rule.name] = (*firings.get(rule.name, ()), (place, per))
+        self._tallies = Tallies(events, firings, len(self.enc.counts) + len(self.enc.limits))
         # (path, type, value) → the JSON members of a field's fact keys (see `text`); the
         # history's items → its members (see `history_text`).
         self._texts: dict[tuple[Any, ...], str] = {}

@@ -7,11 +7,22 @@ from __future__ import annotations
 from bisect import bisect_right, insort
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-# One count `tally` makes: (of firings, else of events; the rule or event type; the index of its
-# window's start, None: ever).
-Tally = tuple[bool, str, int | None]
+# Where `tally` puts a count: (its place among the counts, the index of its window's start; None:
+# ever).
+Place = tuple[int, int | None]
+
+
+@dataclass(frozen=True)
+class Tallies:
+    """The counts :meth:`MemoryHistory.tally` makes: event type → the places of its counts,
+    rule → the places of its firing counts, and how many places there are."""
+
+    events: Mapping[str, tuple[Place, ...]]
+    firings: Mapping[str, tuple[Place, ...]]
+    size: int
 
 
 class MemoryHistory:
@@ -48,22 +59,17 @@ class MemoryHistory:
             return len(times)
         return _between(times, start, end)
 
-    def tally(
-        self, queries: Sequence[Tally], starts: Sequence[datetime], end: datetime
-    ) -> list[int]:
-        """:meth:`count_events` and :meth:`count_firings` of many ``queries`` at once, a
-        windowed one from ``starts[index]``: the evaluator asks a dozen of them per record,
-        and most find nothing."""
-        found: list[int] = []
-        events, firings = self.events, self.firings
-        for of_firings, key, window in queries:
-            times = (firings if of_firings else events).get(key)
-            if not times:
-                found.append(0)
-            elif window is None:
-                found.append(len(times))
-            else:
-                found.append(_between(times, starts[window], end))
+    def tally(self, tallies: Tallies, starts: Sequence[datetime], end: datetime) -> list[int]:
+        """:meth:`count_events` and :meth:`count_firings` of every count of ``tallies`` at once,
+        a windowed one from ``starts[window]``: the evaluator asks a dozen per record, and most
+        find nothing, so the lead's few event types and fired rules are walked, not the counts."""
+        found = [0] * tallies.size
+        for table, places in ((self.events, tallies.events), (self.firings, tallies.firings)):
+            for key, times in table.items():
+                for place, window in places.get(key, ()):
+                    found[place] = (
+                        len(times) if window is None else _between(times, starts[window], end)
+                    )
         return found
 
     def sum_values(self, type: str, key: str, start: datetime | None, end: datetime) -> float:
