@@ -710,6 +710,14 @@ class CompiledRuleset:
             per = None if rule.limit.per is None else slot[rule.limit.per]
             firings[rule.name] = (*firings.get(rule.name, ()), (place, per))
         self._tallies = Tallies(events, firings, len(self.enc.counts) + len(self.enc.limits))
+
+        # Each history value's JSON member name ('"c3": '), None where no condition reads it.
+        def member(key: str) -> str | None:
+            return f'"{key}": ' if key in self.read else None
+
+        counted = [key for key, _ in self.enc.counts] + [key for key, _ in self.enc.limits]
+        self._tallied = [member(key) for key in counted]
+        self._aggregated = [(member(key), member(has)) for key, has, _ in self.enc.aggregates]
         # (path, type, value) → the JSON members of a field's fact keys (see `text`); the
         # history's items → its members (see `history_text`).
         self._texts: dict[tuple[Any, ...], str] = {}
@@ -808,9 +816,17 @@ class CompiledRuleset:
         # a normalised number, None), so the values make a sound key.
         text = self._texts.get(values)
         if text is None:
-            read = self.read
-            fact = {k: v for k, v in self.history_fields(history, at, values).items() if k in read}
-            text = _to_json(fact)[1:-1] + ", " if fact else ""
+            # The members straight from the values (counts are ints, as JSON writes them).
+            counted, parts = len(self._tallied), []
+            for name, value in zip(self._tallied, values, strict=False):
+                if name:
+                    parts.append(f"{name}{value}, ")
+            for (name, present), value in zip(self._aggregated, values[counted:], strict=True):
+                if present:
+                    parts.append(f"{present}{'false' if value is None else 'true'}, ")
+                if name and value is not None:
+                    parts.append(f"{name}{_to_json(value)}, ")
+            text = "".join(parts)
             if len(self._texts) >= MEMO_SIZE:
                 self._texts.clear()
             self._texts[values] = text
