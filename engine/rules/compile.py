@@ -209,6 +209,7 @@ class _Encoder:
     features: list[tuple[str, str, Callable[[Any], bool]]] = field(default_factory=list)
     counts: list[tuple[str, spec.Count]] = field(default_factory=list)
     limits: list[tuple[str, spec.Rule]] = field(default_factory=list)
+    tests: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (path, op, value) → x<i>
     path: str = "<ruleset>"  # names the ruleset in what `matches` tests log
     # (value key, present key, the aggregate): one pair per distinct sum / days_since
     aggregates: list[tuple[str, str, spec.Aggregate]] = field(default_factory=list)
@@ -233,9 +234,14 @@ class _Encoder:
         return self._key(self.number_present, "hn", path)
 
     def feature(self, test: spec.Test) -> str:
-        key = f"x{self._next}"
-        self._next += 1
-        self.features.append((key, test.path, _feature(test, self.path)))
+        """The key of a ``matches`` / ``contains`` test; the same test elsewhere (a title
+        pattern and its negation) shares it: one search per value, one key less per fact."""
+        known = (test.path, test.op, str(test.value))
+        key = self.tests.get(known)
+        if key is None:
+            key = self.tests[known] = f"x{self._next}"
+            self._next += 1
+            self.features.append((key, test.path, _feature(test, self.path)))
         return key
 
     def count(self, count: spec.Count) -> str:
