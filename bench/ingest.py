@@ -66,7 +66,7 @@ def evaluate_all(
         if isinstance(record, Rejection):
             continue
         state = states.get(record.email) or new_lead(compiled.ruleset, {"email": record.email})
-        history = histories.setdefault(record.email, MemoryHistory())
+        history = histories.get(record.email) or histories.setdefault(record.email, MemoryHistory())
         at = record.occurred_at
         assert at is not None
         if isinstance(record, LeadRecord):
