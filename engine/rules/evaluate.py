@@ -235,13 +235,14 @@ def apply(ruleset: spec.Ruleset, rule: spec.Rule, outcome: Outcome) -> set[str]:
         if tag not in state.tags:
             state.tags.append(tag)
             changed.add("tags")
-    intents: tuple[tuple[spec.ActionKind, tuple[str, ...]], ...] = (
-        ("alert", then.alert),
-        ("enroll", then.enroll),
-        ("exit", then.exit),
-    )
-    for kind, targets in intents:
-        outcome.intents.extend(Intent(rule.name, kind, target) for target in targets)
+    if then.alert or then.enroll or then.exit:  # most rules only score
+        intents: tuple[tuple[spec.ActionKind, tuple[str, ...]], ...] = (
+            ("alert", then.alert),
+            ("enroll", then.enroll),
+            ("exit", then.exit),
+        )
+        for kind, targets in intents:
+            outcome.intents.extend(Intent(rule.name, kind, target) for target in targets)
     return changed
 
 
