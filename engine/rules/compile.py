@@ -36,6 +36,7 @@ import durable_rules_engine as c_engine
 
 from engine.errors import NurtureError
 from engine.rules import patterns, spec
+from engine.rules.history import Place, Tallies
 
 # durable-rules refuses facts with more than ~253 properties (error 302).
 MAX_FACT_FIELDS = 240
@@ -48,6 +49,8 @@ MAX_GROUPS = 15
 MAX_FANOUT = 500
 MAX_ENDINGS = 250
 MAX_JOINS = 120
+# Rules plus residuals (see `_residuals`) in one engine ruleset: 512 hang its creation.
+MAX_RULES = 400
 # Remembered serialisations of field values (see CompiledRuleset.text) before starting afresh.
 MEMO_SIZE = 50_000
 # json.dumps with arguments builds an encoder per call; facts are serialised many times a record.
@@ -74,6 +77,11 @@ class History(Protocol):
 
     def event_time(self, type: str, first: bool, end: datetime) -> datetime | None:
         """The latest (``first``: the first) time of an event of ``type`` at or before ``end``."""
+        ...
+
+    def tally(self, tallies: Tallies, starts: Sequence[datetime], end: datetime) -> list[int]:
+        """:meth:`count_events` and :meth:`count_firings` for every count of ``tallies``, each
+        from ``starts[window]`` (None: ever) to ``end``, in their places."""
         ...
 
 
@@ -201,6 +209,7 @@ class _Encoder:
     features: list[tuple[str, str, Callable[[Any], bool]]] = field(default_factory=list)
     counts: list[tuple[str, spec.Count]] = field(default_factory=list)
     limits: list[tuple[str, spec.Rule]] = field(default_factory=list)
+    tests: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (path, op, value) → x<i>
     path: str = "<ruleset>"  # names the ruleset in what `matches` tests log
     # (value key, present key, the aggregate): one pair per distinct sum / days_since
     aggregates: list[tuple[str, str, spec.Aggregate]] = field(default_factory=list)
@@ -225,9 +234,14 @@ class _Encoder:
         return self._key(self.number_present, "hn", path)
 
     def feature(self, test: spec.Test) -> str:
-        key = f"x{self._next}"
-        self._next += 1
-        self.features.append((key, test.path, _feature(test, self.path)))
+        """The key of a ``matches`` / ``contains`` test; the same test elsewhere (a title
+        pattern and its negation) shares it: one search per value, one key less per fact."""
+        known = (test.path, test.op, str(test.value))
+        key = self.tests.get(known)
+        if key is None:
+            key = self.tests[known] = f"x{self._next}"
+            self._next += 1
+            self.features.append((key, test.path, _feature(test, self.path)))
         return key
 
     def count(self, count: spec.Count) -> str:
@@ -259,6 +273,12 @@ class _Encoder:
     def size(self) -> int:
         return self._next + 1  # + the fact id
 
+    def assigned(self) -> list[tuple[str, str]]:
+        """(path, key) of every key a field fills."""
+        tables = (self.values, self.numbers, self.present, self.number_present)
+        found = [(path, key) for table in tables for path, key in table.items()]
+        return found + [(path, key) for key, path, _ in self.features]
+
 
 @dataclass(frozen=True)
 class _Plan:
@@ -273,21 +293,42 @@ class _Plan:
     features: tuple[tuple[str, Callable[[Any], bool]], ...]
 
 
-def _plans(enc: _Encoder) -> list[_Plan]:
+def _plans(enc: _Encoder, read: frozenset[str] | None = None) -> list[_Plan]:
+    """What each field fills: every key the encoder assigned, or (``read``) only the keys some
+    condition reads (the encoder assigns presence keys that only negations use, and each key
+    costs the engine a hash probe at every node a fact passes)."""
+
+    def only(key: str | None) -> str | None:
+        return key if read is None or key in read else None
+
     tables = (enc.present, enc.values, enc.numbers, enc.number_present)
     paths = sorted({p for table in tables for p in table} | {p for _, p, _ in enc.features})
-    return [
+    plans = [
         _Plan(
             path,
             getter(path),
-            enc.present.get(path),
-            enc.values.get(path),
-            enc.numbers.get(path),
-            enc.number_present.get(path),
-            tuple((key, check) for key, p, check in enc.features if p == path),
+            only(enc.present.get(path)),
+            only(enc.values.get(path)),
+            only(enc.numbers.get(path)),
+            only(enc.number_present.get(path)),
+            tuple((key, check) for key, p, check in enc.features if p == path and only(key)),
         )
         for path in paths
     ]
+    return [p for p in plans if p.present or p.value or p.number or p.number_present or p.features]
+
+
+def _read(condition: Mapping[str, Any]) -> set[str]:
+    """The fact keys a compiled condition tests."""
+    keys: set[str] = set()
+    for key, value in condition.items():
+        if key in ("$and", "$or"):
+            keys = keys.union(*(_read(item) for item in value))
+        elif key.startswith("$"):
+            keys.update(value)
+        else:
+            keys.add(key)
+    return keys
 
 
 def _encode_value(plan: _Plan, raw: Any, fact: dict[str, Any]) -> None:
@@ -524,16 +565,81 @@ def engine_problems(rules: Sequence[spec.Rule]) -> list[tuple[spec.Rule | None, 
 
 
 def _reads(condition: spec.Condition) -> set[str]:
-    """State tokens a condition depends on (see ``writes`` in evaluate)."""
+    """State tokens a condition depends on (see ``apply`` in evaluate)."""
     if isinstance(condition, spec.Not):
         return _reads(condition.item)
     if isinstance(condition, spec.All | spec.AnyOf):
         return set().union(*(_reads(item) for item in condition.items))
-    if isinstance(condition, spec.Test) and condition.path.startswith("lead."):
-        token = condition.path.removeprefix("lead.")
-        # The account's score counts the lead's own score, so it moves when that does.
-        return {token, "score"} if token == "account.score" else {token}
+    if isinstance(condition, spec.Test):
+        return _tokens(condition.path)
     return set()
+
+
+def _tokens(path: str) -> set[str]:
+    """The state tokens the value at ``path`` depends on (none for the event's)."""
+    if not path.startswith("lead."):
+        return set()
+    token = path.removeprefix("lead.")
+    # The account's score counts the lead's own score, so it moves when that does.
+    return {token, "score"} if token == "account.score" else {token}
+
+
+def token_class(token: str) -> str:
+    """State tokens that change together (a score's points move its total, the lead score, the
+    temperature and bands) make one class; any other token is a class of its own."""
+    if token in ("score", "temperature", "account.score"):
+        return "score"
+    if token.startswith(("scores.", "bands.")):
+        return "score"
+    return token
+
+
+def _written(rules: Sequence[spec.Rule]) -> set[str]:
+    """The token classes some rule's action can change mid-evaluation."""
+    found: set[str] = set()
+    for rule in rules:
+        then = rule.then
+        found.update(["score"] if then.score else [])
+        found.update(["stage"] if then.stage is not None else [])
+        found.update(["tags"] if then.tags else [])
+        found.update(token_class(attribute) for attribute, _ in then.set)
+    return found
+
+
+def _conjuncts(condition: dict[str, Any]) -> list[dict[str, Any]]:
+    if list(condition) == ["$and"]:
+        return [part for item in condition["$and"] for part in _conjuncts(item)]
+    return [condition]
+
+
+def _residuals(
+    conditions: Sequence[dict[str, Any]], written: set[str], key_tokens: Mapping[str, set[str]]
+) -> tuple[list[dict[str, Any]], dict[tuple[int, str], int]]:
+    """Conditions the engine matches beside the rules, so that a round that could fire nothing
+    new is skipped on its word: for rule i whose condition is a conjunction, and a class c of
+    tokens that an action can change, the conjuncts reading no token of c. When only tokens of c
+    that rule i reads have changed since a fact on which that residual did not hold, rule i
+    cannot hold on the next fact either (the residual's inputs are the same, and rule i implies
+    it). Returns the residual conditions and (i, c) → the residual's index among them."""
+    found: dict[str, int] = {}
+    residuals: list[dict[str, Any]] = []
+    index: dict[tuple[int, str], int] = {}
+    for i, condition in enumerate(conditions):
+        parts = _conjuncts(condition)
+        classes = [
+            {token_class(t) for key in _read(part) for t in key_tokens.get(key, ())}
+            for part in parts
+        ]
+        for kind in sorted(written & set().union(*classes)):
+            kept = [part for part, read in zip(parts, classes, strict=True) if kind not in read]
+            if kept and len(kept) < len(parts):
+                residual = _both(*kept)
+                text = json.dumps(residual, sort_keys=True)
+                if text not in found:
+                    found[text] = len(residuals)
+                    residuals.append(residual)
+                index[(i, kind)] = found[text]
+    return residuals, index
 
 
 @dataclass(frozen=True)
@@ -562,30 +668,69 @@ class CompiledRuleset:
         self.rules: list[CompiledRule] = []
         # Rule i is `r<i>`: the engine names the matched rule in each action it queues.
         self.definition: dict[str, Any] = {}
+        read: set[str] = set()
         for index, rule in enumerate(ruleset.rules):
             condition = _rule_condition(compiler, rule)
+            read |= _read(condition)
             self.definition[f"r{index}"] = {"all": [{"m": condition}]}
             self.rules.append(CompiledRule(rule, frozenset(_reads(rule.when))))
+        # The fact keys some condition tests: the fast path sends only these.
+        self.read = frozenset(read)
         self.all_reads = frozenset().union(*(rule.reads for rule in self.rules))
         # state token → the indices of the rules whose conditions read it
         self.readers = {
             token: frozenset(i for i, rule in enumerate(self.rules) if token in rule.reads)
             for token in self.all_reads
         }
+        key_tokens = {key: _tokens(path) for path, key in self.enc.assigned()}
+        conditions = [rule["all"][0]["m"] for rule in self.definition.values()]
+        residuals, self.residual = _residuals(conditions, _written(ruleset.rules), key_tokens)
+        if len(conditions) + len(residuals) > MAX_RULES or _crowded(conditions + residuals):
+            residuals, self.residual = [], {}  # the engine could not take them: never skip
+        # What the engine is given: the rules, then the residuals (r<len(rules) + j>).
+        engine = dict(self.definition)
+        for j, residual in enumerate(residuals):
+            engine[f"r{len(self.rules) + j}"] = {"all": [{"m": residual}]}
         self.engine_name = re.sub(r"\W", "_", f"{ruleset.name}_{ruleset.version}")
         try:
             # The C core itself, not durable's Python host: the host serialises every message
             # and action twice more and runs a Python callback per match, 5x the engine's cost.
             self._handle = c_engine.create_ruleset(
-                self.engine_name, json.dumps(self.definition, ensure_ascii=False)
+                self.engine_name, json.dumps(engine, ensure_ascii=False)
             )
         except Exception as error:  # the C core reports what it refuses as a bare error code
             raise CompileError(f"the rules engine refused the ruleset: {error}") from None
         self._fact_id = 0
+        # The counts and limits of `history_values` as one `History.tally`: its windows, and a
+        # query per value.
+        windows = [count.within for _, count in self.enc.counts]
+        windows += [r.limit.per for _, r in self.enc.limits if r.limit and r.limit.per]
+        self._windows = list(dict.fromkeys(windows))
+        slot = {window: i for i, window in enumerate(self._windows)}
+        events: dict[str, tuple[Place, ...]] = {}
+        firings: dict[str, tuple[Place, ...]] = {}
+        for place, (_, count) in enumerate(self.enc.counts):
+            events[count.type] = (*events.get(count.type, ()), (place, slot[count.within]))
+        for place, (_, rule) in enumerate(self.enc.limits, len(self.enc.counts)):
+            assert rule.limit is not None
+            per = None if rule.limit.per is None else slot[rule.limit.per]
+            firings[rule.name] = (*firings.get(rule.name, ()), (place, per))
+        self._tallies = Tallies(events, firings, len(self.enc.counts) + len(self.enc.limits))
+
+        # Each history value's JSON member name ('"c3": '), None where no condition reads it.
+        def member(key: str) -> str | None:
+            return f'"{key}": ' if key in self.read else None
+
+        counted = [key for key, _ in self.enc.counts] + [key for key, _ in self.enc.limits]
+        self._tallied = [member(key) for key in counted]
+        self._aggregated = [(member(key), member(has)) for key, has, _ in self.enc.aggregates]
         # (path, type, value) → the JSON members of a field's fact keys (see `text`); the
         # history's items → its members (see `history_text`).
         self._texts: dict[tuple[Any, ...], str] = {}
-        plans = _plans(self.enc)
+        # Every key (the plain path's facts), and the keys read split into the lead's part
+        # (each round) and the event's (once per evaluation).
+        self.plans = _plans(self.enc)
+        plans = _plans(self.enc, self.read)
         self.lead_plan = [plan for plan in plans if plan.path.startswith("lead.")]
         self.event_plan = [plan for plan in plans if not plan.path.startswith("lead.")]
 
@@ -667,14 +812,27 @@ class CompiledRuleset:
         return fact
 
     def history_text(self, history: History, at: datetime) -> str:
-        """:meth:`history_fields` as JSON members (see :meth:`text`)."""
-        values = self.history_values(history, at)
+        """:meth:`history_fields` as JSON members (see :meth:`text`), the counts asked in one
+        :meth:`History.tally`."""
+        starts = [window_start(at, window) for window in self._windows]
+        found = history.tally(self._tallies, starts, at)
+        found.extend(aggregate_value(aggregate, history, at) for aggregate in self.aggregates)
+        values = tuple(found)
         # Most leads' counts are alike (mostly 0). Each place holds one type of value (a count,
         # a normalised number, None), so the values make a sound key.
         text = self._texts.get(values)
         if text is None:
-            fact = self.history_fields(history, at, values)
-            text = _to_json(fact)[1:-1] + ", " if fact else ""
+            # The members straight from the values (counts are ints, as JSON writes them).
+            counted, parts = len(self._tallied), []
+            for name, value in zip(self._tallied, values, strict=False):
+                if name:
+                    parts.append(f"{name}{value}, ")
+            for (name, present), value in zip(self._aggregated, values[counted:], strict=True):
+                if present:
+                    parts.append(f"{present}{'false' if value is None else 'true'}, ")
+                if name and value is not None:
+                    parts.append(f"{name}{_to_json(value)}, ")
+            text = "".join(parts)
             if len(self._texts) >= MEMO_SIZE:
                 self._texts.clear()
             self._texts[values] = text
@@ -687,10 +845,11 @@ class CompiledRuleset:
 
     def match_text(self, members: str) -> list[int]:
         """:meth:`match` for a fact given as JSON members, each followed by ", " (as
-        :meth:`text` writes them). The fact is asserted in the one session the engine keeps for
-        a ruleset (sid "0": live sessions are capped at 1,024), every action the match queued
-        is taken and completed without running anything, and the fact is retracted so the
-        engine holds nothing between evaluations."""
+        :meth:`text` writes them), and of the residuals that hold for it (numbered after the
+        rules: ``len(rules) + j``; see ``_residuals``). The fact is asserted in the one session
+        the engine keeps for a ruleset (sid "0": live sessions are capped at 1,024), every
+        action the match queued is taken and completed without running anything, and the fact
+        is retracted so the engine holds nothing between evaluations."""
         handle, matched = self._handle, []
         with _LOCK:  # one session: an assert, its actions and its retract must not interleave
             for _ in range(3):
@@ -714,7 +873,9 @@ class CompiledRuleset:
                 c_engine.abandon_action(handle, state)
                 raise
             finally:
-                c_engine.retract_fact(handle, text)
+                # The engine finds a fact to retract by its id alone: parsing the whole fact
+                # again would cost as much as asserting it.
+                c_engine.retract_fact(handle, f'{{"id": {self._fact_id}}}')
         return sorted(set(matched))
 
     @property

@@ -13,14 +13,14 @@ at most once per evaluation, and a chain longer than ``max_chain`` rounds is an 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from engine.errors import NurtureError
 from engine.rules import spec
 from engine.rules.account import Peers
-from engine.rules.compile import CompiledRuleset, History
+from engine.rules.compile import CompiledRuleset, History, token_class
 
 
 class ChainError(NurtureError):
@@ -50,8 +50,9 @@ class LeadState:
         return sum(self.scores.values())
 
     def copy(self) -> LeadState:
-        return replace(
-            self, attributes=dict(self.attributes), scores=dict(self.scores), tags=list(self.tags)
+        # The constructor, not dataclasses.replace: a copy per evaluation, and replace costs 4x.
+        return LeadState(
+            dict(self.attributes), dict(self.scores), self.stage, list(self.tags), self.account
         )
 
 
@@ -137,21 +138,46 @@ def evaluate(
     and the history's are built once per evaluation. ``reference.evaluate`` is the plain path
     it must agree with."""
 
+    rules = len(compiled.rules)
+    held: set[int] = set()  # the residuals that held for the last round's fact
+
     def rounds(fields: Mapping[str, Any]) -> Rounds:
         fixed = compiled.history_text(history, event.occurred_at) + compiled.text(
             fields, event.properties, compiled.event_plan
         )
-        return lambda fields: compiled.match_text(
-            fixed + compiled.text(fields, event.properties, compiled.lead_plan)
-        )
 
-    return chain(compiled, state, event, rounds, settled)
+        def round(fields: Mapping[str, Any]) -> list[int]:
+            found = compiled.match_text(
+                fixed + compiled.text(fields, event.properties, compiled.lead_plan)
+            )
+            held.clear()
+            held.update(i - rules for i in found if i >= rules)
+            return [i for i in found if i < rules]
+
+        return round
+
+    def done(compiled: CompiledRuleset, fired: set[int], changed: set[str]) -> bool:
+        return settled(compiled, fired, changed, held)
+
+    return chain(compiled, state, event, rounds, done)
 
 
-def settled(compiled: CompiledRuleset, fired: set[int], changed: set[str]) -> bool:
-    """No rule that has yet to fire reads what the last round changed: the next round would
-    match only rules that have fired (its fact differs in nothing the others read)."""
-    return all(compiled.readers.get(token, fired) <= fired for token in changed)
+def settled(compiled: CompiledRuleset, fired: set[int], changed: set[str], held: set[int]) -> bool:
+    """The next round could fire nothing: each rule that has yet to fire either reads nothing
+    the last round changed (its part of the fact is the same), or reads changes of one token
+    class only and the residual of its condition without that class did not hold for the last
+    round's fact (``held``; see ``compile._residuals``)."""
+    for token in changed:
+        for index in compiled.readers.get(token, ()):
+            if index in fired:
+                continue
+            classes = {token_class(t) for t in changed & compiled.rules[index].reads}
+            if len(classes) != 1:
+                return False
+            residual = compiled.residual.get((index, classes.pop()))
+            if residual is None or residual in held:
+                return False
+    return True
 
 
 def chain(
@@ -209,13 +235,14 @@ def apply(ruleset: spec.Ruleset, rule: spec.Rule, outcome: Outcome) -> set[str]:
         if tag not in state.tags:
             state.tags.append(tag)
             changed.add("tags")
-    intents: tuple[tuple[spec.ActionKind, tuple[str, ...]], ...] = (
-        ("alert", then.alert),
-        ("enroll", then.enroll),
-        ("exit", then.exit),
-    )
-    for kind, targets in intents:
-        outcome.intents.extend(Intent(rule.name, kind, target) for target in targets)
+    if then.alert or then.enroll or then.exit:  # most rules only score
+        intents: tuple[tuple[spec.ActionKind, tuple[str, ...]], ...] = (
+            ("alert", then.alert),
+            ("enroll", then.enroll),
+            ("exit", then.exit),
+        )
+        for kind, targets in intents:
+            outcome.intents.extend(Intent(rule.name, kind, target) for target in targets)
     return changed
 
 

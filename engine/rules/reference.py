@@ -78,17 +78,15 @@ def match(compiled: CompiledRuleset, fact: dict[str, Any]) -> list[int]:
 def evaluate(
     compiled: CompiledRuleset, state: LeadState, event: Event, history: History
 ) -> Outcome:
-    """``evaluate.evaluate`` the plain way: every round encodes the whole fact into a dict."""
+    """``evaluate.evaluate`` the plain way: every round encodes the whole fact (every key the
+    encoder assigned, read or not) into a dict."""
 
-    def rounds(fields: Mapping[str, Any]) -> Rounds:
-        fixed = compiled.history_fields(history, event.occurred_at)
-        compiled.encode(fields, event.properties, compiled.event_plan, fixed)
+    def round(fields: Mapping[str, Any]) -> list[int]:
+        fact = compiled.history_fields(history, event.occurred_at)
+        compiled.encode(fields, event.properties, compiled.plans, fact)
+        return match(compiled, fact)
 
-        def round(fields: Mapping[str, Any]) -> list[int]:
-            fact = dict(fixed)
-            compiled.encode(fields, event.properties, compiled.lead_plan, fact)
-            return match(compiled, fact)
-
+    def rounds(_: Mapping[str, Any]) -> Rounds:
         return round
 
     return chain(compiled, state, event, rounds, _settled)

@@ -168,3 +168,24 @@ def test_fast_and_plain_paths_agree_on_tens_of_thousands_of_records(
 def test_fast_and_plain_paths_agree_on_the_shipped_ruleset() -> None:
     rules = compiled(SHIPPED.read_text(encoding="utf-8"), str(SHIPPED))
     assert compare(rules, seed=4, count=15000, leads=500) > 5000
+
+
+def test_rounds_that_could_fire_nothing_new_are_skipped_on_the_engines_word(
+    shapes: CompiledRuleset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The residual conditions (``compile._residuals``) spare rounds, and the outcomes still
+    agree with the plain path's (``compare`` asserts it) with and without them."""
+    asked = 0
+    match = shapes.match_text
+
+    def counting(members: str) -> list[int]:
+        nonlocal asked
+        asked += 1
+        return match(members)
+
+    monkeypatch.setattr(shapes, "match_text", counting)
+    compare(shapes, seed=5, count=400, leads=30)
+    with_residuals, asked = asked, 0
+    monkeypatch.setattr(shapes, "residual", {})
+    compare(shapes, seed=5, count=400, leads=30)
+    assert with_residuals < asked * 0.9
