@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from engine.db import upsert
+from engine.db import execute_many, upsert
 from engine.db.schema import ENROLLMENTS, EVENTS, FIRINGS, LEADS, SCORES
 from engine.ingest.outcome import LoadedLead
 from engine.ingest.parse import Record
@@ -45,7 +45,7 @@ def create_missing(
         # Sorted: concurrent writers then take unique-index locks in one order.
         for email, at in sorted(first_seen.items())
     ]
-    conn.execute(upsert(conn, LEADS).on_conflict_do_nothing(index_elements=["email"]), rows)
+    execute_many(conn, upsert(conn, LEADS).on_conflict_do_nothing(index_elements=["email"]), rows)
 
 
 def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, update
 
-from engine.db import append_rows, upsert
+from engine.db import append_rows, execute_many, upsert
 from engine.db.rollup import record_moves
 from engine.db.schema import (
     ACTIONS,
@@ -52,14 +52,16 @@ def write(
 def enroll_and_exit(conn: Connection, rows: Rows) -> None:
     """Enrollments that start (a lead is enrolled in a campaign once) and that end."""
     if rows.enroll:
-        conn.execute(
+        execute_many(
+            conn,
             upsert(conn, ENROLLMENTS).on_conflict_do_nothing(
                 index_elements=["lead_id", "campaign"]
             ),
             rows.enroll,
         )
     if rows.exit:
-        conn.execute(
+        execute_many(
+            conn,
             update(ENROLLMENTS)
             .where(
                 ENROLLMENTS.c.lead_id == bindparam("b_lead"),
@@ -79,7 +81,8 @@ def enroll_and_exit(conn: Connection, rows: Rows) -> None:
 def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now: datetime) -> None:
     """The leads' rows, components and named scores as scored (by ingest or a rescore); a lead
     whose row version moved meanwhile is a ConflictError."""
-    updated = conn.execute(
+    updated = execute_many(
+        conn,
         update(LEADS)
         .where(LEADS.c.id == bindparam("b_id"), LEADS.c.version == bindparam("b_version"))
         .values(
@@ -117,7 +120,8 @@ def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now
         raise ConflictError("a lead changed during the batch")
     # One upsert for every component row: new leads and new components insert, others update.
     statement = upsert(conn, SCORES)
-    conn.execute(
+    execute_many(
+        conn,
         statement.on_conflict_do_update(
             index_elements=["lead_id", "component"],
             set_={
@@ -156,7 +160,8 @@ def _write_named_scores(conn: Connection, ruleset: Ruleset, leads: list[LoadedLe
             for name, total in totals.items()
         ]
     statement = upsert(conn, NAMED_SCORES)
-    conn.execute(
+    execute_many(
+        conn,
         statement.on_conflict_do_update(
             index_elements=["lead_id", "name"],
             set_={"total": statement.excluded.total, "band": statement.excluded.band},
