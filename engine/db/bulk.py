@@ -9,12 +9,13 @@ from operator import itemgetter
 from typing import Any
 
 from psycopg.types.json import Json
-from sqlalchemy import JSON, Connection, CursorResult, Executable, Table
+from sqlalchemy import JSON, Connection, CursorResult, Table
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import UpdateBase
 
 
 def upsert(conn: Connection, table: Table) -> PgInsert | SqliteInsert:
@@ -39,7 +40,7 @@ def append_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
 
 
 def execute_many(
-    conn: Connection, statement: Executable, rows: Sequence[Mapping[str, Any]]
+    conn: Connection, statement: UpdateBase, rows: Sequence[Mapping[str, Any]]
 ) -> CursorResult[Any]:
     """``conn.execute(statement, rows)`` (rows all with the same keys) on SQLite, for many rows:
     SQLAlchemy assembles each row's parameters in Python, a third of a batch's write time. Here
@@ -54,7 +55,7 @@ def execute_many(
     if compiled.insert_prefetch or compiled.update_prefetch:
         return conn.execute(statement, list(rows))
     fixed = compiled.construct_params(_check=False)
-    processors = compiled._bind_processors
+    processors: Mapping[str, Any] = compiled._bind_processors
     given = rows[0].keys()
     getters: list[Callable[[Mapping[str, Any]], Any]] = []
     for name in compiled.positiontup:

@@ -38,6 +38,7 @@ class LoadedLead:
     due_at: datetime | None = None  # stored: when its time-dependent inputs change
     ruleset_version: str | None = None  # stored: the version its state is under
     evaluated_at: datetime | None = None  # the latest time the batch evaluated it at
+    stored_score: int | None = None  # stored: its score as read
 
 
 @dataclass
@@ -181,3 +182,17 @@ def new_lead_stages(leads: list[LoadedLead], first_stage: str) -> list[Row]:
         for lead in leads
         if lead.new
     ]
+
+
+def renumber(rows: Rows, leads: list[LoadedLead], ids: dict[int, int]) -> None:
+    """Give leads evaluated under provisional ids (``ids``: provisional → stored) their stored
+    ids, in the leads and in every row of theirs."""
+    if not ids:
+        return
+    for lead in leads:
+        lead.id = ids[lead.id]
+    for table in (rows.events, rows.ledger, rows.stages, rows.firings, rows.actions, rows.enroll):
+        for row in table:
+            row["lead_id"] = ids.get(row["lead_id"], row["lead_id"])
+    for row in rows.exit:
+        row["b_lead"] = ids.get(row["b_lead"], row["b_lead"])

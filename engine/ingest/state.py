@@ -23,11 +23,12 @@ from engine.rules.evaluate import LeadState, new_lead, prime
 from engine.rules.spec import DaysSince, Ruleset, Sum
 
 
-def create_missing(
-    conn: Connection, ruleset: Ruleset, first_seen: dict[str, datetime], now: datetime
-) -> None:
+def _new_rows(
+    ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
+) -> list[dict[str, Any]]:
+    """The rows of new leads, first seen at the given times."""
     start = ruleset.stages[0]
-    rows = [
+    return [
         {
             "email": email,
             "attributes": {},
@@ -45,34 +46,84 @@ def create_missing(
         # Sorted: concurrent writers then take unique-index locks in one order.
         for email, at in sorted(first_seen.items())
     ]
-    execute_many(conn, upsert(conn, LEADS).on_conflict_do_nothing(index_elements=["email"]), rows)
+
+
+def create_missing(
+    conn: Connection, ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
+) -> int:
+    """Create the leads not stored yet; how many were created."""
+    statement = upsert(conn, LEADS).on_conflict_do_nothing(index_elements=["email"])
+    return execute_many(conn, statement, _new_rows(ruleset, first_seen, now)).rowcount
+
+
+def _loaded(row: Mapping[Any, Any]) -> LoadedLead:
+    attributes = dict(row["attributes"])
+    attributes["email"] = row["email"]
+    if row["version"] == 0:
+        attributes.setdefault("domain", row["email"].rsplit("@", 1)[1])
+    state = LeadState(attributes, {}, row["stage"], list(row["tags"]))
+    return LoadedLead(
+        row["id"],
+        row["email"],
+        row["version"],
+        state,
+        row["subscribed"],
+        row["stage_entered_at"],
+        {},
+        new=row["version"] == 0,
+        created_at=row["stage_entered_at"],
+        due_at=row["time_due_at"],
+        ruleset_version=row["ruleset_version"],
+        stored_score=row["score"],
+    )
 
 
 def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
+    """The leads of ``emails``, locked until the transaction ends (PostgreSQL; SQLite's write
+    lock is the transaction's), or only read in a snapshot (SQLite's read transactions)."""
     query = select(LEADS).where(LEADS.c.email.in_(emails)).order_by(LEADS.c.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    leads = {}
-    for row in conn.execute(query).mappings():
-        attributes = dict(row["attributes"])
-        attributes["email"] = row["email"]
-        if row["version"] == 0:
-            attributes.setdefault("domain", row["email"].rsplit("@", 1)[1])
-        state = LeadState(attributes, {}, row["stage"], list(row["tags"]))
-        leads[row["email"]] = LoadedLead(
-            row["id"],
-            row["email"],
-            row["version"],
-            state,
-            row["subscribed"],
-            row["stage_entered_at"],
-            {},
-            new=row["version"] == 0,
-            created_at=row["stage_entered_at"],
-            due_at=row["time_due_at"],
-            ruleset_version=row["ruleset_version"],
-        )
-    return leads
+    return {row["email"]: _loaded(row) for row in conn.execute(query).mappings()}
+
+
+def provisional(
+    ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
+) -> dict[str, LoadedLead]:
+    """Leads a snapshot does not have, as :func:`create_missing` would create them, with ids
+    below 0 until :func:`create_provisional` stores them."""
+    rows = _new_rows(ruleset, first_seen, now)
+    return {
+        row["email"]: _loaded({**row, "id": -n, "time_due_at": None})
+        for n, row in enumerate(rows, start=1)
+    }
+
+
+def create_provisional(
+    conn: Connection, ruleset: Ruleset, leads: Collection[LoadedLead], now: datetime
+) -> dict[int, int] | None:
+    """Store the provisional leads (in the write transaction): provisional id → stored id, or
+    None when another writer created one of them since the snapshot."""
+    first_seen = {lead.email: lead.created_at for lead in leads}
+    if not first_seen:
+        return {}
+    if create_missing(conn, ruleset, first_seen, now) != len(first_seen):
+        return None
+    query = select(LEADS.c.email, LEADS.c.id).where(LEADS.c.email.in_(list(first_seen)))
+    stored = {email: id_ for email, id_ in conn.execute(query)}
+    return {lead.id: stored[lead.email] for lead in leads}
+
+
+def unchanged(conn: Connection, leads: Collection[LoadedLead]) -> bool:
+    """Whether the stored leads read in a snapshot are still as read (in the write
+    transaction): every writer of a lead's state moves its version, and the set-based decay
+    its score."""
+    read = {lead.id: (lead.version, lead.stored_score) for lead in leads if lead.id > 0}
+    if not read:
+        return True
+    query = select(LEADS.c.id, LEADS.c.version, LEADS.c.score).where(LEADS.c.id.in_(list(read)))
+    now = {id_: (version, score) for id_, version, score in conn.execute(query)}
+    return now == read
 
 
 @dataclass(frozen=True)
