@@ -255,12 +255,11 @@ class _Batch:
         return True
 
     def commit(self, connection: Connection) -> None:
-        """Write what :meth:`prepare` evaluated, in the write transaction; ConflictError (the
-        transaction rolls back, the batch is evaluated again) when a lead it read changed or a
-        lead it would create was created meanwhile."""
+        """Write what :meth:`prepare` evaluated, in the write transaction. A lead that changed
+        since the snapshot (every writer of a lead moves its version, which the write checks)
+        or that another writer created meanwhile is a ConflictError: the transaction rolls
+        back and the batch is read and evaluated again."""
         self.conn = connection
-        if not state.unchanged(connection, self.leads.values()):
-            raise ConflictError("a lead changed since the batch read it")
         new = [lead for lead in self.leads.values() if lead.id < 0]
         ids = state.create_provisional(connection, self.ruleset, new, self.now)
         if ids is None:

@@ -38,7 +38,6 @@ class LoadedLead:
     due_at: datetime | None = None  # stored: when its time-dependent inputs change
     ruleset_version: str | None = None  # stored: the version its state is under
     evaluated_at: datetime | None = None  # the latest time the batch evaluated it at
-    stored_score: int | None = None  # stored: its score as read
 
 
 @dataclass

@@ -74,7 +74,6 @@ def _loaded(row: Mapping[Any, Any]) -> LoadedLead:
         created_at=row["stage_entered_at"],
         due_at=row["time_due_at"],
         ruleset_version=row["ruleset_version"],
-        stored_score=row["score"],
     )
 
 
@@ -112,18 +111,6 @@ def create_provisional(
     query = select(LEADS.c.email, LEADS.c.id).where(LEADS.c.email.in_(list(first_seen)))
     stored = {email: id_ for email, id_ in conn.execute(query)}
     return {lead.id: stored[lead.email] for lead in leads}
-
-
-def unchanged(conn: Connection, leads: Collection[LoadedLead]) -> bool:
-    """Whether the stored leads read in a snapshot are still as read (in the write
-    transaction): every writer of a lead's state moves its version, and the set-based decay
-    its score."""
-    read = {lead.id: (lead.version, lead.stored_score) for lead in leads if lead.id > 0}
-    if not read:
-        return True
-    query = select(LEADS.c.id, LEADS.c.version, LEADS.c.score).where(LEADS.c.id.in_(list(read)))
-    now = {id_: (version, score) for id_, version, score in conn.execute(query)}
-    return now == read
 
 
 @dataclass(frozen=True)
