@@ -188,6 +188,11 @@ def _attempt(
     return batch
 
 
+def _digest(record: Record) -> str:
+    kind, properties = _stored_form(record)
+    return state.content_digest(record.email, kind, properties)
+
+
 def _due(lead: LoadedLead, record: Record) -> bool:
     """A time evaluation (the scheduler's ``time`` record) is for a lead that is still due at
     its time: another scheduler, or an event since, may have evaluated it."""
@@ -293,18 +298,21 @@ class _Batch:
         self.leads = leads
         seen = state.stored_events(self.conn, [r.id for r in records])
         fresh: list[Record] = []
+        taken: dict[str, Record] = {}  # event id → the batch's record that stores it
         for record in records:
             if not _due(leads[record.email], record):
                 self.result.duplicates += 1
                 self.result.duplicate_lines.append(record.line)
                 continue
-            kind, properties = _stored_form(record)
-            digest = state.content_digest(record.email, kind, properties)
             stored = seen.get(record.id)
+            if stored is None and record.id in taken:
+                earlier = taken[record.id]
+                stored = state.Stored(_digest(earlier), earlier.occurred_at or self.now)
             if stored is None:
-                seen[record.id] = state.Stored(digest, record.occurred_at or self.now)
+                # A digest only when an id meets another: most records meet none.
+                taken[record.id] = record
                 fresh.append(record)
-            elif stored.digest == digest and record.occurred_at in (None, stored.at):
+            elif stored.digest == _digest(record) and record.occurred_at in (None, stored.at):
                 self.result.duplicates += 1
                 self.result.duplicate_lines.append(record.line)
             else:

@@ -27,13 +27,13 @@ def _new_rows(
     ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
 ) -> list[dict[str, Any]]:
     """The rows of new leads, first seen at the given times."""
-    start = ruleset.stages[0]
+    start, band = ruleset.stages[0], ruleset.band(0)
     return [
         {
             "email": email,
             "attributes": {},
             "score": 0,
-            "temperature": ruleset.band(0),
+            "temperature": band,
             "stage": start,
             "stage_entered_at": at,
             "tags": [],
@@ -148,11 +148,12 @@ def load_scores(
     first_seen: dict[str, datetime],
 ) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
-    query = select(SCORES).where(SCORES.c.lead_id.in_(list(by_id)))
-    for row in conn.execute(query).mappings():
-        lead = by_id[row["lead_id"]]
-        lead.state.scores[row["component"]] = row["value"]
-        lead.decay[row["component"]] = [row["rose_at"], row["peak"], row["decay_steps"]]
+    columns = ("lead_id", "component", "value", "rose_at", "peak", "decay_steps")
+    query = select(*(SCORES.c[name] for name in columns)).where(SCORES.c.lead_id.in_(list(by_id)))
+    for lead_id, component, value, rose_at, peak, steps in conn.execute(query):
+        lead = by_id[lead_id]
+        lead.state.scores[component] = value
+        lead.decay[component] = [rose_at, peak, steps]
     start = new_lead(ruleset, {}).scores
     for lead in leads.values():
         opening(ruleset, lead, start, first_seen[lead.email])
