@@ -1,11 +1,13 @@
 """Ingest, the stage's entry point: records → rules → effects in SQL, a batch per transaction.
 
-For each batch: create unknown leads, lock the batch's leads (``FOR UPDATE`` on PostgreSQL;
-``BEGIN IMMEDIATE`` already holds SQLite's write lock), drop events already stored (rejecting a
-record whose id was stored with other content), load the state and history the rules need in a
-few set-based queries, evaluate every record in file order in memory, then write events, ledger,
-stage history, firings, intents and lead state in bulk (``executemany``; ``COPY`` for appends
-on PostgreSQL). An event and all its effects commit together; a crash loses at most the
+For each batch: create unknown leads, lock the batch's leads (``FOR UPDATE`` on PostgreSQL),
+drop events already stored (rejecting a record whose id was stored with other content), load the
+state and history the rules need in a few set-based queries, evaluate every record in file order
+in memory, then write events, ledger, stage history, firings, intents and lead state in bulk
+(``executemany``; ``COPY`` for appends on PostgreSQL). SQLite has one write lock for the whole
+database, so there a batch is read and evaluated in a snapshot, its new leads under provisional
+ids, and only written under the lock, which refuses it (to be read again) if one of its leads
+moved meanwhile. An event and all its effects commit together; a crash loses at most the
 uncommitted batch, which a re-run scores again (event ids make it idempotent). A batch that
 fired ``alert: sales`` wakes this process's alerts job once it has committed.
 """
