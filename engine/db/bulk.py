@@ -4,11 +4,12 @@ per-row parameter assembly."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, Connection, CursorResult, Table
+from sqlalchemy import JSON, Connection, CursorResult, DateTime, Table
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -67,6 +68,10 @@ def execute_many(
             getters.append(_constant(process(fixed[name]) if process else fixed[name]))
         elif process is None:
             getters.append(itemgetter(name))
+        elif compiled.binds[name].type._type_affinity is DateTime:
+            # A batch's rows share few times (a record's rows all have its time): format each
+            # once.
+            getters.append(_processed(name, functools.cache(process)))
         else:
             getters.append(_processed(name, process))
     parameters = [tuple([get(row) for get in getters]) for row in rows]
