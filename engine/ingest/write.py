@@ -104,8 +104,8 @@ def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now
                 "b_id": lead.id,
                 "b_version": lead.version,
                 "b_attributes": {k: v for k, v in lead.state.attributes.items() if k != "email"},
-                "b_score": ruleset.lead_score(lead.state.scores),
-                "b_temperature": ruleset.band(ruleset.lead_score(lead.state.scores)),
+                "b_score": score,
+                "b_temperature": ruleset.band(score),
                 "b_stage": lead.state.stage,
                 "b_entered": lead.stage_entered_at,
                 "b_tags": lead.state.tags,
@@ -114,6 +114,7 @@ def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now
                 "b_due": lead.due_at,
             }
             for lead in leads
+            for score in [ruleset.lead_score(lead.state.scores)]
         ],
     )
     if updated.rowcount != len(leads):
