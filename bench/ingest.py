@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,13 @@ from engine.rules.history import MemoryHistory
 
 ROOT = Path(__file__).resolve().parent.parent
 RULESET = ROOT / "rulesets" / "b2b-saas.yaml"
-# Runs a command and writes the peak RSS (KiB) of the largest process of its tree to stderr:
-# a fresh parent per run, as the rusage of waited-for children only ever grows.
+# Runs a command and writes the peak RSS (KiB) of the largest process of its tree and the CPU
+# seconds of the whole tree to stderr: a fresh parent per run, as the rusage of waited-for
+# children only ever grows.
 MEASURE = (
     "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "use = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "print(use.ru_maxrss, use.ru_utime + use.ru_stime, file=sys.stderr); "
     "sys.exit(code)"
 )
 Evaluator = Callable[[CompiledRuleset, LeadState, Event, History], Outcome]
@@ -167,14 +170,17 @@ def baseline(path: Path, limit: int) -> None:
     )
 
 
-def run_ingest(url: str, path: Path, batch: int, workers: int) -> tuple[float, float, str]:
-    """Seconds, peak RSS (MiB; the largest process) and output of `nurture ingest`."""
+def run_ingest(
+    url: str, path: Path, batch: int, workers: int, code: Path = ROOT
+) -> tuple[float, float, float, str]:
+    """Seconds, CPU seconds (all processes), peak RSS (MiB; the largest process) and output of
+    `nurture ingest`, run from the checkout at ``code``."""
     env = {
         **os.environ,
         "NURTURE_DATABASE_URL": url,
         "NURTURE_HOME": str(ROOT),
         "NURTURE_BATCH_SIZE": str(batch),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(code),
     }
     command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "engine.cli", "ingest"]
     command += [str(path)] + (["--workers", str(workers)] if workers > 1 else [])
@@ -183,8 +189,23 @@ def run_ingest(url: str, path: Path, batch: int, workers: int) -> tuple[float, f
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"nurture ingest failed ({done.returncode}): {done.stderr[-2000:]}")
-    rss = int(done.stderr.split()[-1]) / 1024
-    return elapsed, rss, done.stdout.strip()
+    rss, cpu = done.stderr.split()[-2:]
+    return elapsed, float(cpu), int(rss) / 1024, done.stdout.strip()
+
+
+@contextmanager
+def scratch_database(pg_url: str | None, out: Path) -> Iterator[str]:
+    """A fresh SQLite file (``pg_url`` None) or PostgreSQL schema, removed afterwards."""
+    if pg_url is not None:
+        with scratch_schema(pg_url, "bench") as url:
+            yield url
+        return
+    db_file = out / f"bench-{uuid.uuid4().hex[:8]}.db"
+    try:
+        yield f"sqlite:///{db_file}"
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_file}{suffix}").unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -205,6 +226,12 @@ def main() -> None:
         ),
     )
     parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument("--skip-baseline", action="store_true", help="no evaluate() figures")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout (say of main): its `nurture ingest` runs first, back to back",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     leads = args.leads or max(1, args.events // 10)
@@ -213,28 +240,22 @@ def main() -> None:
         records = sum(1 for _ in handle)
     print(f"input: {path.name}: {records} records ({leads} lead profiles + events)")
     print(f"start: {load_average()}")
-    baseline(path, args.baseline_records)
+    if not args.skip_baseline:
+        baseline(path, args.baseline_records)
     workers = [int(n) for n in args.workers.split(",")]
-
-    for count in workers:
-        db_file = args.out / f"bench-{uuid.uuid4().hex[:8]}.db"
-        elapsed, rss, output = run_ingest(f"sqlite:///{db_file}", path, args.batch, count)
-        print(
-            f"nurture ingest --workers {count}, SQLite: {records / elapsed:,.0f} records/s "
-            f"({elapsed:.1f} s), peak RSS {rss:,.0f} MiB  [{output}]  ({load_average()})"
-        )
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db_file}{suffix}").unlink(missing_ok=True)
-
-    if not args.skip_pg:
+    codes = [("before", args.before), ("after", ROOT)] if args.before else [("", ROOT)]
+    databases = [("SQLite", None)] + ([] if args.skip_pg else [("PostgreSQL", args.pg_url)])
+    for name, pg_url in databases:
         for count in workers:
-            with scratch_schema(args.pg_url, "bench") as url:
-                elapsed, rss, output = run_ingest(url, path, args.batch, count)
-            print(
-                f"nurture ingest --workers {count}, PostgreSQL: {records / elapsed:,.0f} "
-                f"records/s ({elapsed:.1f} s), peak RSS {rss:,.0f} MiB  [{output}]  "
-                f"({load_average()})"
-            )
+            for label, code in codes:
+                with scratch_database(pg_url, args.out) as url:
+                    elapsed, cpu, rss, output = run_ingest(url, path, args.batch, count, code)
+                print(
+                    f"nurture ingest --workers {count}, {name}{' ' + label if label else ''}: "
+                    f"{records / elapsed:,.0f} records/s ({elapsed:.1f} s), CPU "
+                    f"{cpu / records * 1e6:,.0f} µs/record, peak RSS {rss:,.0f} MiB  [{output}]  "
+                    f"({load_average()})"
+                )
     print(f"end: {load_average()}")
 
 

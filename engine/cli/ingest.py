@@ -57,7 +57,7 @@ def ingest_command(
             min=1,
             max=64,
             help="Processes scoring the file side by side, each the leads of one slice of it "
-            "(PostgreSQL; SQLite takes one writer at a time).",
+            "(on SQLite they evaluate side by side and take turns to write).",
         ),
     ] = 1,
 ) -> None:

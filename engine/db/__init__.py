@@ -1,7 +1,7 @@
 """The bottom layer: tables (:mod:`.schema`), connections and migrations (:mod:`.connect`), bulk
 writes (:mod:`.bulk`). Imports nothing of ``engine`` above it."""
 
-from engine.db.bulk import append_rows, upsert
+from engine.db.bulk import append_rows, execute_many, upsert
 from engine.db.connect import (
     DatabaseUnavailable,
     alembic_config,
@@ -19,6 +19,7 @@ __all__ = [
     "alembic_config",
     "append_rows",
     "connect",
+    "execute_many",
     "failure",
     "normalise_url",
     "open_database",

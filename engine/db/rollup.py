@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, select
 
-from engine.db.bulk import append_rows, upsert
+from engine.db.bulk import append_rows, execute_many, upsert
 from engine.db.schema import (
     COHORT_DAYS,
     ENTRY_DAYS,
@@ -158,7 +158,8 @@ def _refresh(
     old = [stored[key] for key in sorted(changed)]
     new = [stay for key, stay in fresh.items() if key not in stored or key in changed]
     if changed:
-        conn.execute(
+        execute_many(
+            conn,
             delete(STAYS).where(
                 STAYS.c.lead_id == bindparam("b_lead"), STAYS.c.seq == bindparam("b_seq")
             ),
@@ -241,7 +242,8 @@ def _add(
     if not rows:
         return
     statement = upsert(conn, table)
-    conn.execute(
+    execute_many(
+        conn,
         statement.on_conflict_do_update(
             index_elements=list(keys), set_={"n": table.c.n + statement.excluded.n}
         ),

@@ -1,11 +1,13 @@
 """Ingest, the stage's entry point: records → rules → effects in SQL, a batch per transaction.
 
-For each batch: create unknown leads, lock the batch's leads (``FOR UPDATE`` on PostgreSQL;
-``BEGIN IMMEDIATE`` already holds SQLite's write lock), drop events already stored (rejecting a
-record whose id was stored with other content), load the state and history the rules need in a
-few set-based queries, evaluate every record in file order in memory, then write events, ledger,
-stage history, firings, intents and lead state in bulk (``executemany``; ``COPY`` for appends
-on PostgreSQL). An event and all its effects commit together; a crash loses at most the
+For each batch: create unknown leads, lock the batch's leads (``FOR UPDATE`` on PostgreSQL),
+drop events already stored (rejecting a record whose id was stored with other content), load the
+state and history the rules need in a few set-based queries, evaluate every record in file order
+in memory, then write events, ledger, stage history, firings, intents and lead state in bulk
+(``executemany``; ``COPY`` for appends on PostgreSQL). SQLite has one write lock for the whole
+database, so there a batch is read and evaluated in a snapshot, its new leads under provisional
+ids, and only written under the lock, which refuses it (to be read again) if one of its leads
+moved meanwhile. An event and all its effects commit together; a crash loses at most the
 uncommitted batch, which a re-run scores again (event ids make it idempotent). A batch that
 fired ``alert: sales`` wakes this process's alerts job once it has committed.
 """
@@ -27,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from engine import metrics
 from engine.alerts import wake
 from engine.campaigns.compile import CompiledCampaigns
+from engine.db import reading
 from engine.db.schema import APPLIES
 from engine.ingest import outcome, rescore, state
 from engine.ingest.outcome import LoadedLead, Rows
@@ -134,15 +137,15 @@ def _apply_with_retries(
     started = time.perf_counter()
     for attempt in range(RETRIES):
         try:
-            with _one_writer(db), db.begin() as connection:
-                batch = _Batch(connection, compiled, campaigns, backfill)
-                result = batch.run(records)
+            # The last try holds its leads throughout: a batch always gets through.
+            batch = _attempt(db, compiled, records, campaigns, backfill, attempt < RETRIES - 1)
         except (ConflictError, IntegrityError, OperationalError):
             # Lost a race (another writer stored the same event or lead, or a deadlock /
             # lock timeout): the transaction rolled back, so running the batch again is safe.
             if attempt == RETRIES - 1:
                 raise
             continue
+        result = batch.result
         metrics.INGEST_BATCH.observe(time.perf_counter() - started)
         metrics.events_ingested(result.accepted, result.duplicates, len(result.rejected))
         metrics.rules_fired(row["rule"] for row in batch.rows.firings)
@@ -157,6 +160,39 @@ def _apply_with_retries(
             wake.notify()
         return result
     raise AssertionError("unreachable")
+
+
+def _attempt(
+    db: Engine,
+    compiled: CompiledRuleset,
+    records: list[Record],
+    campaigns: CompiledCampaigns | None,
+    backfill: bool,
+    snapshot: bool,
+) -> _Batch:
+    """One try at a batch. On SQLite (``snapshot``) it is read and evaluated in a snapshot,
+    without the write lock, and only written under it, after checking that its leads did not
+    change meanwhile (ConflictError if they did): processes then evaluate side by side. Where
+    that cannot be (PostgreSQL locks rows instead; leads to replay first; account peers), one
+    transaction holds the batch's leads from reading to writing."""
+    if snapshot and db.dialect.name == "sqlite":
+        with reading(db) as conn, conn.begin():
+            batch = _Batch(conn, compiled, campaigns, backfill)
+            ready = batch.prepare(records)
+        if ready:
+            if batch.leads_to_store():
+                with _one_writer(db), db.begin() as connection:
+                    batch.commit(connection)
+            return batch
+    with _one_writer(db), db.begin() as connection:
+        batch = _Batch(connection, compiled, campaigns, backfill)
+        batch.run(records)
+    return batch
+
+
+def _digest(record: Record) -> str:
+    kind, properties = _stored_form(record)
+    return state.content_digest(record.email, kind, properties)
 
 
 def _due(lead: LoadedLead, record: Record) -> bool:
@@ -191,65 +227,123 @@ class _Batch:
         self.result = IngestResult()
         self.accounts: AccountBook | None = None  # when rules read lead.account.*
         self.rows = Rows()
+        self.leads: dict[str, LoadedLead] = {}
+        self.written: list[LoadedLead] = []  # the leads to write, as evaluated
 
     def run(self, records: list[Record]) -> IngestResult:
-        first_seen: dict[str, datetime] = {}
-        for record in records:
-            at = record.occurred_at or self.now
-            first_seen[record.email] = min(first_seen.get(record.email, at), at)
+        """The batch in one transaction that holds its leads from reading to writing."""
+        first_seen = self._first_seen(records)
         state.create_missing(self.conn, self.ruleset, first_seen, self.now)
         leads = state.lock(self.conn, list(first_seen))
-        stale = [
-            lead.id
-            for lead in leads.values()
-            if not lead.new and lead.ruleset_version not in (None, self.ruleset.version)
-        ]
+        stale = self._stale(leads)
         if stale and self._in_force():
             # Scored under another version than the one in force (an apply is under way, or
             # has not reached them yet): replay them under this one first, so the batch's
             # records are scored once, under the version in force, and the apply skips them.
             rescore.rescore(self.conn, self.compiled, stale, self.now, self.campaigns)
             leads = state.lock(self.conn, list(first_seen))
+        self._evaluate(records, leads, first_seen)
+        self._write()
+        return self.result
+
+    def prepare(self, records: list[Record]) -> bool:
+        """Read and evaluate the batch in a read transaction (a snapshot); leads not stored yet
+        get provisional ids. False when it must hold its leads instead: some are under another
+        version (to replay first), or the rules read account peers (other leads)."""
+        if self.compiled.all_reads & ACCOUNT_FIELDS:
+            return False
+        first_seen = self._first_seen(records)
+        leads = state.lock(self.conn, list(first_seen))
+        if self._stale(leads):
+            return False
+        missing = {email: at for email, at in first_seen.items() if email not in leads}
+        leads.update(state.provisional(self.ruleset, missing, self.now))
+        self._evaluate(records, leads, first_seen)
+        return True
+
+    def commit(self, connection: Connection) -> None:
+        """Write what :meth:`prepare` evaluated, in the write transaction. A lead that changed
+        since the snapshot (every writer of a lead moves its version, which the write checks)
+        or that another writer created meanwhile is a ConflictError: the transaction rolls
+        back and the batch is read and evaluated again."""
+        self.conn = connection
+        new = [lead for lead in self.leads.values() if lead.id < 0]
+        ids = state.create_provisional(connection, self.ruleset, new, self.now)
+        if ids is None:
+            raise ConflictError("a lead was created since the batch read it")
+        outcome.renumber(self.rows, new, ids)
+        self._write()
+
+    def leads_to_store(self) -> bool:
+        """Whether :meth:`prepare` left anything to write (a file read again has nothing)."""
+        return bool(self.written) or any(lead.id < 0 for lead in self.leads.values())
+
+    def _first_seen(self, records: list[Record]) -> dict[str, datetime]:
+        first_seen: dict[str, datetime] = {}
+        for record in records:
+            at = record.occurred_at or self.now
+            first_seen[record.email] = min(first_seen.get(record.email, at), at)
+        return first_seen
+
+    def _stale(self, leads: dict[str, LoadedLead]) -> list[int]:
+        return [
+            lead.id
+            for lead in leads.values()
+            if not lead.new and lead.ruleset_version not in (None, self.ruleset.version)
+        ]
+
+    def _evaluate(
+        self, records: list[Record], leads: dict[str, LoadedLead], first_seen: dict[str, datetime]
+    ) -> None:
+        """Drop the records already stored, score the others in order, and gather the rows of
+        the leads to write (:attr:`written`)."""
+        self.leads = leads
         seen = state.stored_events(self.conn, [r.id for r in records])
         fresh: list[Record] = []
+        taken: dict[str, Record] = {}  # event id → the batch's record that stores it
         for record in records:
             if not _due(leads[record.email], record):
                 self.result.duplicates += 1
                 self.result.duplicate_lines.append(record.line)
                 continue
-            kind, properties = _stored_form(record)
-            digest = state.content_digest(record.email, kind, properties)
             stored = seen.get(record.id)
+            if stored is None and record.id in taken:
+                earlier = taken[record.id]
+                stored = state.Stored(_digest(earlier), earlier.occurred_at or self.now)
             if stored is None:
-                seen[record.id] = state.Stored(digest, record.occurred_at or self.now)
+                # A digest only when an id meets another: most records meet none.
+                taken[record.id] = record
                 fresh.append(record)
-            elif stored.digest == digest and record.occurred_at in (None, stored.at):
+            elif stored.digest == _digest(record) and record.occurred_at in (None, stored.at):
                 self.result.duplicates += 1
                 self.result.duplicate_lines.append(record.line)
             else:
                 self.result.rejected.append(Rejection(record.line, REUSED_ID))
-        if fresh:
-            state.load_scores(self.conn, self.ruleset, leads, first_seen)
-            state.load_history(self.conn, self.compiled, leads, fresh, self.now)
-            state.prime_models(self.ruleset, leads, fresh)
-            if self.campaigns is not None:
-                state.load_enrollments(self.conn, leads)
-            if self.compiled.all_reads & ACCOUNT_FIELDS:
-                self.accounts = state.load_accounts(self.conn, self.ruleset, leads, fresh)
-            scorer = Scorer(self.compiled, self.rows, self.now, self.campaigns, self.accounts)
-            touched = set()
-            for record in fresh:
-                if self._score(scorer, leads[record.email], record):
-                    touched.add(record.email)
-            # New leads are written even when all their records were rejected: they exist now.
-            written = [lead for lead in leads.values() if lead.new or lead.email in touched]
-            for lead in written:
-                if lead.evaluated_at is not None:
-                    lead.due_at = next_change(self.compiled, lead.history, lead.evaluated_at)
-            self.rows.stages[:0] = outcome.new_lead_stages(written, self.ruleset.stages[0])
-            self.rows.ledger[:0] = [row for lead in written for row in lead.opening]
-            write(self.conn, self.ruleset, self.rows, written, self.now)
-        return self.result
+        if not fresh:
+            return
+        state.load_scores(self.conn, self.ruleset, leads, first_seen)
+        state.load_history(self.conn, self.compiled, leads, fresh, self.now)
+        state.prime_models(self.ruleset, leads, fresh)
+        if self.campaigns is not None:
+            state.load_enrollments(self.conn, leads)
+        if self.compiled.all_reads & ACCOUNT_FIELDS:
+            self.accounts = state.load_accounts(self.conn, self.ruleset, leads, fresh)
+        scorer = Scorer(self.compiled, self.rows, self.now, self.campaigns, self.accounts)
+        touched = set()
+        for record in fresh:
+            if self._score(scorer, leads[record.email], record):
+                touched.add(record.email)
+        # New leads are written even when all their records were rejected: they exist now.
+        self.written = [lead for lead in leads.values() if lead.new or lead.email in touched]
+        for lead in self.written:
+            if lead.evaluated_at is not None:
+                lead.due_at = next_change(self.compiled, lead.history, lead.evaluated_at)
+        self.rows.stages[:0] = outcome.new_lead_stages(self.written, self.ruleset.stages[0])
+        self.rows.ledger[:0] = [row for lead in self.written for row in lead.opening]
+
+    def _write(self) -> None:
+        if self.written:
+            write(self.conn, self.ruleset, self.rows, self.written, self.now)
 
     def _in_force(self) -> bool:
         """This process scores with the version in force. Just after an apply it may not yet

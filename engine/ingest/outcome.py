@@ -181,3 +181,17 @@ def new_lead_stages(leads: list[LoadedLead], first_stage: str) -> list[Row]:
         for lead in leads
         if lead.new
     ]
+
+
+def renumber(rows: Rows, leads: list[LoadedLead], ids: dict[int, int]) -> None:
+    """Give leads evaluated under provisional ids (``ids``: provisional → stored) their stored
+    ids, in the leads and in every row of theirs."""
+    if not ids:
+        return
+    for lead in leads:
+        lead.id = ids[lead.id]
+    for table in (rows.events, rows.ledger, rows.stages, rows.firings, rows.actions, rows.enroll):
+        for row in table:
+            row["lead_id"] = ids.get(row["lead_id"], row["lead_id"])
+    for row in rows.exit:
+        row["b_lead"] = ids.get(row["b_lead"], row["b_lead"])

@@ -11,8 +11,8 @@ batch path (:func:`engine.ingest.batch.ingest`), so every guarantee of a batch h
 answers are merged into one :class:`IngestResult`.
 
 On PostgreSQL the slices lock disjoint leads and run side by side. SQLite admits one writer at a
-time and a batch holds the write lock while it evaluates, so there the workers take turns; only
-their parsing overlaps.
+time, but a batch there reads and evaluates in a snapshot and takes the write lock only to write
+(see :func:`engine.ingest.batch._attempt`), so one worker evaluates while another writes.
 """
 
 from __future__ import annotations

@@ -117,12 +117,12 @@ def _attributes(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     return attributes
 
 
-def _storable(raw: Mapping[str, Any]) -> None:
+def _storable(raw: Mapping[str, Any], deep: bool = True) -> None:
     """Refuse what would pass here and fail in the database or in what reads it: nesting deeper
     than :data:`jsontext.MAX_DEPTH`; JSON's escapes can spell lone surrogates (not UTF-8) and NUL
     (PostgreSQL stores no NUL in text), and Python's JSON reads NaN and Infinity, which standard
     JSON columns refuse."""
-    for key, value in raw.items():
+    for key, value in raw.items() if deep else ():
         if isinstance(value, dict | list) and jsontext.too_deep(value, jsontext.MAX_DEPTH - 1):
             raise InvalidRecord(f"{key}: nested deeper than {jsontext.MAX_DEPTH} levels")
     try:
@@ -148,11 +148,13 @@ def _client_id(value: object) -> str | None:
     return str(value)
 
 
-def record(line: int, raw: object) -> Record:
-    """One decoded object → a record, or InvalidRecord naming the field."""
+def record(line: int, raw: object, openings: int | None = None) -> Record:
+    """One decoded object → a record, or InvalidRecord naming the field. ``openings``: how many
+    ``{`` and ``[`` the JSON text it was decoded from holds, when there is one."""
     if not isinstance(raw, dict):
         raise InvalidRecord("a record must be a JSON object")
-    _storable(raw)
+    # Nothing nests deeper than the text opens objects and lists: few openings, no walk.
+    _storable(raw, deep=openings is None or openings > jsontext.MAX_DEPTH)
     email = normalise_email(raw.get("email"))
     if raw.get("type") in (None, ""):
         body = {k: v for k, v in raw.items() if k not in ("id", "email", "occurred_at")}
@@ -215,7 +217,7 @@ def parse_jsonl(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
             yield Rejection(number, "not valid UTF-8 text")
             continue
         try:
-            yield record(number, jsontext.loads(text))
+            yield record(number, jsontext.loads(text), text.count("{") + text.count("["))
         except jsontext.JsonError as error:
             yield Rejection(number, f"not valid JSON: {error}")
         except InvalidRecord as error:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from engine.db import upsert
+from engine.db import execute_many, upsert
 from engine.db.schema import ENROLLMENTS, EVENTS, FIRINGS, LEADS, SCORES
 from engine.ingest.outcome import LoadedLead
 from engine.ingest.parse import Record
@@ -23,16 +23,17 @@ from engine.rules.evaluate import LeadState, new_lead, prime
 from engine.rules.spec import DaysSince, Ruleset, Sum
 
 
-def create_missing(
-    conn: Connection, ruleset: Ruleset, first_seen: dict[str, datetime], now: datetime
-) -> None:
-    start = ruleset.stages[0]
-    rows = [
+def _new_rows(
+    ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
+) -> list[dict[str, Any]]:
+    """The rows of new leads, first seen at the given times."""
+    start, band = ruleset.stages[0], ruleset.band(0)
+    return [
         {
             "email": email,
             "attributes": {},
             "score": 0,
-            "temperature": ruleset.band(0),
+            "temperature": band,
             "stage": start,
             "stage_entered_at": at,
             "tags": [],
@@ -45,34 +46,71 @@ def create_missing(
         # Sorted: concurrent writers then take unique-index locks in one order.
         for email, at in sorted(first_seen.items())
     ]
-    conn.execute(upsert(conn, LEADS).on_conflict_do_nothing(index_elements=["email"]), rows)
+
+
+def create_missing(
+    conn: Connection, ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
+) -> int:
+    """Create the leads not stored yet; how many were created."""
+    statement = upsert(conn, LEADS).on_conflict_do_nothing(index_elements=["email"])
+    return execute_many(conn, statement, _new_rows(ruleset, first_seen, now)).rowcount
+
+
+def _loaded(row: Mapping[Any, Any]) -> LoadedLead:
+    attributes = dict(row["attributes"])
+    attributes["email"] = row["email"]
+    if row["version"] == 0:
+        attributes.setdefault("domain", row["email"].rsplit("@", 1)[1])
+    state = LeadState(attributes, {}, row["stage"], list(row["tags"]))
+    return LoadedLead(
+        row["id"],
+        row["email"],
+        row["version"],
+        state,
+        row["subscribed"],
+        row["stage_entered_at"],
+        {},
+        new=row["version"] == 0,
+        created_at=row["stage_entered_at"],
+        due_at=row["time_due_at"],
+        ruleset_version=row["ruleset_version"],
+    )
 
 
 def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
+    """The leads of ``emails``, locked until the transaction ends (PostgreSQL; SQLite's write
+    lock is the transaction's), or only read in a snapshot (SQLite's read transactions)."""
     query = select(LEADS).where(LEADS.c.email.in_(emails)).order_by(LEADS.c.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
-    leads = {}
-    for row in conn.execute(query).mappings():
-        attributes = dict(row["attributes"])
-        attributes["email"] = row["email"]
-        if row["version"] == 0:
-            attributes.setdefault("domain", row["email"].rsplit("@", 1)[1])
-        state = LeadState(attributes, {}, row["stage"], list(row["tags"]))
-        leads[row["email"]] = LoadedLead(
-            row["id"],
-            row["email"],
-            row["version"],
-            state,
-            row["subscribed"],
-            row["stage_entered_at"],
-            {},
-            new=row["version"] == 0,
-            created_at=row["stage_entered_at"],
-            due_at=row["time_due_at"],
-            ruleset_version=row["ruleset_version"],
-        )
-    return leads
+    return {row["email"]: _loaded(row) for row in conn.execute(query).mappings()}
+
+
+def provisional(
+    ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
+) -> dict[str, LoadedLead]:
+    """Leads a snapshot does not have, as :func:`create_missing` would create them, with ids
+    below 0 until :func:`create_provisional` stores them."""
+    rows = _new_rows(ruleset, first_seen, now)
+    return {
+        row["email"]: _loaded({**row, "id": -n, "time_due_at": None})
+        for n, row in enumerate(rows, start=1)
+    }
+
+
+def create_provisional(
+    conn: Connection, ruleset: Ruleset, leads: Collection[LoadedLead], now: datetime
+) -> dict[int, int] | None:
+    """Store the provisional leads (in the write transaction): provisional id → stored id, or
+    None when another writer created one of them since the snapshot."""
+    first_seen = {lead.email: lead.created_at for lead in leads}
+    if not first_seen:
+        return {}
+    if create_missing(conn, ruleset, first_seen, now) != len(first_seen):
+        return None
+    query = select(LEADS.c.email, LEADS.c.id).where(LEADS.c.email.in_(list(first_seen)))
+    stored = {email: id_ for email, id_ in conn.execute(query)}
+    return {lead.id: stored[lead.email] for lead in leads}
 
 
 @dataclass(frozen=True)
@@ -110,11 +148,12 @@ def load_scores(
     first_seen: dict[str, datetime],
 ) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
-    query = select(SCORES).where(SCORES.c.lead_id.in_(list(by_id)))
-    for row in conn.execute(query).mappings():
-        lead = by_id[row["lead_id"]]
-        lead.state.scores[row["component"]] = row["value"]
-        lead.decay[row["component"]] = [row["rose_at"], row["peak"], row["decay_steps"]]
+    columns = ("lead_id", "component", "value", "rose_at", "peak", "decay_steps")
+    query = select(*(SCORES.c[name] for name in columns)).where(SCORES.c.lead_id.in_(list(by_id)))
+    for lead_id, component, value, rose_at, peak, steps in conn.execute(query):
+        lead = by_id[lead_id]
+        lead.state.scores[component] = value
+        lead.decay[component] = [rose_at, peak, steps]
     start = new_lead(ruleset, {}).scores
     for lead in leads.values():
         opening(ruleset, lead, start, first_seen[lead.email])

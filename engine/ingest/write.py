@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, update
 
-from engine.db import append_rows, upsert
+from engine.db import append_rows, execute_many, upsert
 from engine.db.rollup import record_moves
 from engine.db.schema import (
     ACTIONS,
@@ -52,14 +52,16 @@ def write(
 def enroll_and_exit(conn: Connection, rows: Rows) -> None:
     """Enrollments that start (a lead is enrolled in a campaign once) and that end."""
     if rows.enroll:
-        conn.execute(
+        execute_many(
+            conn,
             upsert(conn, ENROLLMENTS).on_conflict_do_nothing(
                 index_elements=["lead_id", "campaign"]
             ),
             rows.enroll,
         )
     if rows.exit:
-        conn.execute(
+        execute_many(
+            conn,
             update(ENROLLMENTS)
             .where(
                 ENROLLMENTS.c.lead_id == bindparam("b_lead"),
@@ -79,7 +81,8 @@ def enroll_and_exit(conn: Connection, rows: Rows) -> None:
 def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now: datetime) -> None:
     """The leads' rows, components and named scores as scored (by ingest or a rescore); a lead
     whose row version moved meanwhile is a ConflictError."""
-    updated = conn.execute(
+    updated = execute_many(
+        conn,
         update(LEADS)
         .where(LEADS.c.id == bindparam("b_id"), LEADS.c.version == bindparam("b_version"))
         .values(
@@ -101,8 +104,8 @@ def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now
                 "b_id": lead.id,
                 "b_version": lead.version,
                 "b_attributes": {k: v for k, v in lead.state.attributes.items() if k != "email"},
-                "b_score": ruleset.lead_score(lead.state.scores),
-                "b_temperature": ruleset.band(ruleset.lead_score(lead.state.scores)),
+                "b_score": score,
+                "b_temperature": ruleset.band(score),
                 "b_stage": lead.state.stage,
                 "b_entered": lead.stage_entered_at,
                 "b_tags": lead.state.tags,
@@ -111,13 +114,15 @@ def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now
                 "b_due": lead.due_at,
             }
             for lead in leads
+            for score in [ruleset.lead_score(lead.state.scores)]
         ],
     )
     if updated.rowcount != len(leads):
         raise ConflictError("a lead changed during the batch")
     # One upsert for every component row: new leads and new components insert, others update.
     statement = upsert(conn, SCORES)
-    conn.execute(
+    execute_many(
+        conn,
         statement.on_conflict_do_update(
             index_elements=["lead_id", "component"],
             set_={
@@ -156,7 +161,8 @@ def _write_named_scores(conn: Connection, ruleset: Ruleset, leads: list[LoadedLe
             for name, total in totals.items()
         ]
     statement = upsert(conn, NAMED_SCORES)
-    conn.execute(
+    execute_many(
+        conn,
         statement.on_conflict_do_update(
             index_elements=["lead_id", "name"],
             set_={"total": statement.excluded.total, "band": statement.excluded.band},
