@@ -721,8 +721,12 @@ class CompiledRuleset:
         def member(key: str) -> str | None:
             return f'"{key}": ' if key in self.read else None
 
-        counted = [key for key, _ in self.enc.counts] + [key for key, _ in self.enc.limits]
-        self._tallied = [member(key) for key in counted]
+        # A limited rule's firings are sent only while under its limit: a missing key fails the
+        # limit's `$lt` test as a full count does, and each key costs the engine a hash probe at
+        # every node a fact reaches (see `_plans`). None: no bound (a count).
+        counted: list[tuple[str, int | None]] = [(key, None) for key, _ in self.enc.counts]
+        counted += [(key, rule.limit.times if rule.limit else None) for key, rule in self.enc.limits]
+        self._tallied = [(member(key), bound) for key, bound in counted]
         self._aggregated = [(member(key), member(has)) for key, has, _ in self.enc.aggregates]
         # (path, type, value) → the JSON members of a field's fact keys (see `text`); the
         # history's items → its members (see `history_text`).
@@ -824,8 +828,8 @@ class CompiledRuleset:
         if text is None:
             # The members straight from the values (counts are ints, as JSON writes them).
             counted, parts = len(self._tallied), []
-            for name, value in zip(self._tallied, values, strict=False):
-                if name:
+            for (name, bound), value in zip(self._tallied, values, strict=False):
+                if name and (bound is None or value < bound):
                     parts.append(f"{name}{value}, ")
             for (name, present), value in zip(self._aggregated, values[counted:], strict=True):
                 if present:

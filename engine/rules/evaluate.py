@@ -107,18 +107,18 @@ def state_fields(ruleset: spec.Ruleset, state: LeadState, event_type: str) -> di
     """The ``lead.*`` view rules read, temperature (and named scores' bands) derived from the
     scores at once."""
     fields: dict[str, Any] = dict(state.attributes)
-    score = ruleset.lead_score(state.scores)
-    fields.update(
-        score=score,
-        scores=state.scores,
-        temperature=ruleset.band(score),
-        stage=state.stage,
-        tags=state.tags,
-    )
+    scores = state.scores
+    score = fields["score"] = ruleset.lead_score(scores)
+    fields["temperature"] = ruleset.band(score)
+    fields["stage"] = state.stage
+    fields["tags"] = state.tags
     if ruleset.scores:
         # Component and named-score names share `lead.scores.<name>`.
-        totals = ruleset.totals(state.scores)
-        fields.update(scores={**state.scores, **totals}, bands=ruleset.named_bands(totals))
+        totals = ruleset.totals(scores)
+        fields["scores"] = {**scores, **totals}
+        fields["bands"] = ruleset.named_bands(totals)
+    else:
+        fields["scores"] = scores
     if state.account is not None:
         fields.update(state.account.view(ruleset.account_aggregate, score))
     fields["event.type"] = event_type
@@ -253,13 +253,13 @@ def add_points(
     actually applied and the total after it of the score the component counts toward (its named
     score, else the lead score). Returns the state tokens that changed."""
     state, component = outcome.state, ruleset.components[name]
-    before_total = ruleset.total_of(name, state.scores)
     value = state.scores[name]
     after = min(max(value + points, component.min), component.max)
     if after == value:
         return set()
+    before_total = ruleset.total_of(name, state.scores)
     state.scores[name] = after
-    total = ruleset.total_of(name, state.scores)
+    total = before_total + (after - value)  # a total is a sum of its components
     outcome.score_changes.append(ScoreChange(source, name, after - value, total))
     named = ruleset.claimed.get(name)
     if named is not None:

@@ -295,15 +295,16 @@ class Ruleset:
 
     def totals(self, scores: Mapping[str, int]) -> dict[str, int]:
         """Each named score's total."""
-        return {s.name: sum(scores.get(c, 0) for c in s.components) for s in self.scores}
+        # List sums, not generators: totals are worked out every evaluation round.
+        return {s.name: sum([scores.get(c, 0) for c in s.components]) for s in self.scores}
 
     def named_bands(self, totals: Mapping[str, int]) -> dict[str, str]:
         """Each named score's band, from :meth:`totals`."""
-        return {s.name: s.band(totals[s.name]) for s in self.scores}
+        return {s.name: _band(s.ranked_bands, totals[s.name]) for s in self.scores}
 
     def total_of(self, component: str, scores: Mapping[str, int]) -> int:
         """The total ``component`` counts toward: its named score's, else the lead score."""
         named = self.claimed.get(component)
         if named is None:
             return self.lead_score(scores)
-        return sum(scores.get(c, 0) for c in named.components)
+        return sum([scores.get(c, 0) for c in named.components])
