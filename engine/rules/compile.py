@@ -37,6 +37,7 @@ import durable_rules_engine as c_engine
 from engine.errors import NurtureError
 from engine.rules import patterns, spec
 from engine.rules.history import Place, Tallies
+from engine.rules.history import window_start as window_start  # its users import it from here
 
 # durable-rules refuses facts with more than ~253 properties (error 302).
 MAX_FACT_FIELDS = 240
@@ -79,9 +80,13 @@ class History(Protocol):
         """The latest (``first``: the first) time of an event of ``type`` at or before ``end``."""
         ...
 
-    def tally(self, tallies: Tallies, starts: Sequence[datetime], end: datetime) -> list[int]:
+    def tally(self, tallies: Tallies, windows: Sequence[timedelta], end: datetime) -> list[int]:
         """:meth:`count_events` and :meth:`count_firings` for every count of ``tallies``, each
-        from ``starts[window]`` (None: ever) to ``end``, in their places."""
+        from ``end - windows[window]`` (window None: ever) to ``end``, in their places."""
+        ...
+
+    def has_events(self, type: str) -> bool:
+        """Whether the lead has an event of ``type`` (at any time)."""
         ...
 
 
@@ -132,15 +137,18 @@ def as_number(value: Any) -> int | float | None:
     return None
 
 
-def window_start(at: datetime, span: timedelta) -> datetime:
-    """``at - span``, or the earliest time there is when that would be before year 1."""
-    try:
-        return at - span
-    except OverflowError:
-        return datetime.min.replace(tzinfo=at.tzinfo)
-
-
 Getter = Callable[[Mapping[str, Any], Mapping[str, Any]], Any]
+
+
+def _field(path: str) -> str | None:
+    """The key of the ``lead.*`` view (see ``evaluate.state_fields``) a rule path reads, when
+    reading it is one lookup there (not a named score or band, nor an event property)."""
+    if path == "event.type":
+        return path
+    parts = path.split(".")
+    if parts[0] != "lead" or (parts[1] in ("scores", "bands") and len(parts) == 3):
+        return None
+    return path.removeprefix("lead.") if parts[1] == "account" and len(parts) == 3 else parts[1]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -148,14 +156,12 @@ def getter(path: str) -> Getter:
     """Reads the value at a rule path from (``lead.*`` view, event properties); a path is
     parsed once, not per fact."""
     parts = path.split(".")
-    if parts[0] == "lead":
-        if parts[1] in ("scores", "bands") and len(parts) == 3:
-            table, name = parts[1], parts[2]
-            return lambda fields, _: fields.get(table, {}).get(name)
-        key = path.removeprefix("lead.") if parts[1] == "account" and len(parts) == 3 else parts[1]
-        return lambda fields, _: fields.get(key)
-    if path == "event.type":
-        return lambda fields, _: fields["event.type"]
+    field = _field(path)
+    if field is not None:
+        return lambda fields, _: fields.get(field)
+    if parts[0] == "lead":  # a named score or band
+        table, name = parts[1], parts[2]
+        return lambda fields, _: fields.get(table, {}).get(name)
     key, steps = ".".join(parts[2:]), parts[2:]
 
     def from_event(_: Mapping[str, Any], properties: Mapping[str, Any]) -> Any:
@@ -291,6 +297,9 @@ class _Plan:
     number: str | None
     number_present: str | None
     features: tuple[tuple[str, Callable[[Any], bool]], ...]
+    # The key of the ``lead.*`` view the value sits under when ``get`` only looks it up there:
+    # read without a call, as facts are built many times a record.
+    field: str | None = None
 
 
 def _plans(enc: _Encoder, read: frozenset[str] | None = None) -> list[_Plan]:
@@ -312,6 +321,7 @@ def _plans(enc: _Encoder, read: frozenset[str] | None = None) -> list[_Plan]:
             only(enc.numbers.get(path)),
             only(enc.number_present.get(path)),
             tuple((key, check) for key, p, check in enc.features if p == path and only(key)),
+            _field(path),
         )
         for path in paths
     ]
@@ -725,9 +735,16 @@ class CompiledRuleset:
         # limit's `$lt` test as a full count does, and each key costs the engine a hash probe at
         # every node a fact reaches (see `_plans`). None: no bound (a count).
         counted: list[tuple[str, int | None]] = [(key, None) for key, _ in self.enc.counts]
-        counted += [(key, rule.limit.times if rule.limit else None) for key, rule in self.enc.limits]
+        counted += [
+            (key, rule.limit.times if rule.limit else None) for key, rule in self.enc.limits
+        ]
         self._tallied = [(member(key), bound) for key, bound in counted]
         self._aggregated = [(member(key), member(has)) for key, has, _ in self.enc.aggregates]
+        # Each aggregate's value for a lead with no event of its type: a sum of nothing, no day.
+        self._aggregate_empty = [
+            (aggregate, 0 if isinstance(aggregate, spec.Sum) else None)
+            for aggregate in self.aggregates
+        ]
         # (path, type, value) → the JSON members of a field's fact keys (see `text`); the
         # history's items → its members (see `history_text`).
         self._texts: dict[tuple[Any, ...], str] = {}
@@ -757,7 +774,8 @@ class CompiledRuleset:
         are serialised once and remembered: most leads share titles, countries, stages."""
         memo, parts = self._texts, []
         for plan in plans:
-            raw = plan.get(fields, properties)
+            field = plan.field
+            raw = fields.get(field) if field is not None else plan.get(fields, properties)
             try:
                 # The type is part of the key: True == 1 == 1.0, but they encode differently.
                 key = (plan.path, type(raw), raw)
@@ -818,9 +836,13 @@ class CompiledRuleset:
     def history_text(self, history: History, at: datetime) -> str:
         """:meth:`history_fields` as JSON members (see :meth:`text`), the counts asked in one
         :meth:`History.tally`."""
-        starts = [window_start(at, window) for window in self._windows]
-        found = history.tally(self._tallies, starts, at)
-        found.extend(aggregate_value(aggregate, history, at) for aggregate in self.aggregates)
+        found: list[Any] = history.tally(self._tallies, self._windows, at)
+        has_events = history.has_events
+        for aggregate, empty in self._aggregate_empty:
+            # Most leads have no event of an aggregate's type: its value is then known.
+            found.append(
+                aggregate_value(aggregate, history, at) if has_events(aggregate.type) else empty
+            )
         values = tuple(found)
         # Most leads' counts are alike (mostly 0). Each place holds one type of value (a count,
         # a normalised number, None), so the values make a sound key.

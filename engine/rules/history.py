@@ -8,7 +8,7 @@ from bisect import bisect_right, insort
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 # Where `tally` puts a count: (its place among the counts, the index of its window's start; None:
 # ever).
@@ -59,18 +59,27 @@ class MemoryHistory:
             return len(times)
         return _between(times, start, end)
 
-    def tally(self, tallies: Tallies, starts: Sequence[datetime], end: datetime) -> list[int]:
+    def tally(self, tallies: Tallies, windows: Sequence[timedelta], end: datetime) -> list[int]:
         """:meth:`count_events` and :meth:`count_firings` of every count of ``tallies`` at once,
-        a windowed one from ``starts[window]``: the evaluator asks a dozen per record, and most
-        find nothing, so the lead's few event types and fired rules are walked, not the counts."""
+        a windowed one from ``window_start(end, windows[window])``: the evaluator asks a dozen
+        per record, and most find nothing, so the lead's few event types and fired rules are
+        walked, not the counts (and only the windows they use are worked out)."""
         found = [0] * tallies.size
+        starts: dict[int, datetime] = {}
         for table, places in ((self.events, tallies.events), (self.firings, tallies.firings)):
             for key, times in table.items():
                 for place, window in places.get(key, ()):
-                    found[place] = (
-                        len(times) if window is None else _between(times, starts[window], end)
-                    )
+                    if window is None:
+                        found[place] = len(times)
+                        continue
+                    start = starts.get(window)
+                    if start is None:
+                        start = starts[window] = window_start(end, windows[window])
+                    found[place] = _between(times, start, end)
         return found
+
+    def has_events(self, type: str) -> bool:
+        return bool(self.events.get(type))
 
     def sum_values(self, type: str, key: str, start: datetime | None, end: datetime) -> float:
         values = self.amounts.get((type, key))
@@ -99,6 +108,14 @@ class MemoryHistory:
     def amount_times_after(self, type: str, key: str, start: datetime) -> list[datetime]:
         """Times of the values a ``sum`` of ``key`` over ``type`` adds up, after ``start``."""
         return [at for at, _ in self.amounts.get((type, key), []) if at > start]
+
+
+def window_start(at: datetime, span: timedelta) -> datetime:
+    """``at - span``, or the earliest time there is when that would be before year 1."""
+    try:
+        return at - span
+    except OverflowError:
+        return datetime.min.replace(tzinfo=at.tzinfo)
 
 
 def _between(times: list[datetime], start: datetime, end: datetime) -> int:
