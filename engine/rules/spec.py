@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache, cached_property
+from operator import itemgetter
 from typing import Any, Literal, Protocol
 
 from engine.rules.account import Aggregate as AccountAggregate
@@ -197,6 +198,11 @@ class NamedScore:
         return _band(self.ranked_bands, total)
 
     @cached_property
+    def total(self) -> Callable[[Mapping[str, int]], int]:
+        """The score's total in a table of component scores."""
+        return adder(self.components)
+
+    @cached_property
     def ranked_bands(self) -> tuple[list[tuple[str, int]], str]:
         """The bands as :func:`band_of` searches them, worked out once: scores are banded
         several times per evaluation."""
@@ -207,6 +213,23 @@ def band_of(bands: tuple[tuple[str, int], ...], total: int) -> str:
     """The band of ``total`` among ``bands`` (lower bounds inclusive; below them all, the
     lowest band)."""
     return _band(_ranked(bands), total)
+
+
+def adder(names: Sequence[str]) -> Callable[[Mapping[str, int]], int]:
+    """Adds up the scores of ``names`` in a table of component scores (a missing one counts 0):
+    totals are worked out several times an evaluation round, so by one ``itemgetter``."""
+    if not names:
+        return lambda _: 0
+    get, single = itemgetter(*names), len(names) == 1
+
+    def total(scores: Mapping[str, int]) -> int:
+        try:
+            found = get(scores)
+        except KeyError:  # a lead stored before a component was added
+            return sum([scores.get(name, 0) for name in names])
+        return found if single else sum(found)
+
+    return total
 
 
 def _band(ranked: tuple[list[tuple[str, int]], str], total: int) -> str:
@@ -287,16 +310,19 @@ class Ruleset:
     def lead_components(self) -> tuple[str, ...]:
         return tuple(name for name in self.components if name not in self.claimed)
 
+    @cached_property
+    def _lead_total(self) -> Callable[[Mapping[str, int]], int]:
+        return adder(self.lead_components)
+
     def lead_score(self, scores: Mapping[str, int]) -> int:
         """The lead score: the sum of the components no named score claims."""
         if not self.scores:
             return sum(scores.values())
-        return sum([scores.get(name, 0) for name in self.lead_components])
+        return self._lead_total(scores)
 
     def totals(self, scores: Mapping[str, int]) -> dict[str, int]:
         """Each named score's total."""
-        # List sums, not generators: totals are worked out every evaluation round.
-        return {s.name: sum([scores.get(c, 0) for c in s.components]) for s in self.scores}
+        return {s.name: s.total(scores) for s in self.scores}
 
     def named_bands(self, totals: Mapping[str, int]) -> dict[str, str]:
         """Each named score's band, from :meth:`totals`."""
@@ -307,4 +333,4 @@ class Ruleset:
         named = self.claimed.get(component)
         if named is None:
             return self.lead_score(scores)
-        return sum([scores.get(c, 0) for c in named.components])
+        return named.total(scores)
