@@ -299,7 +299,10 @@ class _Plan:
     features: tuple[tuple[str, Callable[[Any], bool]], ...]
     # The key of the ``lead.*`` view the value sits under when ``get`` only looks it up there:
     # read without a call, as facts are built many times a record.
-    field: str | None = None
+    view_key: str | None = None
+    # A string value → its members (see CompiledRuleset.text): a string equals no value of
+    # another type, so the value alone is the key.
+    strings: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 def _plans(enc: _Encoder, read: frozenset[str] | None = None) -> list[_Plan]:
@@ -358,6 +361,21 @@ def _encode_value(plan: _Plan, raw: Any, fact: dict[str, Any]) -> None:
             fact[plan.number] = number
     for key, check in plan.features:
         fact[key] = check(raw)
+
+
+def _members(plan: _Plan, raw: Any, memo: dict[Any, str], key: Any) -> str:
+    """The fact keys of ``plan`` for the value ``raw`` as JSON members (see
+    ``CompiledRuleset.text``), remembered in ``memo`` under ``key`` (None: not remembered)."""
+    values: dict[str, Any] = {}
+    timeouts = patterns.timeouts
+    _encode_value(plan, raw, values)
+    part = _to_json(values)[1:-1] + ", " if values else ""
+    # A search that timed out counts as no match, and as a timeout each time.
+    if key is not None and patterns.timeouts == timeouts:
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[key] = part
+    return part
 
 
 def _either(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -772,28 +790,25 @@ class CompiledRuleset:
         """The fact keys of ``plans`` as JSON members, each followed by ", " (see
         :meth:`match_text`). A plan's members depend on its field's value alone, so each value's
         are serialised once and remembered: most leads share titles, countries, stages."""
-        memo, parts = self._texts, []
+        memo, text = self._texts, ""
         for plan in plans:
-            field = plan.field
-            raw = fields.get(field) if field is not None else plan.get(fields, properties)
-            try:
-                # The type is part of the key: True == 1 == 1.0, but they encode differently.
-                key = (plan.path, type(raw), raw)
-                part = memo.get(key)
-            except TypeError:  # a list or dict: not hashable, encode it every time
-                key, part = None, None
-            if part is None:
-                values: dict[str, Any] = {}
-                timeouts = patterns.timeouts
-                _encode_value(plan, raw, values)
-                part = _to_json(values)[1:-1] + ", " if values else ""
-                # A search that timed out counts as no match, and as a timeout each time.
-                if key is not None and patterns.timeouts == timeouts:
-                    if len(memo) >= MEMO_SIZE:
-                        memo.clear()
-                    memo[key] = part
-            parts.append(part)
-        return "".join(parts)
+            view_key = plan.view_key
+            raw = fields.get(view_key) if view_key is not None else plan.get(fields, properties)
+            if type(raw) is str:
+                part = plan.strings.get(raw)
+                if part is None:
+                    part = _members(plan, raw, plan.strings, raw)
+            else:
+                try:
+                    # The type is part of the key: True == 1 == 1.0, but they encode differently.
+                    key = (plan.path, type(raw), raw)
+                    part = memo.get(key)
+                except TypeError:  # a list or dict: not hashable, encode it every time
+                    key, part = None, None
+                if part is None:
+                    part = _members(plan, raw, memo, key)
+            text += part
+        return text
 
     def history_values(self, history: History, at: datetime) -> tuple[Any, ...]:
         """The counts, the limited rules' firings and the aggregates (None: none) at ``at``."""
