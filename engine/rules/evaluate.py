@@ -213,7 +213,7 @@ def chain(
             fired.add(index)
             outcome.fired.append(compiled_rule.rule.name)
             changed |= apply(ruleset, compiled_rule.rule, outcome)
-        if done(compiled, fired, changed):
+        if not changed or done(compiled, fired, changed):  # nothing changed: nothing new can fire
             return outcome
         fields = state_fields(ruleset, outcome.state, event.type)
 
