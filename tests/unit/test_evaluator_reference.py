@@ -189,3 +189,31 @@ def test_rounds_that_could_fire_nothing_new_are_skipped_on_the_engines_word(
     monkeypatch.setattr(shapes, "residual", {})
     compare(shapes, seed=5, count=400, leads=30)
     assert with_residuals < asked * 0.9
+
+
+def test_exhausted_limits_and_aggregates_without_events_take_their_shortcuts_and_agree(
+    shapes: CompiledRuleset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path leaves a limited rule's count out of the fact once the rule is at its
+    limit, and does not ask the history for an aggregate of a lead with no event of its type;
+    the plain path sends every count and asks every aggregate, and ``compare`` asserts the
+    outcomes agree on data where both shortcuts are taken often."""
+    limits = [key for key, _ in shapes.enc.limits if key in shapes.read]
+    omitted = skipped = 0
+    match, has_events = shapes.match_text, MemoryHistory.has_events
+
+    def counting(members: str) -> list[int]:
+        nonlocal omitted
+        omitted += sum(f'"{key}": ' not in members for key in limits)
+        return match(members)
+
+    def spying(history: MemoryHistory, type: str) -> bool:
+        nonlocal skipped
+        found = has_events(history, type)
+        skipped += not found
+        return found
+
+    monkeypatch.setattr(shapes, "match_text", counting)
+    monkeypatch.setattr(MemoryHistory, "has_events", spying)
+    compare(shapes, seed=6, count=600, leads=40)
+    assert limits and omitted > 100 and skipped > 100, (omitted, skipped)
