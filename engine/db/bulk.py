@@ -1,15 +1,20 @@
-"""Bulk writes shared by every stage: appends (COPY on PostgreSQL), the dialect's
-``INSERT … ON CONFLICT``, and :func:`execute_many`, an ``executemany`` without SQLAlchemy's
-per-row parameter assembly."""
+"""Bulk reads and writes shared by every stage: appends (COPY on PostgreSQL), the dialect's
+``INSERT … ON CONFLICT``, :func:`execute_many`, an ``executemany`` without SQLAlchemy's
+per-row parameter assembly, and on PostgreSQL set-based forms with one array parameter per
+column instead of one parameter per value (:func:`among`, :func:`upsert_rows`,
+:func:`update_rows`): psycopg then parses a statement whose text is the same for every batch,
+and the server runs one statement, not one per row."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, Connection, CursorResult, DateTime, Table
+from sqlalchemy import JSON, ColumnElement, Connection, CursorResult, DateTime, Table, and_
+from sqlalchemy import any_, bindparam, cast, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -22,6 +27,127 @@ def upsert(conn: Connection, table: Table) -> PgInsert | SqliteInsert:
     """An INSERT that can take ``on_conflict_do_nothing`` / ``on_conflict_do_update`` on the
     connection's dialect (both spell it the same)."""
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+def among(conn: Connection, column: Any, values: Collection[Any]) -> ColumnElement[bool]:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(array)``, one parameter however
+    many values (a batch looks up thousands of ids)."""
+    if conn.dialect.name != "postgresql":
+        return column.in_(list(values))  # type: ignore[no-any-return]
+    array = postgresql.ARRAY(column.type)
+    return column == any_(cast(bindparam(None, list(values), type_=array), array))
+
+
+def upsert_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    replace: Sequence[str] = (),
+    add: Sequence[str] = (),
+) -> int:
+    """Insert ``rows`` (all with the same keys); a row whose ``keys`` are taken instead sets the
+    stored row's ``replace`` columns to its values and adds its ``add`` columns to the stored
+    ones (with neither, it is skipped). How many rows were inserted or updated. On PostgreSQL
+    one ``INSERT … SELECT FROM unnest(arrays)``, not SQLAlchemy's many-row VALUES."""
+    if not rows:
+        return 0
+    if conn.dialect.name != "postgresql":
+        statement = upsert(conn, table)
+        if not replace and not add:
+            done = statement.on_conflict_do_nothing(index_elements=list(keys))
+        else:
+            sets = {name: statement.excluded[name] for name in replace}
+            sets |= {name: table.c[name] + statement.excluded[name] for name in add}
+            done = statement.on_conflict_do_update(index_elements=list(keys), set_=sets)
+        return execute_many(conn, done, rows).rowcount
+    columns = tuple(rows[0])
+    sql = _pg_upsert(table, columns, tuple(keys), tuple(replace), tuple(add))
+    return conn.exec_driver_sql(sql, _arrays(table, columns, rows)).rowcount
+
+
+def update_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    match: Sequence[str],
+    constants: Mapping[str, Any],
+    increment: str,
+) -> int:
+    """Update the stored rows whose ``match`` columns equal a row's: its other columns take the
+    row's values, ``constants`` theirs, and ``increment`` goes up by one. How many were
+    updated. On PostgreSQL one ``UPDATE … FROM unnest(arrays)``."""
+    if not rows:
+        return 0
+    columns = tuple(rows[0])
+    if conn.dialect.name != "postgresql":
+        statement = (
+            update(table)
+            .where(and_(*(table.c[name] == bindparam(f"b_{name}") for name in match)))
+            .values({name: bindparam(f"b_{name}") for name in columns if name not in match})
+            .values(constants)
+            .values({increment: table.c[increment] + 1})
+        )
+        renamed = [{f"b_{name}": value for name, value in row.items()} for row in rows]
+        return execute_many(conn, statement, renamed).rowcount
+    quote = _PG.identifier_preparer.quote
+    name = quote(table.name)
+    sets = [f"{quote(c)} = v.{quote(c)}" for c in columns if c not in match]
+    sets += [f"{quote(c)} = %(k_{c})s" for c in constants]
+    sets.append(f"{quote(increment)} = {name}.{quote(increment)} + 1")
+    where = " AND ".join(f"{name}.{quote(c)} = v.{quote(c)}" for c in match)
+    sql = f"UPDATE {name} SET {', '.join(sets)} FROM {_unnest(table, columns)} WHERE {where}"
+    params = _arrays(table, columns, rows)
+    params |= {f"k_{c}": value for c, value in constants.items()}
+    return conn.exec_driver_sql(sql, params).rowcount
+
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _unnest(table: Table, columns: tuple[str, ...]) -> str:
+    """``unnest(%(a)s::type[], …) AS v(a, …)``: the rows' columns as arrays of their types."""
+    quote = _PG.identifier_preparer.quote
+    arrays = ", ".join(
+        f"%({c})s::{table.c[c].type.compile(dialect=_PG)}[]" for c in columns
+    )
+    return f"unnest({arrays}) AS v({', '.join(quote(c) for c in columns)})"
+
+
+@functools.cache
+def _pg_upsert(
+    table: Table,
+    columns: tuple[str, ...],
+    keys: tuple[str, ...],
+    replace: tuple[str, ...],
+    add: tuple[str, ...],
+) -> str:
+    quote = _PG.identifier_preparer.quote
+    name = quote(table.name)
+    sets = [f"{quote(c)} = EXCLUDED.{quote(c)}" for c in replace]
+    sets += [f"{quote(c)} = {name}.{quote(c)} + EXCLUDED.{quote(c)}" for c in add]
+    action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+    return (
+        f"INSERT INTO {name} ({', '.join(quote(c) for c in columns)}) "
+        f"SELECT * FROM {_unnest(table, columns)} "
+        f"ON CONFLICT ({', '.join(quote(c) for c in keys)}) {action}"
+    )
+
+
+def _arrays(
+    table: Table, columns: tuple[str, ...], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    """Each column's values over the rows, JSON ones wrapped for psycopg."""
+    from psycopg.types.json import Json
+
+    arrays: dict[str, list[Any]] = {}
+    for c in columns:
+        values = [row[c] for row in rows]
+        if isinstance(table.c[c].type, JSON):
+            values = [None if v is None else Json(v) for v in values]
+        arrays[c] = values
+    return arrays
 
 
 def append_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

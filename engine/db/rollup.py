@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, select
 
-from engine.db.bulk import append_rows, execute_many, upsert
+from engine.db.bulk import among, append_rows, execute_many, upsert, upsert_rows
 from engine.db.schema import (
     COHORT_DAYS,
     ENTRY_DAYS,
@@ -75,7 +75,7 @@ def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
             locked = lead_ids[start : start + CHUNK]
             conn.execute(
                 select(LEADS.c.id)
-                .where(LEADS.c.id.in_(locked))
+                .where(among(conn, LEADS.c.id, locked))
                 .order_by(LEADS.c.id)
                 .with_for_update()
             )
@@ -138,7 +138,7 @@ def _refresh(
 ) -> dict[str, Counter[tuple[Any, ...]]]:
     """Recompute these leads' stays from those stored and the moves added, write the ones that
     changed; the rollups' difference (table → key → delta)."""
-    query = select(STAYS).where(STAYS.c.lead_id.in_(list(added)))
+    query = select(STAYS).where(among(conn, STAYS.c.lead_id, added))
     stored = {(row.lead_id, row.seq): row for row in conn.execute(query)}
     moves: dict[int, list[tuple[datetime, int, int, str]]] = {lead: [] for lead in added}
     for (lead, seq), row in stored.items():
@@ -239,13 +239,4 @@ def _add(
     """Add ``delta`` to the counters ``n`` of ``table``, keyed by ``keys``: sorted, so that two
     writers take row locks in the same order."""
     rows = [dict(zip(keys, key, strict=True), n=n) for key, n in sorted(delta.items()) if n]
-    if not rows:
-        return
-    statement = upsert(conn, table)
-    execute_many(
-        conn,
-        statement.on_conflict_do_update(
-            index_elements=list(keys), set_={"n": table.c.n + statement.excluded.n}
-        ),
-        rows,
-    )
+    upsert_rows(conn, table, rows, keys, add=["n"])
