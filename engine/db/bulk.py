@@ -12,8 +12,19 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Connection, CursorResult, DateTime, Table, and_
-from sqlalchemy import any_, bindparam, cast, update
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    CursorResult,
+    DateTime,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -29,11 +40,13 @@ def upsert(conn: Connection, table: Table) -> PgInsert | SqliteInsert:
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
 
 
-def among(conn: Connection, column: Any, values: Collection[Any]) -> ColumnElement[bool]:
+def among(
+    conn: Connection, column: ColumnElement[Any], values: Collection[Any]
+) -> ColumnElement[bool]:
     """``column IN (values)``; on PostgreSQL ``column = ANY(array)``, one parameter however
     many values (a batch looks up thousands of ids)."""
     if conn.dialect.name != "postgresql":
-        return column.in_(list(values))  # type: ignore[no-any-return]
+        return column.in_(list(values))
     array = postgresql.ARRAY(column.type)
     return column == any_(cast(bindparam(None, list(values), type_=array), array))
 
@@ -52,16 +65,10 @@ def upsert_rows(
     one ``INSERT … SELECT FROM unnest(arrays)``, not SQLAlchemy's many-row VALUES."""
     if not rows:
         return 0
-    if conn.dialect.name != "postgresql":
-        statement = upsert(conn, table)
-        if not replace and not add:
-            done = statement.on_conflict_do_nothing(index_elements=list(keys))
-        else:
-            sets = {name: statement.excluded[name] for name in replace}
-            sets |= {name: table.c[name] + statement.excluded[name] for name in add}
-            done = statement.on_conflict_do_update(index_elements=list(keys), set_=sets)
-        return execute_many(conn, done, rows).rowcount
     columns = tuple(rows[0])
+    if conn.dialect.name != "postgresql":
+        statement = _sqlite_upsert(table, tuple(keys), tuple(replace), tuple(add))
+        return execute_many(conn, statement, rows).rowcount
     sql = _pg_upsert(table, columns, tuple(keys), tuple(replace), tuple(add))
     return conn.exec_driver_sql(sql, _arrays(table, columns, rows)).rowcount
 
@@ -81,14 +88,9 @@ def update_rows(
         return 0
     columns = tuple(rows[0])
     if conn.dialect.name != "postgresql":
-        statement = (
-            update(table)
-            .where(and_(*(table.c[name] == bindparam(f"b_{name}") for name in match)))
-            .values({name: bindparam(f"b_{name}") for name in columns if name not in match})
-            .values(constants)
-            .values({increment: table.c[increment] + 1})
-        )
-        renamed = [{f"b_{name}": value for name, value in row.items()} for row in rows]
+        statement = _sqlite_update(table, columns, tuple(match), tuple(constants), increment)
+        fixed = {f"k_{name}": value for name, value in constants.items()}
+        renamed = [{f"b_{name}": value for name, value in row.items()} | fixed for row in rows]
         return execute_many(conn, statement, renamed).rowcount
     quote = _PG.identifier_preparer.quote
     name = quote(table.name)
@@ -106,12 +108,46 @@ _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
 @functools.cache
+def _sqlite_upsert(
+    table: Table, keys: tuple[str, ...], replace: tuple[str, ...], add: tuple[str, ...]
+) -> UpdateBase:
+    """:func:`upsert_rows`' statement on SQLite, built once (so also compiled once)."""
+    statement = sqlite_insert(table)
+    if not replace and not add:
+        return statement.on_conflict_do_nothing(index_elements=list(keys))
+    sets: dict[str, ColumnElement[Any]] = {name: statement.excluded[name] for name in replace}
+    sets |= {name: table.c[name] + statement.excluded[name] for name in add}
+    return statement.on_conflict_do_update(index_elements=list(keys), set_=sets)
+
+
+@functools.cache
+def _sqlite_update(
+    table: Table,
+    columns: tuple[str, ...],
+    match: tuple[str, ...],
+    constants: tuple[str, ...],
+    increment: str,
+) -> UpdateBase:
+    """:func:`update_rows`' statement on SQLite, built once."""
+    return (
+        update(table)
+        .where(and_(*(table.c[name] == bindparam(f"b_{name}") for name in match)))
+        .values({name: bindparam(f"b_{name}") for name in columns if name not in match})
+        .values({name: bindparam(f"k_{name}") for name in constants})
+        .values({increment: table.c[increment] + 1})
+    )
+
+
+@functools.cache
+def _insert(table: Table) -> UpdateBase:
+    return table.insert()
+
+
+@functools.cache
 def _unnest(table: Table, columns: tuple[str, ...]) -> str:
     """``unnest(%(a)s::type[], …) AS v(a, …)``: the rows' columns as arrays of their types."""
     quote = _PG.identifier_preparer.quote
-    arrays = ", ".join(
-        f"%({c})s::{table.c[c].type.compile(dialect=_PG)}[]" for c in columns
-    )
+    arrays = ", ".join(f"%({c})s::{table.c[c].type.compile(dialect=_PG)}[]" for c in columns)
     return f"unnest({arrays}) AS v({', '.join(quote(c) for c in columns)})"
 
 
@@ -155,7 +191,7 @@ def append_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     than INSERT), else an executemany INSERT. For rows that cannot conflict: a unique key they
     break fails the transaction."""
     if conn.dialect.name != "postgresql":
-        execute_many(conn, table.insert(), rows)
+        execute_many(conn, _insert(table), rows)
         return
     # Here, not at the top: a command on SQLite does not pay psycopg's import (~0.15 s).
     from psycopg.types.json import Json
@@ -173,42 +209,65 @@ def execute_many(
 ) -> CursorResult[Any]:
     """``conn.execute(statement, rows)`` (rows all with the same keys), for many rows, without
     SQLAlchemy's assembly of each row's parameters in Python (a third of a batch's write time
-    on SQLite): the statement is compiled once for the rows' keys and each value goes through
-    its column type's bind processor, as SQLAlchemy applies them, so the stored values are the
-    same; then one DB-API ``executemany``. It is ``conn.execute`` for an INSERT on PostgreSQL
-    (SQLAlchemy sends those as multi-row VALUES, fewer round trips) and for a statement that
-    needs values SQLAlchemy computes per row (a Python-side column default the rows lack)."""
+    on SQLite): the statement is compiled once for the rows' keys (and kept: callers that pass
+    the same statement object again skip the compilation, most of a small batch's cost) and
+    each value goes through its column type's bind processor, as SQLAlchemy applies them, so
+    the stored values are the same; then one DB-API ``executemany``. It is ``conn.execute``
+    for an INSERT on PostgreSQL (SQLAlchemy sends those as multi-row VALUES, fewer round
+    trips) and for a statement that needs values SQLAlchemy computes per row (a Python-side
+    column default the rows lack)."""
     positional = conn.dialect.name == "sqlite"
     if not rows or not (positional or not isinstance(statement, Insert)):
         return conn.execute(statement, list(rows))
-    compiled = statement.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    prepared = _prepare(statement, conn.dialect, tuple(rows[0]))
+    if prepared is None:
+        return conn.execute(statement, list(rows))
+    sql, names, binds = prepared
+    getters: list[Callable[[Mapping[str, Any]], Any]] = []
+    for name, (kind, value) in zip(names, binds, strict=True):
+        if kind == "constant":
+            getters.append(_constant(value))
+        elif kind == "plain":
+            getters.append(itemgetter(name))
+        elif kind == "time":
+            # A batch's rows share few times (a record's rows all have its time): format each
+            # once.
+            getters.append(_processed(name, functools.cache(value)))
+        else:
+            getters.append(_processed(name, value))
+    values = ([get(row) for get in getters] for row in rows)
+    if positional:
+        return conn.exec_driver_sql(sql, [tuple(row) for row in values])
+    return conn.exec_driver_sql(sql, [dict(zip(names, row, strict=True)) for row in values])
+
+
+@functools.lru_cache(maxsize=256)
+def _prepare(
+    statement: UpdateBase, dialect: Any, keys: tuple[str, ...]
+) -> tuple[str, list[str], list[tuple[str, Any]]] | None:
+    """A statement compiled for rows with ``keys``: its SQL, its parameters' names and how each
+    gets its value (a constant, the row's value as is, through a time or other bind processor);
+    None when SQLAlchemy must compute values per row."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     assert isinstance(compiled, SQLCompiler)
     if compiled.insert_prefetch or compiled.update_prefetch or compiled.escaped_bind_names:
-        return conn.execute(statement, list(rows))
+        return None
     fixed = compiled.construct_params(_check=False)
     names = list(compiled.positiontup if compiled.positiontup is not None else fixed)
     processors: Mapping[str, Any] = compiled._bind_processors
-    given = rows[0].keys()
-    getters: list[Callable[[Mapping[str, Any]], Any]] = []
+    binds: list[tuple[str, Any]] = []
     for name in names:
         process = processors.get(name)
-        if name not in given:
+        if name not in keys:
             # A value the statement carries itself (``version + 1``, a constant): processed once.
-            getters.append(_constant(process(fixed[name]) if process else fixed[name]))
+            binds.append(("constant", process(fixed[name]) if process else fixed[name]))
         elif process is None:
-            getters.append(itemgetter(name))
+            binds.append(("plain", None))
         elif compiled.binds[name].type._type_affinity is DateTime:
-            # A batch's rows share few times (a record's rows all have its time): format each
-            # once.
-            getters.append(_processed(name, functools.cache(process)))
+            binds.append(("time", process))
         else:
-            getters.append(_processed(name, process))
-    values = ([get(row) for get in getters] for row in rows)
-    if compiled.positiontup is not None:
-        return conn.exec_driver_sql(compiled.string, [tuple(row) for row in values])
-    return conn.exec_driver_sql(
-        compiled.string, [dict(zip(names, row, strict=True)) for row in values]
-    )
+            binds.append(("other", process))
+    return compiled.string, names, binds
 
 
 def _constant(value: Any) -> Callable[[Mapping[str, Any]], Any]:

@@ -85,6 +85,20 @@ def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
     return {row["email"]: _loaded(row) for row in conn.execute(query).mappings()}
 
 
+def lock_or_create(
+    conn: Connection, ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
+) -> dict[str, LoadedLead]:
+    """The leads of ``first_seen``, locked as :func:`lock` does, those not stored yet created
+    first (most of a batch's leads exist: they are only read, not offered to an INSERT)."""
+    leads = lock(conn, list(first_seen))
+    missing = {email: at for email, at in first_seen.items() if email not in leads}
+    if not missing:
+        return leads
+    create_missing(conn, ruleset, missing, now)
+    leads |= lock(conn, list(missing))
+    return dict(sorted(leads.items(), key=lambda item: item[1].id))
+
+
 def provisional(
     ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
 ) -> dict[str, LoadedLead]:
@@ -148,11 +162,14 @@ def load_scores(
 ) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
     columns = ("lead_id", "component", "value", "rose_at", "peak", "decay_steps")
-    query = select(*(SCORES.c[name] for name in columns)).where(among(conn, SCORES.c.lead_id, by_id))
+    query = select(*(SCORES.c[name] for name in columns)).where(
+        among(conn, SCORES.c.lead_id, by_id)
+    )
     for lead_id, component, value, rose_at, peak, steps in conn.execute(query):
         lead = by_id[lead_id]
         lead.state.scores[component] = value
         lead.decay[component] = [rose_at, peak, steps]
+        lead.stored[component] = (value, rose_at, peak, steps)
     start = new_lead(ruleset, {}).scores
     for lead in leads.values():
         opening(ruleset, lead, start, first_seen[lead.email])

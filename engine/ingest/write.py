@@ -101,7 +101,8 @@ def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now
     )
     if updated != len(leads):
         raise ConflictError("a lead changed during the batch")
-    # One upsert for every component row: new leads and new components insert, others update.
+    # One upsert for the component rows that changed: new leads and new components insert,
+    # others update.
     upsert_rows(
         conn,
         SCORES,
@@ -109,14 +110,16 @@ def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now
             {
                 "lead_id": lead.id,
                 "component": name,
-                "value": value,
-                "rose_at": rose_at,
-                "peak": peak or 0,
-                "decay_steps": steps or 0,
+                "value": row[0],
+                "rose_at": row[1],
+                "peak": row[2],
+                "decay_steps": row[3],
             }
             for lead in leads
             for name, value in lead.state.scores.items()
             for rose_at, peak, steps in [lead.decay.get(name, [None, 0, 0])]
+            for row in [(value, rose_at, peak or 0, steps or 0)]
+            if lead.stored.get(name) != row
         ],
         ["lead_id", "component"],
         replace=["value", "rose_at", "peak", "decay_steps"],
