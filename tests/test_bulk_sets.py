@@ -67,7 +67,7 @@ def test_bulk_forms_match_a_plain_model(db: sa.Engine) -> None:
         counters: dict[tuple[int, str, str, str], int] = {}
         for _ in range(6):
             keys = {(rng.choice(ids), rng.choice("abc")) for _ in range(30)}
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "lead_id": lead,
                     "component": name,
@@ -95,8 +95,8 @@ def test_bulk_forms_match_a_plain_model(db: sa.Engine) -> None:
             ]
             upsert_rows(conn, MOVE_DAYS, rows, ["day", "from_stage", "to_stage", "rule"], add=["n"])
             for row in rows:
-                key = (row["day"], row["from_stage"], row["to_stage"], row["rule"])
-                counters[key] = counters.get(key, 0) + row["n"]
+                day = (row["day"], row["from_stage"], row["to_stage"], row["rule"])
+                counters[day] = counters.get(day, 0) + row["n"]
         stored = conn.execute(
             sa.select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value, SCORES.c.rose_at)
             .add_columns(SCORES.c.peak, SCORES.c.decay_steps)
@@ -108,7 +108,7 @@ def test_bulk_forms_match_a_plain_model(db: sa.Engine) -> None:
         # Updates that match on id and version: a moved version is not updated.
         versions = dict(conn.execute(sa.select(LEADS.c.id, LEADS.c.version)).all())
         chosen = rng.sample(ids, 15)
-        rows = [
+        changes: list[dict[str, Any]] = [
             {
                 "id": lead,
                 "version": versions[lead] + (1 if lead == chosen[0] else 0),
@@ -121,7 +121,7 @@ def test_bulk_forms_match_a_plain_model(db: sa.Engine) -> None:
         ]
         later = START + timedelta(days=1)
         updated = update_rows(
-            conn, LEADS, rows, ["id", "version"], {"updated_at": later}, increment="version"
+            conn, LEADS, changes, ["id", "version"], {"updated_at": later}, increment="version"
         )
         assert updated == 14
         columns = (LEADS.c.id, LEADS.c.version, LEADS.c.attributes, LEADS.c.stage_entered_at)

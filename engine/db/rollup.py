@@ -56,26 +56,27 @@ class TooManyStages(NurtureError):
     """More distinct stage names than ``stage_stay.later`` has bits for."""
 
 
-def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]], locked: bool = False) -> None:
     """Append ``rows`` to ``stage_history`` (each with lead_id, from_stage, to_stage, rule,
     event_id, at; a lead's first stage has from_stage None) and update the rollups, in the
     caller's transaction, which should be the one that writes the leads themselves. A lead's
     rows count in the order given among moves at the same time, after those already written;
-    they may predate its other moves (a replay's)."""
+    they may predate its other moves (a replay's). ``locked``: the transaction already holds
+    the leads' row locks (ingest takes them ``FOR UPDATE`` before reading the leads)."""
     if not rows:
         return
     added: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
         added.setdefault(int(row["lead_id"]), []).append(row)
     lead_ids = sorted(added)
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and not locked:
         # One writer per lead at a time, from before its rows get their ids (SQLite's BEGIN
         # IMMEDIATE already serialises writers).
         for start in range(0, len(lead_ids), CHUNK):
-            locked = lead_ids[start : start + CHUNK]
+            ids = lead_ids[start : start + CHUNK]
             conn.execute(
                 select(LEADS.c.id)
-                .where(among(conn, LEADS.c.id, locked))
+                .where(among(conn, LEADS.c.id, ids))
                 .order_by(LEADS.c.id)
                 .with_for_update()
             )

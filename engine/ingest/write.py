@@ -43,7 +43,8 @@ def write(
         if batch:
             append_rows(conn, table, batch)
     # Stage changes keep the pipeline rollups in step, so they go through their one writer.
-    record_moves(conn, rows.stages)
+    # On PostgreSQL the batch locked its leads when it read them.
+    record_moves(conn, rows.stages, locked=True)
     enroll_and_exit(conn, rows)
     if leads:
         write_leads(conn, ruleset, leads, now)
