@@ -181,7 +181,7 @@ def _arrays(
     for c in columns:
         values = [row[c] for row in rows]
         if isinstance(table.c[c].type, JSON):
-            values = [None if v is None else Json(v) for v in values]
+            values = [Json(v) for v in values]  # None too: JSON null, as SQLAlchemy stores it
         arrays[c] = values
     return arrays
 
