@@ -226,6 +226,7 @@ def main() -> None:
         ),
     )
     parser.add_argument("--skip-pg", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument("--skip-baseline", action="store_true", help="no evaluate() figures")
     parser.add_argument(
         "--before",
@@ -244,7 +245,9 @@ def main() -> None:
         baseline(path, args.baseline_records)
     workers = [int(n) for n in args.workers.split(",")]
     codes = [("before", args.before), ("after", ROOT)] if args.before else [("", ROOT)]
-    databases = [("SQLite", None)] + ([] if args.skip_pg else [("PostgreSQL", args.pg_url)])
+    databases = ([] if args.skip_sqlite else [("SQLite", None)]) + (
+        [] if args.skip_pg else [("PostgreSQL", args.pg_url)]
+    )
     for name, pg_url in databases:
         for count in workers:
             for label, code in codes:

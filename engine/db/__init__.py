@@ -1,7 +1,7 @@
 """The bottom layer: tables (:mod:`.schema`), connections and migrations (:mod:`.connect`), bulk
 writes (:mod:`.bulk`). Imports nothing of ``engine`` above it."""
 
-from engine.db.bulk import append_rows, execute_many, upsert
+from engine.db.bulk import among, append_rows, execute_many, update_rows, upsert, upsert_rows
 from engine.db.connect import (
     DatabaseUnavailable,
     alembic_config,
@@ -17,6 +17,7 @@ from engine.db.connect import (
 __all__ = [
     "DatabaseUnavailable",
     "alembic_config",
+    "among",
     "append_rows",
     "connect",
     "execute_many",
@@ -25,6 +26,8 @@ __all__ = [
     "open_database",
     "reading",
     "scratch_schema",
+    "update_rows",
     "upgrade",
     "upsert",
+    "upsert_rows",
 ]

@@ -1,15 +1,31 @@
-"""Bulk writes shared by every stage: appends (COPY on PostgreSQL), the dialect's
-``INSERT … ON CONFLICT``, and :func:`execute_many`, an ``executemany`` without SQLAlchemy's
-per-row parameter assembly."""
+"""Bulk reads and writes shared by every stage: appends (COPY on PostgreSQL), the dialect's
+``INSERT … ON CONFLICT``, :func:`execute_many`, an ``executemany`` without SQLAlchemy's
+per-row parameter assembly, and on PostgreSQL set-based forms with one array parameter per
+column instead of one parameter per value (:func:`among`, :func:`upsert_rows`,
+:func:`update_rows`): psycopg then parses a statement whose text is the same for every batch,
+and the server runs one statement, not one per row."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import JSON, Connection, CursorResult, DateTime, Table
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    CursorResult,
+    DateTime,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
@@ -24,12 +40,158 @@ def upsert(conn: Connection, table: Table) -> PgInsert | SqliteInsert:
     return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
 
 
+def among(
+    conn: Connection, column: ColumnElement[Any], values: Collection[Any]
+) -> ColumnElement[bool]:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(array)``, one parameter however
+    many values (a batch looks up thousands of ids)."""
+    if conn.dialect.name != "postgresql":
+        return column.in_(list(values))
+    array = postgresql.ARRAY(column.type)
+    return column == any_(cast(bindparam(None, list(values), type_=array), array))
+
+
+def upsert_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    replace: Sequence[str] = (),
+    add: Sequence[str] = (),
+) -> int:
+    """Insert ``rows`` (all with the same keys); a row whose ``keys`` are taken instead sets the
+    stored row's ``replace`` columns to its values and adds its ``add`` columns to the stored
+    ones (with neither, it is skipped). How many rows were inserted or updated. On PostgreSQL
+    one ``INSERT … SELECT FROM unnest(arrays)``, not SQLAlchemy's many-row VALUES."""
+    if not rows:
+        return 0
+    columns = tuple(rows[0])
+    if conn.dialect.name != "postgresql":
+        statement = _sqlite_upsert(table, tuple(keys), tuple(replace), tuple(add))
+        return execute_many(conn, statement, rows).rowcount
+    sql = _pg_upsert(table, columns, tuple(keys), tuple(replace), tuple(add))
+    return conn.exec_driver_sql(sql, _arrays(table, columns, rows)).rowcount
+
+
+def update_rows(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    match: Sequence[str],
+    constants: Mapping[str, Any],
+    increment: str,
+) -> int:
+    """Update the stored rows whose ``match`` columns equal a row's: its other columns take the
+    row's values, ``constants`` theirs, and ``increment`` goes up by one. How many were
+    updated. On PostgreSQL one ``UPDATE … FROM unnest(arrays)``."""
+    if not rows:
+        return 0
+    columns = tuple(rows[0])
+    if conn.dialect.name != "postgresql":
+        statement = _sqlite_update(table, columns, tuple(match), tuple(constants), increment)
+        fixed = {f"k_{name}": value for name, value in constants.items()}
+        renamed = [{f"b_{name}": value for name, value in row.items()} | fixed for row in rows]
+        return execute_many(conn, statement, renamed).rowcount
+    quote = _PG.identifier_preparer.quote
+    name = quote(table.name)
+    sets = [f"{quote(c)} = v.{quote(c)}" for c in columns if c not in match]
+    sets += [f"{quote(c)} = %(k_{c})s" for c in constants]
+    sets.append(f"{quote(increment)} = {name}.{quote(increment)} + 1")
+    where = " AND ".join(f"{name}.{quote(c)} = v.{quote(c)}" for c in match)
+    sql = f"UPDATE {name} SET {', '.join(sets)} FROM {_unnest(table, columns)} WHERE {where}"
+    params = _arrays(table, columns, rows)
+    params |= {f"k_{c}": value for c, value in constants.items()}
+    return conn.exec_driver_sql(sql, params).rowcount
+
+
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _sqlite_upsert(
+    table: Table, keys: tuple[str, ...], replace: tuple[str, ...], add: tuple[str, ...]
+) -> UpdateBase:
+    """:func:`upsert_rows`' statement on SQLite, built once (so also compiled once)."""
+    statement = sqlite_insert(table)
+    if not replace and not add:
+        return statement.on_conflict_do_nothing(index_elements=list(keys))
+    sets: dict[str, ColumnElement[Any]] = {name: statement.excluded[name] for name in replace}
+    sets |= {name: table.c[name] + statement.excluded[name] for name in add}
+    return statement.on_conflict_do_update(index_elements=list(keys), set_=sets)
+
+
+@functools.cache
+def _sqlite_update(
+    table: Table,
+    columns: tuple[str, ...],
+    match: tuple[str, ...],
+    constants: tuple[str, ...],
+    increment: str,
+) -> UpdateBase:
+    """:func:`update_rows`' statement on SQLite, built once."""
+    return (
+        update(table)
+        .where(and_(*(table.c[name] == bindparam(f"b_{name}") for name in match)))
+        .values({name: bindparam(f"b_{name}") for name in columns if name not in match})
+        .values({name: bindparam(f"k_{name}") for name in constants})
+        .values({increment: table.c[increment] + 1})
+    )
+
+
+@functools.cache
+def _insert(table: Table) -> UpdateBase:
+    return table.insert()
+
+
+@functools.cache
+def _unnest(table: Table, columns: tuple[str, ...]) -> str:
+    """``unnest(%(a)s::type[], …) AS v(a, …)``: the rows' columns as arrays of their types."""
+    quote = _PG.identifier_preparer.quote
+    arrays = ", ".join(f"%({c})s::{table.c[c].type.compile(dialect=_PG)}[]" for c in columns)
+    return f"unnest({arrays}) AS v({', '.join(quote(c) for c in columns)})"
+
+
+@functools.cache
+def _pg_upsert(
+    table: Table,
+    columns: tuple[str, ...],
+    keys: tuple[str, ...],
+    replace: tuple[str, ...],
+    add: tuple[str, ...],
+) -> str:
+    quote = _PG.identifier_preparer.quote
+    name = quote(table.name)
+    sets = [f"{quote(c)} = EXCLUDED.{quote(c)}" for c in replace]
+    sets += [f"{quote(c)} = {name}.{quote(c)} + EXCLUDED.{quote(c)}" for c in add]
+    action = f"DO UPDATE SET {', '.join(sets)}" if sets else "DO NOTHING"
+    return (
+        f"INSERT INTO {name} ({', '.join(quote(c) for c in columns)}) "
+        f"SELECT * FROM {_unnest(table, columns)} "
+        f"ON CONFLICT ({', '.join(quote(c) for c in keys)}) {action}"
+    )
+
+
+def _arrays(
+    table: Table, columns: tuple[str, ...], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    """Each column's values over the rows, JSON ones wrapped for psycopg."""
+    from psycopg.types.json import Json
+
+    arrays: dict[str, list[Any]] = {}
+    for c in columns:
+        values = [row[c] for row in rows]
+        if isinstance(table.c[c].type, JSON):
+            values = [Json(v) for v in values]  # None too: JSON null, as SQLAlchemy stores it
+        arrays[c] = values
+    return arrays
+
+
 def append_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Append rows (all with the same keys): COPY on PostgreSQL (several times fewer round trips
     than INSERT), else an executemany INSERT. For rows that cannot conflict: a unique key they
     break fails the transaction."""
     if conn.dialect.name != "postgresql":
-        execute_many(conn, table.insert(), rows)
+        execute_many(conn, _insert(table), rows)
         return
     # Here, not at the top: a command on SQLite does not pay psycopg's import (~0.15 s).
     from psycopg.types.json import Json
@@ -47,42 +209,65 @@ def execute_many(
 ) -> CursorResult[Any]:
     """``conn.execute(statement, rows)`` (rows all with the same keys), for many rows, without
     SQLAlchemy's assembly of each row's parameters in Python (a third of a batch's write time
-    on SQLite): the statement is compiled once for the rows' keys and each value goes through
-    its column type's bind processor, as SQLAlchemy applies them, so the stored values are the
-    same; then one DB-API ``executemany``. It is ``conn.execute`` for an INSERT on PostgreSQL
-    (SQLAlchemy sends those as multi-row VALUES, fewer round trips) and for a statement that
-    needs values SQLAlchemy computes per row (a Python-side column default the rows lack)."""
+    on SQLite): the statement is compiled once for the rows' keys (and kept: callers that pass
+    the same statement object again skip the compilation, most of a small batch's cost) and
+    each value goes through its column type's bind processor, as SQLAlchemy applies them, so
+    the stored values are the same; then one DB-API ``executemany``. It is ``conn.execute``
+    for an INSERT on PostgreSQL (SQLAlchemy sends those as multi-row VALUES, fewer round
+    trips) and for a statement that needs values SQLAlchemy computes per row (a Python-side
+    column default the rows lack)."""
     positional = conn.dialect.name == "sqlite"
     if not rows or not (positional or not isinstance(statement, Insert)):
         return conn.execute(statement, list(rows))
-    compiled = statement.compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    prepared = _prepare(statement, conn.dialect, tuple(rows[0]))
+    if prepared is None:
+        return conn.execute(statement, list(rows))
+    sql, names, binds = prepared
+    getters: list[Callable[[Mapping[str, Any]], Any]] = []
+    for name, (kind, value) in zip(names, binds, strict=True):
+        if kind == "constant":
+            getters.append(_constant(value))
+        elif kind == "plain":
+            getters.append(itemgetter(name))
+        elif kind == "time":
+            # A batch's rows share few times (a record's rows all have its time): format each
+            # once.
+            getters.append(_processed(name, functools.cache(value)))
+        else:
+            getters.append(_processed(name, value))
+    values = ([get(row) for get in getters] for row in rows)
+    if positional:
+        return conn.exec_driver_sql(sql, [tuple(row) for row in values])
+    return conn.exec_driver_sql(sql, [dict(zip(names, row, strict=True)) for row in values])
+
+
+@functools.lru_cache(maxsize=256)
+def _prepare(
+    statement: UpdateBase, dialect: Any, keys: tuple[str, ...]
+) -> tuple[str, list[str], list[tuple[str, Any]]] | None:
+    """A statement compiled for rows with ``keys``: its SQL, its parameters' names and how each
+    gets its value (a constant, the row's value as is, through a time or other bind processor);
+    None when SQLAlchemy must compute values per row."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
     assert isinstance(compiled, SQLCompiler)
     if compiled.insert_prefetch or compiled.update_prefetch or compiled.escaped_bind_names:
-        return conn.execute(statement, list(rows))
+        return None
     fixed = compiled.construct_params(_check=False)
     names = list(compiled.positiontup if compiled.positiontup is not None else fixed)
     processors: Mapping[str, Any] = compiled._bind_processors
-    given = rows[0].keys()
-    getters: list[Callable[[Mapping[str, Any]], Any]] = []
+    binds: list[tuple[str, Any]] = []
     for name in names:
         process = processors.get(name)
-        if name not in given:
+        if name not in keys:
             # A value the statement carries itself (``version + 1``, a constant): processed once.
-            getters.append(_constant(process(fixed[name]) if process else fixed[name]))
+            binds.append(("constant", process(fixed[name]) if process else fixed[name]))
         elif process is None:
-            getters.append(itemgetter(name))
+            binds.append(("plain", None))
         elif compiled.binds[name].type._type_affinity is DateTime:
-            # A batch's rows share few times (a record's rows all have its time): format each
-            # once.
-            getters.append(_processed(name, functools.cache(process)))
+            binds.append(("time", process))
         else:
-            getters.append(_processed(name, process))
-    values = ([get(row) for get in getters] for row in rows)
-    if compiled.positiontup is not None:
-        return conn.exec_driver_sql(compiled.string, [tuple(row) for row in values])
-    return conn.exec_driver_sql(
-        compiled.string, [dict(zip(names, row, strict=True)) for row in values]
-    )
+            binds.append(("other", process))
+    return compiled.string, names, binds
 
 
 def _constant(value: Any) -> Callable[[Mapping[str, Any]], Any]:

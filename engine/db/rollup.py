@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, delete, select
 
-from engine.db.bulk import append_rows, execute_many, upsert
+from engine.db.bulk import among, append_rows, execute_many, upsert, upsert_rows
 from engine.db.schema import (
     COHORT_DAYS,
     ENTRY_DAYS,
@@ -56,26 +56,27 @@ class TooManyStages(NurtureError):
     """More distinct stage names than ``stage_stay.later`` has bits for."""
 
 
-def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+def record_moves(conn: Connection, rows: Sequence[Mapping[str, Any]], locked: bool = False) -> None:
     """Append ``rows`` to ``stage_history`` (each with lead_id, from_stage, to_stage, rule,
     event_id, at; a lead's first stage has from_stage None) and update the rollups, in the
     caller's transaction, which should be the one that writes the leads themselves. A lead's
     rows count in the order given among moves at the same time, after those already written;
-    they may predate its other moves (a replay's)."""
+    they may predate its other moves (a replay's). ``locked``: the transaction already holds
+    the leads' row locks (ingest takes them ``FOR UPDATE`` before reading the leads)."""
     if not rows:
         return
     added: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
         added.setdefault(int(row["lead_id"]), []).append(row)
     lead_ids = sorted(added)
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql" and not locked:
         # One writer per lead at a time, from before its rows get their ids (SQLite's BEGIN
         # IMMEDIATE already serialises writers).
         for start in range(0, len(lead_ids), CHUNK):
-            locked = lead_ids[start : start + CHUNK]
+            ids = lead_ids[start : start + CHUNK]
             conn.execute(
                 select(LEADS.c.id)
-                .where(LEADS.c.id.in_(locked))
+                .where(among(conn, LEADS.c.id, ids))
                 .order_by(LEADS.c.id)
                 .with_for_update()
             )
@@ -138,7 +139,7 @@ def _refresh(
 ) -> dict[str, Counter[tuple[Any, ...]]]:
     """Recompute these leads' stays from those stored and the moves added, write the ones that
     changed; the rollups' difference (table → key → delta)."""
-    query = select(STAYS).where(STAYS.c.lead_id.in_(list(added)))
+    query = select(STAYS).where(among(conn, STAYS.c.lead_id, added))
     stored = {(row.lead_id, row.seq): row for row in conn.execute(query)}
     moves: dict[int, list[tuple[datetime, int, int, str]]] = {lead: [] for lead in added}
     for (lead, seq), row in stored.items():
@@ -239,13 +240,4 @@ def _add(
     """Add ``delta`` to the counters ``n`` of ``table``, keyed by ``keys``: sorted, so that two
     writers take row locks in the same order."""
     rows = [dict(zip(keys, key, strict=True), n=n) for key, n in sorted(delta.items()) if n]
-    if not rows:
-        return
-    statement = upsert(conn, table)
-    execute_many(
-        conn,
-        statement.on_conflict_do_update(
-            index_elements=list(keys), set_={"n": table.c.n + statement.excluded.n}
-        ),
-        rows,
-    )
+    upsert_rows(conn, table, rows, keys, add=["n"])

@@ -233,8 +233,7 @@ class _Batch:
     def run(self, records: list[Record]) -> IngestResult:
         """The batch in one transaction that holds its leads from reading to writing."""
         first_seen = self._first_seen(records)
-        state.create_missing(self.conn, self.ruleset, first_seen, self.now)
-        leads = state.lock(self.conn, list(first_seen))
+        leads = state.lock_or_create(self.conn, self.ruleset, first_seen, self.now)
         stale = self._stale(leads)
         if stale and self._in_force():
             # Scored under another version than the one in force (an apply is under way, or

@@ -38,6 +38,9 @@ class LoadedLead:
     due_at: datetime | None = None  # stored: when its time-dependent inputs change
     ruleset_version: str | None = None  # stored: the version its state is under
     evaluated_at: datetime | None = None  # the latest time the batch evaluated it at
+    # Its component rows as stored (component → value, rose_at, peak, decay_steps): a row the
+    # batch leaves as it was is not written again.
+    stored: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from engine.db import execute_many, upsert
+from engine.db import among, upsert_rows
 from engine.db.schema import ENROLLMENTS, EVENTS, FIRINGS, LEADS, SCORES
 from engine.ingest.outcome import LoadedLead
 from engine.ingest.parse import Record
@@ -52,8 +52,7 @@ def create_missing(
     conn: Connection, ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
 ) -> int:
     """Create the leads not stored yet; how many were created."""
-    statement = upsert(conn, LEADS).on_conflict_do_nothing(index_elements=["email"])
-    return execute_many(conn, statement, _new_rows(ruleset, first_seen, now)).rowcount
+    return upsert_rows(conn, LEADS, _new_rows(ruleset, first_seen, now), ["email"])
 
 
 def _loaded(row: Mapping[Any, Any]) -> LoadedLead:
@@ -80,10 +79,24 @@ def _loaded(row: Mapping[Any, Any]) -> LoadedLead:
 def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
     """The leads of ``emails``, locked until the transaction ends (PostgreSQL; SQLite's write
     lock is the transaction's), or only read in a snapshot (SQLite's read transactions)."""
-    query = select(LEADS).where(LEADS.c.email.in_(emails)).order_by(LEADS.c.id)
+    query = select(LEADS).where(among(conn, LEADS.c.email, emails)).order_by(LEADS.c.id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
     return {row["email"]: _loaded(row) for row in conn.execute(query).mappings()}
+
+
+def lock_or_create(
+    conn: Connection, ruleset: Ruleset, first_seen: Mapping[str, datetime], now: datetime
+) -> dict[str, LoadedLead]:
+    """The leads of ``first_seen``, locked as :func:`lock` does, those not stored yet created
+    first (most of a batch's leads exist: they are only read, not offered to an INSERT)."""
+    leads = lock(conn, list(first_seen))
+    missing = {email: at for email, at in first_seen.items() if email not in leads}
+    if not missing:
+        return leads
+    create_missing(conn, ruleset, missing, now)
+    leads |= lock(conn, list(missing))
+    return dict(sorted(leads.items(), key=lambda item: item[1].id))
 
 
 def provisional(
@@ -108,7 +121,7 @@ def create_provisional(
         return {}
     if create_missing(conn, ruleset, first_seen, now) != len(first_seen):
         return None
-    query = select(LEADS.c.email, LEADS.c.id).where(LEADS.c.email.in_(list(first_seen)))
+    query = select(LEADS.c.email, LEADS.c.id).where(among(conn, LEADS.c.email, first_seen))
     stored = {email: id_ for email, id_ in conn.execute(query)}
     return {lead.id: stored[lead.email] for lead in leads}
 
@@ -133,7 +146,7 @@ def stored_events(conn: Connection, ids: list[str]) -> dict[str, Stored]:
         select(*(EVENTS.c[name] for name in ("event_id", "type", "occurred_at", "properties")))
         .add_columns(LEADS.c.email)
         .join(LEADS, LEADS.c.id == EVENTS.c.lead_id)
-        .where(EVENTS.c.event_id.in_(ids))
+        .where(among(conn, EVENTS.c.event_id, ids))
     )
     return {
         key: Stored(content_digest(email, kind, properties), at)
@@ -149,11 +162,14 @@ def load_scores(
 ) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
     columns = ("lead_id", "component", "value", "rose_at", "peak", "decay_steps")
-    query = select(*(SCORES.c[name] for name in columns)).where(SCORES.c.lead_id.in_(list(by_id)))
+    query = select(*(SCORES.c[name] for name in columns)).where(
+        among(conn, SCORES.c.lead_id, by_id)
+    )
     for lead_id, component, value, rose_at, peak, steps in conn.execute(query):
         lead = by_id[lead_id]
         lead.state.scores[component] = value
         lead.decay[component] = [rose_at, peak, steps]
+        lead.stored[component] = (value, rose_at, peak, steps)
     start = new_lead(ruleset, {}).scores
     for lead in leads.values():
         opening(ruleset, lead, start, first_seen[lead.email])
@@ -207,7 +223,7 @@ def load_history(
         ever = {a.type for a in compiled.aggregates if isinstance(a, Sum) and a.within is None}
         columns = [EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties]
         query = select(*columns if summed else columns[:3]).where(
-            EVENTS.c.lead_id.in_(ids),
+            among(conn, EVENTS.c.lead_id, ids),
             EVENTS.c.type.in_(types),
             (EVENTS.c.occurred_at > since) | EVENTS.c.type.in_(ever),
         )
@@ -225,7 +241,7 @@ def load_history(
                     func.max(EVENTS.c.occurred_at),
                 )
                 .where(
-                    EVENTS.c.lead_id.in_(ids),
+                    among(conn, EVENTS.c.lead_id, ids),
                     EVENTS.c.type.in_(before),
                     EVENTS.c.occurred_at <= since,
                 )
@@ -237,7 +253,7 @@ def load_history(
     if limited:
         ever_limited = [r.name for r in limited if r.limit and r.limit.per is None]
         query = select(FIRINGS.c.lead_id, FIRINGS.c.rule, FIRINGS.c.at).where(
-            FIRINGS.c.lead_id.in_(ids),
+            among(conn, FIRINGS.c.lead_id, ids),
             FIRINGS.c.rule.in_([r.name for r in limited]),
             (FIRINGS.c.at > since) | FIRINGS.c.rule.in_(ever_limited),
         )
@@ -273,7 +289,7 @@ def stored_peers(
         select(
             LEADS.c.account_domain, func.count(), func.sum(LEADS.c.score), func.max(LEADS.c.score)
         )
-        .where(LEADS.c.account_domain.in_(list(domains)), LEADS.c.id.not_in(list(exclude)))
+        .where(among(conn, LEADS.c.account_domain, domains), ~among(conn, LEADS.c.id, exclude))
         .group_by(LEADS.c.account_domain)
     )
     for domain, count, total, top in conn.execute(query):
@@ -298,6 +314,6 @@ def load_enrollments(conn: Connection, leads: dict[str, LoadedLead]) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
     query = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
     for lead_id, campaign, status in conn.execute(
-        query.where(ENROLLMENTS.c.lead_id.in_(list(by_id)))
+        query.where(among(conn, ENROLLMENTS.c.lead_id, by_id))
     ):
         by_id[lead_id].enrolled[campaign] = status

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, update
 
-from engine.db import append_rows, execute_many, upsert
+from engine.db import append_rows, execute_many, update_rows, upsert_rows
 from engine.db.rollup import record_moves
 from engine.db.schema import (
     ACTIONS,
@@ -43,7 +43,8 @@ def write(
         if batch:
             append_rows(conn, table, batch)
     # Stage changes keep the pipeline rollups in step, so they go through their one writer.
-    record_moves(conn, rows.stages)
+    # On PostgreSQL the batch locked its leads when it read them.
+    record_moves(conn, rows.stages, locked=True)
     enroll_and_exit(conn, rows)
     if leads:
         write_leads(conn, ruleset, leads, now)
@@ -52,13 +53,7 @@ def write(
 def enroll_and_exit(conn: Connection, rows: Rows) -> None:
     """Enrollments that start (a lead is enrolled in a campaign once) and that end."""
     if rows.enroll:
-        execute_many(
-            conn,
-            upsert(conn, ENROLLMENTS).on_conflict_do_nothing(
-                index_elements=["lead_id", "campaign"]
-            ),
-            rows.enroll,
-        )
+        upsert_rows(conn, ENROLLMENTS, rows.enroll, ["lead_id", "campaign"])
     if rows.exit:
         execute_many(
             conn,
@@ -81,70 +76,54 @@ def enroll_and_exit(conn: Connection, rows: Rows) -> None:
 def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now: datetime) -> None:
     """The leads' rows, components and named scores as scored (by ingest or a rescore); a lead
     whose row version moved meanwhile is a ConflictError."""
-    updated = execute_many(
+    updated = update_rows(
         conn,
-        update(LEADS)
-        .where(LEADS.c.id == bindparam("b_id"), LEADS.c.version == bindparam("b_version"))
-        .values(
-            attributes=bindparam("b_attributes"),
-            score=bindparam("b_score"),
-            temperature=bindparam("b_temperature"),
-            stage=bindparam("b_stage"),
-            stage_entered_at=bindparam("b_entered"),
-            tags=bindparam("b_tags"),
-            subscribed=bindparam("b_subscribed"),
-            account_domain=bindparam("b_account"),
-            time_due_at=bindparam("b_due"),
-            ruleset_version=ruleset.version,
-            version=LEADS.c.version + 1,
-            updated_at=now,
-        ),
+        LEADS,
         [
             {
-                "b_id": lead.id,
-                "b_version": lead.version,
-                "b_attributes": {k: v for k, v in lead.state.attributes.items() if k != "email"},
-                "b_score": score,
-                "b_temperature": ruleset.band(score),
-                "b_stage": lead.state.stage,
-                "b_entered": lead.stage_entered_at,
-                "b_tags": lead.state.tags,
-                "b_subscribed": lead.subscribed,
-                "b_account": account_domain(lead.state.attributes, lead.email),
-                "b_due": lead.due_at,
+                "id": lead.id,
+                "version": lead.version,
+                "attributes": {k: v for k, v in lead.state.attributes.items() if k != "email"},
+                "score": score,
+                "temperature": ruleset.band(score),
+                "stage": lead.state.stage,
+                "stage_entered_at": lead.stage_entered_at,
+                "tags": lead.state.tags,
+                "subscribed": lead.subscribed,
+                "account_domain": account_domain(lead.state.attributes, lead.email),
+                "time_due_at": lead.due_at,
             }
             for lead in leads
             for score in [ruleset.lead_score(lead.state.scores)]
         ],
+        match=["id", "version"],
+        constants={"ruleset_version": ruleset.version, "updated_at": now},
+        increment="version",
     )
-    if updated.rowcount != len(leads):
+    if updated != len(leads):
         raise ConflictError("a lead changed during the batch")
-    # One upsert for every component row: new leads and new components insert, others update.
-    statement = upsert(conn, SCORES)
-    execute_many(
+    # One upsert for the component rows that changed: new leads and new components insert,
+    # others update.
+    upsert_rows(
         conn,
-        statement.on_conflict_do_update(
-            index_elements=["lead_id", "component"],
-            set_={
-                "value": statement.excluded.value,
-                "rose_at": statement.excluded.rose_at,
-                "peak": statement.excluded.peak,
-                "decay_steps": statement.excluded.decay_steps,
-            },
-        ),
+        SCORES,
         [
             {
                 "lead_id": lead.id,
                 "component": name,
-                "value": value,
-                "rose_at": rose_at,
-                "peak": peak or 0,
-                "decay_steps": steps or 0,
+                "value": row[0],
+                "rose_at": row[1],
+                "peak": row[2],
+                "decay_steps": row[3],
             }
             for lead in leads
             for name, value in lead.state.scores.items()
             for rose_at, peak, steps in [lead.decay.get(name, [None, 0, 0])]
+            for row in [(value, rose_at, peak or 0, steps or 0)]
+            if lead.stored.get(name) != row
         ],
+        ["lead_id", "component"],
+        replace=["value", "rose_at", "peak", "decay_steps"],
     )
     if ruleset.scores:
         _write_named_scores(conn, ruleset, leads)
@@ -160,12 +139,4 @@ def _write_named_scores(conn: Connection, ruleset: Ruleset, leads: list[LoadedLe
             {"lead_id": lead.id, "name": name, "total": total, "band": bands[name]}
             for name, total in totals.items()
         ]
-    statement = upsert(conn, NAMED_SCORES)
-    execute_many(
-        conn,
-        statement.on_conflict_do_update(
-            index_elements=["lead_id", "name"],
-            set_={"total": statement.excluded.total, "band": statement.excluded.band},
-        ),
-        rows,
-    )
+    upsert_rows(conn, NAMED_SCORES, rows, ["lead_id", "name"], replace=["total", "band"])
