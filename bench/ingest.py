@@ -185,7 +185,8 @@ def run_ingest(
     command = [sys.executable, "-c", MEASURE, sys.executable, "-m", "engine.cli", "ingest"]
     command += [str(path)] + (["--workers", str(workers)] if workers > 1 else [])
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    # The checkout's directory, not ours: ``-m`` puts the working directory ahead of PYTHONPATH.
+    done = subprocess.run(command, env=env, cwd=code, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"nurture ingest failed ({done.returncode}): {done.stderr[-2000:]}")
