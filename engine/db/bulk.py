@@ -92,13 +92,7 @@ def update_rows(
         fixed = {f"k_{name}": value for name, value in constants.items()}
         renamed = [{f"b_{name}": value for name, value in row.items()} | fixed for row in rows]
         return execute_many(conn, statement, renamed).rowcount
-    quote = _PG.identifier_preparer.quote
-    name = quote(table.name)
-    sets = [f"{quote(c)} = v.{quote(c)}" for c in columns if c not in match]
-    sets += [f"{quote(c)} = %(k_{c})s" for c in constants]
-    sets.append(f"{quote(increment)} = {name}.{quote(increment)} + 1")
-    where = " AND ".join(f"{name}.{quote(c)} = v.{quote(c)}" for c in match)
-    sql = f"UPDATE {name} SET {', '.join(sets)} FROM {_unnest(table, columns)} WHERE {where}"
+    sql = _pg_update(table, columns, tuple(match), tuple(constants), increment)
     params = _arrays(table, columns, rows)
     params |= {f"k_{c}": value for c, value in constants.items()}
     return conn.exec_driver_sql(sql, params).rowcount
@@ -149,6 +143,24 @@ def _unnest(table: Table, columns: tuple[str, ...]) -> str:
     quote = _PG.identifier_preparer.quote
     arrays = ", ".join(f"%({c})s::{table.c[c].type.compile(dialect=_PG)}[]" for c in columns)
     return f"unnest({arrays}) AS v({', '.join(quote(c) for c in columns)})"
+
+
+@functools.cache
+def _pg_update(
+    table: Table,
+    columns: tuple[str, ...],
+    match: tuple[str, ...],
+    constants: tuple[str, ...],
+    increment: str,
+) -> str:
+    """:func:`update_rows`' statement on PostgreSQL, built once."""
+    quote = _PG.identifier_preparer.quote
+    name = quote(table.name)
+    sets = [f"{quote(c)} = v.{quote(c)}" for c in columns if c not in match]
+    sets += [f"{quote(c)} = %(k_{c})s" for c in constants]
+    sets.append(f"{quote(increment)} = {name}.{quote(increment)} + 1")
+    where = " AND ".join(f"{name}.{quote(c)} = v.{quote(c)}" for c in match)
+    return f"UPDATE {name} SET {', '.join(sets)} FROM {_unnest(table, columns)} WHERE {where}"
 
 
 @functools.cache
@@ -217,7 +229,7 @@ def execute_many(
     trips) and for a statement that needs values SQLAlchemy computes per row (a Python-side
     column default the rows lack)."""
     positional = conn.dialect.name == "sqlite"
-    if not rows or not (positional or not isinstance(statement, Insert)):
+    if not rows or (not positional and isinstance(statement, Insert)):
         return conn.execute(statement, list(rows))
     prepared = _prepare(statement, conn.dialect, tuple(rows[0]))
     if prepared is None:
