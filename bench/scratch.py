@@ -44,14 +44,23 @@ def databases(args: argparse.Namespace, prefix: str) -> Iterator[tuple[str, str]
             yield "PostgreSQL", url
 
 
-def run(doc: str, bench: Callable[[str, str, int], None], leads: int, prefix: str) -> None:
-    """``bench(url, name, leads)`` on each database the command line asks for."""
+def run(
+    doc: str,
+    bench: Callable[[str, str, argparse.Namespace], None],
+    leads: int,
+    prefix: str,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """``bench(url, name, args)`` on each database the command line asks for; ``options`` adds
+    the benchmark's own flags to the parser (``args.leads`` is always there)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--leads", type=int, default=leads)
     database_options(parser)
+    if options is not None:
+        options(parser)
     args = parser.parse_args()
     for name, url in databases(args, prefix):
-        bench(url, name, args.leads)
+        bench(url, name, args)
 
 
 def data_file(events: int, leads: int, out: Path) -> Path:

@@ -17,6 +17,7 @@ customers whose inputs changed, not all customers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Iterator
@@ -62,7 +63,8 @@ def tick(url: str, compiled: CompiledRuleset, now: datetime) -> tuple[int, float
     return report.evaluated, time.perf_counter() - started
 
 
-def bench(url: str, name: str, leads: int) -> None:
+def bench(url: str, name: str, args: argparse.Namespace) -> None:
+    leads = args.leads
     database.upgrade(url)
     engine = database.connect(url)
     compiled = compile_checked(RULESET)
