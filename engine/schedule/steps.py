@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
-from engine.db import append_rows
+from engine.db import append_rows, reading
 from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.render.templates import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
@@ -63,6 +63,36 @@ class Pending:
     message: dict[str, Any]
     template: str
     variables: dict[str, Any]
+
+
+class Share(NamedTuple):
+    """The leads one runner takes when several run side by side: those whose id is ``index``
+    modulo ``of``. A lead's enrollments all fall to one runner, so its frequency cap is counted
+    in one place."""
+
+    index: int
+    of: int
+
+
+WHOLE = Share(0, 1)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A batch as read: due enrollments, their leads, and the leads' recent email times."""
+
+    rows: Sequence[Any]
+    leads: dict[int, dict[str, Any]]
+    sent: dict[int, list[datetime]]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A batch decided and rendered: what its transaction writes."""
+
+    report: StepReport
+    messages: list[dict[str, Any]]
+    moves: list[dict[str, Any]]
 
 
 # -- pure decisions ------------------------------------------------------------------------------
@@ -115,24 +145,62 @@ class StepRunner:
         self.renderer = renderer
         self.key = settings.signing_key()
 
-    def run(self, now: datetime, batch: int = BATCH) -> StepReport:
-        """Every step due at ``now``, a batch per transaction, until none is left."""
+    def run(self, now: datetime, batch: int = BATCH, share: Share = WHOLE) -> StepReport:
+        """Every step due at ``now`` of the leads in ``share``, a batch per transaction, until
+        none is left."""
         report = StepReport()
         # Each pass ends, defers past ``now`` or advances every enrollment it takes, so the
         # loop ends after at most (steps per campaign) passes over the due set.
         while True:
-            with self.db.begin() as conn:
-                done, taken = self._batch(conn, now, batch)
+            if self.db.dialect.name == "sqlite":
+                done, taken = self._snapshot_batch(now, batch, share)
+            else:
+                with self.db.begin() as conn:
+                    done, taken = self._locked_batch(conn, now, batch, share)
             report.add(done)
             metrics.emails_prepared(done.queued, done.held)
             if not taken:
                 return report
 
-    def _batch(self, conn: Connection, now: datetime, size: int) -> tuple[StepReport, int]:
-        report = StepReport()
+    def _locked_batch(
+        self, conn: Connection, now: datetime, size: int, share: Share
+    ) -> tuple[StepReport, int]:
+        """PostgreSQL: the batch's enrollments locked (skipping those another runner holds)
+        from reading to writing."""
+        loaded = self._load(conn, now, size, share)
+        if loaded is None:
+            return StepReport(), 0
+        plan = self._plan(loaded, now)
+        self._write(conn, plan)
+        return plan.report, len(loaded.rows)
+
+    def _snapshot_batch(self, now: datetime, size: int, share: Share) -> tuple[StepReport, int]:
+        """SQLite, one write lock for the whole database: the batch is read, decided and
+        rendered in a snapshot, without the lock, so runners of other shares do the same side
+        by side; it is written under the lock only if what it read is as it was (its
+        enrollments, its leads' versions, their recent emails), else read and decided again."""
+        while True:
+            with reading(self.db) as conn, conn.begin():
+                loaded = self._load(conn, now, size, share)
+            if loaded is None:
+                return StepReport(), 0
+            plan = self._plan(loaded, now)
+            with self.db.begin() as conn:
+                if self._unchanged(conn, loaded, now):
+                    self._write(conn, plan)
+                    return plan.report, len(loaded.rows)
+            log.info("a batch of due steps changed while it was rendered: taken again")
+
+    def _load(self, conn: Connection, now: datetime, size: int, share: Share) -> _Loaded | None:
+        """A batch of due enrollments, their leads and the leads' recent emails; None when
+        nothing is due."""
         due = (
             select(
-                ENROLLMENTS.c.id, ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.step
+                ENROLLMENTS.c.id,
+                ENROLLMENTS.c.lead_id,
+                ENROLLMENTS.c.campaign,
+                ENROLLMENTS.c.step,
+                ENROLLMENTS.c.next_due_at,
             )
             .where(
                 ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE, ENROLLMENTS.c.next_due_at <= now
@@ -140,26 +208,56 @@ class StepRunner:
             .order_by(ENROLLMENTS.c.next_due_at, ENROLLMENTS.c.id)
             .limit(size)
         )
+        if share.of > 1:
+            due = due.where(ENROLLMENTS.c.lead_id % share.of == share.index)
         if conn.dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True)
         rows = conn.execute(due).all()
         if not rows:
-            return report, 0
+            return None
         leads = self._leads(conn, {row.lead_id for row in rows})
-        sent = self._recent(conn, leads, now)
+        return _Loaded(rows, leads, self._recent(conn, leads, now))
+
+    def _plan(self, loaded: _Loaded, now: datetime) -> _Plan:
+        """Each enrollment decided and the emails rendered: the batch's rows, not yet written."""
+        report = StepReport()
+        # Decisions count the emails they queue against the cap; the loaded times stay as read.
+        sent = defaultdict(list, {lead: list(at) for lead, at in loaded.sent.items()})
         pending: list[Pending] = []
         moves: list[dict[str, Any]] = []
-        for row in rows:
-            lead = leads[row.lead_id]
+        for row in loaded.rows:
+            lead = loaded.leads[row.lead_id]
             campaign = self.campaigns.campaigns.get(row.campaign)
             move = self._decide(row, lead, campaign, sent[row.lead_id], now, pending, report)
             moves.append({"b_id": row.id, **move})
-        messages = self._render(pending, report)
-        if messages:
-            # The enrollments are locked and move past these steps in this transaction, so no
-            # other scheduler can write the same (enrollment, step): a plain append is safe, and
-            # the unique idempotency key would fail the batch rather than let a duplicate in.
-            append_rows(conn, OUTBOX, messages)
+        return _Plan(report, self._render(pending, report), moves)
+
+    def _unchanged(self, conn: Connection, loaded: _Loaded, now: datetime) -> bool:
+        """Whether the batch's enrollments, leads and recent emails are as ``loaded`` read them
+        (in the write transaction, so nothing moves them before it commits)."""
+        enrollments = select(
+            ENROLLMENTS.c.id, ENROLLMENTS.c.step, ENROLLMENTS.c.status, ENROLLMENTS.c.next_due_at
+        ).where(ENROLLMENTS.c.id.in_([row.id for row in loaded.rows]))
+        read = {row.id: (row.step, EnrollmentStatus.ACTIVE, row.next_due_at) for row in loaded.rows}
+        if {
+            row.id: (row.step, row.status, row.next_due_at) for row in conn.execute(enrollments)
+        } != read:
+            return False
+        versions = select(LEADS.c.id, LEADS.c.version).where(LEADS.c.id.in_(list(loaded.leads)))
+        if dict(conn.execute(versions).tuples().all()) != {
+            id: lead["version"] for id, lead in loaded.leads.items()
+        }:
+            return False
+        return self._recent(conn, loaded.leads, now) == loaded.sent
+
+    def _write(self, conn: Connection, plan: _Plan) -> None:
+        """The batch's outbox rows and its enrollments' next steps."""
+        if plan.messages:
+            # The enrollments are locked (or checked unchanged under SQLite's write lock) and
+            # move past these steps in this transaction, so no other runner can write the same
+            # (enrollment, step): a plain append is safe, and the unique idempotency key would
+            # fail the batch rather than let a duplicate in.
+            append_rows(conn, OUTBOX, plan.messages)
         conn.execute(
             update(ENROLLMENTS)
             .where(ENROLLMENTS.c.id == bindparam("b_id"))
@@ -170,9 +268,8 @@ class StepRunner:
                 ended_at=bindparam("b_ended"),
                 reason=bindparam("b_reason"),
             ),
-            moves,
+            plan.moves,
         )
-        return report, len(rows)
 
     def _leads(self, conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
         leads: dict[int, dict[str, Any]] = {}
@@ -185,6 +282,7 @@ class StepRunner:
             LEADS.c.tags,
             LEADS.c.subscribed,
             LEADS.c.created_at,
+            LEADS.c.version,
         ).where(LEADS.c.id.in_(ids))
         for row in conn.execute(query):
             leads[row.id] = {**row._asdict(), "scores": {}}
