@@ -1,11 +1,15 @@
 """Due campaign steps → rendered emails in the outbox: the schedule step between the rules and
 the dispatcher.
 
-A batch of due enrollments is locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several
-schedulers share the work; ``BEGIN IMMEDIATE`` on SQLite), each is decided in memory (exit,
-skip, wait for the send window or the frequency cap, or send), and the outbox rows and the
-enrollments' next steps are written in the same transaction: a crash leaves either both or
-neither, and the idempotency key (enrollment, step) keeps a step from being queued twice.
+A batch of due enrollments is read, each is decided in memory (exit, skip, wait for the send
+window or the frequency cap, or send), the emails are rendered, and the outbox rows and the
+enrollments' next steps are written in one transaction: a crash leaves either both or neither,
+and the idempotency key (enrollment, step) keeps a step from being queued twice. On PostgreSQL
+the batch is locked from reading to writing (``FOR UPDATE SKIP LOCKED``, so several runners
+share the work). On SQLite, one write lock for the whole database, it is read, decided and
+rendered in a snapshot and written under the lock only if what it read has not moved (else
+taken again), so runners render side by side. Runners may split the leads between them
+(:class:`Share`, see :mod:`engine.schedule.shares`).
 """
 
 from __future__ import annotations
@@ -66,11 +70,11 @@ class Pending:
 
 
 class Share(NamedTuple):
-    """The leads one runner takes when several run side by side: those whose id is ``index``
+    """The leads one runner takes when several run side by side: those whose id is ``slot``
     modulo ``of``. A lead's enrollments all fall to one runner, so its frequency cap is counted
     in one place."""
 
-    index: int
+    slot: int
     of: int
 
 
@@ -209,7 +213,7 @@ class StepRunner:
             .limit(size)
         )
         if share.of > 1:
-            due = due.where(ENROLLMENTS.c.lead_id % share.of == share.index)
+            due = due.where(ENROLLMENTS.c.lead_id % share.of == share.slot)
         if conn.dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True)
         rows = conn.execute(due).all()
@@ -244,7 +248,7 @@ class StepRunner:
         } != read:
             return False
         versions = select(LEADS.c.id, LEADS.c.version).where(LEADS.c.id.in_(list(loaded.leads)))
-        if dict(conn.execute(versions).tuples().all()) != {
+        if dict(conn.execute(versions).all()) != {
             id: lead["version"] for id, lead in loaded.leads.items()
         }:
             return False
