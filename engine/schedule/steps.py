@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
-from engine.db import append_rows, reading
+from engine.db import append_rows, execute_many, reading
 from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.render.templates import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
@@ -42,6 +42,19 @@ log = logging.getLogger(__name__)
 # Outbox rows that count against a frequency cap: everything that went or is going out.
 COUNTED = (OutboxStatus.QUEUED, OutboxStatus.SENDING, OutboxStatus.SENT)
 BATCH = 500
+# An enrollment to its next step (or its end): one statement object, so its compiled form is
+# kept (execute_many) rather than compiled for every batch.
+MOVE = (
+    update(ENROLLMENTS)
+    .where(ENROLLMENTS.c.id == bindparam("b_id"))
+    .values(
+        step=bindparam("b_step"),
+        status=bindparam("b_status"),
+        next_due_at=bindparam("b_due"),
+        ended_at=bindparam("b_ended"),
+        reason=bindparam("b_reason"),
+    )
+)
 
 
 @dataclass
@@ -237,20 +250,20 @@ class StepRunner:
         return _Plan(report, self._render(pending, report), moves)
 
     def _unchanged(self, conn: Connection, loaded: _Loaded, now: datetime) -> bool:
-        """Whether the batch's enrollments, leads and recent emails are as ``loaded`` read them
-        (in the write transaction, so nothing moves them before it commits)."""
-        enrollments = select(
-            ENROLLMENTS.c.id, ENROLLMENTS.c.step, ENROLLMENTS.c.status, ENROLLMENTS.c.next_due_at
-        ).where(ENROLLMENTS.c.id.in_([row.id for row in loaded.rows]))
-        read = {row.id: (row.step, EnrollmentStatus.ACTIVE, row.next_due_at) for row in loaded.rows}
-        if {
-            row.id: (row.step, row.status, row.next_due_at) for row in conn.execute(enrollments)
-        } != read:
-            return False
-        versions = select(LEADS.c.id, LEADS.c.version).where(LEADS.c.id.in_(list(loaded.leads)))
-        if dict(conn.execute(versions).all()) != {
-            id: lead["version"] for id, lead in loaded.leads.items()
-        }:
+        """Whether the batch's enrollments (still due at the step read), leads (their versions)
+        and recent emails are as ``loaded`` read them, in the write transaction, so nothing
+        moves them before it commits. A decision reads nothing else of them."""
+        query = (
+            select(ENROLLMENTS.c.id, ENROLLMENTS.c.step, LEADS.c.version)
+            .join_from(ENROLLMENTS, LEADS, LEADS.c.id == ENROLLMENTS.c.lead_id)
+            .where(
+                ENROLLMENTS.c.id.in_([row.id for row in loaded.rows]),
+                ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
+                ENROLLMENTS.c.next_due_at <= now,
+            )
+        )
+        read = {(row.id, row.step, loaded.leads[row.lead_id]["version"]) for row in loaded.rows}
+        if {tuple(row) for row in conn.execute(query)} != read:
             return False
         return self._recent(conn, loaded.leads, now) == loaded.sent
 
@@ -262,18 +275,7 @@ class StepRunner:
             # (enrollment, step): a plain append is safe, and the unique idempotency key would
             # fail the batch rather than let a duplicate in.
             append_rows(conn, OUTBOX, plan.messages)
-        conn.execute(
-            update(ENROLLMENTS)
-            .where(ENROLLMENTS.c.id == bindparam("b_id"))
-            .values(
-                step=bindparam("b_step"),
-                status=bindparam("b_status"),
-                next_due_at=bindparam("b_due"),
-                ended_at=bindparam("b_ended"),
-                reason=bindparam("b_reason"),
-            ),
-            plan.moves,
-        )
+        execute_many(conn, MOVE, plan.moves)
 
     def _leads(self, conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
         leads: dict[int, dict[str, Any]] = {}
@@ -288,8 +290,9 @@ class StepRunner:
             LEADS.c.created_at,
             LEADS.c.version,
         ).where(LEADS.c.id.in_(ids))
+        keys = [column.name for column in query.selected_columns]
         for row in conn.execute(query):
-            leads[row.id] = {**row._asdict(), "scores": {}}
+            leads[row[0]] = dict(zip(keys, row, strict=True), scores={})
         scores = select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value)
         for lead_id, component, value in conn.execute(scores.where(SCORES.c.lead_id.in_(ids))):
             leads[lead_id]["scores"][component] = value
