@@ -313,7 +313,7 @@ def test_attribute_lookups_on_dicts_take_a_shortcut_that_answers_as_the_sandbox_
     names = ["first_name", "items", "get", "keys", "__class__", "__init__", "mro", "missing",
              "copy", "fromkeys", "", "0", "__dict__", "__getitem__"]  # fmt: skip
     base = {name: f"value of {name}" for name in names[::2]}
-    objects: list[object] = [base, {}, OrderedDict(base), defaultdict(int, base),
+    objects: list[object] = [base, {}, OrderedDict(base), defaultdict(str, base),
                              type("Row", (dict,), {})(base), "text", 3, [1, 2], None]  # fmt: skip
     for undefined in (StrictUndefined, Undefined):
         ours = BoundedEnvironment(undefined=undefined)

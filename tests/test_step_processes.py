@@ -191,3 +191,31 @@ def test_two_runners_racing_over_the_whole_due_set_queue_each_step_once(
     assert len(steps) == len(set(steps))
     if db_url.startswith("sqlite"):
         assert state(db, settings) == expected
+
+
+@pytest.mark.postgres
+def test_emails_compressed_with_lz4_read_back_as_with_the_default(
+    pg_url: str, tmp_path: Path, home: Path
+) -> None:
+    """On PostgreSQL the step runner stores email parts with lz4 (where the server has it):
+    what is read back equals what the server's default compression stores."""
+    # Emails long enough to be compressed (a row over ~2 kB).
+    layout = home / "templates" / "layout.j2"
+    words = " ".join(f"word{i}" for i in range(600))
+    layout.write_text(layout.read_text() + f"<p>{words} {{{{ lead.company }}}}</p>")
+    states = []
+    with database.scratch_schema(PG_URL, "t") as twin:
+        for url, lz4 in ((pg_url, False), (twin, None)):
+            db, settings = prepared(url, home)
+            runner = step_runner(db, settings, Renderer(settings.templates_dir))[0]
+            runner.lz4 = lz4  # False: the server's default; None: asked, as in production
+            assert runner.run(T0).queued > 30
+            with db.connect() as conn:
+                methods = (
+                    "SELECT DISTINCT pg_column_compression(html) FROM outbox_message "
+                    "WHERE enrollment_id IS NOT NULL"
+                )
+                states.append((conn.execute(sa.text(methods)).scalars().all(), state(db, settings)))
+    (plain, expected), (compressed, got) = states
+    assert None not in plain and compressed == ["lz4"]
+    assert got == expected

@@ -161,6 +161,7 @@ class StepRunner:
         self.campaigns = campaigns
         self.renderer = renderer
         self.key = settings.signing_key()
+        self.lz4: bool | None = None  # PostgreSQL: see _lz4
 
     def run(self, now: datetime, batch: int = BATCH, share: Share = WHOLE) -> StepReport:
         """Every step due at ``now`` of the leads in ``share``, a batch per transaction, until
@@ -184,12 +185,24 @@ class StepRunner:
     ) -> tuple[StepReport, int]:
         """PostgreSQL: the batch's enrollments locked (skipping those another runner holds)
         from reading to writing."""
+        if self._lz4(conn):
+            # An email's parts are compressed as they are stored (a row over ~2 kB): lz4 does
+            # it with about a fifth less of the server's CPU per message than pglz, the
+            # default. Stored values read back the same either way.
+            conn.exec_driver_sql("SET LOCAL default_toast_compression = 'lz4'")
         loaded = self._load(conn, now, size, share)
         if loaded is None:
             return StepReport(), 0
         plan = self._plan(loaded, now)
         self._write(conn, plan)
         return plan.report, len(loaded.rows)
+
+    def _lz4(self, conn: Connection) -> bool:
+        """Whether the PostgreSQL server can compress with lz4 (built with it), asked once."""
+        if self.lz4 is None:
+            query = "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
+            self.lz4 = "lz4" in (conn.exec_driver_sql(query).scalar() or ())
+        return self.lz4
 
     def _snapshot_batch(self, now: datetime, size: int, share: Share) -> tuple[StepReport, int]:
         """SQLite, one write lock for the whole database: the batch is read, decided and
