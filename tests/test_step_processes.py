@@ -5,10 +5,12 @@ step is queued once, and the outbox and enrollments equal those of a single runn
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from engine import db as database
 from engine.active import ruleset_in_force
 from engine.render.templates import Renderer
 from engine.schedule.jobs import Jobs, step_runner
+from engine.schedule.shares import StepProcesses
 from engine.send.file import FileMailer
 from engine.send.unsubscribe import read_token
 from engine.settings import Settings
@@ -219,3 +222,19 @@ def test_emails_compressed_with_lz4_read_back_as_with_the_default(
     (plain, expected), (compressed, got) = states
     assert None not in plain and compressed == ["lz4"]
     assert got == expected
+
+
+def test_a_step_process_that_dies_fails_one_run_and_the_next_starts_new_ones(
+    sqlite_url: str, home: Path
+) -> None:
+    _db, settings = prepared(sqlite_url, home, step_processes=2)
+    processes = StepProcesses(settings, 2)
+    try:
+        assert processes.run(T0 - timedelta(days=30))[0].queued == 0
+        died = processes.pool.submit(os._exit, 1)  # as a process killed from outside
+        assert isinstance(died.exception(), BrokenProcessPool)
+        with pytest.raises(BrokenProcessPool):
+            processes.run(T0)
+        assert processes.run(T0)[0].queued > 30
+    finally:
+        processes.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 
 from engine import metrics
@@ -28,7 +29,7 @@ from engine.settings import Settings
 _PROCESS: dict[str, object] = {}
 
 
-def _start(settings: Settings) -> None:
+def _prepare_process(settings: Settings) -> None:
     # A batch makes many short-lived containers per email (rows, contexts, drafts, rows to
     # write): at the default threshold (700 allocations) the collector ran every few emails,
     # ~10 % of the process's CPU. What is loaded now (modules, settings) lives as long as the
@@ -59,25 +60,36 @@ class StepProcesses:
     share of every call to :meth:`run`."""
 
     def __init__(self, settings: Settings, count: int) -> None:
+        self.settings = settings
         self.count = count
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
         # Spawned, not forked: the parent may hold threads (the scheduler, css-inline's pool)
         # and open database connections that a forked child must not share.
-        self.pool = ProcessPoolExecutor(
-            count,
+        return ProcessPoolExecutor(
+            self.count,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start,
-            initargs=(settings,),
+            initializer=_prepare_process,
+            initargs=(self.settings,),
         )
 
     def run(self, now: datetime) -> tuple[StepReport, list[str]]:
         """Every step due at ``now``, all shares at once; the campaigns' problems as the
         processes found them (each once)."""
-        shares = [self.pool.submit(_run, now, Share(i, self.count)) for i in range(self.count)]
         report, problems = StepReport(), list[str]()
-        for future in shares:
-            done, found = future.result()
-            report.add(done)
-            problems.extend(p for p in found if p not in problems)
+        try:
+            shares = [self.pool.submit(_run, now, Share(i, self.count)) for i in range(self.count)]
+            for future in shares:
+                done, found = future.result()
+                report.add(done)
+                problems.extend(p for p in found if p not in problems)
+        except BrokenProcessPool:
+            # A process died (killed, out of memory): this run fails, the next one starts new
+            # processes. What the dead one had not committed is still due.
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._start()
+            raise
         # The processes' own counters are not the ones /metrics serves: counted here.
         metrics.emails_prepared(report.queued, report.held)
         return report, problems
