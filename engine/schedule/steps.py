@@ -226,11 +226,7 @@ class StepRunner:
         nothing is due."""
         due = (
             select(
-                ENROLLMENTS.c.id,
-                ENROLLMENTS.c.lead_id,
-                ENROLLMENTS.c.campaign,
-                ENROLLMENTS.c.step,
-                ENROLLMENTS.c.next_due_at,
+                ENROLLMENTS.c.id, ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.step
             )
             .where(
                 ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE, ENROLLMENTS.c.next_due_at <= now
@@ -265,7 +261,9 @@ class StepRunner:
     def _unchanged(self, conn: Connection, loaded: _Loaded, now: datetime) -> bool:
         """Whether the batch's enrollments (still due at the step read), leads (their versions)
         and recent emails are as ``loaded`` read them, in the write transaction, so nothing
-        moves them before it commits. A decision reads nothing else of them."""
+        moves them before it commits. A write that moves none of them (a decay lowering scores
+        leaves versions as they are) reads nothing a batch writes: the batch stands as if it
+        had committed first."""
         query = (
             select(ENROLLMENTS.c.id, ENROLLMENTS.c.step, LEADS.c.version)
             .join_from(ENROLLMENTS, LEADS, LEADS.c.id == ENROLLMENTS.c.lead_id)
