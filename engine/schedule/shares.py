@@ -23,7 +23,7 @@ from engine import metrics
 from engine.db import connect
 from engine.render.templates import Renderer
 from engine.schedule.steps import Share, StepReport
-from engine.settings import Settings
+from engine.settings import Settings, configure_logging
 
 # One process's database engine, renderer and settings, made when the process starts.
 _PROCESS: dict[str, object] = {}
@@ -36,6 +36,7 @@ def _prepare_process(settings: Settings) -> None:
     # process: frozen out of every collection.
     gc.set_threshold(10_000, 10, 10)
     gc.freeze()
+    configure_logging(settings)  # as the worker logs: its level and format, secrets redacted
     _PROCESS.update(
         db=connect(settings.database_url),
         renderer=Renderer(settings.templates_dir),
