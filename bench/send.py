@@ -6,8 +6,9 @@
 Figures:
 - Jinja2 alone: the shipped warm/case-study template rendered N times (no CSS inlining, no SQL);
 - render and enqueue: N due warm-nurture steps → rendered outbox rows (StepRunner, the job
-  behind ``nurture tick``), messages/s on SQLite and PostgreSQL (aim 10,000/s), and this
-  process's CPU per message;
+  behind ``nurture tick``), messages/s on SQLite and PostgreSQL (aim 10,000/s), and the CPU per
+  message; in this process, and with each count of --step-processes the worker's step job
+  spreading them over that many processes (NURTURE_STEP_PROCESSES, started before the clock);
 - dispatch: M queued messages (beside --history messages sent before) through the official
   SendGrid client to the fake SendGrid,
   running in its own process on 127.0.0.1 (each request answered after --latency seconds),
@@ -40,11 +41,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import db as database  # noqa: E402
+from engine.active import ruleset_in_force  # noqa: E402
 from engine.campaigns.compile import CompiledCampaigns  # noqa: E402
 from engine.home import load_campaigns, load_ruleset  # noqa: E402
 from engine.render.templates import Renderer, sample_context  # noqa: E402
+from engine.schedule.jobs import Jobs  # noqa: E402
 from engine.schedule.steps import StepRunner  # noqa: E402
 from engine.send.dispatch import Dispatcher  # noqa: E402
+from engine.send.file import FileMailer  # noqa: E402
 from engine.send.sendgrid import SendGridMailer  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 
@@ -96,8 +100,9 @@ def seed(db: sa.Engine, count: int) -> None:
         )
 
 
-def render_and_enqueue(url: str, count: int) -> tuple[float, float]:
-    """Messages/s, and ms of this process's CPU per message."""
+def render_and_enqueue(url: str, count: int, processes: int) -> tuple[float, float, float]:
+    """Messages/s, ms of CPU per message (this process and its step processes), and the step
+    processes' peak RSS in MB (0 with one runner, which is this process)."""
     database.upgrade(url)
     db = database.connect(url)
     seed(db, count)
@@ -107,14 +112,55 @@ def render_and_enqueue(url: str, count: int) -> tuple[float, float]:
         ruleset, load_campaigns(ROOT / "campaigns", ruleset, renderer.names())
     )
     settings = Settings(
-        home=ROOT, database_url=url, secret_key="bench-secret-0123456789abcdef0123456789"
+        home=ROOT,
+        database_url=url,
+        secret_key="bench-secret-0123456789abcdef0123456789",
+        step_processes=processes,
     )
-    start, cpu = time.perf_counter(), time.process_time()
-    report = StepRunner(db, settings, campaigns, renderer).run(NOW)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if processes == 1:
+        start, cpu = time.perf_counter(), time.process_time()
+        report = StepRunner(db, settings, campaigns, renderer).run(NOW)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        peak = 0.0
+    else:
+        # The worker's path (NURTURE_STEP_PROCESSES): its processes are started once, so they
+        # are started (and the ruleset adopted, as `nurture worker` does) before the clock.
+        ruleset_in_force(db, settings)
+        jobs = Jobs(db, settings, FileMailer(Path(tempfile.mkdtemp())))
+        jobs.steps(NOW - timedelta(days=1))
+        pids = children()
+        start, cpu = time.perf_counter(), time.process_time() + sum(map(cpu_seconds, pids))
+        report = jobs.steps(NOW)
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() + sum(map(cpu_seconds, pids)) - cpu
+        peak = max(peak_rss(pid) for pid in pids)
+        assert jobs.step_processes is not None
+        jobs.step_processes.close()
     assert report.queued == count, report
     db.dispose()
-    return count / elapsed, cpu / count * 1000
+    return count / elapsed, cpu / count * 1000, peak
+
+
+def children() -> list[int]:
+    """This process's child processes (Linux)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def peak_rss(pid: int) -> float:
+    """A process's peak RSS in MB (Linux), 0 where unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines()
+                 if line.startswith("VmHWM:")), 0.0)  # fmt: skip
 
 
 def cpu_seconds(pid: int) -> float:
@@ -207,6 +253,12 @@ def main() -> None:
         help="dispatch concurrencies, comma-separated (default 1,8,32)",
     )
     parser.add_argument(
+        "--step-processes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 2],
+        help="render and enqueue with these NURTURE_STEP_PROCESSES, comma-separated (default 1,2)",
+    )
+    parser.add_argument(
         "--parts",
         type=lambda text: set(text.split(",")),
         default={"jinja", "render", "dispatch"},
@@ -227,11 +279,15 @@ def main() -> None:
                 ("PostgreSQL", lambda: scratch.enter_context(database.scratch_schema(PG_URL)))
             )
         for name, url in targets if "render" in args.parts else ():
-            rate, cpu = render_and_enqueue(url(), args.steps)
-            print(
-                f"{name}: render and enqueue {args.steps:,} due steps: {rate:,.0f} messages/s "
-                f"({rate / 10_000:.2f}× the 10,000/s aim), {cpu:.3f} ms CPU each"
-            )
+            for processes in args.step_processes:
+                rate, cpu, peak = render_and_enqueue(url(), args.steps, processes)
+                runners = f"{processes} step processes" if processes > 1 else "in this process"
+                rss = f", step processes' peak RSS {peak:,.0f} MB" if peak else ""
+                print(
+                    f"{name}: render and enqueue {args.steps:,} due steps ({runners}): "
+                    f"{rate:,.0f} messages/s ({rate / 10_000:.2f}× the 10,000/s aim), "
+                    f"{cpu:.3f} ms CPU each{rss}"
+                )
         for name, url in targets if "dispatch" in args.parts else ():
             for concurrency in args.senders:
                 rate, cpu, served, opened = dispatch(

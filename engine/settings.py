@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(default=300, gt=0)
     max_attempts: int = Field(default=8, gt=0)  # tries before a message fails for good
     default_timezone: str = "UTC"  # for send windows when a lead has no `timezone`
+    # Processes that render due campaign steps side by side, each its share of the leads.
+    step_processes: int = Field(default=1, ge=1, le=64)
 
     # Links and access.
     secret_key: str | None = None  # signs unsubscribe links; see `signing_key`

@@ -297,3 +297,36 @@ def test_an_edit_of_a_template_or_its_layout_reaches_the_next_batch(tmp_path: Pa
     assert not isinstance(second, TemplateError)
     assert second.subject == "Hi Ana"
     assert second.html == "<html><head></head><body><p>two</p> v2</body></html>"
+
+
+def test_attribute_lookups_on_dicts_take_a_shortcut_that_answers_as_the_sandbox_does() -> None:
+    """`lead.x` on a plain dict is read as its key when dict has no attribute ``x``: for keys
+    that shadow dict methods, dunders, missing keys, dict subclasses and other objects, the
+    answer (or the undefined it gives) is the sandbox's own."""
+    from collections import OrderedDict, defaultdict
+
+    from jinja2 import StrictUndefined, Undefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from engine.render.sandbox import BoundedEnvironment
+
+    names = ["first_name", "items", "get", "keys", "__class__", "__init__", "mro", "missing",
+             "copy", "fromkeys", "", "0", "__dict__", "__getitem__"]  # fmt: skip
+    base = {name: f"value of {name}" for name in names[::2]}
+    objects: list[object] = [base, {}, OrderedDict(base), defaultdict(str, base),
+                             type("Row", (dict,), {})(base), "text", 3, [1, 2], None]  # fmt: skip
+    for undefined in (StrictUndefined, Undefined):
+        ours = BoundedEnvironment(undefined=undefined)
+        theirs = SandboxedEnvironment(undefined=undefined, finalize=None, autoescape=True)
+        for obj in objects:
+            for name in names:
+                got, want = ours.getattr(obj, name), theirs.getattr(obj, name)
+                assert type(got) is type(want), (obj, name)
+                if isinstance(want, Undefined):
+                    assert (got._undefined_obj, got._undefined_name) == (
+                        want._undefined_obj,
+                        want._undefined_name,
+                    )
+                    assert got._undefined_hint == want._undefined_hint, (obj, name)
+                else:
+                    assert got == want, (obj, name)

@@ -347,6 +347,9 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else _bounded(value, "an output")
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
 class BoundedEnvironment(SandboxedEnvironment):
     """The sandbox with the bounds of this module; templates cannot turn autoescaping off."""
 
@@ -363,6 +366,18 @@ class BoundedEnvironment(SandboxedEnvironment):
     @staticmethod
     def text_buffer() -> list[str]:
         return _Text()
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        """``lead.first_name``: on a plain dict, a name that is no dict attribute is read as its
+        key, as the sandbox's lookup ends up doing after the attribute raised (an exception per
+        variable of every email, a third of the lookup's cost). Anything else takes the
+        sandbox's way."""
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
 
     @staticmethod
     def tilde(parts: tuple[Any, ...]) -> str:

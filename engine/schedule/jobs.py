@@ -30,6 +30,7 @@ from engine.render.templates import Renderer
 from engine.rules.spec import Ruleset
 from engine.schedule.clock import TimeReport, evaluate_due
 from engine.schedule.decay import decay
+from engine.schedule.shares import StepProcesses
 from engine.schedule.steps import StepReport, StepRunner
 from engine.send.backends import mailer_for
 from engine.send.dispatch import Dispatcher, DispatchReport
@@ -81,6 +82,8 @@ class Jobs:
         self.renderer = Renderer(settings.templates_dir)
         self.alert_job = AlertJob(db, settings, self.mailer)
         self.warnings: list[str] = []
+        # Started on the first run of the step job (NURTURE_STEP_PROCESSES), then kept.
+        self.step_processes: StepProcesses | None = None
 
     def decay(self, now: datetime) -> int:
         """Decay, then the time evaluations of the leads it lowered (and any other due)."""
@@ -94,9 +97,15 @@ class Jobs:
         return evaluate_due(self.db, compiled, self._campaigns(compiled.ruleset), now)
 
     def steps(self, now: datetime) -> StepReport:
-        runner, problems = step_runner(self.db, self.settings, self.renderer)
+        if self.settings.step_processes > 1:
+            if self.step_processes is None:
+                self.step_processes = StepProcesses(self.settings, self.settings.step_processes)
+            report, problems = self.step_processes.run(now)
+        else:
+            runner, problems = step_runner(self.db, self.settings, self.renderer)
+            report = runner.run(now)
         self.warnings.extend(problems)
-        return runner.run(now)
+        return report
 
     def _campaigns(self, ruleset: Ruleset) -> CompiledCampaigns:
         found = campaigns_in_force(self.db, self.settings, ruleset, self.renderer.names())
