@@ -25,7 +25,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Collection, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,6 +63,11 @@ BACKOFF_MAX = 6 * 3600.0
 CAMPAIGN = "campaign"  # emails to the lead: the only kind consent suppresses
 WEBHOOK = "webhook"  # a JSON POST to an alert target's webhook instead of an email
 MAX_ERROR = 2000  # characters of a provider's answer kept in last_error
+# Rounds out at once, each a quarter of dispatch_batch. With two halves out, the senders ran
+# dry while the main thread waited for the slowest send of the older half, settled it and
+# claimed the next (1,250–1,470 of the 1,530 sends/s 32 threads sleeping 20 ms made on the
+# same machine); with four, three rounds are queued meanwhile, and it kept up (1,530–1,550).
+ROUNDS_OUT = 4
 
 
 @dataclass
@@ -142,16 +147,18 @@ class Dispatcher:
 
     def run(self, now: datetime, limit: int | None = None) -> DispatchReport:
         """Send what is due at ``now`` round by round until nothing due is left (or ``limit``
-        messages were claimed). The next round is claimed and handed to the senders while the
-        last one's sends are still out, so no sender waits for the slowest send of a round. Two
-        rounds of half ``dispatch_batch`` each are out at a time: a crash leaves at most
-        ``dispatch_batch`` messages sent but not settled, as one round of the full size did."""
+        messages were claimed). Later rounds are claimed and handed to the senders while the
+        oldest one's sends are still out, so no sender waits for the slowest send of a round.
+        :data:`ROUNDS_OUT` rounds of an equal share of ``dispatch_batch`` are out at a time: a
+        crash leaves at most ``dispatch_batch`` messages sent but not settled, as one round of
+        the full size did."""
         report = DispatchReport()
         claimed = 0
         out: deque[_Round] = deque()
+        rounds = max(1, min(ROUNDS_OUT, self.settings.dispatch_batch))
         with ThreadPoolExecutor(max_workers=max(1, self.settings.send_concurrency)) as pool:
             while limit is None or claimed < limit:
-                size = max(1, self.settings.dispatch_batch // 2)
+                size = max(1, self.settings.dispatch_batch // rounds)
                 if limit is not None:
                     size = min(size, limit - claimed)
                 rows = self.claim(now, size)
@@ -159,7 +166,7 @@ class Dispatcher:
                     break
                 claimed += len(rows)
                 out.append(self._start(rows, now, pool, report))
-                if len(out) > 1:
+                if len(out) >= rounds:
                     self._settle_round(out.popleft(), now, report)
             while out:
                 self._settle_round(out.popleft(), now, report)
@@ -241,6 +248,9 @@ class Dispatcher:
 
     def _settle_round(self, done: _Round, now: datetime, report: DispatchReport) -> None:
         """Each outcome of a round written once all its sends are back."""
+        # Woken once, when the last send is back, rather than by each send in turn: a wake-up
+        # costs the GIL every sender thread needs.
+        wait([sending for _, sending in done.sending])
         settled = done.settled
         for row, sending in done.sending:
             settled.append(self._settlement(row, sending.result(), now, report))
