@@ -68,9 +68,7 @@ class _Gathering(http.client.HTTPConnection):
         else:
             self._pending.append(bytes(data))
 
-    def request_at_once(
-        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
-    ) -> None:
+    def request_at_once(self, method: str, target: str, body: Any, headers: dict[str, str]) -> None:
         if self.sock is None:
             self.connect()
         self._pending = []
