@@ -191,7 +191,7 @@ def test_sendgrid_gets_the_plain_link_our_message_id_and_one_line_headers() -> N
 _HEADER_NAMES = st.sampled_from(
     ["List-Unsubscribe", "list-unsubscribe", "Message-ID", "X-Campaign", "Reply-To", ""]
 )
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 _PLAIN_LOCAL = st.from_regex(r"[A-Za-z0-9_%+-]{1,8}(\.[A-Za-z0-9_%+-]{1,8}){0,2}", fullmatch=True)
 _PLAIN_DOMAIN = st.from_regex(r"[A-Za-z0-9-]{1,8}(\.[A-Za-z0-9-]{1,8}){0,2}", fullmatch=True)
 _ADDRESS = st.one_of(
