@@ -13,7 +13,9 @@ Figures:
   SendGrid client to the fake SendGrid,
   running in its own process on 127.0.0.1 (each request answered after --latency seconds),
   messages/s (aim 1,500/s with 32 senders), CPU per message of this process and of the fake,
-  and TCP connections opened, at each concurrency of --senders.
+  and TCP connections opened, at each concurrency of --senders; then what the same fake answers
+  to as many bare clients (raw sockets, one prepared request each, no SendGrid client and no
+  database), the ceiling the machine allows at that moment, and the dispatch as a share of it.
 
 Peak RSS of this process is printed last.
 """
@@ -24,9 +26,11 @@ import argparse
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -192,12 +196,56 @@ def fake_sendgrid(latency: float) -> Iterator[tuple[str, int]]:
         process.wait(timeout=30)
 
 
+def bare_clients(fake: str, count: int, concurrency: int) -> float:
+    """Answers/s of the fake to ``concurrency`` threads sending ``count`` prepared requests in
+    all over kept-alive raw sockets: on a shared machine the fake's own timing and the load cap
+    the rate, and this shows by how much at the moment of the run."""
+    body = json.dumps(
+        {
+            "personalizations": [{"to": [{"email": "ana@example.com"}]}],
+            "from": {"email": "hello@acme.io"},
+            "subject": "Hello",
+            "content": [{"type": "text/plain", "value": "Hello"}],
+        }
+    ).encode()
+    request = (
+        b"POST /v3/mail/send HTTP/1.1\r\nHost: fake\r\nAuthorization: Bearer SG.bench\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    host, port = fake.removeprefix("http://").split(":")
+    left = [count]
+    lock = threading.Lock()
+
+    def client() -> None:
+        with socket.create_connection((host, int(port))) as sock, sock.makefile("rb") as answers:
+            while True:
+                with lock:
+                    if left[0] <= 0:
+                        return
+                    left[0] -= 1
+                sock.sendall(request)
+                length = 0
+                while (line := answers.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                answers.read(length)
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return count / (time.perf_counter() - start)
+
+
 def dispatch(
     url: str, count: int, concurrency: int, latency: float, history: int
-) -> tuple[float, float, float, int]:
+) -> tuple[float, float, float, int, float]:
     """Messages/s, ms of CPU per message of this process and of the fake, and the TCP
     connections the fake accepted. ``history`` messages sent earlier are in the outbox too, as
-    in any database that has been sending for a while."""
+    in any database that has been sending for a while. Last, what bare clients get from the
+    same fake (:func:`bare_clients`)."""
     database.upgrade(url)
     db = database.connect(url)
     seed(db, count)
@@ -232,9 +280,10 @@ def dispatch(
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         served = cpu_seconds(pid) - served
         connections = int(httpx.get(f"{fake}/stats").json()["connections"])
+        ceiling = bare_clients(fake, count, concurrency)
     assert report.sent == count, report
     db.dispose()
-    return count / elapsed, cpu / count * 1000, served / count * 1000, connections
+    return count / elapsed, cpu / count * 1000, served / count * 1000, connections, ceiling
 
 
 def main() -> None:
@@ -290,15 +339,17 @@ def main() -> None:
                 )
         for name, url in targets if "dispatch" in args.parts else ():
             for concurrency in args.senders:
-                rate, cpu, served, opened = dispatch(
+                rate, cpu, served, opened, ceiling = dispatch(
                     url(), args.dispatch, concurrency, args.latency, args.history
                 )
                 print(
                     f"{name}: dispatch {args.dispatch:,} ({args.history:,} sent before) via fake "
                     "SendGrid "
                     f"({args.latency * 1000:.0f} ms per call, {concurrency} senders): "
-                    f"{rate:,.0f} messages/s, {cpu:.2f} ms CPU each (the fake: {served:.2f} ms), "
-                    f"{opened:,} TCP connections"
+                    f"{rate:,.0f} messages/s ({rate / 1_500:.2f}× the 1,500/s aim), "
+                    f"{cpu:.2f} ms CPU each (the fake: {served:.2f} ms), "
+                    f"{opened:,} TCP connections; bare clients on the same fake: {ceiling:,.0f}/s "
+                    f"(the dispatch at {rate / ceiling:.0%} of it)"
                 )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS {peak:,.0f} MB; load average {os.getloadavg()[0]:.2f}")

@@ -14,12 +14,9 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import socket
 import ssl
 import threading
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from email.message import Message
 from typing import Any
 from urllib.error import HTTPError, URLError
@@ -33,7 +30,6 @@ from python_http_client.exceptions import handle_error
 # Connections kept idle for reuse; more may be open at once (one per concurrent request), the
 # extra ones are closed when their request ends.
 MAX_IDLE = 64
-_CORK = getattr(socket, "TCP_CORK", 0)
 # Errors of a kept-alive connection the server closed while it was idle: the request never
 # reached it, so it is sent again on a new connection.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
@@ -57,6 +53,38 @@ class Answer:
         return self.headers
 
 
+class _Gathering(http.client.HTTPConnection):
+    """Sends a request as one write. ``http.client`` writes a request's headers and its body
+    with a ``send`` each, two packets on a TCP_NODELAY socket (a packet costs tens of µs of CPU
+    on the loopback). Corking the socket around them instead costs two ``setsockopt`` calls,
+    and Python holds the GIL through those (the uncork is where the kernel sends the segment),
+    so every other sender thread waited on it; ``sendall`` lets them run."""
+
+    _pending: list[bytes] | None = None
+
+    def send(self, data: Any) -> None:
+        if self._pending is None:
+            super().send(data)
+        else:
+            self._pending.append(bytes(data))
+
+    def request_at_once(self, method: str, target: str, body: Any, headers: dict[str, str]) -> None:
+        if self.sock is None:
+            self.connect()
+        self._pending = []
+        try:
+            self.request(method, target, body, headers)
+            whole = b"".join(self._pending)
+        finally:
+            self._pending = None
+        assert self.sock is not None
+        self.sock.sendall(whole)
+
+
+class _Secure(_Gathering, http.client.HTTPSConnection):
+    pass
+
+
 class ConnectionPool:
     """Idle connections to one ``scheme://host:port``, shared by threads (LIFO: the most
     recently used connection is the least likely to have been closed by the server)."""
@@ -70,22 +98,20 @@ class ConnectionPool:
         self.port = parts.port or (443 if self.https else 80)
         self.max_idle = max_idle
         self.opened = 0  # connections made so far
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[_Gathering] = []
         self._lock = threading.Lock()
         self._tls = ssl.create_default_context() if self.https else None
         # Idle connections are closed when the pool is dropped, not left to the collector.
         weakref.finalize(self, _close_all, self._idle)
 
-    def _new(self, timeout: float | None) -> http.client.HTTPConnection:
+    def _new(self, timeout: float | None) -> _Gathering:
         with self._lock:
             self.opened += 1
         if self._tls is not None:
-            return http.client.HTTPSConnection(
-                self.host, self.port, timeout=timeout, context=self._tls
-            )
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            return _Secure(self.host, self.port, timeout=timeout, context=self._tls)
+        return _Gathering(self.host, self.port, timeout=timeout)
 
-    def _take(self, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self, timeout: float | None) -> tuple[_Gathering, bool]:
         """A connection and whether it was reused."""
         with self._lock:
             connection = self._idle.pop() if self._idle else None
@@ -96,7 +122,7 @@ class ConnectionPool:
             connection.sock.settimeout(timeout)
         return connection, True
 
-    def _give_back(self, connection: http.client.HTTPConnection) -> None:
+    def _give_back(self, connection: _Gathering) -> None:
         with self._lock:
             if len(self._idle) < self.max_idle:
                 self._idle.append(connection)
@@ -118,10 +144,7 @@ class ConnectionPool:
         for attempt in range(2):
             connection, reused = self._take(timeout)
             try:
-                if connection.sock is None:
-                    connection.connect()
-                with _one_packet(connection.sock):
-                    connection.request(request.get_method(), target, request.data, headers)
+                connection.request_at_once(request.get_method(), target, request.data, headers)
                 response = connection.getresponse()
                 body = response.read()
             except _STALE as error:
@@ -148,31 +171,13 @@ class ConnectionPool:
         raise AssertionError("unreachable")
 
 
-@contextmanager
-def _one_packet(sock: socket.socket) -> Iterator[None]:
-    """What is sent inside leaves as one TCP segment where the system can cork a socket
-    (Linux): ``http.client`` sends a request's headers and body with two ``send`` calls, each
-    its own packet (the connection has TCP_NODELAY), and a packet costs the sender tens of µs
-    of CPU on the loopback."""
-    if not _CORK:
-        yield
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
-    try:
-        yield
-    finally:
-        # A send that failed may have left the socket closed: its own error is what counts.
-        with suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
-
-
 def proxied(base_url: str) -> bool:
     """Whether the environment sends requests to ``base_url`` through a proxy."""
     parts = urlsplit(base_url)
     return parts.scheme in getproxies() and not proxy_bypass(parts.hostname or "")
 
 
-def _close_all(connections: list[http.client.HTTPConnection]) -> None:
+def _close_all(connections: list[_Gathering]) -> None:
     while connections:
         connections.pop().close()
 
