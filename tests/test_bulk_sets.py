@@ -182,7 +182,7 @@ def test_exits_in_one_statement_end_what_one_by_one_ends(db: sa.Engine) -> None:
             for row in conn.execute(sa.select(*(ENROLLMENTS.c[name] for name in columns)))
         }
         conn.rollback()
-    expected = {
+    expected: dict[tuple[Any, Any], tuple[Any, ...]] = {
         (row["lead_id"], row["campaign"]): (row["status"], row["next_due_at"], None, "start")
         for row in enroll
     }
