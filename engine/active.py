@@ -188,6 +188,7 @@ def ruleset_in_force(db: Engine, settings: Settings, refresh: bool = False) -> I
             return cached.in_force
         with reading(db) as conn:
             applied = latest_apply_id(conn)
+        adopted = None
         if applied is None:
             adopted = compile_checked(choose_file(settings), settings.home)
             _insert_apply(db, adopted.ruleset, "adopt", None, None)
@@ -197,7 +198,8 @@ def ruleset_in_force(db: Engine, settings: Settings, refresh: bool = False) -> I
             or cached.in_force.applied is None
             or (applied is not None and cached.in_force.applied.id != applied)
         ):
-            cached = _Cached(now, _load(db, settings), told=cached.told if cached else set())
+            in_force = _load(db, settings, adopted)
+            cached = _Cached(now, in_force, told=cached.told if cached else set())
             _CACHE[key] = cached
         cached.checked = now
         _check_files(cached, settings)
@@ -208,10 +210,14 @@ def latest_apply_id(conn: Connection) -> int | None:
     return conn.execute(select(APPLIES.c.id).order_by(APPLIES.c.id.desc()).limit(1)).scalar()
 
 
-def _load(db: Engine, settings: Settings) -> InForce:
+def _load(db: Engine, settings: Settings, adopted: CompiledRuleset | None = None) -> InForce:
+    """The latest apply, compiled; ``adopted``: the file's ruleset this process just adopted,
+    not compiled again when the latest apply is its source (a new database's first command)."""
     with reading(db) as conn:
         applied = latest_apply(conn)
     assert applied is not None
+    if adopted is not None and adopted.ruleset.source == applied.source:
+        return InForce(adopted, applied=applied)
     try:
         path = str(choose_file(settings))
     except NoRuleset:

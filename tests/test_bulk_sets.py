@@ -17,9 +17,12 @@ import sqlalchemy as sa
 
 from engine import db as database
 from engine.db import among, update_rows, upsert_rows
-from engine.db.schema import LEADS, MOVE_DAYS, NAMED_SCORES, SCORES
+from engine.db.schema import ENROLLMENTS, LEADS, MOVE_DAYS, NAMED_SCORES, SCORES
 from engine.ingest.batch import ingest
+from engine.ingest.outcome import Rows
 from engine.ingest.parse import parse_jsonl
+from engine.ingest.write import enroll_and_exit
+from engine.status import EnrollmentStatus
 from tests.helpers import compiled, ruleset_text
 from tests.store_support import another_database
 
@@ -138,6 +141,57 @@ def test_bulk_forms_match_a_plain_model(db: sa.Engine) -> None:
             assert after[lead][4:] == (later, None)
         else:
             assert after[lead][0] == 0 and after[lead][1] == {"n": ids.index(lead)}
+
+
+def test_exits_in_one_statement_end_what_one_by_one_ends(db: sa.Engine) -> None:
+    """A batch's exits (one ``update_rows`` with a ``where``) end the active enrollments they
+    name, as one UPDATE per exit in order does: the first of two exits of one enrollment
+    gives its time and reason, and ended ones stay as they were."""
+    rng = random.Random(16)
+    campaigns = ["a", "b", "c"]
+    with db.begin() as conn:
+        ids = _leads(conn, 30)
+        enroll = [
+            {
+                "lead_id": lead,
+                "campaign": name,
+                "step": 1,
+                "status": rng.choice([EnrollmentStatus.ACTIVE] * 3 + [EnrollmentStatus.EXITED]),
+                "enrolled_at": START,
+                "next_due_at": START + timedelta(days=1),
+                "ended_at": None,
+                "reason": "start",
+            }
+            for lead in ids
+            for name in campaigns
+            if rng.random() < 0.7
+        ]
+        exits = [
+            {
+                "lead_id": rng.choice(ids),
+                "campaign": rng.choice(campaigns),
+                "ended_at": START + timedelta(hours=n),
+                "reason": f"exit {n}",
+            }
+            for n in range(60)
+        ]
+        enroll_and_exit(conn, Rows(enroll=enroll, exit=exits))
+        columns = ["lead_id", "campaign", "status", "next_due_at", "ended_at", "reason"]
+        stored = {
+            (row[0], row[1]): tuple(row[2:])
+            for row in conn.execute(sa.select(*(ENROLLMENTS.c[name] for name in columns)))
+        }
+        conn.rollback()
+    expected: dict[tuple[Any, Any], tuple[Any, ...]] = {
+        (row["lead_id"], row["campaign"]): (row["status"], row["next_due_at"], None, "start")
+        for row in enroll
+    }
+    for row in exits:
+        key = (row["lead_id"], row["campaign"])
+        if key in expected and expected[key][0] == EnrollmentStatus.ACTIVE:
+            expected[key] = (EnrollmentStatus.EXITED, None, row["ended_at"], row["reason"])
+    assert stored == expected
+    assert any(status == EnrollmentStatus.EXITED for status, *_ in expected.values())
 
 
 def _stream(seed: int) -> list[str]:

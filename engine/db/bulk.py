@@ -8,6 +8,7 @@ and the server runs one statement, not one per row."""
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
@@ -79,23 +80,26 @@ def update_rows(
     rows: Sequence[Mapping[str, Any]],
     match: Sequence[str],
     constants: Mapping[str, Any],
-    increment: str,
+    increment: str | None = None,
+    where: Mapping[str, Any] | None = None,
 ) -> int:
-    """Update the stored rows whose ``match`` columns equal a row's: its other columns take the
-    row's values, ``constants`` theirs, and ``increment`` goes up by one. How many were
-    updated. On PostgreSQL one ``UPDATE … FROM unnest(arrays)``."""
+    """Update the stored rows whose ``match`` columns equal a row's (and whose ``where``
+    columns hold those values): its other columns take the row's values, ``constants`` theirs,
+    and ``increment`` goes up by one. How many were updated. On PostgreSQL one ``UPDATE …
+    FROM unnest(arrays)``: two rows that match the same stored row update it with either one's
+    values, so callers pass one row per stored row."""
     if not rows:
         return 0
     columns = tuple(rows[0])
+    where = where or {}
+    fixed = {f"k_{name}": value for name, value in constants.items()}
+    fixed |= {f"w_{name}": value for name, value in where.items()}
+    shape = (table, columns, tuple(match), tuple(constants), increment, tuple(where))
     if conn.dialect.name != "postgresql":
-        statement = _sqlite_update(table, columns, tuple(match), tuple(constants), increment)
-        fixed = {f"k_{name}": value for name, value in constants.items()}
         renamed = [{f"b_{name}": value for name, value in row.items()} | fixed for row in rows]
-        return execute_many(conn, statement, renamed).rowcount
-    sql = _pg_update(table, columns, tuple(match), tuple(constants), increment)
-    params = _arrays(table, columns, rows)
-    params |= {f"k_{c}": value for c, value in constants.items()}
-    return conn.exec_driver_sql(sql, params).rowcount
+        return execute_many(conn, _sqlite_update(*shape), renamed).rowcount
+    params = _arrays(table, columns, rows) | fixed
+    return conn.exec_driver_sql(_pg_update(*shape), params).rowcount
 
 
 _PG = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -120,16 +124,19 @@ def _sqlite_update(
     columns: tuple[str, ...],
     match: tuple[str, ...],
     constants: tuple[str, ...],
-    increment: str,
+    increment: str | None,
+    where: tuple[str, ...],
 ) -> UpdateBase:
     """:func:`update_rows`' statement on SQLite, built once."""
-    return (
+    conditions = [table.c[name] == bindparam(f"b_{name}") for name in match]
+    conditions += [table.c[name] == bindparam(f"w_{name}") for name in where]
+    statement = (
         update(table)
-        .where(and_(*(table.c[name] == bindparam(f"b_{name}") for name in match)))
+        .where(and_(*conditions))
         .values({name: bindparam(f"b_{name}") for name in columns if name not in match})
         .values({name: bindparam(f"k_{name}") for name in constants})
-        .values({increment: table.c[increment] + 1})
     )
+    return statement if increment is None else statement.values({increment: table.c[increment] + 1})
 
 
 @functools.cache
@@ -151,16 +158,22 @@ def _pg_update(
     columns: tuple[str, ...],
     match: tuple[str, ...],
     constants: tuple[str, ...],
-    increment: str,
+    increment: str | None,
+    where: tuple[str, ...],
 ) -> str:
     """:func:`update_rows`' statement on PostgreSQL, built once."""
     quote = _PG.identifier_preparer.quote
     name = quote(table.name)
     sets = [f"{quote(c)} = v.{quote(c)}" for c in columns if c not in match]
     sets += [f"{quote(c)} = %(k_{c})s" for c in constants]
-    sets.append(f"{quote(increment)} = {name}.{quote(increment)} + 1")
-    where = " AND ".join(f"{name}.{quote(c)} = v.{quote(c)}" for c in match)
-    return f"UPDATE {name} SET {', '.join(sets)} FROM {_unnest(table, columns)} WHERE {where}"
+    if increment is not None:
+        sets.append(f"{quote(increment)} = {name}.{quote(increment)} + 1")
+    conditions = [f"{name}.{quote(c)} = v.{quote(c)}" for c in match]
+    conditions += [f"{name}.{quote(c)} = %(w_{c})s" for c in where]
+    return (
+        f"UPDATE {name} SET {', '.join(sets)} FROM {_unnest(table, columns)} "
+        f"WHERE {' AND '.join(conditions)}"
+    )
 
 
 @functools.cache
@@ -208,12 +221,24 @@ def append_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
     # Here, not at the top: a command on SQLite does not pay psycopg's import (~0.15 s).
     from psycopg.types.json import Json
 
-    columns = list(rows[0])
-    json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    columns = tuple(rows[0])
+    sql, types, json_columns = _copy(table, columns)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+    with cursor.copy(sql) as copy:
+        copy.set_types(types)
         for row in rows:
             copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])
+
+
+@functools.cache
+def _copy(table: Table, columns: tuple[str, ...]) -> tuple[str, list[str], frozenset[str]]:
+    """:func:`append_rows`' COPY in binary (psycopg writes a text row's times in Python, ~1 µs
+    each), the columns' types it must be told (a binary row names none) and the JSON columns
+    (their values wrapped, None too: JSON null, as SQLAlchemy stores it)."""
+    types = [re.sub(r"\(.*\)", "", table.c[c].type.compile(dialect=_PG)).lower() for c in columns]
+    json_columns = frozenset(c for c in columns if isinstance(table.c[c].type, JSON))
+    sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    return sql, types, json_columns
 
 
 def execute_many(

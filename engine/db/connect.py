@@ -49,6 +49,7 @@ def connect(url: str) -> Engine:
         engine = create_engine(
             url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT}
         )
+        _binary_arrays(engine)
     return engine
 
 
@@ -99,6 +100,18 @@ def scratch_schema(url: str, prefix: str = "scratch") -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def _binary_arrays(engine: Engine) -> None:
+    """Lists go to PostgreSQL as binary arrays (a batch's array parameters, see
+    :mod:`engine.db.bulk`): psycopg writes a text array element by element in Python, ~2 µs a
+    time and ~0.6 µs a string; the binary form ~0.1 µs, for the same values on the server."""
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        from psycopg.types.array import ListBinaryDumper
+
+        dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:

@@ -165,7 +165,7 @@ def enrollments(
         )
         lead.enrolled[name] = EnrollmentStatus.ACTIVE
     for name, reason in changes.exit.items():
-        rows.exit.append({"b_lead": lead.id, "b_campaign": name, "b_at": at, "b_reason": reason})
+        rows.exit.append({"lead_id": lead.id, "campaign": name, "ended_at": at, "reason": reason})
         lead.enrolled[name] = EnrollmentStatus.EXITED
 
 
@@ -193,8 +193,7 @@ def renumber(rows: Rows, leads: list[LoadedLead], ids: dict[int, int]) -> None:
         return
     for lead in leads:
         lead.id = ids[lead.id]
-    for table in (rows.events, rows.ledger, rows.stages, rows.firings, rows.actions, rows.enroll):
+    tables = (rows.events, rows.ledger, rows.stages, rows.firings, rows.actions, rows.enroll)
+    for table in (*tables, rows.exit):
         for row in table:
             row["lead_id"] = ids.get(row["lead_id"], row["lead_id"])
-    for row in rows.exit:
-        row["b_lead"] = ids.get(row["b_lead"], row["b_lead"])

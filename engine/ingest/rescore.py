@@ -282,7 +282,7 @@ def _settle_campaigns(found: Replayed, campaigns: CompiledCampaigns, now: dateti
     lead.state = final
     found.rows.enroll, found.rows.exit = rows.enroll, rows.exit
     found.enroll = [row["campaign"] for row in rows.enroll]
-    found.exit = [row["b_campaign"] for row in rows.exit]
+    found.exit = [row["campaign"] for row in rows.exit]
 
 
 def rescore(

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, update
+from sqlalchemy import Connection
 
-from engine.db import append_rows, execute_many, update_rows, upsert_rows
+from engine.db import append_rows, update_rows, upsert_rows
 from engine.db.rollup import record_moves
 from engine.db.schema import (
     ACTIONS,
@@ -54,23 +54,16 @@ def enroll_and_exit(conn: Connection, rows: Rows) -> None:
     """Enrollments that start (a lead is enrolled in a campaign once) and that end."""
     if rows.enroll:
         upsert_rows(conn, ENROLLMENTS, rows.enroll, ["lead_id", "campaign"])
-    if rows.exit:
-        execute_many(
-            conn,
-            update(ENROLLMENTS)
-            .where(
-                ENROLLMENTS.c.lead_id == bindparam("b_lead"),
-                ENROLLMENTS.c.campaign == bindparam("b_campaign"),
-                ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
-            )
-            .values(
-                status=EnrollmentStatus.EXITED,
-                ended_at=bindparam("b_at"),
-                reason=bindparam("b_reason"),
-                next_due_at=None,
-            ),
-            rows.exit,
-        )
+    # An enrollment ends once: a later exit of the same one in the batch would find it ended.
+    ends = {(row["lead_id"], row["campaign"]): row for row in reversed(rows.exit)}
+    update_rows(
+        conn,
+        ENROLLMENTS,
+        list(ends.values()),
+        match=["lead_id", "campaign"],
+        constants={"status": EnrollmentStatus.EXITED, "next_due_at": None},
+        where={"status": EnrollmentStatus.ACTIVE},
+    )
 
 
 def write_leads(conn: Connection, ruleset: Ruleset, leads: list[LoadedLead], now: datetime) -> None:

@@ -137,7 +137,7 @@ def test_exits_end_active_enrollments_with_their_reason(campaigns: CompiledCampa
     lead.state = LeadState({}, {"engagement": 80}, "lead")  # hot: warm-nurture's exit_when
     enrollments(rows, lead, EVENT, Outcome(lead.state), campaigns)
     assert rows.exit == [
-        {"b_lead": 7, "b_campaign": "warm-nurture", "b_at": AT, "b_reason": "exit_when"}
+        {"lead_id": 7, "campaign": "warm-nurture", "ended_at": AT, "reason": "exit_when"}
     ]
     assert [row["campaign"] for row in rows.enroll] == ["hot-followup"]
     assert lead.enrolled == {"warm-nurture": "exited", "hot-followup": "active"}
