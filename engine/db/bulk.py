@@ -78,12 +78,13 @@ def update_rows(
     table: Table,
     rows: Sequence[Mapping[str, Any]],
     match: Sequence[str],
-    constants: Mapping[str, Any],
-    increment: str,
+    constants: Mapping[str, Any] | None = None,
+    increment: str | None = None,
 ) -> int:
     """Update the stored rows whose ``match`` columns equal a row's: its other columns take the
-    row's values, ``constants`` theirs, and ``increment`` goes up by one. How many were
-    updated. On PostgreSQL one ``UPDATE … FROM unnest(arrays)``."""
+    row's values, ``constants`` theirs, and ``increment`` (if any) goes up by one. How many
+    were updated. On PostgreSQL one ``UPDATE … FROM unnest(arrays)``."""
+    constants = constants or {}
     if not rows:
         return 0
     columns = tuple(rows[0])
@@ -120,16 +121,16 @@ def _sqlite_update(
     columns: tuple[str, ...],
     match: tuple[str, ...],
     constants: tuple[str, ...],
-    increment: str,
+    increment: str | None,
 ) -> UpdateBase:
     """:func:`update_rows`' statement on SQLite, built once."""
-    return (
+    statement = (
         update(table)
         .where(and_(*(table.c[name] == bindparam(f"b_{name}") for name in match)))
         .values({name: bindparam(f"b_{name}") for name in columns if name not in match})
         .values({name: bindparam(f"k_{name}") for name in constants})
-        .values({increment: table.c[increment] + 1})
     )
+    return statement if increment is None else statement.values({increment: table.c[increment] + 1})
 
 
 @functools.cache
@@ -151,14 +152,15 @@ def _pg_update(
     columns: tuple[str, ...],
     match: tuple[str, ...],
     constants: tuple[str, ...],
-    increment: str,
+    increment: str | None,
 ) -> str:
     """:func:`update_rows`' statement on PostgreSQL, built once."""
     quote = _PG.identifier_preparer.quote
     name = quote(table.name)
     sets = [f"{quote(c)} = v.{quote(c)}" for c in columns if c not in match]
     sets += [f"{quote(c)} = %(k_{c})s" for c in constants]
-    sets.append(f"{quote(increment)} = {name}.{quote(increment)} + 1")
+    if increment is not None:
+        sets.append(f"{quote(increment)} = {name}.{quote(increment)} + 1")
     where = " AND ".join(f"{name}.{quote(c)} = v.{quote(c)}" for c in match)
     return f"UPDATE {name} SET {', '.join(sets)} FROM {_unnest(table, columns)} WHERE {where}"
 
