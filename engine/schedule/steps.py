@@ -27,7 +27,7 @@ from sqlalchemy import Connection, Engine, select, update
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
-from engine.db import append_rows, reading, update_rows
+from engine.db import among, append_rows, reading, update_rows
 from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.render.templates import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
@@ -288,14 +288,14 @@ class StepRunner:
             LEADS.c.subscribed,
             LEADS.c.created_at,
             LEADS.c.version,
-        ).where(LEADS.c.id.in_(ids))
+        ).where(among(conn, LEADS.c.id, ids))
         keys = [column.name for column in query.selected_columns]
         # Rows fetched at once (.all()): iterating a result fetches them one call at a time.
         for row in conn.execute(query).all():
             leads[row[0]] = dict(zip(keys, row, strict=True), scores={})
         scores = select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value)
         for lead_id, component, value in conn.execute(
-            scores.where(SCORES.c.lead_id.in_(ids))
+            scores.where(among(conn, SCORES.c.lead_id, ids))
         ).all():
             leads[lead_id]["scores"][component] = value
         return leads
@@ -312,7 +312,7 @@ class StepRunner:
         # every queued or sent message instead of reading each lead's few from the index.
         query = (
             select(OUTBOX.c.lead_id, OUTBOX.c.created_at, OUTBOX.c.status)
-            .where(OUTBOX.c.lead_id.in_(list(leads)), OUTBOX.c.created_at > now - max(caps))
+            .where(among(conn, OUTBOX.c.lead_id, leads), OUTBOX.c.created_at > now - max(caps))
             .order_by(OUTBOX.c.created_at)
         )
         for lead_id, at, status in conn.execute(query).all():
