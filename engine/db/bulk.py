@@ -91,7 +91,12 @@ def update_rows(
     if conn.dialect.name != "postgresql":
         statement = _sqlite_update(table, columns, tuple(match), tuple(constants), increment)
         fixed = {f"k_{name}": value for name, value in constants.items()}
-        renamed = [{f"b_{name}": value for name, value in row.items()} | fixed for row in rows]
+        # Each row's values under the statement's names, taken in C (zip, map): this runs
+        # for every enrollment the step job moves.
+        names = [f"b_{name}" for name in columns]
+        renamed = [
+            dict(zip(names, map(row.__getitem__, columns), strict=True), **fixed) for row in rows
+        ]
         return execute_many(conn, statement, renamed).rowcount
     sql = _pg_update(table, columns, tuple(match), tuple(constants), increment)
     params = _arrays(table, columns, rows)
