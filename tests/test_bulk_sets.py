@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,65 @@ def test_exits_in_one_statement_end_what_one_by_one_ends(db: sa.Engine) -> None:
             expected[key] = (EnrollmentStatus.EXITED, None, row["ended_at"], row["reason"])
     assert stored == expected
     assert any(status == EnrollmentStatus.EXITED for status, *_ in expected.values())
+
+
+def test_update_rows_without_increment_stores_what_one_update_per_row_stores(
+    db: sa.Engine,
+) -> None:
+    """The step job's moves (update_rows on id alone, nothing counted up) against the same moves
+    as one UPDATE per row, on two copies of generated enrollments: times in other zones, None,
+    ended and active ones."""
+    rng = random.Random(16)
+    zone = timezone(timedelta(hours=5, minutes=30))
+    with db.begin() as conn:
+        ids = _leads(conn, 30)
+        for copy in ("set", "rows"):
+            enrollments = [
+                {
+                    "lead_id": lead,
+                    "campaign": copy,
+                    "step": 0,
+                    "status": "active",
+                    "enrolled_at": START,
+                    "next_due_at": START,
+                }
+                for lead in ids
+            ]
+            conn.execute(sa.insert(ENROLLMENTS), enrollments)
+        stored = conn.execute(sa.select(ENROLLMENTS.c.id, ENROLLMENTS.c.campaign)).all()
+        by_copy = {
+            c: sorted(row.id for row in stored if row.campaign == c) for c in ("set", "rows")
+        }
+        moves = []
+        for position in rng.sample(range(len(ids)), 20):
+            ended = rng.random() < 0.4
+            at = START + timedelta(minutes=rng.randrange(10_000))
+            moves.append(
+                (
+                    position,
+                    {
+                        "step": rng.randrange(4),
+                        "status": "exited" if ended else "active",
+                        "next_due_at": None if ended else at.astimezone(zone),
+                        "ended_at": at if ended else None,
+                        "reason": "unsubscribed" if ended else None,
+                    },
+                )
+            )
+        rows = [{"id": by_copy["set"][position], **move} for position, move in moves]
+        assert update_rows(conn, ENROLLMENTS, rows, match=["id"]) == len(rows)
+        for position, move in moves:
+            one = ENROLLMENTS.c.id == by_copy["rows"][position]
+            conn.execute(sa.update(ENROLLMENTS).where(one).values(**move))
+        columns = [c for c in ENROLLMENTS.c if c.name not in ("id", "campaign")]
+        got = {
+            c: conn.execute(
+                sa.select(*columns).where(ENROLLMENTS.c.campaign == c).order_by(ENROLLMENTS.c.id)
+            ).all()
+            for c in ("set", "rows")
+        }
+    assert got["set"] == got["rows"]
+    assert sum(row.status == "exited" for row in got["set"]) > 0
 
 
 def _stream(seed: int) -> list[str]:

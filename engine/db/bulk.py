@@ -79,15 +79,16 @@ def update_rows(
     table: Table,
     rows: Sequence[Mapping[str, Any]],
     match: Sequence[str],
-    constants: Mapping[str, Any],
+    constants: Mapping[str, Any] | None = None,
     increment: str | None = None,
     where: Mapping[str, Any] | None = None,
 ) -> int:
     """Update the stored rows whose ``match`` columns equal a row's (and whose ``where``
     columns hold those values): its other columns take the row's values, ``constants`` theirs,
-    and ``increment`` goes up by one. How many were updated. On PostgreSQL one ``UPDATE …
-    FROM unnest(arrays)``: two rows that match the same stored row update it with either one's
-    values, so callers pass one row per stored row."""
+    and ``increment`` (if any) goes up by one. How many were updated. On PostgreSQL one
+    ``UPDATE … FROM unnest(arrays)``: two rows that match the same stored row update it with
+    either one's values, so callers pass one row per stored row."""
+    constants = constants or {}
     if not rows:
         return 0
     columns = tuple(rows[0])
@@ -96,7 +97,12 @@ def update_rows(
     fixed |= {f"w_{name}": value for name, value in where.items()}
     shape = (table, columns, tuple(match), tuple(constants), increment, tuple(where))
     if conn.dialect.name != "postgresql":
-        renamed = [{f"b_{name}": value for name, value in row.items()} | fixed for row in rows]
+        # Each row's values under the statement's names, taken in C (zip, map): this runs
+        # for every enrollment the step job moves.
+        names = [f"b_{name}" for name in columns]
+        renamed = [
+            dict(zip(names, map(row.__getitem__, columns), strict=True), **fixed) for row in rows
+        ]
         return execute_many(conn, _sqlite_update(*shape), renamed).rowcount
     params = _arrays(table, columns, rows) | fixed
     return conn.exec_driver_sql(_pg_update(*shape), params).rowcount

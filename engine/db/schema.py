@@ -341,14 +341,22 @@ class OutboxMessage(SQLModel, table=True):
         Index("ix_outbox_status_due", "status", "next_attempt_at"),
         # Alerts are claimed by kind every second, past any backlog of campaign emails.
         Index("ix_outbox_kind_status_due", "kind", "status", "next_attempt_at"),
-        # Frequency caps read a lead's recent messages from this index alone.
+        # Frequency caps read a lead's recent messages from this index alone; it also serves
+        # every lookup by lead (no index on lead_id alone: each message would be indexed twice).
         Index("ix_outbox_lead_created", "lead_id", "created_at", "status"),
+        # Only alerts' messages have an alert: campaign emails are left out of the index.
+        Index(
+            "ix_outbox_message_alert_id",
+            "alert_id",
+            sqlite_where=text("alert_id IS NOT NULL"),
+            postgresql_where=text("alert_id IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     idempotency_key: str = Field(max_length=200, unique=True)
     kind: str = Field(default="campaign", max_length=16)
-    lead_id: int = Field(foreign_key="lead.id", index=True)
+    lead_id: int = Field(foreign_key="lead.id")
     enrollment_id: int | None = Field(default=None, foreign_key="enrollment.id")
     campaign: str | None = Field(default=None, max_length=200)
     step: int | None = None
@@ -371,7 +379,7 @@ class OutboxMessage(SQLModel, table=True):
     sent_at: datetime | None = None
     # A sales alert's email (kind ``alert``) or webhook POST (kind ``webhook``, body in
     # ``payload``; the URL is read from the settings when sending, never stored).
-    alert_id: int | None = Field(default=None, foreign_key="alert.id", index=True)
+    alert_id: int | None = Field(default=None, foreign_key="alert.id")
     payload: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 

@@ -22,12 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, select, update
 
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
-from engine.db import append_rows, execute_many, reading
+from engine.db import among, append_rows, reading, update_rows
 from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.render.templates import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
@@ -42,19 +42,6 @@ log = logging.getLogger(__name__)
 # Outbox rows that count against a frequency cap: everything that went or is going out.
 COUNTED = (OutboxStatus.QUEUED, OutboxStatus.SENDING, OutboxStatus.SENT)
 BATCH = 500
-# An enrollment to its next step (or its end): one statement object, so its compiled form is
-# kept (execute_many) rather than compiled for every batch.
-MOVE = (
-    update(ENROLLMENTS)
-    .where(ENROLLMENTS.c.id == bindparam("b_id"))
-    .values(
-        step=bindparam("b_step"),
-        status=bindparam("b_status"),
-        next_due_at=bindparam("b_due"),
-        ended_at=bindparam("b_ended"),
-        reason=bindparam("b_reason"),
-    )
-)
 
 
 @dataclass
@@ -255,7 +242,7 @@ class StepRunner:
             lead = loaded.leads[row.lead_id]
             campaign = self.campaigns.campaigns.get(row.campaign)
             move = self._decide(row, lead, campaign, sent[row.lead_id], now, pending, report)
-            moves.append({"b_id": row.id, **move})
+            moves.append({"id": row.id, **move})
         return _Plan(report, self._render(pending, report), moves)
 
     def _unchanged(self, conn: Connection, loaded: _Loaded, now: datetime) -> bool:
@@ -286,7 +273,8 @@ class StepRunner:
             # (enrollment, step): a plain append is safe, and the unique idempotency key would
             # fail the batch rather than let a duplicate in.
             append_rows(conn, OUTBOX, plan.messages)
-        execute_many(conn, MOVE, plan.moves)
+        # On PostgreSQL one UPDATE for the batch: the server ran one statement per enrollment.
+        update_rows(conn, ENROLLMENTS, plan.moves, match=["id"])
 
     def _leads(self, conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
         leads: dict[int, dict[str, Any]] = {}
@@ -300,12 +288,15 @@ class StepRunner:
             LEADS.c.subscribed,
             LEADS.c.created_at,
             LEADS.c.version,
-        ).where(LEADS.c.id.in_(ids))
+        ).where(among(conn, LEADS.c.id, ids))
         keys = [column.name for column in query.selected_columns]
-        for row in conn.execute(query):
+        # Rows fetched at once (.all()): iterating a result fetches them one call at a time.
+        for row in conn.execute(query).all():
             leads[row[0]] = dict(zip(keys, row, strict=True), scores={})
         scores = select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value)
-        for lead_id, component, value in conn.execute(scores.where(SCORES.c.lead_id.in_(ids))):
+        for lead_id, component, value in conn.execute(
+            scores.where(among(conn, SCORES.c.lead_id, ids))
+        ).all():
             leads[lead_id]["scores"][component] = value
         return leads
 
@@ -321,10 +312,10 @@ class StepRunner:
         # every queued or sent message instead of reading each lead's few from the index.
         query = (
             select(OUTBOX.c.lead_id, OUTBOX.c.created_at, OUTBOX.c.status)
-            .where(OUTBOX.c.lead_id.in_(list(leads)), OUTBOX.c.created_at > now - max(caps))
+            .where(among(conn, OUTBOX.c.lead_id, leads), OUTBOX.c.created_at > now - max(caps))
             .order_by(OUTBOX.c.created_at)
         )
-        for lead_id, at, status in conn.execute(query):
+        for lead_id, at, status in conn.execute(query).all():
             if status in COUNTED:
                 sent[lead_id].append(at)
         return sent
@@ -346,20 +337,20 @@ class StepRunner:
                 report.exited += 1
             else:
                 report.completed += 1
-            return {"b_step": row.step, "b_status": status, "b_due": None, "b_ended": now,
-                    "b_reason": reason}  # fmt: skip
+            return {"step": row.step, "status": status, "next_due_at": None, "ended_at": now,
+                    "reason": reason}  # fmt: skip
 
         def advance(step: int) -> dict[str, Any]:
             if campaign is None or step >= len(campaign.steps):
                 return end(EnrollmentStatus.COMPLETED, "all steps done")
             due = now + campaign.steps[step].wait
-            return {"b_step": step, "b_status": EnrollmentStatus.ACTIVE, "b_due": due,
-                    "b_ended": None, "b_reason": None}  # fmt: skip
+            return {"step": step, "status": EnrollmentStatus.ACTIVE, "next_due_at": due,
+                    "ended_at": None, "reason": None}  # fmt: skip
 
         def wait_until(moment: datetime) -> dict[str, Any]:
             report.deferred += 1
-            return {"b_step": row.step, "b_status": EnrollmentStatus.ACTIVE, "b_due": moment,
-                    "b_ended": None, "b_reason": None}  # fmt: skip
+            return {"step": row.step, "status": EnrollmentStatus.ACTIVE, "next_due_at": moment,
+                    "ended_at": None, "reason": None}  # fmt: skip
 
         if campaign is None:
             return end(EnrollmentStatus.EXITED, "campaign removed")
