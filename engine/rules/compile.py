@@ -617,7 +617,11 @@ def aggregate_value(aggregate: spec.Aggregate, history: History, at: datetime) -
 def _rule_condition(compiler: _ConditionCompiler, rule: spec.Rule) -> dict[str, Any]:
     condition = compiler.compile(rule.when)
     if rule.limit is not None:
-        condition = _both(condition, {"$lt": {compiler.enc.limit(rule): rule.limit.times}})
+        # The limit first: durable-rules looks up a node's tests by each key of a fact, probing
+        # from slot `hash & 31` of the node's table through the run its tests fill (rete.c,
+        # handleAlpha), so every test moved off the first node, which every fact passes,
+        # shortens every fact's lookups; the limit's node is passed only under the limit.
+        condition = _both({"$lt": {compiler.enc.limit(rule): rule.limit.times}}, condition)
     return condition
 
 
