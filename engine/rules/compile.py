@@ -5,6 +5,8 @@ back the rules whose actions ran. The fact is built only from what the rules ref
 values put in the shape the engine compares soundly (see ``docs/durable-rules.md``):
 
 * ``v<i>``  the value of a field, strings folded to lower case (comparisons ignore case);
+* ``e<i>``  the same value under a key of one string a condition compares the field with, sent
+  only when the value may equal it (see ``_one_hot``: the engine compares a key's tests in turn);
 * ``n<i>``  its numeric value, only when it is a number (the engine orders ``'abc' >= 5`` true);
 * ``h<i>`` / ``hn<i>``  whether the field / its number is present (``$nex`` hangs the engine, and
   negations need "missing" to count as "not equal");
@@ -413,7 +415,7 @@ def _equal_keys(plan: _Plan, value: Any, fact: dict[str, Any]) -> None:
     if isinstance(value, bool):
         text = "true" if value else "false"
     else:
-        text = str(value) if isinstance(value, int) else "%f" % value
+        text = str(value) if isinstance(value, int) else f"{value:f}"
     for key in plan.by_first.get(text[:1], ()):
         fact[key] = value
 
@@ -476,7 +478,7 @@ def _encode_value(plan: _Plan, raw: Any, fact: dict[str, Any]) -> None:
     for key, check in plan.features:
         fact[key] = check(raw)
     for key, value in plan.omit:
-        if fact.get(key, None) is value:
+        if fact.get(key) is value:
             del fact[key]
 
 
@@ -617,12 +619,20 @@ def aggregate_value(aggregate: spec.Aggregate, history: History, at: datetime) -
 def _rule_condition(compiler: _ConditionCompiler, rule: spec.Rule) -> dict[str, Any]:
     condition = compiler.compile(rule.when)
     if rule.limit is not None:
-        # The limit first: durable-rules looks up a node's tests by each key of a fact, probing
-        # from slot `hash & 31` of the node's table through the run its tests fill (rete.c,
-        # handleAlpha), so every test moved off the first node, which every fact passes,
-        # shortens every fact's lookups; the limit's node is passed only under the limit.
-        condition = _both({"$lt": {compiler.enc.limit(rule): rule.limit.times}}, condition)
+        condition = _both(condition, {"$lt": {compiler.enc.limit(rule): rule.limit.times}})
     return condition
+
+
+def _limit_first(condition: dict[str, Any], rule: spec.Rule) -> dict[str, Any]:
+    """A limited rule's condition with its limit (last, see `_rule_condition`) first.
+    durable-rules looks up a node's tests by each key of a fact, probing from slot `hash & 31`
+    of the node's table through the run its tests fill (rete.c, handleAlpha), so every test
+    moved off the first node, which every fact passes, shortens every fact's lookups; the
+    limit's own node is passed only by leads under the limit."""
+    if rule.limit is None:
+        return condition
+    *tests, limit = condition["$and"]
+    return {"$and": [limit, *tests]}
 
 
 def _groups(condition: Mapping[str, Any]) -> int:
@@ -822,8 +832,10 @@ class CompiledRuleset:
             self.definition[f"r{index}"] = {"all": [{"m": condition}]}
             self.rules.append(CompiledRule(rule, frozenset(_reads(rule.when))))
         plain = [rule["all"][0]["m"] for rule in self.definition.values()]
-        # The engine's conditions test string equalities on keys of their own (`_one_hot`), unless
-        # a fact could then carry more keys than the engine takes.
+        # The engine's conditions test limits first (`_limit_first`) and string equalities on
+        # keys of their own (`_one_hot`), unless a fact could then carry more keys than the
+        # engine takes. The plain path (reference.py) keeps `definition`.
+        plain = [_limit_first(c, rule) for c, rule in zip(plain, ruleset.rules, strict=True)]
         value_paths = {key: path for path, key in self.enc.values.items()}
         conditions, equalities = _one_hot(plain, value_paths)
         if _widest_fact(conditions, equalities) > MAX_FACT_FIELDS:

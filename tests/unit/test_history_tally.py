@@ -40,8 +40,8 @@ def expected(history: MemoryHistory, counts: Tallies, end: datetime) -> list[int
                 found[place] = history.count_events(key, start, end)
     for key, places in counts.firings.items():
         for place, window in places:
-            start = None if window is None else window_start(end, WINDOWS[window])
-            found[place] = history.count_firings(key, start, end)
+            since = None if window is None else window_start(end, WINDOWS[window])
+            found[place] = history.count_firings(key, since, end)
     return found
 
 
