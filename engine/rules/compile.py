@@ -1037,8 +1037,8 @@ class CompiledRuleset:
         with _LOCK:  # one session: an assert, its actions and its retract must not interleave
             for _ in range(3):
                 self._fact_id += 1
-                text = f'{{{members}"id": {self._fact_id}}}'
-                code, state = c_engine.assert_fact(handle, text)
+                identity = f'"id": {self._fact_id}}}'  # the fact's last member, and its end
+                code, state = c_engine.assert_fact(handle, f"{{{members}{identity}")
                 # Message ids are 32-bit hashes: a collision is a false "seen"; take another id.
                 if code != _OBSERVED:
                     break
@@ -1058,7 +1058,7 @@ class CompiledRuleset:
             finally:
                 # The engine finds a fact to retract by its id alone: parsing the whole fact
                 # again would cost as much as asserting it.
-                c_engine.retract_fact(handle, f'{{"id": {self._fact_id}}}')
+                c_engine.retract_fact(handle, "{" + identity)
         return sorted(set(matched))
 
     @property
