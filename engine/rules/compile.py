@@ -5,6 +5,8 @@ back the rules whose actions ran. The fact is built only from what the rules ref
 values put in the shape the engine compares soundly (see ``docs/durable-rules.md``):
 
 * ``v<i>``  the value of a field, strings folded to lower case (comparisons ignore case);
+* ``e<i>``  the same value under a key of one string a condition compares the field with, sent
+  only when the value may equal it (see ``_one_hot``: the engine compares a key's tests in turn);
 * ``n<i>``  its numeric value, only when it is a number (the engine orders ``'abc' >= 5`` true);
 * ``h<i>`` / ``hn<i>``  whether the field / its number is present (``$nex`` hangs the engine, and
   negations need "missing" to count as "not equal");
@@ -26,7 +28,7 @@ import math
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -303,32 +305,119 @@ class _Plan:
     # A string value → its members (see CompiledRuleset.text): a string equals no value of
     # another type, so the value alone is the key.
     strings: dict[str, str] = field(default_factory=dict, compare=False)
+    # The value's string equalities on keys of their own (see `_one_hot`): constant → key, and
+    # the keys by the first character of their constant.
+    equals: Mapping[str, str] = field(default_factory=dict, compare=False)
+    by_first: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    # (key, boolean) pairs no condition tests for: left out of the fact (see `_plans`).
+    omit: frozenset[tuple[str, bool]] = frozenset()
 
 
-def _plans(enc: _Encoder, read: frozenset[str] | None = None) -> list[_Plan]:
+def _plans(
+    enc: _Encoder,
+    read: frozenset[str] | None = None,
+    equalities: Mapping[str, Mapping[str, str]] | None = None,
+    tested: Mapping[str, set[bool]] | None = None,
+) -> list[_Plan]:
     """What each field fills: every key the encoder assigned, or (``read``) only the keys some
     condition reads (the encoder assigns presence keys that only negations use, and each key
-    costs the engine a hash probe at every node a fact passes)."""
+    costs the engine a hash probe at every node a fact passes), with the string equalities of
+    ``equalities`` (value key → constant → key, see `_one_hot`). ``tested``: boolean key → the
+    values conditions compare it with; a value none compares it with is left out, since a
+    missing key fails an equality test as any other value does (``{"x3": true}`` when the
+    title matches no pattern: most facts)."""
 
     def only(key: str | None) -> str | None:
         return key if read is None or key in read else None
 
+    def omitted(*keys: str | None) -> frozenset[tuple[str, bool]]:
+        if tested is None:
+            return frozenset()
+        return frozenset(
+            (key, value)
+            for key in keys
+            if key is not None
+            for value in (False, True)
+            if value not in tested.get(key, ())
+        )
+
     tables = (enc.present, enc.values, enc.numbers, enc.number_present)
     paths = sorted({p for table in tables for p in table} | {p for _, p, _ in enc.features})
-    plans = [
-        _Plan(
-            path,
-            getter(path),
-            only(enc.present.get(path)),
-            only(enc.values.get(path)),
-            only(enc.numbers.get(path)),
-            only(enc.number_present.get(path)),
-            tuple((key, check) for key, p, check in enc.features if p == path and only(key)),
-            _field(path),
+    plans = []
+    for path in paths:
+        present, number_present = only(enc.present.get(path)), only(enc.number_present.get(path))
+        features = tuple((key, check) for key, p, check in enc.features if p == path and only(key))
+        equals = dict((equalities or {}).get(enc.values.get(path, ""), {}))
+        by_first: dict[str, tuple[str, ...]] = {}
+        for constant, key in equals.items():
+            by_first[constant[:1]] = (*by_first.get(constant[:1], ()), key)
+        plans.append(
+            _Plan(
+                path,
+                getter(path),
+                present,
+                only(enc.values.get(path)),
+                only(enc.numbers.get(path)),
+                number_present,
+                features,
+                _field(path),
+                equals=equals,
+                by_first=by_first,
+                omit=omitted(present, number_present, *(key for key, _ in features)),
+            )
         )
-        for path in paths
+    return [
+        p
+        for p in plans
+        if p.present or p.value or p.number or p.number_present or p.features or p.equals
     ]
-    return [p for p in plans if p.present or p.value or p.number or p.number_present or p.features]
+
+
+def _one_hot(
+    conditions: Sequence[dict[str, Any]], value_keys: Mapping[str, str]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, str]]]:
+    """The conditions with each test of a field's value for equality with a string
+    (``{"v11": "us"}``) on a key of its own (``{"e3": "us"}``), and value key → constant →
+    its key. durable-rules tests every node on a key in turn (a hash set probed by the key's
+    name, then each test compared: rete.c, handleAlpha), so fourteen countries cost fourteen
+    comparisons on every fact; on keys of their own, a fact carries only the keys its value
+    may equal (see `_equal_keys`) and reaches one node, and the engine still compares it.
+    Negated tests (``$neq``) stay on the value key: a missing key does not match them."""
+    keys: dict[str, dict[str, str]] = {}
+    fresh = itertools.count()
+
+    def rewrite(condition: dict[str, Any]) -> dict[str, Any]:
+        ((key, value),) = condition.items()
+        if key in ("$and", "$or"):
+            return {key: [rewrite(item) for item in value]}
+        if key in value_keys and type(value) is str:
+            table = keys.setdefault(key, {})
+            if value not in table:
+                table[value] = f"e{next(fresh)}"
+            return {table[value]: value}
+        return condition
+
+    return [rewrite(condition) for condition in conditions], keys
+
+
+def _equal_keys(plan: _Plan, value: Any, fact: dict[str, Any]) -> None:
+    """Fill the keys of ``plan``'s string equalities (see `_one_hot`) that the normalised
+    ``value`` may equal: a string, the key of that very string (durable-rules compares strings
+    byte for byte over the longer length, and both sides are written by the same JSON encoder);
+    a number or boolean, which the engine compares with a string as its text (``%lld``,
+    ``%f``, "true "), the keys whose constant starts with that text's first character. The
+    engine tests the value against each key's constant, as it tests the value key."""
+    if type(value) is str:
+        key = plan.equals.get(value)
+        if key is not None:
+            fact[key] = value
+        return
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = str(value) if isinstance(value, int) else f"{value:f}"
+    for key in plan.by_first.get(text[:1], ()):
+        fact[key] = value
 
 
 def _read(condition: Mapping[str, Any]) -> set[str]:
@@ -344,15 +433,42 @@ def _read(condition: Mapping[str, Any]) -> set[str]:
     return keys
 
 
+def _equalities(condition: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    """The (key, value) of each equality test in a compiled condition."""
+    for key, value in condition.items():
+        if key in ("$and", "$or"):
+            for item in value:
+                yield from _equalities(item)
+        elif not key.startswith("$"):
+            yield key, value
+
+
+def _widest_fact(
+    conditions: Sequence[Mapping[str, Any]], equalities: Mapping[str, Mapping[str, str]]
+) -> int:
+    """The most keys a fast-path fact can carry (with its id): each key the conditions read,
+    but of a value's string equalities only those its value may equal (see `_equal_keys`)."""
+    read = set().union(*(_read(condition) for condition in conditions))
+    widest = len(read) + 1
+    for table in equalities.values():
+        firsts = Counter(constant[:1] for constant in table)
+        widest += max(firsts.values()) - len(table)
+    return widest
+
+
 def _encode_value(plan: _Plan, raw: Any, fact: dict[str, Any]) -> None:
     """Fill the fact keys of one field's ``plan`` from its value ``raw``."""
     if plan.present:
         fact[plan.present] = raw not in (None, "", [], {})
-    if plan.value and raw is not None:
+    if (plan.value or plan.equals) and raw is not None:
         value = None if isinstance(raw, list | dict) else normalise(raw)
         # A present value with no scalar reading (a list, NaN) equals nothing, so its
         # negations hold: the engine's `$neq` against None would not match.
-        fact[plan.value] = UNCOMPARABLE if value is None else value
+        value = UNCOMPARABLE if value is None else value
+        if plan.value:
+            fact[plan.value] = value
+        if plan.equals:
+            _equal_keys(plan, value, fact)
     if plan.number or plan.number_present:
         number = as_number(raw)
         if plan.number_present:
@@ -361,6 +477,9 @@ def _encode_value(plan: _Plan, raw: Any, fact: dict[str, Any]) -> None:
             fact[plan.number] = number
     for key, check in plan.features:
         fact[key] = check(raw)
+    for key, value in plan.omit:
+        if fact.get(key) is value:
+            del fact[key]
 
 
 def _members(plan: _Plan, raw: Any, memo: dict[Any, str], key: Any) -> str:
@@ -502,6 +621,18 @@ def _rule_condition(compiler: _ConditionCompiler, rule: spec.Rule) -> dict[str, 
     if rule.limit is not None:
         condition = _both(condition, {"$lt": {compiler.enc.limit(rule): rule.limit.times}})
     return condition
+
+
+def _limit_first(condition: dict[str, Any], rule: spec.Rule) -> dict[str, Any]:
+    """A limited rule's condition with its limit (last, see `_rule_condition`) first.
+    durable-rules looks up a node's tests by each key of a fact, probing from slot `hash & 31`
+    of the node's table through the run its tests fill (rete.c, handleAlpha), so every test
+    moved off the first node, which every fact passes, shortens every fact's lookups; the
+    limit's own node is passed only by leads under the limit."""
+    if rule.limit is None:
+        return condition
+    *tests, limit = condition["$and"]
+    return {"$and": [limit, *tests]}
 
 
 def _groups(condition: Mapping[str, Any]) -> int:
@@ -696,14 +827,21 @@ class CompiledRuleset:
         self.rules: list[CompiledRule] = []
         # Rule i is `r<i>`: the engine names the matched rule in each action it queues.
         self.definition: dict[str, Any] = {}
-        read: set[str] = set()
         for index, rule in enumerate(ruleset.rules):
             condition = _rule_condition(compiler, rule)
-            read |= _read(condition)
             self.definition[f"r{index}"] = {"all": [{"m": condition}]}
             self.rules.append(CompiledRule(rule, frozenset(_reads(rule.when))))
+        plain = [rule["all"][0]["m"] for rule in self.definition.values()]
+        # The engine's conditions test limits first (`_limit_first`) and string equalities on
+        # keys of their own (`_one_hot`), unless a fact could then carry more keys than the
+        # engine takes. The plain path (reference.py) keeps `definition`.
+        plain = [_limit_first(c, rule) for c, rule in zip(plain, ruleset.rules, strict=True)]
+        value_paths = {key: path for path, key in self.enc.values.items()}
+        conditions, equalities = _one_hot(plain, value_paths)
+        if _widest_fact(conditions, equalities) > MAX_FACT_FIELDS:
+            conditions, equalities = plain, {}
         # The fact keys some condition tests: the fast path sends only these.
-        self.read = frozenset(read)
+        self.read = frozenset().union(*(_read(condition) for condition in conditions))
         self.all_reads = frozenset().union(*(rule.reads for rule in self.rules))
         # state token → the indices of the rules whose conditions read it
         self.readers = {
@@ -711,14 +849,13 @@ class CompiledRuleset:
             for token in self.all_reads
         }
         key_tokens = {key: _tokens(path) for path, key in self.enc.assigned()}
-        conditions = [rule["all"][0]["m"] for rule in self.definition.values()]
+        for value_key, table in equalities.items():
+            key_tokens.update((key, _tokens(value_paths[value_key])) for key in table.values())
         residuals, self.residual = _residuals(conditions, _written(ruleset.rules), key_tokens)
         if len(conditions) + len(residuals) > MAX_RULES or _crowded(conditions + residuals):
             residuals, self.residual = [], {}  # the engine could not take them: never skip
         # What the engine is given: the rules, then the residuals (r<len(rules) + j>).
-        engine = dict(self.definition)
-        for j, residual in enumerate(residuals):
-            engine[f"r{len(self.rules) + j}"] = {"all": [{"m": residual}]}
+        engine = {f"r{i}": {"all": [{"m": c}]} for i, c in enumerate(conditions + residuals)}
         self.engine_name = re.sub(r"\W", "_", f"{ruleset.name}_{ruleset.version}")
         try:
             # The C core itself, not durable's Python host: the host serialises every message
@@ -769,7 +906,12 @@ class CompiledRuleset:
         # Every key (the plain path's facts), and the keys read split into the lead's part
         # (each round) and the event's (once per evaluation).
         self.plans = _plans(self.enc)
-        plans = _plans(self.enc, self.read)
+        tested: dict[str, set[bool]] = {}
+        for condition in conditions:
+            for key, value in _equalities(condition):
+                if type(value) is bool:
+                    tested.setdefault(key, set()).add(value)
+        plans = _plans(self.enc, self.read, equalities, tested)
         self.lead_plan = [plan for plan in plans if plan.path.startswith("lead.")]
         self.event_plan = [plan for plan in plans if not plan.path.startswith("lead.")]
 
@@ -895,8 +1037,8 @@ class CompiledRuleset:
         with _LOCK:  # one session: an assert, its actions and its retract must not interleave
             for _ in range(3):
                 self._fact_id += 1
-                text = f'{{{members}"id": {self._fact_id}}}'
-                code, state = c_engine.assert_fact(handle, text)
+                identity = f'"id": {self._fact_id}}}'  # the fact's last member, and its end
+                code, state = c_engine.assert_fact(handle, f"{{{members}{identity}")
                 # Message ids are 32-bit hashes: a collision is a false "seen"; take another id.
                 if code != _OBSERVED:
                     break
@@ -916,7 +1058,7 @@ class CompiledRuleset:
             finally:
                 # The engine finds a fact to retract by its id alone: parsing the whole fact
                 # again would cost as much as asserting it.
-                c_engine.retract_fact(handle, f'{{"id": {self._fact_id}}}')
+                c_engine.retract_fact(handle, "{" + identity)
         return sorted(set(matched))
 
     @property

@@ -12,6 +12,7 @@ at most once per evaluation, and a chain longer than ``max_chain`` rounds is an 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -139,7 +140,7 @@ def evaluate(
     it must agree with."""
 
     rules = len(compiled.rules)
-    held: set[int] = set()  # the residuals that held for the last round's fact
+    held: set[int] = set()  # the engine's indices of the residuals that held for the last fact
 
     def rounds(fields: Mapping[str, Any]) -> Rounds:
         fixed = compiled.history_text(history, event.occurred_at) + compiled.text(
@@ -150,9 +151,10 @@ def evaluate(
             found = compiled.match_text(
                 fixed + compiled.text(fields, event.properties, compiled.lead_plan)
             )
+            cut = bisect_left(found, rules)  # the residuals are numbered after the rules
             held.clear()
-            held.update(i - rules for i in found if i >= rules)
-            return [i for i in found if i < rules]
+            held.update(found[cut:])
+            return found[:cut]
 
         return round
 
@@ -166,7 +168,9 @@ def settled(compiled: CompiledRuleset, fired: set[int], changed: set[str], held:
     """The next round could fire nothing: each rule that has yet to fire either reads nothing
     the last round changed (its part of the fact is the same), or reads changes of one token
     class only and the residual of its condition without that class did not hold for the last
-    round's fact (``held``; see ``compile._residuals``)."""
+    round's fact (``held``: the engine's indices of those that did, ``len(rules) + j`` for
+    residual ``j``; see ``compile._residuals``)."""
+    rules = len(compiled.rules)
     for token in changed:
         for index in compiled.readers.get(token, ()):
             if index in fired:
@@ -175,7 +179,7 @@ def settled(compiled: CompiledRuleset, fired: set[int], changed: set[str], held:
             if len(classes) != 1:
                 return False
             residual = compiled.residual.get((index, classes.pop()))
-            if residual is None or residual in held:
+            if residual is None or rules + residual in held:
                 return False
     return True
 
@@ -198,7 +202,8 @@ def chain(
     fired: set[int] = set()
     rounds = 0
     while True:
-        matched = [i for i in match(fields) if i not in fired]
+        found = match(fields)
+        matched = [i for i in found if i not in fired] if fired else found
         if not matched:
             return outcome
         rounds += 1

@@ -31,11 +31,22 @@ class MemoryHistory:
         self.firings: defaultdict[str, list[datetime]] = defaultdict(list)
         # (type, property) → (time, value) in time order: what `sum` conditions add up.
         self.amounts: defaultdict[tuple[str, str], list[tuple[datetime, float]]] = defaultdict(list)
+        # What `tally` walks for the last Tallies it was given: (place, window, times) of each
+        # count whose key this history has. A key's list of times is kept for good (an event
+        # taken back leaves it, maybe empty), so only a new key makes it stale (None).
+        self._counted: tuple[Tallies, list[tuple[int, int | None, list[datetime]]]] | None = None
+
+    def _times(self, table: dict[str, list[datetime]], key: str) -> list[datetime]:
+        times = table.get(key)
+        if times is None:
+            times = table[key] = []
+            self._counted = None
+        return times
 
     def add_event(
         self, type: str, at: datetime, amounts: Mapping[str, float] | None = None
     ) -> None:
-        insort(self.events[type], at)
+        insort(self._times(self.events, type), at)
         for key, value in (amounts or {}).items():
             insort(self.amounts[(type, key)], (at, value))
 
@@ -43,12 +54,12 @@ class MemoryHistory:
         self, type: str, at: datetime, amounts: Mapping[str, float] | None = None
     ) -> None:
         """Take back an :meth:`add_event` (an evaluation that was rejected)."""
-        self.events[type].remove(at)
+        self._times(self.events, type).remove(at)
         for key, value in (amounts or {}).items():
             self.amounts[(type, key)].remove((at, value))
 
     def add_firing(self, rule: str, at: datetime) -> None:
-        insort(self.firings[rule], at)
+        insort(self._times(self.firings, rule), at)
 
     def count_events(self, type: str, start: datetime, end: datetime) -> int:
         return _between(self.events.get(type, []), start, end)
@@ -63,19 +74,29 @@ class MemoryHistory:
         """:meth:`count_events` and :meth:`count_firings` of every count of ``tallies`` at once,
         a windowed one from ``window_start(end, windows[window])``: the evaluator asks a dozen
         per record, and most find nothing, so the lead's few event types and fired rules are
-        walked, not the counts (and only the windows they use are worked out)."""
+        walked, not the counts (and only the windows they use are worked out). Which of the
+        lead's keys are counted is remembered until it has a new one: most of its keys (rules
+        without a limit) are not, and walking them costs a cache miss each."""
+        counted = self._counted
+        if counted is None or counted[0] is not tallies:
+            tables = ((self.events, tallies.events), (self.firings, tallies.firings))
+            walk = [
+                (place, window, times)
+                for table, places in tables
+                for key, times in table.items()
+                for place, window in places.get(key, ())
+            ]
+            counted = self._counted = (tallies, walk)
         found = [0] * tallies.size
         starts: dict[int, datetime] = {}
-        for table, places in ((self.events, tallies.events), (self.firings, tallies.firings)):
-            for key, times in table.items():
-                for place, window in places.get(key, ()):
-                    if window is None:
-                        found[place] = len(times)
-                        continue
-                    start = starts.get(window)
-                    if start is None:
-                        start = starts[window] = window_start(end, windows[window])
-                    found[place] = _between(times, start, end)
+        for place, window, times in counted[1]:
+            if window is None:
+                found[place] = len(times)
+                continue
+            start = starts.get(window)
+            if start is None:
+                start = starts[window] = window_start(end, windows[window])
+            found[place] = bisect_right(times, end) - bisect_right(times, start)
         return found
 
     def has_events(self, type: str) -> bool:

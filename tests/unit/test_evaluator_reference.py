@@ -63,6 +63,9 @@ EVENTS = [
     "crm_lost",
     "unsubscribe",
 ]
+# Numbers and booleans beside strings that spell them: the engine compares them as text.
+PLANS: list[Any] = [42, "42", 42.0, True, False, "true", 7.5, "7.50", 7.500001, 7, -3, "-3.0"]
+PLANS += ["Pro", " PRO ", 4.2, 420, None, ["pro"], "", "false", 1000, 1e3, "1E3", 1, 0, "t", -0.5]
 URLS = ["/pricing", "/PRICING/plans", "/careers", "/blog", "", None, ["/pricing"]]
 AMOUNTS: list[Any] = [10, 99.99, 500, 1500, "2,500", 1e-7, 0.0005, 2e6, -40, None, float("inf")]
 
@@ -77,6 +80,7 @@ def attributes(rng: random.Random) -> dict[str, Any]:
         "domain": rng.choice(["gmail.com", "acme.io", "hubspot.com", "initech.com"]),
         "phone": rng.choice([None, "", "+1 555 0100"]),
         "vip": rng.choice([None, True, False, "true", 1]),
+        "plan": rng.choice(PLANS),
     }
     return {key: value for key, value in fields.items() if rng.random() < 0.7}
 
