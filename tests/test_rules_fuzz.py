@@ -528,8 +528,18 @@ events_for_rules = st.sampled_from(["page_view", "demo_request", "email_open"])
 amounts = st.sampled_from([None, 5, 1e-05, 1e16, "12", "abc", math.nan])
 
 
-def check_ruleset(text: str, attributes: dict[str, Any], kinds: list[str], amount: Any) -> bool:
-    """Load, compile and run TEXT; True when it was valid. Any other exception fails the test."""
+def check_ruleset(
+    text: str,
+    attributes: dict[str, Any],
+    kinds: list[str],
+    amount: Any,
+    *,
+    well_formed: bool = False,
+) -> bool:
+    """Load, compile and run TEXT; True when it was valid. Any other exception fails the test.
+    A ``well_formed`` ruleset may still be refused for rules with more and/or groups than
+    durable-rules takes (their number is known only once ``not`` and lists are expanded):
+    True too, when that is every problem."""
     try:
         ruleset = parse_ruleset(text, "fuzz.yaml")
     except ProblemsError as error:
@@ -539,7 +549,9 @@ def check_ruleset(text: str, attributes: dict[str, Any], kinds: list[str], amoun
             assert problem.file == "fuzz.yaml"
             assert 1 <= problem.line <= lines, (str(problem), text)
             assert problem.message
-        return False
+        return well_formed and all(
+            "too complex for the rules engine" in problem.message for problem in error.problems
+        )
     try:
         compiled = compile_ruleset(ruleset)
     except CompileError as error:
@@ -624,7 +636,7 @@ def test_hostile_yaml_is_refused_quickly_with_its_line(
 def test_any_well_formed_ruleset_compiles_and_runs(
     text: str, attributes: dict[str, Any], kinds: list[str], amount: Any
 ) -> None:
-    assert check_ruleset(text, attributes, kinds, amount), text
+    assert check_ruleset(text, attributes, kinds, amount, well_formed=True), text
 
 
 @pytest.mark.slow
