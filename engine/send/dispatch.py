@@ -37,8 +37,10 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    case,
     func,
     literal,
+    literal_column,
     or_,
     select,
     union_all,
@@ -159,8 +161,8 @@ class Dispatcher:
         out: deque[_Round] = deque()
         rounds = max(1, min(ROUNDS_OUT, self.settings.dispatch_batch))
         workers = max(1, self.settings.send_concurrency)
-        # One connection for the run and one transaction a round (the oldest round's outcomes,
-        # the next claim and its suppression check): checking a connection out of the pool and
+        # One connection for the run and one transaction a round (the oldest round's outcomes
+        # and the next claim): checking a connection out of the pool and
         # each transaction cost the main thread, which the senders wait on for the GIL, more
         # than the statements themselves.
         with ThreadPoolExecutor(max_workers=workers) as pool, self.db.connect() as conn:
@@ -172,12 +174,11 @@ class Dispatcher:
                 with conn.begin():
                     self._write(conn, settled)
                     rows = self._claim(conn, now, size)
-                    blocked = self._suppressed(conn, rows)
                 self._counted(settled)
                 if not rows:
                     break
                 claimed += len(rows)
-                out.append(self._start(rows, blocked, now, pool, report))
+                out.append(self._start(rows, now, pool, report))
             while out:
                 settled = self._outcomes(out.popleft(), now, report)
                 with conn.begin():
@@ -204,8 +205,10 @@ class Dispatcher:
 
     def _claim(self, conn: Connection, now: datetime, size: int) -> list[Any]:
         """Up to ``size`` due messages taken in ``conn``'s transaction, by due time: one
-        ``UPDATE … RETURNING`` of the columns a send reads (the statements a round costs are a
-        good part of a message's CPU, so each is built once and reused)."""
+        ``UPDATE … RETURNING`` of the columns a send reads and ``blocked``, why a campaign email
+        must not go out (None when it may). The statements a round costs are a good part of a
+        message's CPU, so the suppression check is part of the claim, and each claim is built
+        once and reused."""
         claim = self._claims.get(size)
         if claim is None:
             claim = self._claims[size] = (
@@ -216,7 +219,7 @@ class Dispatcher:
                     lease_until=bindparam("lease"),
                     attempts=OUTBOX.c.attempts + 1,
                 )
-                .returning(*_CLAIMED)
+                .returning(*_CLAIMED, _BLOCKED)
             )
         lease = now + timedelta(seconds=self.settings.lease_seconds)
         rows = conn.execute(claim, {"now": now, "lease": lease}).all()
@@ -248,20 +251,17 @@ class Dispatcher:
     def _start(
         self,
         rows: list[Any],
-        blocked: Mapping[int, str],
         now: datetime,
         pool: ThreadPoolExecutor,
         report: DispatchReport,
     ) -> _Round:
-        """A claimed round: suppressed messages (leads in ``blocked``) settled in memory, the
-        rest handed to the senders."""
+        """A claimed round: suppressed messages settled in memory, the rest handed to the
+        senders."""
         done = _Round()
         for row in rows:
-            if row.kind == CAMPAIGN and row.lead_id in blocked:
+            if row.blocked is not None:
                 report.suppressed += 1
-                done.settled.append(
-                    _settle(row.id, OutboxStatus.SUPPRESSED, error=blocked[row.lead_id])
-                )
+                done.settled.append(_settle(row.id, OutboxStatus.SUPPRESSED, error=row.blocked))
             else:
                 done.sending.append((row, pool.submit(self._send_one, row, now)))
         return done
@@ -328,20 +328,6 @@ class Dispatcher:
         log.warning("outbox %s: failed after %s tries: %s", row.id, row.attempts, reason)
         return _settle(row.id, OutboxStatus.FAILED, error=reason)
 
-    @staticmethod
-    def _suppressed(conn: Connection, rows: list[Any]) -> dict[int, str]:
-        """Lead → why it must not be mailed, for the leads of ``rows``' campaign emails that
-        must not (having unsubscribed comes before any bounce)."""
-        blocked: dict[int, str] = {}
-        if not (leads := {row.lead_id for row in rows if row.kind == CAMPAIGN}):
-            return blocked
-        for lead_id, why in conn.execute(_BLOCKED, {"leads": list(leads)}):
-            if why == UNSUBSCRIBED:
-                blocked[lead_id] = why
-            else:
-                blocked.setdefault(lead_id, why)
-        return blocked
-
 
 # The statements of every round, built once (building one costs more than running it).
 # What a send reads of a claimed row (the rest would only be converted and dropped).
@@ -365,16 +351,26 @@ _CLAIMED = tuple(
         "payload",
     )
 )
-_LEADS: BindParameter[Any] = bindparam("leads", expanding=True)
-# One statement rather than one per reason: a statement costs a round more than its rows.
-_BLOCKED = union_all(
-    select(LEADS.c.id, literal(UNSUBSCRIBED)).where(
-        LEADS.c.id.in_(_LEADS), LEADS.c.subscribed.is_(False)
+# Why a claimed campaign email must not go out: its lead unsubscribed, else bounced or reported
+# spam (the first of those by name), else None. Alerts about the lead are not suppressed.
+# SQLite's RETURNING names columns without their table, so the outbox's own lead is spelt out:
+# unqualified, ``lead_id`` in the events subquery would be the event's.
+_CLAIMED_LEAD = literal_column(f"{OUTBOX.name}.lead_id")
+_BLOCKED = case(
+    (
+        OUTBOX.c.kind == CAMPAIGN,
+        func.coalesce(
+            select(literal(UNSUBSCRIBED))
+            .where(LEADS.c.id == _CLAIMED_LEAD, LEADS.c.subscribed.is_(False))
+            .scalar_subquery(),
+            select(EVENTS.c.type)
+            .where(EVENTS.c.lead_id == _CLAIMED_LEAD, EVENTS.c.type.in_(SUPPRESSING))
+            .order_by(EVENTS.c.type)
+            .limit(1)
+            .scalar_subquery(),
+        ),
     ),
-    select(EVENTS.c.lead_id, EVENTS.c.type)
-    .where(EVENTS.c.lead_id.in_(_LEADS), EVENTS.c.type.in_(SUPPRESSING))
-    .distinct(),
-)
+).label("blocked")
 _SETTLE = (
     update(OUTBOX)
     .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == OutboxStatus.SENDING)
