@@ -28,6 +28,7 @@ from collections.abc import Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -224,7 +225,7 @@ class Dispatcher:
             )
         lease = now + timedelta(seconds=self.settings.lease_seconds)
         rows = conn.execute(claim, {"now": now, "lease": lease}).all()
-        return sorted(rows, key=lambda row: (row.next_attempt_at, row.id))
+        return sorted(rows, key=_DUE_ORDER)
 
     def _due_ids(self, size: int) -> Any:
         """The ids of the first ``size`` messages :meth:`due` at ``:now``, by due time: the first
@@ -328,6 +329,9 @@ class Dispatcher:
         report.failed += 1
         log.warning("outbox %s: failed after %s tries: %s", row.id, row.attempts, reason)
         return _settle(row.id, OutboxStatus.FAILED, error=reason)
+
+
+_DUE_ORDER = attrgetter("next_attempt_at", "id")  # claimed rows by due time
 
 
 def _fixed(values: Collection[str]) -> list[Any]:
