@@ -164,9 +164,8 @@ class Dispatcher:
         rounds = max(1, min(ROUNDS_OUT, self.settings.dispatch_batch))
         workers = max(1, self.settings.send_concurrency)
         # One connection for the run and one transaction a round (the oldest round's outcomes
-        # and the next claim): checking a connection out of the pool and
-        # each transaction cost the main thread, which the senders wait on for the GIL, more
-        # than the statements themselves.
+        # and the next claim): checking a connection out of the pool and each transaction cost
+        # the main thread, which the senders wait on for the GIL, more than the statements.
         with ThreadPoolExecutor(max_workers=workers) as pool, self.db.connect() as conn:
             while limit is None or claimed < limit:
                 size = max(1, self.settings.dispatch_batch // rounds)
@@ -251,11 +250,7 @@ class Dispatcher:
         return select(both.c.id).order_by(both.c.next_attempt_at).limit(size).scalar_subquery()
 
     def _start(
-        self,
-        rows: list[Any],
-        now: datetime,
-        pool: ThreadPoolExecutor,
-        report: DispatchReport,
+        self, rows: list[Any], now: datetime, pool: ThreadPoolExecutor, report: DispatchReport
     ) -> _Round:
         """A claimed round: suppressed messages settled in memory, the rest handed to the
         senders."""
