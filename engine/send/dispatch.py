@@ -28,17 +28,21 @@ from collections.abc import Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import attrgetter
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import (
     BindParameter,
+    ColumnClause,
     Connection,
     Engine,
     and_,
     bindparam,
+    case,
     func,
     literal,
+    literal_column,
     or_,
     select,
     union_all,
@@ -46,7 +50,7 @@ from sqlalchemy import (
 )
 
 from engine import metrics
-from engine.db import reading
+from engine.db.bulk import execute_many
 from engine.db.schema import EVENTS, LEADS, OUTBOX
 from engine.redact import redact
 from engine.send.email import Email, Mailer, PermanentError, TransientError
@@ -158,20 +162,29 @@ class Dispatcher:
         claimed = 0
         out: deque[_Round] = deque()
         rounds = max(1, min(ROUNDS_OUT, self.settings.dispatch_batch))
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.send_concurrency)) as pool:
+        workers = max(1, self.settings.send_concurrency)
+        # One connection for the run and one transaction a round (the oldest round's outcomes
+        # and the next claim): checking a connection out of the pool and each transaction cost
+        # the main thread, which the senders wait on for the GIL, more than the statements.
+        with ThreadPoolExecutor(max_workers=workers) as pool, self.db.connect() as conn:
             while limit is None or claimed < limit:
                 size = max(1, self.settings.dispatch_batch // rounds)
                 if limit is not None:
                     size = min(size, limit - claimed)
-                rows = self.claim(now, size)
+                settled = self._outcomes(out.popleft(), now, report) if len(out) >= rounds else []
+                with conn.begin():
+                    self._write(conn, settled)
+                    rows = self._claim(conn, now, size)
+                self._counted(settled)
                 if not rows:
                     break
                 claimed += len(rows)
                 out.append(self._start(rows, now, pool, report))
-                if len(out) >= rounds:
-                    self._settle_round(out.popleft(), now, report)
             while out:
-                self._settle_round(out.popleft(), now, report)
+                settled = self._outcomes(out.popleft(), now, report)
+                with conn.begin():
+                    self._write(conn, settled)
+                self._counted(settled)
         return report
 
     def due(self, now: datetime) -> Any:
@@ -186,8 +199,17 @@ class Dispatcher:
         )
 
     def claim(self, now: datetime, size: int) -> list[Any]:
-        """Take up to ``size`` due messages: one ``UPDATE … RETURNING`` (the statements a round
-        costs are a good part of a message's CPU, so each is built once and reused)."""
+        """Take up to ``size`` due messages, committed at once (:meth:`run` claims in the
+        transaction that settles an older round instead)."""
+        with self.db.begin() as conn:
+            return self._claim(conn, now, size)
+
+    def _claim(self, conn: Connection, now: datetime, size: int) -> list[Any]:
+        """Up to ``size`` due messages taken in ``conn``'s transaction, by due time: one
+        ``UPDATE … RETURNING`` of the columns a send reads and ``blocked``, why a campaign email
+        must not go out (None when it may). The statements a round costs are a good part of a
+        message's CPU, so the suppression check is part of the claim, and each claim is built
+        once and reused."""
         claim = self._claims.get(size)
         if claim is None:
             claim = self._claims[size] = (
@@ -198,12 +220,11 @@ class Dispatcher:
                     lease_until=bindparam("lease"),
                     attempts=OUTBOX.c.attempts + 1,
                 )
-                .returning(*OUTBOX.c)
+                .returning(*_CLAIMED, _BLOCKED)
             )
         lease = now + timedelta(seconds=self.settings.lease_seconds)
-        with self.db.begin() as conn:
-            rows = list(conn.execute(claim, {"now": now, "lease": lease}).all())
-        return sorted(rows, key=lambda row: (row.next_attempt_at, row.id))
+        rows = conn.execute(claim, {"now": now, "lease": lease}).all()
+        return sorted(rows, key=_DUE_ORDER)
 
     def _due_ids(self, size: int) -> Any:
         """The ids of the first ``size`` messages :meth:`due` at ``:now``, by due time: the first
@@ -218,7 +239,7 @@ class Dispatcher:
         ):
             part = (
                 select(OUTBOX.c.id, OUTBOX.c.next_attempt_at)
-                .where(OUTBOX.c.kind.in_(self.kinds), OUTBOX.c.status == status, lapsed)
+                .where(OUTBOX.c.kind.in_(_fixed(self.kinds)), OUTBOX.c.status == status, lapsed)
                 .order_by(OUTBOX.c.next_attempt_at)
                 .limit(size)
             )
@@ -233,35 +254,36 @@ class Dispatcher:
     ) -> _Round:
         """A claimed round: suppressed messages settled in memory, the rest handed to the
         senders."""
-        blocked: dict[int, str] = {}
-        if leads := {row.lead_id for row in rows if row.kind == CAMPAIGN}:
-            with reading(self.db) as conn:
-                blocked = self._suppressed(conn, leads)
         done = _Round()
         for row in rows:
-            if row.kind == CAMPAIGN and row.lead_id in blocked:
+            if row.blocked is not None:
                 report.suppressed += 1
-                done.settled.append(
-                    _settle(row.id, OutboxStatus.SUPPRESSED, error=blocked[row.lead_id])
-                )
+                done.settled.append(_settle(row.id, OutboxStatus.SUPPRESSED, error=row.blocked))
             else:
                 done.sending.append((row, pool.submit(self._send_one, row, now)))
         return done
 
-    def _settle_round(self, done: _Round, now: datetime, report: DispatchReport) -> None:
-        """Each outcome of a round written once all its sends are back."""
+    def _outcomes(
+        self, done: _Round, now: datetime, report: DispatchReport
+    ) -> list[dict[str, Any]]:
+        """Each outcome of a round, once all its sends are back."""
         # Woken once, when the last send is back, rather than by each send in turn: a wake-up
         # costs the GIL every sender thread needs.
         wait([sending for _, sending in done.sending])
         settled = done.settled
         for row, sending in done.sending:
             settled.append(self._settlement(row, sending.result(), now, report))
-        with self.db.begin() as conn:
-            conn.execute(
-                _SETTLE,
-                [{"b_next": None, "b_sent": None, "b_provider": None, **s} for s in settled],
-            )
-        if CAMPAIGN in self.kinds:  # alert deliveries have metrics of their own
+        return settled
+
+    def _write(self, conn: Connection, settled: list[dict[str, Any]]) -> None:
+        """Outcomes into their rows, in ``conn``'s transaction: one ``executemany`` without
+        SQLAlchemy's assembly of each row's parameters."""
+        if settled:
+            execute_many(conn, _SETTLE, settled)
+
+    def _counted(self, settled: list[dict[str, Any]]) -> None:
+        """Committed outcomes into the metrics."""
+        if settled and CAMPAIGN in self.kinds:  # alert deliveries have metrics of their own
             metrics.emails_settled(s["b_status"] for s in settled)
 
     def _send_one(self, row: Any, now: datetime) -> str | Exception | None:
@@ -303,30 +325,59 @@ class Dispatcher:
         log.warning("outbox %s: failed after %s tries: %s", row.id, row.attempts, reason)
         return _settle(row.id, OutboxStatus.FAILED, error=reason)
 
-    @staticmethod
-    def _suppressed(conn: Connection, lead_ids: set[int]) -> dict[int, str]:
-        """Lead → why it must not be mailed, for leads of ``lead_ids`` that must not (having
-        unsubscribed comes before any bounce)."""
-        blocked: dict[int, str] = {}
-        for lead_id, why in conn.execute(_BLOCKED, {"leads": list(lead_ids)}):
-            if why == UNSUBSCRIBED:
-                blocked[lead_id] = why
-            else:
-                blocked.setdefault(lead_id, why)
-        return blocked
+
+_DUE_ORDER = attrgetter("next_attempt_at", "id")  # claimed rows by due time
+
+
+def _fixed(values: Collection[str]) -> list[Any]:
+    """``values`` for an ``IN`` of a statement kept for every round: one parameter each rather
+    than one list, which SQLAlchemy expands into the statement's text on every execution
+    (a third of a claim's own Python)."""
+    return [literal(value) for value in values]
 
 
 # The statements of every round, built once (building one costs more than running it).
-_LEADS: BindParameter[Any] = bindparam("leads", expanding=True)
-# One statement rather than one per reason: a statement costs a round more than its rows.
-_BLOCKED = union_all(
-    select(LEADS.c.id, literal(UNSUBSCRIBED)).where(
-        LEADS.c.id.in_(_LEADS), LEADS.c.subscribed.is_(False)
-    ),
-    select(EVENTS.c.lead_id, EVENTS.c.type)
-    .where(EVENTS.c.lead_id.in_(_LEADS), EVENTS.c.type.in_(SUPPRESSING))
-    .distinct(),
+# What a send reads of a claimed row (the rest would only be converted and dropped).
+_CLAIMED = tuple(
+    OUTBOX.c[name]
+    for name in (
+        "id",
+        "idempotency_key",
+        "kind",
+        "lead_id",
+        "campaign",
+        "to_email",
+        "from_email",
+        "from_name",
+        "subject",
+        "html",
+        "text",
+        "headers",
+        "attempts",
+        "next_attempt_at",
+        "payload",
+    )
 )
+# Why a claimed campaign email must not go out: its lead unsubscribed, else bounced or reported
+# spam (the first of those by name), else None. Alerts about the lead are not suppressed.
+# SQLite's RETURNING names columns without their table, so the outbox's own lead is spelt out:
+# unqualified, ``lead_id`` in the events subquery would be the event's.
+_CLAIMED_LEAD: ColumnClause[int] = literal_column(f"{OUTBOX.name}.lead_id")
+_BLOCKED = case(
+    (
+        OUTBOX.c.kind == CAMPAIGN,
+        func.coalesce(
+            select(literal(UNSUBSCRIBED))
+            .where(LEADS.c.id == _CLAIMED_LEAD, LEADS.c.subscribed.is_(False))
+            .scalar_subquery(),
+            select(EVENTS.c.type)
+            .where(EVENTS.c.lead_id == _CLAIMED_LEAD, EVENTS.c.type.in_(_fixed(SUPPRESSING)))
+            .order_by(EVENTS.c.type)
+            .limit(1)
+            .scalar_subquery(),
+        ),
+    ),
+).label("blocked")
 _SETTLE = (
     update(OUTBOX)
     .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == OutboxStatus.SENDING)
@@ -349,8 +400,23 @@ def _reason(error: Exception) -> str:
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
-def _settle(outbox_id: int, status: str, error: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"b_id": outbox_id, "b_status": status, "b_error": error, **extra}
+def _settle(
+    outbox_id: int,
+    status: str,
+    error: str | None = None,
+    b_provider: str | None = None,
+    b_sent: datetime | None = None,
+    b_next: datetime | None = None,
+) -> dict[str, Any]:
+    """A settlement's parameters, every key present (one compiled statement for all)."""
+    return {
+        "b_id": outbox_id,
+        "b_status": status,
+        "b_error": error,
+        "b_provider": b_provider,
+        "b_sent": b_sent,
+        "b_next": b_next,
+    }
 
 
 def settle_processed(db: Engine, outbox_ids: list[int], provider_ids: dict[int, str]) -> int:
