@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,21 @@ def api_home(folder: Path) -> Path:
     """``folder`` as a NURTURE_HOME holding the api-test ruleset (for tests that make several)."""
     copy_fixtures("rulesets", ["api-test"], folder / "rulesets")
     return folder
+
+
+def side_by_side(work: Callable[[], object], count: int) -> list[BaseException]:
+    """``work`` in ``count`` threads at once, all joined; what any of them raised."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # reported to the test by the return value
+            failures.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures

@@ -25,7 +25,7 @@ from engine.ingest.parse import parse_jsonl
 from engine.schedule.jobs import Jobs
 from engine.settings import Settings, get_settings
 from engine.timeutil import utcnow
-from tests.helpers import compiled, nurture, ruleset_text
+from tests.helpers import compiled, nurture, ruleset_text, side_by_side
 from tests.mail_support import Receiver
 
 RULESET = ruleset_text("alert-test")
@@ -281,22 +281,13 @@ def test_several_processes_page_each_lead_once_and_share_the_roster_evenly(
         hot(db, email, T0 + timedelta(seconds=i))
     now = T0 + timedelta(minutes=1)
     barrier = threading.Barrier(4)
-    errors: list[BaseException] = []
 
     def run() -> None:
         jobs = Jobs(db, settings)
         barrier.wait()
-        try:
-            jobs.alerts(now)
-        except BaseException as error:  # surfaced by the assertion below
-            errors.append(error)
+        jobs.alerts(now)
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert side_by_side(run, 4) == []
     paged = [re.search(r"lead\d+@corp\d+\.io", p["text"]) for p in receiver.posts]
     assert sorted(found.group(0) for found in paged if found) == sorted(leads)
     recipients = [m["To"] for m in emails(home)]
