@@ -834,11 +834,14 @@ class CompiledRuleset:
         plain = [rule["all"][0]["m"] for rule in self.definition.values()]
         # The engine's conditions test limits first (`_limit_first`) and string equalities on
         # keys of their own (`_one_hot`), unless a fact could then carry more keys than the
-        # engine takes. The plain path (reference.py) keeps `definition`.
-        plain = [_limit_first(c, rule) for c, rule in zip(plain, ruleset.rules, strict=True)]
+        # engine takes, or the reshaped network would overfill a node the loader checked only
+        # in the plain shape. The plain path (reference.py) keeps `definition`.
+        shaped = [_limit_first(c, rule) for c, rule in zip(plain, ruleset.rules, strict=True)]
         value_paths = {key: path for path, key in self.enc.values.items()}
-        conditions, equalities = _one_hot(plain, value_paths)
+        conditions, equalities = _one_hot(shaped, value_paths)
         if _widest_fact(conditions, equalities) > MAX_FACT_FIELDS:
+            conditions, equalities = shaped, {}
+        if _crowded(conditions) is not None:
             conditions, equalities = plain, {}
         # The fact keys some condition tests: the fast path sends only these.
         self.read = frozenset().union(*(_read(condition) for condition in conditions))

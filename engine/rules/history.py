@@ -96,7 +96,7 @@ class MemoryHistory:
             start = starts.get(window)
             if start is None:
                 start = starts[window] = window_start(end, windows[window])
-            found[place] = bisect_right(times, end) - bisect_right(times, start)
+            found[place] = _between(times, start, end)
         return found
 
     def has_events(self, type: str) -> bool:
