@@ -8,8 +8,9 @@ and the server runs one statement, not one per row."""
 from __future__ import annotations
 
 import functools
+import itertools
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -266,22 +267,20 @@ def execute_many(
     if prepared is None:
         return conn.execute(statement, list(rows))
     sql, names, binds = prepared
-    getters: list[Callable[[Mapping[str, Any]], Any]] = []
+    # Column by column, each in C (map, itemgetter), then zipped into rows: per-row getters
+    # cost a Python call per value.
+    columns: list[Iterable[Any]] = []
     for name, (kind, value) in zip(names, binds, strict=True):
         if kind == "constant":
-            getters.append(_constant(value))
-        elif kind == "plain":
-            getters.append(itemgetter(name))
-        elif kind == "time":
-            # A batch's rows share few times (a record's rows all have its time): format each
-            # once.
-            getters.append(_processed(name, functools.cache(value)))
-        else:
-            getters.append(_processed(name, value))
-    values = ([get(row) for get in getters] for row in rows)
+            columns.append(itertools.repeat(value, len(rows)))
+            continue
+        column = map(itemgetter(name), rows)
+        # A batch's rows share few times (a record's rows all have its time): format each once.
+        process = functools.cache(value) if kind == "time" else value
+        columns.append(column if kind == "plain" else map(process, column))
     if positional:
-        return conn.exec_driver_sql(sql, [tuple(row) for row in values])
-    return conn.exec_driver_sql(sql, [dict(zip(names, row, strict=True)) for row in values])
+        return conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
+    return conn.exec_driver_sql(sql, [dict(zip(names, row)) for row in zip(*columns, strict=True)])
 
 
 @functools.lru_cache(maxsize=256)
@@ -311,11 +310,3 @@ def _prepare(
         else:
             binds.append(("other", process))
     return compiled.string, names, binds
-
-
-def _constant(value: Any) -> Callable[[Mapping[str, Any]], Any]:
-    return lambda _row: value
-
-
-def _processed(name: str, process: Callable[[Any], Any]) -> Callable[[Mapping[str, Any]], Any]:
-    return lambda row: process(row[name])

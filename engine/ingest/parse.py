@@ -1,6 +1,9 @@
 """JSON Lines and CSV → validated lead and event records, or a rejection naming line and field.
 
-Pure: no database. A bad line never stops the good ones.
+Pure: no database. A bad line never stops the good ones. A parser given a :data:`Slice` yields
+only the records of that slice of the leads (``nurture ingest --workers``): a line whose lead
+key reads plainly off its text (:func:`plain_email`) is parsed only by the slice that key falls
+in, every other line by every slice, each keeping what falls in it.
 """
 
 from __future__ import annotations
@@ -9,10 +12,10 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from engine import jsontext
 from engine.address import normalise_email
@@ -61,6 +64,17 @@ class EventRecord:
 
 Record = LeadRecord | EventRecord
 Parsed = LeadRecord | EventRecord | Rejection
+Slice = Callable[[str | None], bool]
+"""Whether a record whose lead key (normal email) is this falls in a slice; None stands for a
+line that names no lead (a rejection), which exactly one slice must take."""
+
+# An address that is its own lead key: lower-case ASCII letters, digits and ``._+-``, one @.
+# :func:`engine.address.normal_address` returns such text unchanged whenever it accepts it
+# (tests/unit/test_ingest_slices.py checks it on generated addresses).
+_PLAIN_ADDRESS = r"[a-z0-9._+-]+@[a-z0-9.-]+"
+_PLAIN_EMAIL = re.compile(rf'"email"[ \t\n\r]*:[ \t\n\r]*"({_PLAIN_ADDRESS})"')
+_PLAIN_CELL = re.compile(_PLAIN_ADDRESS)
+_Unit = TypeVar("_Unit")  # what one record is parsed from: a line's text, a CSV row's cells
 
 
 def _derived_id(kind: str, body: Mapping[str, Any]) -> str:
@@ -205,23 +219,76 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def parse_jsonl(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
-    """One record per line; a line the reader already refused (too long) stays refused."""
+def plain_email(text: str) -> str | None:
+    """The lead key of the record on a JSON line, read off the text without parsing it, or None
+    when the text does not spell it plainly. If the line holds a valid record, this is its
+    email: with no backslash (so no escape) in the line, the one ``"email"`` of the text is a
+    string token and the record's only ``email`` key, and a plain address is its own normal
+    form. A bad line may answer any address; it is then rejected in that address's slice."""
+    start = text.find('"email"')
+    if start < 0 or "\\" in text or text.find('"email"', start + 1) >= 0:
+        return None
+    found = _PLAIN_EMAIL.match(text, start)
+    return None if found is None else found.group(1)
+
+
+def _plain_cell(row: Mapping[str | None, Any]) -> str | None:
+    """A CSV row's lead key when its ``email`` cell is a plain address (as
+    :func:`plain_email`: the cell becomes the record's ``email`` as it is)."""
+    email = row.get("email")
+    return email if isinstance(email, str) and _PLAIN_CELL.fullmatch(email) else None
+
+
+def _sliced(
+    units: Iterable[tuple[int, _Unit] | Rejection],
+    parse: Callable[[int, _Unit], Parsed],
+    plain_key: Callable[[_Unit], str | None],
+    mine: Slice | None,
+) -> Iterator[Parsed]:
+    """``parse`` of each (line, unit), rejections as they come; with ``mine``, only what falls
+    in the slice, a unit whose ``plain_key`` is known parsed only in that key's slice."""
+    for unit in units:
+        if isinstance(unit, Rejection):
+            if mine is None or mine(None):
+                yield unit
+            continue
+        number, body = unit
+        if mine is None:
+            yield parse(number, body)
+            continue
+        key = plain_key(body)
+        if key is None:
+            item = parse(number, body)
+            if mine(None if isinstance(item, Rejection) else item.email):
+                yield item
+        elif mine(key):
+            yield parse(number, body)
+
+
+def _json_line(number: int, text: str) -> Parsed:
+    if not _is_utf8(text):
+        return Rejection(number, "not valid UTF-8 text")
+    try:
+        return record(number, jsontext.loads(text), text.count("{") + text.count("["))
+    except jsontext.JsonError as error:
+        return Rejection(number, f"not valid JSON: {error}")
+    except InvalidRecord as error:
+        return Rejection(number, str(error))
+
+
+def _numbered(lines: Iterable[str | Rejection]) -> Iterator[tuple[int, str] | Rejection]:
+    """Non-blank lines with their numbers; a line the reader already refused (too long) stays
+    refused."""
     for number, text in enumerate(lines, start=1):
         if isinstance(text, Rejection):
             yield text
-            continue
-        if not text.strip():
-            continue
-        if not _is_utf8(text):
-            yield Rejection(number, "not valid UTF-8 text")
-            continue
-        try:
-            yield record(number, jsontext.loads(text), text.count("{") + text.count("["))
-        except jsontext.JsonError as error:
-            yield Rejection(number, f"not valid JSON: {error}")
-        except InvalidRecord as error:
-            yield Rejection(number, str(error))
+        elif text.strip():
+            yield number, text
+
+
+def parse_jsonl(lines: Iterable[str | Rejection], mine: Slice | None = None) -> Iterator[Parsed]:
+    """One record per line; with ``mine``, only the slice's records (see the module's doc)."""
+    return _sliced(_numbered(lines), _json_line, plain_email, mine)
 
 
 def csv_value(text: str) -> Any:
@@ -241,10 +308,18 @@ def csv_value(text: str) -> Any:
     return text
 
 
-def parse_csv(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
+def parse_csv(lines: Iterable[str | Rejection], mine: Slice | None = None) -> Iterator[Parsed]:
     """One record per row, its cells named by the header as :mod:`engine.ingest.columns` says
     (the backtest's rule); rows the reader could not read are rejected with the line they start
-    on (see :mod:`engine.ingest.reader`)."""
+    on (see :mod:`engine.ingest.reader`). With ``mine``, only the slice's records."""
+    return _sliced(_named_rows(lines), _csv_record, _plain_cell, mine)
+
+
+def _named_rows(
+    lines: Iterable[str | Rejection],
+) -> Iterator[tuple[int, dict[str | None, Any]] | Rejection]:
+    """The rows after the header, by column name, with the line each starts on; a header that
+    cannot be read is one Rejection and no row."""
     rows = reader.csv_rows(lines)
     header = next(rows, None)
     if isinstance(header, Rejection):
@@ -257,39 +332,37 @@ def parse_csv(lines: Iterable[str | Rejection]) -> Iterator[Parsed]:
         yield Rejection(header[0], f"the header row: {error}; no row was read")
         return
     for item in rows:
-        if isinstance(item, Rejection):
-            yield item
+        yield item if isinstance(item, Rejection) else (item[0], _by_name(fieldnames, item[1]))
+
+
+def _csv_record(number: int, row: dict[str | None, Any]) -> Parsed:
+    if not all(_is_utf8(cell) for cell in row.values() if isinstance(cell, str)):
+        return Rejection(number, "not valid UTF-8 text")
+    if None in row:
+        return Rejection(number, "more cells than the header has columns")
+    cells = {k: csv_value(v or "") for k, v in row.items() if k}
+    raw: dict[str, Any] = {}
+    properties: dict[str, Any] = {}
+    is_event = cells.get("type") not in (None, "")
+    for key, value in cells.items():
+        if value is None:
             continue
-        number, row = item[0], _by_name(fieldnames, item[1])
-        if not all(_is_utf8(cell) for cell in row.values() if isinstance(cell, str)):
-            yield Rejection(number, "not valid UTF-8 text")
-            continue
-        if None in row:
-            yield Rejection(number, "more cells than the header has columns")
-            continue
-        cells = {k: csv_value(v or "") for k, v in row.items() if k}
-        raw: dict[str, Any] = {}
-        properties: dict[str, Any] = {}
-        is_event = cells.get("type") not in (None, "")
-        for key, value in cells.items():
-            if value is None:
-                continue
-            if key.startswith(PROPERTIES):
-                properties[key.removeprefix(PROPERTIES)] = value
-            elif is_event and key not in EVENT_KEYS:
-                properties[key] = value
-            else:
-                raw[key] = value
-        if "id" in raw:
-            raw["id"] = str(raw["id"])
-        if "occurred_at" in raw:
-            raw["occurred_at"] = str(raw["occurred_at"])
-        if is_event and properties:
-            raw["properties"] = properties
-        try:
-            yield record(number, raw)
-        except InvalidRecord as error:
-            yield Rejection(number, str(error))
+        if key.startswith(PROPERTIES):
+            properties[key.removeprefix(PROPERTIES)] = value
+        elif is_event and key not in EVENT_KEYS:
+            properties[key] = value
+        else:
+            raw[key] = value
+    if "id" in raw:
+        raw["id"] = str(raw["id"])
+    if "occurred_at" in raw:
+        raw["occurred_at"] = str(raw["occurred_at"])
+    if is_event and properties:
+        raw["properties"] = properties
+    try:
+        return record(number, raw)
+    except InvalidRecord as error:
+        return Rejection(number, str(error))
 
 
 def _by_name(fieldnames: list[str | None], cells: list[str]) -> dict[str | None, Any]:
@@ -314,10 +387,12 @@ def sniff_format(name: str, head: str) -> str:
     return "jsonl" if head.lstrip().startswith("{") else "csv"
 
 
-def parse_stream(stream: TextIO, name: str = "-") -> Iterator[Parsed]:
-    """Records from an open text stream, its format told by name or by its first character."""
+def parse_stream(stream: TextIO, name: str = "-", mine: Slice | None = None) -> Iterator[Parsed]:
+    """Records from an open text stream, its format told by name or by its first character;
+    with ``mine``, only the slice's records (see the module's doc)."""
     head = stream.read(1)
     if head == "\ufeff":  # a byte order mark (Excel's "CSV UTF-8" writes one): not data
         head = stream.read(1)
     body = reader.lines(stream, head)
-    return parse_csv(body) if sniff_format(name, head) == "csv" else parse_jsonl(body)
+    parse = parse_csv if sniff_format(name, head) == "csv" else parse_jsonl
+    return parse(body, mine)
