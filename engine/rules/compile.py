@@ -302,9 +302,10 @@ class _Plan:
     # The key of the ``lead.*`` view the value sits under when ``get`` only looks it up there:
     # read without a call, as facts are built many times a record.
     view_key: str | None = None
-    # A string value → its members (see CompiledRuleset.text): a string equals no value of
-    # another type, so the value alone is the key.
-    strings: dict[str, str] = field(default_factory=dict, compare=False)
+    # A string, int or None value → its members (see CompiledRuleset.text): none of them equals
+    # a value of another of these types (True == 1, but a bool is not an int here), so the
+    # value alone is the key, with no tuple to build and hash.
+    parts: dict[str | int | None, str] = field(default_factory=dict, compare=False)
     # The value's string equalities on keys of their own (see `_one_hot`): constant → key, and
     # the keys by the first character of their constant.
     equals: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -420,6 +421,15 @@ def _equal_keys(plan: _Plan, value: Any, fact: dict[str, Any]) -> None:
         fact[key] = value
 
 
+def _derived(ruleset: spec.Ruleset, path: str) -> bool:
+    """``path`` may read a value ``evaluate.own_fields`` leaves out: anything under
+    ``lead.bands``, ``lead.account`` or ``lead.scores`` but a component's score."""
+    parts = path.split(".")
+    if parts[0] != "lead" or parts[1] not in ("scores", "bands", "account"):
+        return False
+    return parts[1] != "scores" or len(parts) != 3 or parts[2] not in ruleset.components
+
+
 def _read(condition: Mapping[str, Any]) -> set[str]:
     """The fact keys a compiled condition tests."""
     keys: set[str] = set()
@@ -482,15 +492,15 @@ def _encode_value(plan: _Plan, raw: Any, fact: dict[str, Any]) -> None:
             del fact[key]
 
 
-def _members(plan: _Plan, raw: Any, memo: dict[Any, str], key: Any) -> str:
+def _members(plan: _Plan, raw: Any, memo: dict[Any, str] | None, key: Any) -> str:
     """The fact keys of ``plan`` for the value ``raw`` as JSON members (see
-    ``CompiledRuleset.text``), remembered in ``memo`` under ``key`` (None: not remembered)."""
+    ``CompiledRuleset.text``), remembered in ``memo`` under ``key`` (no memo: not remembered)."""
     values: dict[str, Any] = {}
     timeouts = patterns.timeouts
     _encode_value(plan, raw, values)
     part = _to_json(values)[1:-1] + ", " if values else ""
     # A search that timed out counts as no match, and as a timeout each time.
-    if key is not None and patterns.timeouts == timeouts:
+    if memo is not None and patterns.timeouts == timeouts:
         if len(memo) >= MEMO_SIZE:
             memo.clear()
         memo[key] = part
@@ -917,6 +927,10 @@ class CompiledRuleset:
         plans = _plans(self.enc, self.read, equalities, tested)
         self.lead_plan = [plan for plan in plans if plan.path.startswith("lead.")]
         self.event_plan = [plan for plan in plans if not plan.path.startswith("lead.")]
+        # Whether a round's fact needs what ``evaluate.state_fields`` derives beyond the lead's
+        # own values (``evaluate.own_fields``): named scores' totals and bands, the account's
+        # figures. Most rulesets read none of them, and working them out cost every round.
+        self.reads_derived = any(_derived(ruleset, plan.path) for plan in self.lead_plan)
 
     def encode(
         self,
@@ -939,19 +953,21 @@ class CompiledRuleset:
         for plan in plans:
             view_key = plan.view_key
             raw = fields.get(view_key) if view_key is not None else plan.get(fields, properties)
-            if type(raw) is str:
-                part = plan.strings.get(raw)
+            kind = type(raw)
+            if kind is str or kind is int or raw is None:
+                part = plan.parts.get(raw)
                 if part is None:
-                    part = _members(plan, raw, plan.strings, raw)
+                    part = _members(plan, raw, plan.parts, raw)
             else:
+                remember: dict[Any, str] | None = memo
                 try:
                     # The type is part of the key: True == 1 == 1.0, but they encode differently.
-                    key = (plan.path, type(raw), raw)
+                    key = (plan.path, kind, raw)
                     part = memo.get(key)
                 except TypeError:  # a list or dict: not hashable, encode it every time
-                    key, part = None, None
+                    remember, part = None, None
                 if part is None:
-                    part = _members(plan, raw, memo, key)
+                    part = _members(plan, raw, remember, key)
             text += part
         return text
 

@@ -104,31 +104,37 @@ class Outcome:
     intents: list[Intent] = field(default_factory=list)
 
 
-def state_fields(ruleset: spec.Ruleset, state: LeadState, event_type: str) -> dict[str, Any]:
-    """The ``lead.*`` view rules read, temperature (and named scores' bands) derived from the
-    scores at once."""
+def own_fields(ruleset: spec.Ruleset, state: LeadState) -> dict[str, Any]:
+    """The ``lead.*`` view of the lead's own values: its attributes, lead score and temperature,
+    stage, tags and component scores. What the evaluator's facts read unless the ruleset reads
+    a derived value (``CompiledRuleset.reads_derived``)."""
     fields: dict[str, Any] = dict(state.attributes)
-    scores = state.scores
-    score = fields["score"] = ruleset.lead_score(scores)
+    score = fields["score"] = ruleset.lead_score(state.scores)
     fields["temperature"] = ruleset.band(score)
     fields["stage"] = state.stage
     fields["tags"] = state.tags
+    fields["scores"] = state.scores
+    return fields
+
+
+def state_fields(ruleset: spec.Ruleset, state: LeadState, event_type: str) -> dict[str, Any]:
+    """The whole ``lead.*`` view rules read: :func:`own_fields` with what is derived from
+    them, named scores' totals and bands and the account's figures, and the event type."""
+    fields = own_fields(ruleset, state)
     if ruleset.scores:
         # Component and named-score names share `lead.scores.<name>`.
-        totals = ruleset.totals(scores)
-        fields["scores"] = {**scores, **totals}
+        totals = ruleset.totals(state.scores)
+        fields["scores"] = {**state.scores, **totals}
         fields["bands"] = ruleset.named_bands(totals)
-    else:
-        fields["scores"] = scores
     if state.account is not None:
-        fields.update(state.account.view(ruleset.account_aggregate, score))
+        fields.update(state.account.view(ruleset.account_aggregate, fields["score"]))
     fields["event.type"] = event_type
     return fields
 
 
-# What one evaluation asks the engine each round: the lead's current ``lead.*`` view → the indices
-# of the rules that match it (with the event and the history fixed for the evaluation).
-Rounds = Callable[[Mapping[str, Any]], list[int]]
+# What answers each round of one evaluation: the lead's current state → the indices of the rules
+# that match it (with the event and the history fixed for the evaluation).
+Rounds = Callable[[LeadState], list[int]]
 
 
 def evaluate(
@@ -136,32 +142,30 @@ def evaluate(
 ) -> Outcome:
     """What ``event`` does to a lead in ``state``: each round's fact goes to durable-rules as
     one JSON text built from remembered pieces (see ``CompiledRuleset.text``); the event's part
-    and the history's are built once per evaluation. ``reference.evaluate`` is the plain path
-    it must agree with."""
-
+    and the history's are built once per evaluation, and the lead's part from
+    :func:`own_fields` unless a rule reads a derived value. ``reference.evaluate`` is the plain
+    path it must agree with."""
+    ruleset, properties, lead_plan = compiled.ruleset, event.properties, compiled.lead_plan
     rules = len(compiled.rules)
     held: set[int] = set()  # the engine's indices of the residuals that held for the last fact
+    # The event's plans read only `event.type` and `event.properties.*` (see compile.getter).
+    fixed = compiled.history_text(history, event.occurred_at) + compiled.text(
+        {"event.type": event.type}, properties, compiled.event_plan
+    )
+    derived = compiled.reads_derived
 
-    def rounds(fields: Mapping[str, Any]) -> Rounds:
-        fixed = compiled.history_text(history, event.occurred_at) + compiled.text(
-            fields, event.properties, compiled.event_plan
-        )
-
-        def round(fields: Mapping[str, Any]) -> list[int]:
-            found = compiled.match_text(
-                fixed + compiled.text(fields, event.properties, compiled.lead_plan)
-            )
-            cut = bisect_left(found, rules)  # the residuals are numbered after the rules
-            held.clear()
-            held.update(found[cut:])
-            return found[:cut]
-
-        return round
+    def round(state: LeadState) -> list[int]:
+        fields = state_fields(ruleset, state, event.type) if derived else own_fields(ruleset, state)
+        found = compiled.match_text(fixed + compiled.text(fields, properties, lead_plan))
+        cut = bisect_left(found, rules)  # the residuals are numbered after the rules
+        held.clear()
+        held.update(found[cut:])
+        return found[:cut]
 
     def done(compiled: CompiledRuleset, fired: set[int], changed: set[str]) -> bool:
         return settled(compiled, fired, changed, held)
 
-    return chain(compiled, state, event, rounds, done)
+    return chain(compiled, state, round, done)
 
 
 def settled(compiled: CompiledRuleset, fired: set[int], changed: set[str], held: set[int]) -> bool:
@@ -187,27 +191,24 @@ def settled(compiled: CompiledRuleset, fired: set[int], changed: set[str], held:
 def chain(
     compiled: CompiledRuleset,
     state: LeadState,
-    event: Event,
-    start: Callable[[Mapping[str, Any]], Rounds],
+    rounds: Rounds,
     done: Callable[[CompiledRuleset, set[int], set[str]], bool],
 ) -> Outcome:
-    """The forward-chaining loop: ``start`` gets the first round's ``lead.*`` view and returns
-    what answers each round (see :data:`Rounds`); after a round, ``done`` says whether another
-    could fire anything."""
+    """The forward-chaining loop: ``rounds`` answers each round for the lead's current state;
+    after a round, ``done`` says whether another could fire anything."""
     ruleset = compiled.ruleset
     outcome = Outcome(state.copy())
-    predict(ruleset, outcome)
-    fields = state_fields(ruleset, outcome.state, event.type)
-    match = start(fields)
+    if ruleset.modelled:
+        predict(ruleset, outcome)
     fired: set[int] = set()
-    rounds = 0
+    count = 0
     while True:
-        found = match(fields)
+        found = rounds(outcome.state)
         matched = [i for i in found if i not in fired] if fired else found
         if not matched:
             return outcome
-        rounds += 1
-        if rounds > ruleset.max_chain:
+        count += 1
+        if count > ruleset.max_chain:
             names = outcome.fired + [compiled.rules[i].rule.name for i in matched]
             raise ChainError(names, ruleset.max_chain)
         changed: set[str] = set()
@@ -220,7 +221,6 @@ def chain(
             changed |= apply(ruleset, compiled_rule.rule, outcome)
         if not changed or done(compiled, fired, changed):  # nothing changed: nothing new can fire
             return outcome
-        fields = state_fields(ruleset, outcome.state, event.type)
 
 
 def apply(ruleset: spec.Ruleset, rule: spec.Rule, outcome: Outcome) -> set[str]:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from durable import engine as durable
 
 from engine.rules.compile import CompiledRuleset, History
-from engine.rules.evaluate import Event, LeadState, Outcome, Rounds, chain
+from engine.rules.evaluate import Event, LeadState, Outcome, chain, state_fields
 
 
 class _Host(durable.Host):  # type: ignore[misc]
@@ -78,18 +78,16 @@ def match(compiled: CompiledRuleset, fact: dict[str, Any]) -> list[int]:
 def evaluate(
     compiled: CompiledRuleset, state: LeadState, event: Event, history: History
 ) -> Outcome:
-    """``evaluate.evaluate`` the plain way: every round encodes the whole fact (every key the
-    encoder assigned, read or not) into a dict."""
+    """``evaluate.evaluate`` the plain way: every round builds the whole ``lead.*`` view and
+    encodes the whole fact (every key the encoder assigned, read or not) into a dict."""
 
-    def round(fields: Mapping[str, Any]) -> list[int]:
+    def round(state: LeadState) -> list[int]:
+        fields = state_fields(compiled.ruleset, state, event.type)
         fact = compiled.history_fields(history, event.occurred_at)
         compiled.encode(fields, event.properties, compiled.plans, fact)
         return match(compiled, fact)
 
-    def rounds(_: Mapping[str, Any]) -> Rounds:
-        return round
-
-    return chain(compiled, state, event, rounds, _settled)
+    return chain(compiled, state, round, _settled)
 
 
 def _settled(compiled: CompiledRuleset, _fired: set[int], changed: set[str]) -> bool:
