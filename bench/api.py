@@ -6,10 +6,12 @@ loopback, on SQLite and PostgreSQL. Figures are printed, not asserted.
     python bench/api.py --pg-workers 2       # PostgreSQL served by `nurture serve --workers 2`
 
 Each client is an asyncio task with its own keep-alive connection (raw HTTP/1.1, cheap enough
-not to be what is measured), sending its next request as soon as its last one is answered. For
-every request size it prints events/s, requests/s, the p50/p99 latency of a request, the
-server's CPU per event and (one server process) the events per ingest transaction, then the
-server's peak RSS (all its processes) and the load average. To measure something else
+not to be what is measured), sending its next request as soon as its last one is answered. The
+events are page views spread round-robin over ``--leads`` leads (1,000): of 4,000 events, the
+first thousand or so (less the 200 the warm-up created) make new leads, the rest add to them.
+For every request size it prints events/s, requests/s, the p50/p99 latency of a request, the
+server's CPU per event and (one server process) the events per ingest transaction and the event
+loop's share of the CPU, then the server's peak RSS (all its processes) and the load average. To measure something else
 against the same server, add a phase that takes a ``Server`` (its ``url`` and ``headers``) the
 way ``load`` does.
 """
@@ -54,6 +56,12 @@ class Server:
         """CPU time used so far by the server's processes (user + system)."""
         return sum(_cpu(pid) for pid in _family(self.pid))
 
+    def loop_cpu_seconds(self) -> float:
+        """CPU time used so far by the server's main thread: with one process, its event loop
+        (HTTP parsing, routing, the handlers), as against the group-commit writer thread and
+        the thread pool."""
+        return _cpu(self.pid, f"/proc/{self.pid}/task/{self.pid}/stat")
+
     def transactions(self) -> tuple[float, float]:
         """Ingest transactions committed so far and their seconds, from ``/metrics`` (with
         ``--workers``, the share of the process that answers)."""
@@ -74,6 +82,7 @@ class Figures:
     latencies: list[float]  # seconds per request
     failures: int
     cpu: float = 0.0  # the server's CPU seconds meanwhile
+    loop_cpu: float = 0.0  # of which its main thread's (the event loop's, one process)
     transactions: float = 0.0  # ingest transactions meanwhile (group commits)
     transaction_seconds: float = 0.0  # their time, from begin to commit
 
@@ -95,7 +104,14 @@ class Figures:
             f"{self.requests / self.seconds:>7,.0f} req/s   p50 {pct(0.50):7.1f} ms   "
             f"p99 {pct(0.99):7.1f} ms   server CPU {self.cpu / self.events * 1000:.2f} ms/event "
             f"({self.events:,} events, {self.failures} failed requests){self.groups()}"
+            f"{self.loop_share()}"
         )
+
+    def loop_share(self) -> str:
+        """The event loop's share of the server's CPU (a single server process only)."""
+        if not self.loop_cpu or not self.cpu:
+            return ""
+        return f", event loop {self.loop_cpu / self.cpu:.0%} of the CPU"
 
 
 def free_port() -> int:
@@ -117,8 +133,8 @@ def _family(pid: int) -> list[int]:
     return [pid, *(int(k) for k in children.read_text().split())] if children.exists() else [pid]
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu(pid: int, stat: str = "") -> float:
+    fields = Path(stat or f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -176,11 +192,13 @@ def serve(home: Path, database_url: str, workers: int = 1) -> Iterator[Server]:
 
 
 def bodies(events: int, per_request: int, leads: int, run: str) -> list[list[dict[str, Any]]]:
-    """Page views spread over ``leads`` leads, each with a unique id, cut into requests."""
+    """Page views spread round-robin over ``leads`` leads (the same addresses in every run of
+    the server, so a run meets leads the warm-up or an earlier size created as well as new
+    ones), each with a unique id, cut into requests."""
     stream = [
         {
             "id": f"{run}-{n}",
-            "email": f"lead{n % leads}@bench{n % 97}.example",
+            "email": f"lead{n % leads}@bench{n % leads % 97}.example",
             "type": "page_view",
             "properties": {"url": PAGES[n % len(PAGES)]},
         }
@@ -243,13 +261,15 @@ async def load(server: Server, requests: list[list[dict[str, Any]]], clients: in
             await http.close()
 
     groups = server.transactions()
-    started, cpu = time.perf_counter(), server.cpu_seconds()
+    started, cpu, loop = time.perf_counter(), server.cpu_seconds(), server.loop_cpu_seconds()
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu
+    loop = server.loop_cpu_seconds() - loop
     (count, total), before = server.transactions(), groups
     count, total = count - before[0], total - before[1]
     figures = Figures(sum(map(len, requests)), len(requests), seconds, latencies, failures, cpu)
     figures.transactions, figures.transaction_seconds = count, total
+    figures.loop_cpu = loop
     return figures
 
 
@@ -263,6 +283,7 @@ def bench(label: str, database_url: str, args: argparse.Namespace, workers: int 
             figures = asyncio.run(load(s, bodies(args.events, size, args.leads, run), args.clients))
             if workers > 1:  # /metrics is one process's share: no figure of the whole
                 figures.transactions = 0
+                figures.loop_cpu = 0  # the main process only supervises
             print(figures.line(f"{label}, {size}/request"), flush=True)
 
 

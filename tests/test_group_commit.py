@@ -160,3 +160,32 @@ def test_a_caller_that_goes_away_leaves_the_writer_working(db: sa.Engine) -> Non
 
     assert asyncio.run(scenario()).accepted == 1
     assert writer.ingest(RULES, [view(0, 1, "gone")]).duplicates == 1
+
+
+def test_a_group_wakes_its_loop_once_and_its_threads_each(db: sa.Engine) -> None:
+    """Callers on the event loop and on threads share groups; every one is answered, and the
+    loop is woken from the writer once per group, not once per caller."""
+    writer = GroupCommit(db, limit=2000)
+    wakes: list[int] = []
+
+    async def scenario() -> list[int]:
+        loop = asyncio.get_running_loop()
+        plain = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            wakes.append(1)
+            return plain(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        threaded = asyncio.gather(
+            *(asyncio.to_thread(writer.ingest, RULES, [view(0, 50 + n, f"t{n}")]) for n in range(4))
+        )
+        on_loop = asyncio.gather(*(writer.submit(RULES, [view(0, n, f"k{n}")]) for n in range(16)))
+        results = [*await on_loop, *await threaded]
+        return [r.accepted for r in results]
+
+    assert asyncio.run(scenario()) == [1] * 20
+    assert writer.records == 20
+    # asyncio.to_thread wakes the loop once per thread as it finishes; the writer once a group.
+    assert len(wakes) <= writer.groups + 4
+    assert writer.groups < 16, "the loop's callers should share groups"

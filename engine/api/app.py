@@ -110,6 +110,7 @@ def create_app(settings: Settings, db: Engine | None = None, scheduler: bool = F
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     for router in routers:
         app.include_router(router)
+    events.check_direct(app)
     return app
 
 

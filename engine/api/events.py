@@ -1,15 +1,24 @@
 """``POST /api/events``: the HTTP way into the flow. One event or a list, validated by the same
 parser as ``nurture ingest`` and scored by the same ingest path; the answer says what became of
-each item (accepted, duplicate of an event already stored, or rejected with the reason)."""
+each item (accepted, duplicate of an event already stored, or rejected with the reason).
+
+The route is the API's hot path (one request per event from most senders), so it is a
+:class:`Direct` route: the same steps as FastAPI's handler, called straight, without FastAPI's
+per-request dependency solving and response validation; :func:`check_direct` refuses to build
+an app whose route would do anything else."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.dependencies.models import Dependant
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 
-from engine.api.app import Ctx
-from engine.api.auth import require_token
+from engine.api.app import Ctx, context, no_nul
+from engine.api.auth import BEARER, require_token
 from engine.api.intake import read_json, score_async, too_large
 from engine.api.models import EventIn, IngestAnswer, ItemOutcome, Rejected, errors, json_body
 from engine.errors import InvalidRecord
@@ -55,12 +64,6 @@ def answer(parsed: list[Parsed], result: IngestResult) -> IngestAnswer:
     )
 
 
-@router.post(
-    "/events",
-    response_model=IngestAnswer,
-    responses=errors(400, 401, 413, 422, 503),
-    openapi_extra=json_body(BODY_SCHEMA),
-)
 async def post_events(request: Request, ctx: Ctx) -> IngestAnswer:
     """Score one event (an object) or several (a list), idempotent by event id. Bad items are
     rejected with the reason and the rest kept; the answer is 200 whatever became of each item,
@@ -79,3 +82,99 @@ async def post_events(request: Request, ctx: Ctx) -> IngestAnswer:
     parsed = [parse_event(index, raw) for index, raw in enumerate(payload)]
     result = await score_async(ctx, parsed)
     return answer(parsed, result)
+
+
+class Direct(APIRoute):
+    """``POST /api/events`` answered by :func:`_direct`: FastAPI's handler solves the route's
+    dependencies (~a dozen calls, signature checks, a validation pass over the answer) on every
+    request, a sizeable share of a one-event request's CPU. What FastAPI documents and routes
+    (path, OpenAPI, exception handlers, middleware) is unchanged; only the handler is."""
+
+    def get_route_handler(self) -> Any:
+        return _direct
+
+
+async def _direct(request: Request) -> Response:
+    """What FastAPI's handler does for this route, in its order: the app's dependency
+    (:func:`~engine.api.app.no_nul`), the router's (:func:`~engine.api.auth.require_token`; its
+    ``BEARER`` never refuses, it only documents the scheme), the endpoint, then the answer as
+    FastAPI serialises a ``response_model`` (pydantic's JSON by alias)."""
+    await no_nul(request)
+    ctx = await context(request)
+    await require_token(request, ctx)
+    answered = await post_events(request, ctx)
+    return Response(answered.model_dump_json(by_alias=True), media_type="application/json")
+
+
+router.add_api_route(
+    "/events",
+    post_events,
+    methods=["POST"],
+    response_model=IngestAnswer,
+    responses=errors(400, 401, 413, 422, 503),
+    openapi_extra=json_body(BODY_SCHEMA),
+    route_class_override=Direct,
+)
+
+
+def _shape(dependant: Dependant) -> tuple[Any, ...]:
+    """What FastAPI would do for a dependant: its call, the parameters it reads from the
+    request, and its own dependencies in order."""
+    params = (dependant.path_params, dependant.query_params, dependant.header_params,
+              dependant.cookie_params, dependant.body_params)  # fmt: skip
+    return (
+        dependant.call,
+        [[field.name for field in kind] for kind in params],
+        (dependant.request_param_name, dependant.http_connection_param_name),
+        (dependant.response_param_name, dependant.background_tasks_param_name),
+        [_shape(each) for each in dependant.dependencies],
+    )
+
+
+def _expected() -> tuple[Any, ...]:
+    """The dependant :func:`_direct` stands for: ``no_nul``, ``require_token`` (``context``,
+    the bearer scheme) and ``context``, then ``post_events(request, ctx)``."""
+    none = [[], [], [], [], []]
+    ctx = (context, none, ("request", None), (None, None), [])
+    bearer = (BEARER, none, (None, "request"), (None, None), [])
+    return (
+        post_events,
+        none,
+        ("request", None),
+        (None, None),
+        [
+            (no_nul, none, ("request", None), (None, None), []),
+            (require_token, none, ("request", None), (None, None), [ctx, bearer]),
+            ctx,
+        ],
+    )
+
+
+def check_direct(app: FastAPI) -> None:
+    """Refuse (at start-up) an app whose ``POST /api/events`` FastAPI would handle otherwise
+    than :func:`_direct` does: other dependencies, parameters, overrides, answer model or
+    response class. A change to the route or its router must change ``_direct`` with it."""
+    found = [c for c in iter_route_contexts(app.routes) if isinstance(c.original_route, Direct)]
+    problems = []
+    if len(found) != 1:
+        problems.append(f"{len(found)} Direct routes mounted")
+    for route in found:
+        if _shape(route.dependant) != _expected():
+            problems.append("its dependencies or parameters changed")
+        if BEARER.auto_error:
+            problems.append("the bearer scheme refuses requests itself")
+        answer_class = route.response_class
+        if not (
+            isinstance(answer_class, DefaultPlaceholder) and answer_class.value is JSONResponse
+        ):
+            problems.append("it has a response class of its own")
+        serialised = (route.response_model, route.status_code, route.response_model_by_alias,
+                      route.response_model_include, route.response_model_exclude,
+                      route.response_model_exclude_unset, route.response_model_exclude_defaults,
+                      route.response_model_exclude_none)  # fmt: skip
+        if serialised != (IngestAnswer, None, True, None, None, False, False, False):
+            problems.append("its answer is serialised otherwise")
+        if app.dependency_overrides:
+            problems.append("dependencies are overridden")
+    if problems:
+        raise RuntimeError(f"POST /api/events is not what its Direct handler does: {problems}")

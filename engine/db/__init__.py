@@ -1,7 +1,15 @@
 """The bottom layer: tables (:mod:`.schema`), connections and migrations (:mod:`.connect`), bulk
 writes (:mod:`.bulk`). Imports nothing of ``engine`` above it."""
 
-from engine.db.bulk import among, append_rows, execute_many, update_rows, upsert, upsert_rows
+from engine.db.bulk import (
+    among,
+    among_param,
+    append_rows,
+    execute_many,
+    update_rows,
+    upsert,
+    upsert_rows,
+)
 from engine.db.connect import (
     DatabaseUnavailable,
     alembic_config,
@@ -18,6 +26,7 @@ __all__ = [
     "DatabaseUnavailable",
     "alembic_config",
     "among",
+    "among_param",
     "append_rows",
     "connect",
     "execute_many",

@@ -53,6 +53,17 @@ def among(
     return column == any_(cast(bindparam(None, list(values), type_=array), array))
 
 
+def among_param(dialect: str, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+    """:func:`among` with the values left to a parameter ``name``, given (a list) when the
+    statement is executed: for a statement built once and cached, which SQLAlchemy then
+    neither builds nor keys again (a few ``IN`` statements per batch cost the API's small
+    batches ~10 % of their CPU). On SQLite an expanding parameter, on PostgreSQL one array."""
+    if dialect != "postgresql":
+        return column.in_(bindparam(name, expanding=True))
+    array = postgresql.ARRAY(column.type)
+    return column == any_(cast(bindparam(name, type_=array), array))
+
+
 def upsert_rows(
     conn: Connection,
     table: Table,

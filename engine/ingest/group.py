@@ -25,7 +25,6 @@ import dataclasses
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -53,8 +52,10 @@ class _Job:
     items: list[Parsed]
     compiled: CompiledRuleset
     campaigns: CompiledCampaigns | None
-    # Called by the writer thread once the job is answered (result or error set).
-    answered: Callable[[], None]
+    # Who waits: a thread (its event is set) or a coroutine (its future is settled on its
+    # event loop, one wake-up of the loop for all of a group's jobs there).
+    done: threading.Event | None = None
+    waiting: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
     result: IngestResult | None = None
     error: BaseException | None = None
 
@@ -63,6 +64,27 @@ class _Job:
             raise self.error
         assert self.result is not None
         return self.result
+
+
+def _answer(jobs: list[_Job]) -> None:
+    """Wake the callers of answered jobs (on the writer thread). Each wake-up of an event loop
+    from another thread is a write to its self-pipe and a turn of the loop: a group's callers
+    on one loop (all of a server process's requests) are woken together."""
+    futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+    for job in jobs:
+        if job.done is not None:
+            job.done.set()
+        if job.waiting is not None:
+            futures.setdefault(job.waiting[0], []).append(job.waiting[1])
+    for loop, waiting in futures.items():
+        with suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, waiting)
+
+
+def _settle(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():  # a cancelled caller's job is still written, unheard
+            future.set_result(None)
 
 
 class GroupCommit:
@@ -88,7 +110,7 @@ class GroupCommit:
         """``items`` scored and committed (with whatever other callers queued meanwhile); the
         result as ``ingest`` would give it for ``items`` alone. Blocks this thread until then."""
         done = threading.Event()
-        job = _Job(items, compiled, campaigns, done.set)
+        job = _Job(items, compiled, campaigns, done=done)
         self._put(job)
         done.wait()
         return job.outcome()
@@ -102,16 +124,7 @@ class GroupCommit:
         """:meth:`ingest` for a caller on the event loop: it waits without holding a thread."""
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[None] = loop.create_future()
-
-        def settle() -> None:
-            if not answered.done():  # a cancelled caller's job is still written, unheard
-                answered.set_result(None)
-
-        def wake() -> None:  # on the writer thread
-            with suppress(RuntimeError):  # the loop has closed: nobody waits any more
-                loop.call_soon_threadsafe(settle)
-
-        job = _Job(items, compiled, campaigns, wake)
+        job = _Job(items, compiled, campaigns, waiting=(loop, answered))
         self._put(job)
         await answered
         return job.outcome()
@@ -174,7 +187,7 @@ class GroupCommit:
             for job in group:  # answered, whatever stopped the write
                 if job.result is None and job.error is None:
                     job.error = RuntimeError("the write of this request's group was interrupted")
-                job.answered()
+            _answer(group)
 
     def _write(self, group: list[_Job]) -> None:
         self.groups += 1

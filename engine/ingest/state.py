@@ -1,19 +1,25 @@
 """Ingest, step 2: a batch's leads as the rules need them, in a few set-based queries: create the
 unknown leads, lock the batch's leads, find events already stored, and load scores, history,
-enrollments and account peers."""
+enrollments and account peers.
+
+The queries are built once per dialect (and ruleset) and cached, the batch's ids given as
+parameters (:func:`engine.db.among_param`): the API's batches of a few events each paid more to
+build and key a statement than SQLite took to run it. A provisional lead (id below 0, see
+:func:`provisional`) is not stored, so nothing of its past is read."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 
-from engine.db import among, upsert_rows
+from engine.db import among, among_param, upsert_rows
 from engine.db.schema import ENROLLMENTS, EVENTS, FIRINGS, LEADS, SCORES
 from engine.ingest.outcome import LoadedLead
 from engine.ingest.parse import Record
@@ -92,14 +98,26 @@ def _loaded(row: Mapping[Any, Any]) -> LoadedLead:
     )
 
 
+@functools.cache
+def _lock_query(dialect: str) -> Select[Any]:
+    query = select(*(LEADS.c[name] for name in _READ)).where(
+        among_param(dialect, LEADS.c.email, "emails")
+    )
+    query = query.order_by(LEADS.c.id)
+    return query.with_for_update() if dialect == "postgresql" else query
+
+
 def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
     """The leads of ``emails``, locked until the transaction ends (PostgreSQL; SQLite's write
     lock is the transaction's), or only read in a snapshot (SQLite's read transactions)."""
-    query = select(*(LEADS.c[name] for name in _READ)).where(among(conn, LEADS.c.email, emails))
-    query = query.order_by(LEADS.c.id)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    return {row["email"]: _loaded(row) for row in conn.execute(query).mappings()}
+    found = conn.execute(_lock_query(conn.dialect.name), {"emails": list(emails)})
+    return {row["email"]: _loaded(row) for row in found.mappings()}
+
+
+def stored_ids(leads: Mapping[str, LoadedLead]) -> list[int]:
+    """The ids of the leads that are stored: a provisional one (id below 0) has no rows yet,
+    so a query about it could only find nothing."""
+    return [lead.id for lead in leads.values() if lead.id > 0]
 
 
 def lock_or_create(
@@ -138,9 +156,14 @@ def create_provisional(
         return {}
     if create_missing(conn, ruleset, first_seen, now) != len(first_seen):
         return None
-    query = select(LEADS.c.email, LEADS.c.id).where(among(conn, LEADS.c.email, first_seen))
-    stored = {email: id_ for email, id_ in conn.execute(query)}
+    found = conn.execute(_ids_query(conn.dialect.name), {"emails": list(first_seen)})
+    stored = {email: id_ for email, id_ in found}
     return {lead.id: stored[lead.email] for lead in leads}
+
+
+@functools.cache
+def _ids_query(dialect: str) -> Select[tuple[str, int]]:
+    return select(LEADS.c.email, LEADS.c.id).where(among_param(dialect, LEADS.c.email, "emails"))
 
 
 @dataclass(frozen=True)
@@ -156,18 +179,23 @@ def content_digest(email: str, kind: str, properties: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def stored_events(conn: Connection, ids: list[str]) -> dict[str, Stored]:
-    """The batch's event ids already stored, with their content, in one query: a record whose
-    id is here is a duplicate when its content matches, else an id reused for other content."""
-    query = (
+@functools.cache
+def _events_query(dialect: str) -> Select[Any]:
+    return (
         select(*(EVENTS.c[name] for name in ("event_id", "type", "occurred_at", "properties")))
         .add_columns(LEADS.c.email)
         .join(LEADS, LEADS.c.id == EVENTS.c.lead_id)
-        .where(among(conn, EVENTS.c.event_id, ids))
+        .where(among_param(dialect, EVENTS.c.event_id, "ids"))
     )
+
+
+def stored_events(conn: Connection, ids: list[str]) -> dict[str, Stored]:
+    """The batch's event ids already stored, with their content, in one query: a record whose
+    id is here is a duplicate when its content matches, else an id reused for other content."""
+    found = conn.execute(_events_query(conn.dialect.name), {"ids": list(ids)})
     return {
         key: Stored(content_digest(email, kind, properties), at)
-        for key, kind, at, properties, email in conn.execute(query)
+        for key, kind, at, properties, email in found
     }
 
 
@@ -178,11 +206,9 @@ def load_scores(
     first_seen: dict[str, datetime],
 ) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
-    columns = ("lead_id", "component", "value", "rose_at", "peak", "decay_steps")
-    query = select(*(SCORES.c[name] for name in columns)).where(
-        among(conn, SCORES.c.lead_id, by_id)
-    )
-    for lead_id, component, value, rose_at, peak, steps in conn.execute(query):
+    ids = stored_ids(leads)
+    found = conn.execute(_scores_query(conn.dialect.name), {"ids": ids}) if ids else ()
+    for lead_id, component, value, rose_at, peak, steps in found:
         lead = by_id[lead_id]
         lead.state.scores[component] = value
         lead.decay[component] = [rose_at, peak, steps]
@@ -190,6 +216,13 @@ def load_scores(
     start = new_lead(ruleset, {}).scores
     for lead in leads.values():
         opening(ruleset, lead, start, first_seen[lead.email])
+
+
+@functools.cache
+def _scores_query(dialect: str) -> Select[Any]:
+    columns = ("lead_id", "component", "value", "rose_at", "peak", "decay_steps")
+    query = select(*(SCORES.c[name] for name in columns))
+    return query.where(among_param(dialect, SCORES.c.lead_id, "ids"))
 
 
 def opening(ruleset: Ruleset, lead: LoadedLead, start: dict[str, int], at: datetime) -> None:
@@ -224,30 +257,68 @@ def load_history(
     records: list[Record],
     now: datetime,
 ) -> None:
-    """What counts, sums, days_since and limits read of the batch's leads' past: events and
-    firings inside the longest window before the batch's first record, and for ``days_since``
-    each type's first and latest event before that."""
-    types = compiled.history_types
-    limited = compiled.limited_rules
-    if not types and not limited:
+    """What counts, sums, days_since and limits read of the batch's stored leads' past: events
+    and firings inside the longest window before the batch's first record, and for
+    ``days_since`` each type's first and latest event before that."""
+    history = _history(conn.dialect.name, compiled)
+    ids = stored_ids(leads)
+    if history.empty or not ids:
         return
     times = [r.occurred_at or now for r in records]
-    since = window_start(min(times), longest_window(compiled))
+    values = {"ids": ids, "since": window_start(min(times), history.window)}
     by_id = {lead.id: lead for lead in leads.values()}
-    ids = list(by_id)
-    if types:
-        summed = {a.type for a in compiled.aggregates if isinstance(a, Sum)}
-        ever = {a.type for a in compiled.aggregates if isinstance(a, Sum) and a.within is None}
-        columns = [EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties]
-        query = select(*columns if summed else columns[:3]).where(
-            among(conn, EVENTS.c.lead_id, ids),
-            EVENTS.c.type.in_(types),
-            (EVENTS.c.occurred_at > since) | EVENTS.c.type.in_(ever),
-        )
-        for lead_id, kind, at, *properties in conn.execute(query):
+    if history.events is not None:
+        for lead_id, kind, at, *properties in conn.execute(history.events, values):
             amounts = compiled.amounts(kind, properties[0]) if properties else None
             by_id[lead_id].history.add_event(kind, at, amounts)
-        before = {a.type for a in compiled.aggregates if isinstance(a, DaysSince)} - ever
+    if history.bounds is not None:
+        for lead_id, kind, first, latest in conn.execute(history.bounds, values):
+            for at in {first, latest}:
+                by_id[lead_id].history.add_event(kind, at)
+    if history.firings is not None:
+        for lead_id, rule, at in conn.execute(history.firings, values):
+            by_id[lead_id].history.add_firing(rule, at)
+
+
+@dataclass(frozen=True)
+class _History:
+    """The statements :func:`load_history` runs for one ruleset, each taking ``ids`` (the
+    leads) and ``since`` (the window's start); None where the ruleset needs no such rows."""
+
+    window: timedelta
+    events: Select[Any] | None = None
+    bounds: Select[Any] | None = None
+    firings: Select[Any] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.events is None and self.bounds is None and self.firings is None
+
+
+# Rulesets are compiled once per version (engine.rules.compile.compile_ruleset), so this holds
+# one entry per dialect and version in use.
+@functools.lru_cache(maxsize=32)
+def _history(dialect: str, compiled: CompiledRuleset) -> _History:
+    types = sorted(compiled.history_types)
+    limited = compiled.limited_rules
+    window = longest_window(compiled)
+    if not types and not limited:
+        return _History(window)
+    events = bounds = firings = None
+    if types:
+        since = bindparam("since", type_=EVENTS.c.occurred_at.type)
+        ids = among_param(dialect, EVENTS.c.lead_id, "ids")
+        summed = {a.type for a in compiled.aggregates if isinstance(a, Sum)}
+        ever = sorted(
+            a.type for a in compiled.aggregates if isinstance(a, Sum) and a.within is None
+        )
+        columns = [EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties]
+        events = select(*columns if summed else columns[:3]).where(
+            ids, EVENTS.c.type.in_(types), (EVENTS.c.occurred_at > since) | EVENTS.c.type.in_(ever)
+        )
+        before = sorted(
+            {a.type for a in compiled.aggregates if isinstance(a, DaysSince)} - set(ever)
+        )
         if before:
             # Only a type's first and latest event before the window: one row per lead and type.
             bounds = (
@@ -257,25 +328,18 @@ def load_history(
                     func.min(EVENTS.c.occurred_at),
                     func.max(EVENTS.c.occurred_at),
                 )
-                .where(
-                    among(conn, EVENTS.c.lead_id, ids),
-                    EVENTS.c.type.in_(before),
-                    EVENTS.c.occurred_at <= since,
-                )
+                .where(ids, EVENTS.c.type.in_(before), EVENTS.c.occurred_at <= since)
                 .group_by(EVENTS.c.lead_id, EVENTS.c.type)
             )
-            for lead_id, kind, first, latest in conn.execute(bounds):
-                for at in {first, latest}:
-                    by_id[lead_id].history.add_event(kind, at)
     if limited:
         ever_limited = [r.name for r in limited if r.limit and r.limit.per is None]
-        query = select(FIRINGS.c.lead_id, FIRINGS.c.rule, FIRINGS.c.at).where(
-            among(conn, FIRINGS.c.lead_id, ids),
+        firings = select(FIRINGS.c.lead_id, FIRINGS.c.rule, FIRINGS.c.at).where(
+            among_param(dialect, FIRINGS.c.lead_id, "ids"),
             FIRINGS.c.rule.in_([r.name for r in limited]),
-            (FIRINGS.c.at > since) | FIRINGS.c.rule.in_(ever_limited),
+            (FIRINGS.c.at > bindparam("since", type_=FIRINGS.c.at.type))
+            | FIRINGS.c.rule.in_(ever_limited),
         )
-        for lead_id, rule, at in conn.execute(query):
-            by_id[lead_id].history.add_firing(rule, at)
+    return _History(window, events, bounds, firings)
 
 
 def load_accounts(
@@ -329,8 +393,13 @@ def prime_models(ruleset: Ruleset, leads: dict[str, LoadedLead], records: list[R
 
 def load_enrollments(conn: Connection, leads: dict[str, LoadedLead]) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
-    query = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
-    for lead_id, campaign, status in conn.execute(
-        query.where(among(conn, ENROLLMENTS.c.lead_id, by_id))
-    ):
+    ids = stored_ids(leads)
+    found = conn.execute(_enrollments_query(conn.dialect.name), {"ids": ids}) if ids else ()
+    for lead_id, campaign, status in found:
         by_id[lead_id].enrolled[campaign] = status
+
+
+@functools.cache
+def _enrollments_query(dialect: str) -> Select[tuple[int, str, str]]:
+    query = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
+    return query.where(among_param(dialect, ENROLLMENTS.c.lead_id, "ids"))
