@@ -16,6 +16,12 @@ reads, can neither hang the scheduler nor take its memory.
 
 Violations raise :class:`jinja2.exceptions.SecurityError`, which the renderer turns into a
 held email with the reason.
+
+Inside :func:`tracking`, every value a template prints is collected and replaced in the output
+by :data:`MARK`, so the renderer can tell the page's fixed text (its "shape") from what varies
+per email (see :mod:`engine.render.shapes`). A value that reaches the page other than directly
+(captured by a ``{% set %}`` block, a macro or ``self.block()``), like values larger in all than
+the bound, stops the render as doubtful: the renderer then renders it again untracked.
 """
 
 from __future__ import annotations
@@ -26,7 +32,16 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Set, Sized
+from collections.abc import (
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+    Set,
+    Sized,
+)
 from contextlib import contextmanager
 from string import Formatter
 from typing import Any
@@ -37,7 +52,7 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.runtime import LoopContext, Macro, markup_join
 from jinja2.sandbox import SandboxedEnvironment, SandboxedFormatter
 from jinja2.utils import generate_lorem_ipsum
-from markupsafe import EscapeFormatter, Markup
+from markupsafe import EscapeFormatter, Markup, escape
 
 RENDER_SECONDS = 1.0  # a render that takes longer is stopped and the email held
 MAX_VALUE = 1_000_000  # the weight of the largest value (and text) a template may build
@@ -47,7 +62,48 @@ MAX_WIDTH = 10_000  # a width or precision in a format string
 MAX_BITS = 4096  # integers stay printable (Python prints at most 4,300 digits)
 MAX_PARAGRAPHS, MAX_WORDS = 100, 1000  # lipsum(n, max=…)
 
+MARK = "\ue000"  # a private-use character: where a tracked render printed a value
+
 _state = threading.local()
+
+
+class Tracked:
+    """What a tracked render printed: each value as it appears in the page (escaped), in order,
+    and whether a value may have reached the page other than where its mark is."""
+
+    __slots__ = ("doubt", "size", "values")
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self.size = 0  # of the values: the page's own bound only sees their marks
+        self.doubt = False
+
+    def doubted(self, why: str) -> SecurityError:
+        """Stops the tracked render: the renderer renders the email again, untracked."""
+        self.doubt = True
+        return SecurityError(f"a tracked render {why}")
+
+
+@contextmanager
+def tracking() -> Iterator[Tracked]:
+    """Within it, this thread's renders print :data:`MARK` for each value and collect it."""
+    tracked = _state.track = Tracked()
+    try:
+        yield tracked
+    finally:
+        _state.track = None
+
+
+def _tracked() -> Tracked | None:
+    return getattr(_state, "track", None)
+
+
+def _marked(parts: Iterable[str]) -> None:
+    """Doubt when tracked text is captured rather than printed: its marks are then not where
+    the values end up."""
+    tracked = _tracked()
+    if tracked is not None and any(MARK in part for part in parts):
+        raise tracked.doubted("captured a printed value")
 
 
 @contextmanager
@@ -70,6 +126,8 @@ def weight(value: Any, limit: int = MAX_VALUE) -> int:
     item shared by several places counted at each: about the length of its text and the work of
     copying it. Stops counting once past ``limit``, so the cost is bounded (also for a list that
     contains itself)."""
+    if isinstance(value, str | bytes | bytearray):  # most values: what the loop would count
+        return len(value)
     total, stack = 0, [value]
     while stack and total <= limit:
         item = stack.pop()
@@ -128,16 +186,24 @@ def joined(parts: Iterable[str]) -> str:
     return "".join(collected)
 
 
+def _concat(parts: Iterable[str]) -> str:
+    """:func:`joined`, for text a template captures (``self.block()``, ``super()``)."""
+    text = joined(parts)
+    _marked((text,))
+    return text
+
+
 class _Text(list[str]):
     """The buffer a macro, call or ``{% set %}`` block writes into: refuses to grow past the
     bound rather than after the text is joined."""
 
     size = 0
 
-    def _grow(self, parts: Iterable[str]) -> None:
+    def _grow(self, parts: Sequence[str]) -> None:
         self.size += sum(len(part) for part in parts)
         if self.size > MAX_VALUE:
             raise _refuse("the text")
+        _marked(parts)
 
     def append(self, part: str) -> None:
         self._grow((part,))
@@ -344,7 +410,19 @@ def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
 
 
 def _finalize(value: Any) -> Any:
-    return "" if value is None else _bounded(value, "an output")
+    """A printed value (Jinja2 escapes what this returns); in a tracked render, its mark."""
+    value = "" if value is None else _bounded(value, "an output")
+    tracked = _tracked()
+    if tracked is None:
+        return value
+    printed = str(escape(value))
+    if MARK in printed:
+        raise tracked.doubted("printed a mark")
+    tracked.size += len(printed)
+    if tracked.size > MAX_VALUE:
+        raise tracked.doubted("printed more than the bound")
+    tracked.values.append(printed)
+    return Markup(MARK)
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
@@ -355,13 +433,29 @@ class BoundedEnvironment(SandboxedEnvironment):
 
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"*", "**", "%", "+"})
-    concat = staticmethod(joined)
+    concat = staticmethod(_concat)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=_finalize, autoescape=True, **options)
         self.filters = {name: _guarded_filter(name, f) for name, f in self.filters.items()}
         self.filters.pop("safe", None)
         self.globals.update(_budgeted=_budgeted, range=_range, lipsum=lipsum)
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals as one plain dict, not Jinja2's ChainMap over the environment's:
+        every render copies them (ChainMap's iteration was 5 % of a render), and nothing
+        changes the environment's globals once templates are loaded."""
+        return {**self.globals, **(d or {})}
+
+    def compile(self, *args: Any, **kwargs: Any) -> Any:
+        """Jinja2's, never tracked: the compiler evaluates constant output (``{{ "x" }}``)
+        through :func:`_finalize`, and a template first loaded inside a tracked render (an
+        include) must not keep a mark in its code."""
+        tracked, _state.track = _tracked(), None
+        try:
+            return super().compile(*args, **kwargs)
+        finally:
+            _state.track = tracked
 
     @staticmethod
     def text_buffer() -> list[str]:

@@ -4,8 +4,9 @@
 is sandboxed and strict: :mod:`engine.render.sandbox` (no access to Python internals; bounded in
 time, macro nesting and the size of every value and text), undefined variables are errors, HTML
 is autoescaped and cannot be un-escaped (no ``safe`` filter, no ``{% autoescape false %}``), and
-the email has an output bound. CSS is inlined (css-inline) and a text part is derived from the
-HTML (inscriptis) when the template has none. Templates are compiled once and cached by Jinja2;
+the email has an output bound. CSS is inlined (css-inline), once per page shape where that gives
+the same page (:mod:`engine.render.shapes`), and a text part is derived from the HTML
+(inscriptis) when the template has none. Templates are compiled once and cached by Jinja2;
 an edit on disk is picked up by the next batch rendered (files are checked once per batch, not
 once per email).
 
@@ -33,7 +34,8 @@ from jinja2.exceptions import TemplateNotFound
 from jinja2.loaders import split_template_path
 
 from engine.errors import NurtureError
-from engine.render.sandbox import MAX_VALUE, BoundedEnvironment, budget, joined
+from engine.render.sandbox import MARK, MAX_VALUE, BoundedEnvironment, budget, joined, tracking
+from engine.render.shapes import Marked, Shapes
 
 SUFFIX = ".j2"
 # Profile attributes every lead has in a template (None when unknown), so `lead.first_name or
@@ -74,6 +76,15 @@ class TemplateError(NurtureError):
 class Rendered:
     subject: str
     html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """An email before its CSS is inlined: the page as rendered, or tracked."""
+
+    subject: str
+    page: str | Marked
     text: str
 
 
@@ -146,6 +157,7 @@ class Renderer:
             loader=self.loader, undefined=StrictUndefined, cache_size=1000
         )
         self.inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
+        self.shapes = Shapes(self._inline)
 
     def names(self) -> list[str]:
         """Every template in the folder as campaigns name it (``warm/case-study``)."""
@@ -172,23 +184,26 @@ class Renderer:
         call, not once per email."""
         self.loader.epoch += 1
         templates: dict[str, tuple[str, Template | TemplateError]] = {}
-        results: list[Rendered | TemplateError] = []
+        drafts: list[_Draft | TemplateError] = []
         for name, variables in jobs:
             found = templates.get(name)
             if found is None:
                 found = templates[name] = self._template(name)
             file, template = found
             if isinstance(template, TemplateError):
-                results.append(template)
+                drafts.append(template)
             else:
-                results.append(self._draft(file, template, variables))
-        good = [i for i, draft in enumerate(results) if isinstance(draft, Rendered)]
-        pages = self._inline([results[i].html for i in good])  # type: ignore[union-attr]
-        for i, page in zip(good, pages, strict=True):
-            draft = results[i]
-            assert isinstance(draft, Rendered)
-            results[i] = self._finish(templates[jobs[i][0]][0], draft, page)
-        return results
+                drafts.append(self._draft(file, template, variables, self.shapes.tracks(file)))
+        good = [(i, draft) for i, draft in enumerate(drafts) if isinstance(draft, _Draft)]
+        pages = self.shapes.inline([(templates[jobs[i][0]][0], draft.page) for i, draft in good])
+        finished = {
+            i: self._finish(templates[jobs[i][0]][0], draft, page)
+            for (i, draft), page in zip(good, pages, strict=True)
+        }
+        return [
+            draft if isinstance(draft, TemplateError) else finished[i]
+            for i, draft in enumerate(drafts)
+        ]
 
     def _inline(self, pages: list[str]) -> list[str | Exception]:
         """The pages with their CSS inlined; where css-inline refuses a page (an unparsable
@@ -206,7 +221,7 @@ class Renderer:
         return inlined
 
     @staticmethod
-    def _finish(file: str, draft: Rendered, page: str | Exception) -> Rendered | TemplateError:
+    def _finish(file: str, draft: _Draft, page: str | Exception) -> Rendered | TemplateError:
         """The email from its draft and inlined page, or why it cannot go."""
         if isinstance(page, Exception):
             return TemplateError(f"the CSS cannot be inlined: {page}", file)
@@ -240,9 +255,12 @@ class Renderer:
         return file, template
 
     def _draft(
-        self, file: str, template: Template, variables: Mapping[str, Any]
-    ) -> Rendered | TemplateError:
-        """Subject, page (CSS not yet inlined) and the text block if any, within the budget."""
+        self, file: str, template: Template, variables: Mapping[str, Any], track: bool = False
+    ) -> _Draft | TemplateError:
+        """Subject, page (CSS not yet inlined) and the text block if any, within the budget.
+        Tracked (``track``), the page is :class:`Marked`; a tracked render that fails, or that
+        a value may have reached other than where it printed, is done again untracked, so
+        what fails and how is the untracked render's."""
         try:
             with budget():
                 try:
@@ -259,17 +277,40 @@ class Renderer:
                     # subject and text blocks where a stand-alone template has them in its body.
                     for block in parts:
                         scope.blocks[block] = [_nothing]
-                    html = joined(template.root_render_func(scope)).strip()
+                    if track:
+                        with tracking() as tracked:
+                            html = joined(template.root_render_func(scope))
+                    else:
+                        html = joined(template.root_render_func(scope)).strip()
                 except Exception:
                     # Re-raised with the traceback pointing at template lines, as
                     # Template.render does.
                     self.env.handle_exception()
         except RecursionError:
+            if track:
+                return self._draft(file, template, variables)
             return TemplateError(
                 "templates nested too deeply (does a template include itself?)", file
             )
         except Exception as error:  # whatever a template raises holds this email, not the batch
+            if track:
+                return self._draft(file, template, variables)
             return _failure(error, self.folder, file)
+        page: str | Marked = html
+        if track:
+            page = Marked(html.strip(), tracked.values)
+            # The untracked page would be longer by the values (and has refused to grow past
+            # the bound); a value at either end could be blank where the page is stripped.
+            size = len(html) - len(tracked.values) + sum(map(len, tracked.values))
+            if (
+                tracked.doubt
+                or size > MAX_VALUE
+                or html.count(MARK) != len(tracked.values)
+                or page.page[:1] == MARK
+                or page.page[-1:] == MARK
+            ):
+                self.shapes.missed(file)
+                return self._draft(file, template, variables)
         # Autoescaping is for the HTML: the subject and text parts are plain text, so what it
         # escaped there is turned back (a company called "A&B" stays "A&B").
         subject = " ".join(unescape(parts["subject"]).split())  # one line, whatever it was
@@ -277,7 +318,7 @@ class Renderer:
             return TemplateError("the subject is empty", file)
         if len(subject) > MAX_SUBJECT:
             return TemplateError(f"the subject is longer than {MAX_SUBJECT} characters", file)
-        return Rendered(subject, html, unescape(parts.get("text", "")).strip())
+        return _Draft(subject, page, unescape(parts.get("text", "")).strip())
 
     def check(self) -> list[TemplateError]:
         """Every template compiles, and every email template (one with a subject block)
