@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -229,7 +229,7 @@ class Dispatcher:
                     size = free if limit is None else min(free, limit - claimed)
                     try:
                         with conn.begin():
-                            self._write(conn, settled)
+                            write_outcomes(conn, settled)
                             rows = self._claim(conn, now, size)
                     except Exception:
                         self._rescue(settled, senders, out, now, report)
@@ -256,7 +256,7 @@ class Dispatcher:
                     continue
                 if settled:  # nothing left to claim: outcomes written a quarter at a time
                     with conn.begin():
-                        self._write(conn, settled)
+                        write_outcomes(conn, settled)
                     self._counted(settled)
                     settled = []
                 if not out:
@@ -277,7 +277,7 @@ class Dispatcher:
         settled = settled + [self._settlement(row, outcome, now, report) for row, outcome in back]
         if settled:
             with self.db.begin() as conn:
-                self._write(conn, settled)
+                write_outcomes(conn, settled)
             self._counted(settled)
 
     def due(self, now: datetime) -> Any:
@@ -341,15 +341,6 @@ class Dispatcher:
             parts.append(select(part.subquery()))
         both = union_all(*parts).subquery()
         return select(both.c.id).order_by(both.c.next_attempt_at).limit(size).scalar_subquery()
-
-    def _write(self, conn: Connection, settled: list[dict[str, Any]]) -> None:
-        """Outcomes into their rows (those still ``sending``: a ``processed`` event may have
-        settled one meanwhile), in ``conn``'s transaction: on PostgreSQL one ``UPDATE … FROM
-        unnest(arrays)``, on SQLite one ``executemany``."""
-        if settled:
-            update_rows(
-                conn, OUTBOX, settled, match=("id",), constants=_LEASE_ENDS, where=_STILL_SENDING
-            )
 
     def _counted(self, settled: list[dict[str, Any]]) -> None:
         """Committed outcomes into the metrics."""
@@ -451,6 +442,17 @@ _BLOCKED = case(
 # What every settlement writes besides a row's outcome, and the rows it may write.
 _LEASE_ENDS = {"lease_until": None}
 _STILL_SENDING = {"status": OutboxStatus.SENDING}
+
+
+def write_outcomes(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
+    """Settlements (:func:`_settled`'s) into their rows, those still ``sending`` (a
+    ``processed`` event may have settled one meanwhile), in ``conn``'s transaction, their
+    leases ended: on PostgreSQL one ``UPDATE … FROM unnest(arrays)``, on SQLite one
+    ``executemany``."""
+    if outcomes:
+        update_rows(
+            conn, OUTBOX, outcomes, match=("id",), constants=_LEASE_ENDS, where=_STILL_SENDING
+        )
 
 
 def _reason(error: Exception) -> str:
