@@ -10,8 +10,9 @@ Figures:
   message; in this process, and with each count of --step-processes the worker's step job
   spreading them over that many processes (NURTURE_STEP_PROCESSES, started before the clock);
 - dispatch: M queued messages (beside --history messages sent before) through the official
-  SendGrid client to the fake SendGrid,
-  running in its own process on 127.0.0.1 (each request answered after --latency seconds),
+  SendGrid client to the fake SendGrid (NURTURE_DISPATCH_BATCH --batch),
+  running in its own process on 127.0.0.1 (each request answered after --latency seconds, at
+  real-time priority where the system permits: ``--realtime``),
   messages/s (aim 1,500/s with 32 senders), CPU per message of this process and of the fake,
   and TCP connections opened, at each concurrency of --senders; then what the same fake answers
   to as many bare clients (raw sockets, one prepared request each, no SendGrid client and no
@@ -178,10 +179,11 @@ def cpu_seconds(pid: int) -> float:
 
 @contextmanager
 def fake_sendgrid(latency: float) -> Iterator[tuple[str, int]]:
-    """The fake SendGrid in a process of its own (its CPU is not this one's): its URL and
-    process id."""
+    """The fake SendGrid in a process of its own (its CPU is not this one's), at real-time
+    priority where permitted (its answers then leave on time however busy the machine): its URL
+    and process id."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_sendgrid", "--delay", str(latency)],
+        [sys.executable, "-m", "tests.fake_sendgrid", "--delay", str(latency), "--realtime"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdin=subprocess.PIPE,
@@ -240,7 +242,7 @@ def bare_clients(fake: str, count: int, concurrency: int) -> float:
 
 
 def dispatch(
-    url: str, count: int, concurrency: int, latency: float, history: int
+    url: str, count: int, concurrency: int, latency: float, history: int, batch: int
 ) -> tuple[float, float, float, int, float]:
     """Messages/s, ms of CPU per message of this process and of the fake, and the TCP
     connections the fake accepted. ``history`` messages sent earlier are in the outbox too, as
@@ -273,7 +275,7 @@ def dispatch(
             {"now": NOW},
         )
     with fake_sendgrid(latency) as (fake, pid):
-        settings = Settings(database_url=url, send_concurrency=concurrency, dispatch_batch=100)
+        settings = Settings(database_url=url, send_concurrency=concurrency, dispatch_batch=batch)
         mailer = SendGridMailer("SG.bench", fake, timeout=10)
         start, cpu, served = time.perf_counter(), time.process_time(), cpu_seconds(pid)
         report = Dispatcher(db, settings, mailer).run(NOW)
@@ -293,6 +295,12 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.02, help="fake SendGrid reply delay")
     parser.add_argument(
         "--history", type=int, default=20_000, help="messages sent before, already in the outbox"
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=100,
+        help="the dispatch's NURTURE_DISPATCH_BATCH (default 100)",
     )
     parser.add_argument("--skip-pg", action="store_true")
     parser.add_argument(
@@ -340,12 +348,13 @@ def main() -> None:
         for name, url in targets if "dispatch" in args.parts else ():
             for concurrency in args.senders:
                 rate, cpu, served, opened, ceiling = dispatch(
-                    url(), args.dispatch, concurrency, args.latency, args.history
+                    url(), args.dispatch, concurrency, args.latency, args.history, args.batch
                 )
                 print(
                     f"{name}: dispatch {args.dispatch:,} ({args.history:,} sent before) via fake "
                     "SendGrid "
-                    f"({args.latency * 1000:.0f} ms per call, {concurrency} senders): "
+                    f"({args.latency * 1000:.0f} ms per call, {concurrency} senders, "
+                    f"batch {args.batch}): "
                     f"{rate:,.0f} messages/s ({rate / 1_500:.2f}× the 1,500/s aim), "
                     f"{cpu:.2f} ms CPU each (the fake: {served:.2f} ms), "
                     f"{opened:,} TCP connections; bare clients on the same fake: {ceiling:,.0f}/s "

@@ -2,17 +2,23 @@
 condition over the outbox: on generated outboxes (queued, sending with a lapsed or live lease,
 settled; several kinds; due before and after now) each claim takes exactly the messages the
 plain condition, ordered by due time, names; and the suppression check the claim makes names
-what reading the leads and events names."""
+what reading the leads and events names. Outcomes are written in one statement (arrays on
+PostgreSQL): on generated settlements with hostile text the rows end as one plain ``UPDATE``
+per row leaves them. A claim that fails still settles what was sent before it."""
 
 from __future__ import annotations
 
 import random
+import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from engine.db.schema import EVENTS, LEADS, OUTBOX
-from engine.send.dispatch import Dispatcher
+from engine.send.dispatch import Dispatcher, write_outcomes
+from engine.send.email import Email
 from engine.settings import Settings
 
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
@@ -38,7 +44,13 @@ def seed(db: sa.Engine, draw: random.Random, count: int) -> None:
         for i in range(count)
     ]
     with db.begin() as conn:
-        lead = conn.execute(
+        lead = a_lead(conn)
+        conn.execute(OUTBOX.insert(), [{**row, "lead_id": lead} for row in rows])
+
+
+def a_lead(conn: sa.Connection) -> int:
+    return int(
+        conn.execute(
             sa.text(
                 "INSERT INTO lead (email, attributes, score, temperature, stage, stage_entered_at, "
                 "tags, subscribed, version, created_at, updated_at) VALUES ('a@example.com', "
@@ -46,7 +58,7 @@ def seed(db: sa.Engine, draw: random.Random, count: int) -> None:
             ),
             {"now": NOW, "yes": True},
         ).scalar_one()
-        conn.execute(OUTBOX.insert(), [{**row, "lead_id": lead} for row in rows])
+    )
 
 
 def test_a_claim_takes_what_the_plain_condition_names(db: sa.Engine, db_url: str) -> None:
@@ -147,3 +159,151 @@ def test_a_claim_names_what_the_plain_suppression_check_names(db: sa.Engine, db_
             expected = suppressing.get(row.lead_id)
         assert row.blocked == expected
     assert {row.blocked for row in claimed} == {None, "unsubscribed", "bounce", "spam_report"}
+
+
+# Text a settlement may carry: what array literals, quoting and encodings could mangle.
+HOSTILE = [
+    "",
+    "NULL",
+    "null",
+    '{"a", "b"}',
+    "a,b",
+    '"quoted"',
+    "back\\slash",
+    "{}",
+    "(1,2)",
+    "tab\tnew\nline",
+    "é ü 漢字 🙂",
+    "x" * 2000,
+    "'; DROP TABLE outbox_message; --",
+]
+
+
+def settlements(draw: random.Random, ids: list[int]) -> list[dict[str, Any]]:
+    """Outcomes for a random subset of ``ids``, one per id, every key present, as the
+    dispatcher makes them."""
+    moment = NOW + timedelta(seconds=draw.randrange(0, 10**6), microseconds=draw.randrange(10**6))
+    outcomes = []
+    for outbox_id in draw.sample(ids, draw.randrange(1, len(ids))):
+        status = draw.choice(["sent", "queued", "failed", "suppressed"])
+        text = draw.choice([None, *HOSTILE, f"SendGrid 503: {draw.random()}"])
+        outcomes.append(
+            {
+                "id": outbox_id,
+                "status": status,
+                "last_error": None if status == "sent" else text,
+                "provider_id": draw.choice([None, *HOSTILE[:11]]) if status == "sent" else None,
+                "sent_at": moment if status == "sent" else None,
+                "next_attempt_at": moment + timedelta(minutes=draw.randrange(-90, 90)),
+            }
+        )
+    return outcomes
+
+
+def plain_write(conn: sa.Connection, outcomes: list[dict[str, Any]]) -> None:
+    """The straightforward write: one UPDATE per settlement, through SQLAlchemy."""
+    for outcome in outcomes:
+        conn.execute(
+            sa.update(OUTBOX)
+            .where(OUTBOX.c.id == outcome["id"], OUTBOX.c.status == "sending")
+            .values({k: v for k, v in outcome.items() if k != "id"} | {"lease_until": None})
+        )
+
+
+def test_the_outcomes_write_leaves_what_one_update_per_row_leaves(
+    db: sa.Engine, db_url: str
+) -> None:
+    draw = random.Random(17)
+    seed(db, draw, 400)
+    with db.connect() as conn:
+        ids = list(conn.execute(sa.select(OUTBOX.c.id)).scalars())
+    table = sa.select(OUTBOX).order_by(OUTBOX.c.id)
+    for _ in range(25):
+        outcomes = settlements(draw, ids)
+        after = []
+        for write in (write_outcomes, plain_write):
+            with db.connect() as conn:
+                change = conn.begin()
+                write(conn, outcomes)
+                after.append(conn.execute(table).all())
+                change.rollback()
+        assert after[0] == after[1]
+        # Rows that were sending took their outcome, the others did not move.
+        settled = {row.id: row for row in after[0]}
+        assert any(settled[o["id"]].status == o["status"] != "sending" for o in outcomes)
+
+
+class Recording:
+    """A mailer that accepts every email at once and records which outbox rows it sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self._lock = threading.Lock()
+
+    def send(self, email: Email) -> str:
+        with self._lock:
+            self.sent.append(email.outbox_id)
+        return f"provider-{email.outbox_id}"
+
+
+REFUSE_SQLITE = """
+CREATE TRIGGER refuse_late_claims BEFORE UPDATE ON outbox_message
+WHEN NEW.status = 'sending' AND substr(OLD.idempotency_key, 1, 4) = 'late'
+BEGIN SELECT RAISE(ABORT, 'claim refused'); END
+"""
+REFUSE_PG = [
+    "CREATE FUNCTION refuse_late_claims() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN RAISE EXCEPTION 'claim refused'; END $$",
+    "CREATE TRIGGER refuse_late_claims BEFORE UPDATE ON outbox_message FOR EACH ROW "
+    "WHEN (NEW.status = 'sending' AND substr(OLD.idempotency_key, 1, 4) = 'late') "
+    "EXECUTE FUNCTION refuse_late_claims()",
+]
+
+
+def test_a_failed_claim_still_settles_what_was_sent(db: sa.Engine, db_url: str) -> None:
+    """The database refuses a claim once the first messages are out: the run raises, and
+    every message sent before is settled ``sent`` (not left ``sending``, to be sent again once
+    its lease ends); the messages the refused claim named were never sent and stay queued."""
+    early, late = 60, 30
+    with db.begin() as conn:
+        lead = a_lead(conn)
+        conn.execute(
+            OUTBOX.insert(),
+            [
+                {
+                    "idempotency_key": f"{'early' if i < early else 'late'}{i}",
+                    "lead_id": lead,
+                    "kind": "campaign",
+                    "status": "queued",
+                    "to_email": f"l{i}@example.com",
+                    "from_email": "hello@acme.io",
+                    "subject": "Hi",
+                    "html": "<p>Hi</p>",
+                    "text": "Hi",
+                    "headers": {},
+                    "attempts": 0,
+                    "next_attempt_at": NOW - timedelta(minutes=early + late - i),
+                    "created_at": NOW,
+                }
+                for i in range(early + late)
+            ],
+        )
+        for statement in [REFUSE_SQLITE] if db.dialect.name == "sqlite" else REFUSE_PG:
+            conn.exec_driver_sql(statement)
+    mailer = Recording()
+    settings = Settings(database_url=db_url, dispatch_batch=20, send_concurrency=4)
+    with pytest.raises(sa.exc.DBAPIError, match="claim refused"):
+        Dispatcher(db, settings, mailer).run(NOW)  # type: ignore[arg-type]
+    with db.connect() as conn:
+        rows = {row.id: row for row in conn.execute(sa.select(OUTBOX))}
+    sent = set(mailer.sent)
+    assert len(sent) == len(mailer.sent) >= 20  # once each, at least the first claim's
+    for outbox_id, row in rows.items():
+        if outbox_id in sent:
+            assert row.idempotency_key.startswith("early")
+            assert (row.status, row.provider_id, row.attempts) == (
+                "sent", f"provider-{outbox_id}", 1,
+            )  # fmt: skip
+            assert row.lease_until is None
+        else:
+            assert (row.status, row.attempts) == ("queued", 0)

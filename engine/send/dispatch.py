@@ -1,7 +1,7 @@
 """Outbox → mail backend (or the sales webhook): the last step of the flow, exactly once as far
 as a provider allows.
 
-A round claims a small batch of due messages and commits the claim at once: each row turns
+A claim takes a small batch of due messages and commits at once: each row turns
 ``sending`` with a lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL lets several dispatchers
 claim side by side; ``BEGIN IMMEDIATE`` serialises claims on SQLite). Messages to leads who
 unsubscribed, bounced or reported spam since the email was rendered are suppressed, the rest
@@ -14,7 +14,7 @@ webhook sender), so they go out within a second, past any backlog of campaign em
 suppression applies to emails to the lead, not to alerts about the lead.
 
 A dispatcher that dies between claim and settle leaves rows ``sending``; once their lease ends
-another round claims them again. A message the provider had already accepted is then sent a
+a later claim takes them again. A message the provider had already accepted is then sent a
 second time unless a SendGrid ``processed`` event settled it first: at most one batch of such
 duplicates per crash.
 """
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import deque
-from collections.abc import Collection, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import threading
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
+from queue import SimpleQueue
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,7 +50,7 @@ from sqlalchemy import (
 )
 
 from engine import metrics
-from engine.db.bulk import execute_many
+from engine.db.bulk import update_rows
 from engine.db.schema import EVENTS, LEADS, OUTBOX
 from engine.redact import redact
 from engine.send.email import Email, Mailer, PermanentError, TransientError
@@ -69,11 +69,6 @@ BACKOFF_MAX = 6 * 3600.0
 CAMPAIGN = "campaign"  # emails to the lead: the only kind consent suppresses
 WEBHOOK = "webhook"  # a JSON POST to an alert target's webhook instead of an email
 MAX_ERROR = 2000  # characters of a provider's answer kept in last_error
-# Rounds out at once, each a quarter of dispatch_batch. With two halves out, the senders ran
-# dry while the main thread waited for the slowest send of the older half, settled it and
-# claimed the next (1,250–1,470 of the 1,530 sends/s 32 threads sleeping 20 ms made on the
-# same machine); with four, three rounds are queued meanwhile, and it kept up (1,530–1,550).
-ROUNDS_OUT = 4
 
 
 @dataclass
@@ -125,12 +120,63 @@ def email_of(row: Any, host: str, now: datetime) -> Email:
     )
 
 
-@dataclass
-class _Round:
-    """One claimed batch: settlements known at once (suppressed) and sends still out."""
+class _Senders:
+    """``count`` threads sending the rows :meth:`give` hands them, each row's outcome kept for
+    :meth:`take`. Plain threads and queues rather than an executor: a future per send (its
+    condition, its callbacks) and a wake-up of the main thread per send cost the GIL the
+    senders run on."""
 
-    settled: list[dict[str, Any]] = field(default_factory=list)
-    sending: list[tuple[Any, Future[str | Exception | None]]] = field(default_factory=list)
+    def __init__(self, dispatcher: Dispatcher, now: datetime, count: int) -> None:
+        self._work: SimpleQueue[Any] = SimpleQueue()
+        self._back: list[tuple[Any, str | Exception | None]] = []
+        self._wanted = 0  # outcomes the main thread waits for (0: it does not wait)
+        self._ready = threading.Condition(threading.Lock())
+        self._send = dispatcher._send_one
+        self._now = now
+        self._count = max(1, count)
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> _Senders:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        # Rows not handed to a sender yet (the run failed) stay unsent, claimed until their
+        # lease ends.
+        while not self._work.empty():
+            self._work.get()
+        for _thread in self._threads:
+            self._work.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def give(self, row: Any) -> None:
+        """``row`` to send; a thread more while fewer than ``count`` run (a run that sends a
+        few messages starts a few)."""
+        self._work.put(row)
+        if len(self._threads) < self._count:
+            thread = threading.Thread(target=self._sender, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def take(self, at_least: int) -> list[tuple[Any, str | Exception | None]]:
+        """The outcomes back so far, once there are at least ``at_least`` of them."""
+        with self._ready:
+            while len(self._back) < at_least:
+                self._wanted = at_least
+                self._ready.wait()
+            self._wanted = 0
+            back, self._back = self._back, []
+        return back
+
+    def _sender(self) -> None:
+        work, ready, send, now = self._work, self._ready, self._send, self._now
+        while (row := work.get()) is not None:
+            outcome = send(row, now)
+            with ready:
+                back = self._back
+                back.append((row, outcome))
+                if len(back) == self._wanted:
+                    ready.notify()
 
 
 class Dispatcher:
@@ -152,40 +198,87 @@ class Dispatcher:
         self._claims: dict[int, Any] = {}  # claim statement by round size
 
     def run(self, now: datetime, limit: int | None = None) -> DispatchReport:
-        """Send what is due at ``now`` round by round until nothing due is left (or ``limit``
-        messages were claimed). Later rounds are claimed and handed to the senders while the
-        oldest one's sends are still out, so no sender waits for the slowest send of a round.
-        :data:`ROUNDS_OUT` rounds of an equal share of ``dispatch_batch`` are out at a time: a
-        crash leaves at most ``dispatch_batch`` messages sent but not settled, as one round of
-        the full size did."""
+        """Send what is due at ``now`` until nothing due is left (or ``limit`` messages were
+        claimed). At most ``dispatch_batch`` messages are claimed and not yet settled (what a
+        crash may send twice); each outcome is settled as its send returns, and once at least a
+        quarter of that window is free a claim takes all of it, in the transaction that writes
+        the outcomes gathered meanwhile, so the senders always have claimed messages queued.
+
+        A claim that fails stops the run: the sends already out are awaited, their outcomes
+        and those the failed transaction held are written in a transaction of their own, and
+        then the claim's error is raised (rolled back with it, messages already sent would be
+        claimed and sent again once their lease ends)."""
         report = DispatchReport()
-        claimed = 0
-        out: deque[_Round] = deque()
-        rounds = max(1, min(ROUNDS_OUT, self.settings.dispatch_batch))
-        workers = max(1, self.settings.send_concurrency)
-        # One connection for the run and one transaction a round (the oldest round's outcomes
-        # and the next claim): checking a connection out of the pool and each transaction cost
-        # the main thread, which the senders wait on for the GIL, more than the statements.
-        with ThreadPoolExecutor(max_workers=workers) as pool, self.db.connect() as conn:
-            while limit is None or claimed < limit:
-                size = max(1, self.settings.dispatch_batch // rounds)
-                if limit is not None:
-                    size = min(size, limit - claimed)
-                settled = self._outcomes(out.popleft(), now, report) if len(out) >= rounds else []
-                with conn.begin():
-                    self._write(conn, settled)
-                    rows = self._claim(conn, now, size)
-                self._counted(settled)
-                if not rows:
+        window = max(1, self.settings.dispatch_batch)
+        quarter = -(-window // 4)
+        claimed = out = 0  # claimed so far; claimed and not yet back from the senders
+        more = True  # whether the last claim found anything
+        settled: list[dict[str, Any]] = []  # outcomes not written yet
+        # One connection for the run and one transaction per claim: checking a connection out
+        # of the pool and each transaction cost the main thread, which the senders wait on for
+        # the GIL, more than the statements.
+        with (
+            _Senders(self, now, self.settings.send_concurrency) as senders,
+            self.db.connect() as conn,
+        ):
+            while True:
+                free = window - out
+                if limit is not None and claimed >= limit:
+                    more = False
+                if more and free >= quarter:
+                    size = free if limit is None else min(free, limit - claimed)
+                    try:
+                        with conn.begin():
+                            write_outcomes(conn, settled)
+                            rows = self._claim(conn, now, size)
+                    except Exception:
+                        self._rescue(settled, senders, out, now, report)
+                        raise
+                    self._counted(settled)
+                    settled = []
+                    more = bool(rows)
+                    claimed += len(rows)
+                    for row in rows:
+                        if row.blocked is None:
+                            senders.give(row)
+                            out += 1
+                        else:
+                            report.suppressed += 1
+                            settled.append(_settled(row, OutboxStatus.SUPPRESSED, row.blocked))
+                    continue
+                if out and (more or len(settled) < quarter):
+                    # Woken once per claim's (or write's) worth of outcomes rather than by each
+                    # send: a wake-up costs the GIL every sender needs.
+                    wanted = quarter - free if more else min(out, quarter - len(settled))
+                    back = senders.take(wanted)
+                    out -= len(back)
+                    settled += [self._settlement(row, result, now, report) for row, result in back]
+                    continue
+                if settled:  # nothing left to claim: outcomes written a quarter at a time
+                    with conn.begin():
+                        write_outcomes(conn, settled)
+                    self._counted(settled)
+                    settled = []
+                if not out:
                     break
-                claimed += len(rows)
-                out.append(self._start(rows, now, pool, report))
-            while out:
-                settled = self._outcomes(out.popleft(), now, report)
-                with conn.begin():
-                    self._write(conn, settled)
-                self._counted(settled)
         return report
+
+    def _rescue(
+        self,
+        settled: list[dict[str, Any]],
+        senders: _Senders,
+        out: int,
+        now: datetime,
+        report: DispatchReport,
+    ) -> None:
+        """After a failed claim: the outcomes of every send already made, in a transaction of
+        their own."""
+        back = senders.take(out) if out else []
+        settled = settled + [self._settlement(row, outcome, now, report) for row, outcome in back]
+        if settled:
+            with self.db.begin() as conn:
+                write_outcomes(conn, settled)
+            self._counted(settled)
 
     def due(self, now: datetime) -> Any:
         """The condition of a message this dispatcher should take at ``now`` (queued and due, or
@@ -249,42 +342,10 @@ class Dispatcher:
         both = union_all(*parts).subquery()
         return select(both.c.id).order_by(both.c.next_attempt_at).limit(size).scalar_subquery()
 
-    def _start(
-        self, rows: list[Any], now: datetime, pool: ThreadPoolExecutor, report: DispatchReport
-    ) -> _Round:
-        """A claimed round: suppressed messages settled in memory, the rest handed to the
-        senders."""
-        done = _Round()
-        for row in rows:
-            if row.blocked is not None:
-                report.suppressed += 1
-                done.settled.append(_settle(row.id, OutboxStatus.SUPPRESSED, error=row.blocked))
-            else:
-                done.sending.append((row, pool.submit(self._send_one, row, now)))
-        return done
-
-    def _outcomes(
-        self, done: _Round, now: datetime, report: DispatchReport
-    ) -> list[dict[str, Any]]:
-        """Each outcome of a round, once all its sends are back."""
-        # Woken once, when the last send is back, rather than by each send in turn: a wake-up
-        # costs the GIL every sender thread needs.
-        wait([sending for _, sending in done.sending])
-        settled = done.settled
-        for row, sending in done.sending:
-            settled.append(self._settlement(row, sending.result(), now, report))
-        return settled
-
-    def _write(self, conn: Connection, settled: list[dict[str, Any]]) -> None:
-        """Outcomes into their rows, in ``conn``'s transaction: one ``executemany`` without
-        SQLAlchemy's assembly of each row's parameters."""
-        if settled:
-            execute_many(conn, _SETTLE, settled)
-
     def _counted(self, settled: list[dict[str, Any]]) -> None:
         """Committed outcomes into the metrics."""
         if settled and CAMPAIGN in self.kinds:  # alert deliveries have metrics of their own
-            metrics.emails_settled(s["b_status"] for s in settled)
+            metrics.emails_settled(s["status"] for s in settled)
 
     def _send_one(self, row: Any, now: datetime) -> str | Exception | None:
         try:
@@ -311,7 +372,7 @@ class Dispatcher:
         if not isinstance(outcome, Exception):
             report.sent += 1
             report.sent_ids.append(row.id)
-            return _settle(row.id, OutboxStatus.SENT, b_provider=outcome, b_sent=now)
+            return _settled(row, OutboxStatus.SENT, provider_id=outcome, sent_at=now)
         # Providers quote the recipient in their errors: kept and logged without it.
         reason = redact(_reason(outcome))
         if isinstance(outcome, TransientError) and row.attempts < self.settings.max_attempts:
@@ -320,10 +381,10 @@ class Dispatcher:
             log.info(
                 "outbox %s: try %s failed (%s); retry in %s", row.id, row.attempts, reason, wait
             )
-            return _settle(row.id, OutboxStatus.QUEUED, error=reason, b_next=now + wait)
+            return _settled(row, OutboxStatus.QUEUED, reason, next_attempt_at=now + wait)
         report.failed += 1
         log.warning("outbox %s: failed after %s tries: %s", row.id, row.attempts, reason)
-        return _settle(row.id, OutboxStatus.FAILED, error=reason)
+        return _settled(row, OutboxStatus.FAILED, reason)
 
 
 _DUE_ORDER = attrgetter("next_attempt_at", "id")  # claimed rows by due time
@@ -378,19 +439,20 @@ _BLOCKED = case(
         ),
     ),
 ).label("blocked")
-_SETTLE = (
-    update(OUTBOX)
-    .where(OUTBOX.c.id == bindparam("b_id"), OUTBOX.c.status == OutboxStatus.SENDING)
-    .values(
-        status=bindparam("b_status"),
-        provider_id=bindparam("b_provider"),
-        sent_at=bindparam("b_sent"),
-        # Only a retry moves the due time; a settled row keeps its last one.
-        next_attempt_at=func.coalesce(bindparam("b_next"), OUTBOX.c.next_attempt_at),
-        last_error=bindparam("b_error"),
-        lease_until=None,
-    )
-)
+# What every settlement writes besides a row's outcome, and the rows it may write.
+_LEASE_ENDS = {"lease_until": None}
+_STILL_SENDING = {"status": OutboxStatus.SENDING}
+
+
+def write_outcomes(conn: Connection, outcomes: Sequence[Mapping[str, Any]]) -> None:
+    """Settlements (:func:`_settled`'s) into their rows, those still ``sending`` (a
+    ``processed`` event may have settled one meanwhile), in ``conn``'s transaction, their
+    leases ended: on PostgreSQL one ``UPDATE … FROM unnest(arrays)``, on SQLite one
+    ``executemany``."""
+    if outcomes:
+        update_rows(
+            conn, OUTBOX, outcomes, match=("id",), constants=_LEASE_ENDS, where=_STILL_SENDING
+        )
 
 
 def _reason(error: Exception) -> str:
@@ -400,22 +462,23 @@ def _reason(error: Exception) -> str:
     return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 1] + "…"
 
 
-def _settle(
-    outbox_id: int,
+def _settled(
+    row: Any,
     status: str,
     error: str | None = None,
-    b_provider: str | None = None,
-    b_sent: datetime | None = None,
-    b_next: datetime | None = None,
+    provider_id: str | None = None,
+    sent_at: datetime | None = None,
+    next_attempt_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """A settlement's parameters, every key present (one compiled statement for all)."""
+    """A claimed row's outcome as the columns it writes, every key present (one statement for
+    all). Only a retry moves the due time; a settled row keeps the one it was claimed with."""
     return {
-        "b_id": outbox_id,
-        "b_status": status,
-        "b_error": error,
-        "b_provider": b_provider,
-        "b_sent": b_sent,
-        "b_next": b_next,
+        "id": row.id,
+        "status": status,
+        "last_error": error,
+        "provider_id": provider_id,
+        "sent_at": sent_at,
+        "next_attempt_at": next_attempt_at or row.next_attempt_at,
     }
 
 

@@ -117,9 +117,12 @@ class ConnectionPool:
             connection = self._idle.pop() if self._idle else None
         if connection is None:
             return self._new(timeout), False
-        connection.timeout = timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
+        if connection.timeout != timeout:
+            # Only when it changes: setting a socket's timeout is a system call (its blocking
+            # mode), and a pool's requests nearly always share one timeout.
+            connection.timeout = timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
         return connection, True
 
     def _give_back(self, connection: _Gathering) -> None:
