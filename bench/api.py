@@ -11,9 +11,9 @@ events are page views spread round-robin over ``--leads`` leads (1,000): of 4,00
 first thousand or so (less the 200 the warm-up created) make new leads, the rest add to them.
 For every request size it prints events/s, requests/s, the p50/p99 latency of a request, the
 server's CPU per event and (one server process) the events per ingest transaction and the event
-loop's share of the CPU, then the server's peak RSS (all its processes) and the load average. To measure something else
-against the same server, add a phase that takes a ``Server`` (its ``url`` and ``headers``) the
-way ``load`` does.
+loop's share of the CPU, then the server's peak RSS (all its processes) and the load average.
+To measure something else against the same server, add a phase that takes a ``Server`` (its
+``url`` and ``headers``) the way ``load`` does.
 """
 
 from __future__ import annotations

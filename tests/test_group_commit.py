@@ -176,12 +176,13 @@ def test_a_group_wakes_its_loop_once_and_its_threads_each(db: sa.Engine) -> None
             wakes.append(1)
             return plain(*args, **kwargs)
 
-        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign,assignment]
         threaded = asyncio.gather(
             *(asyncio.to_thread(writer.ingest, RULES, [view(0, 50 + n, f"t{n}")]) for n in range(4))
         )
         on_loop = asyncio.gather(*(writer.submit(RULES, [view(0, n, f"k{n}")]) for n in range(16)))
         results = [*await on_loop, *await threaded]
+        del loop.call_soon_threadsafe  # uncounted: asyncio.run's own wake-ups as it ends
         return [r.accepted for r in results]
 
     assert asyncio.run(scenario()) == [1] * 20

@@ -134,9 +134,9 @@ def _shape(dependant: Dependant) -> tuple[Any, ...]:
 def _expected() -> tuple[Any, ...]:
     """The dependant :func:`_direct` stands for: ``no_nul``, ``require_token`` (``context``,
     the bearer scheme) and ``context``, then ``post_events(request, ctx)``."""
-    none = [[], [], [], [], []]
-    ctx = (context, none, ("request", None), (None, None), [])
-    bearer = (BEARER, none, (None, "request"), (None, None), [])
+    none: list[list[str]] = [[], [], [], [], []]
+    ctx: tuple[Any, ...] = (context, none, ("request", None), (None, None), [])
+    bearer: tuple[Any, ...] = (BEARER, none, (None, "request"), (None, None), [])
     return (
         post_events,
         none,

@@ -162,7 +162,7 @@ def create_provisional(
 
 
 @functools.cache
-def _ids_query(dialect: str) -> Select[tuple[str, int]]:
+def _ids_query(dialect: str) -> Select[Any]:
     return select(LEADS.c.email, LEADS.c.id).where(among_param(dialect, LEADS.c.email, "emails"))
 
 
@@ -400,6 +400,6 @@ def load_enrollments(conn: Connection, leads: dict[str, LoadedLead]) -> None:
 
 
 @functools.cache
-def _enrollments_query(dialect: str) -> Select[tuple[int, str, str]]:
+def _enrollments_query(dialect: str) -> Select[Any]:
     query = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
     return query.where(among_param(dialect, ENROLLMENTS.c.lead_id, "ids"))
