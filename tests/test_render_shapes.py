@@ -48,6 +48,7 @@ HAZARDS = {
     "data-attribute": '<p data-x="{{ v }}" data-css-inline="{{ w }}">x</p>',
     "attribute-selector": '<style>a[href^="https"] { color: red }</style><a href="{{ v }}">x</a>',
     "linked": '<link rel="stylesheet" href="{{ w }}"><a href="{{ v }}">x</a>',
+    "imported": '<style>@import url("x.css");</style><a href="{{ v }}">x</a>',
     "base": '<base href="{{ v }}"><a href="x">y</a>',
     "input": '<table><input type="{{ v }}"><tr><td>x</td></tr></table>',
     "style-tag": "<style>p { color: {{ v }} }</style><p>x</p>",

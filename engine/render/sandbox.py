@@ -64,6 +64,8 @@ MAX_PARAGRAPHS, MAX_WORDS = 100, 1000  # lipsum(n, max=…)
 
 MARK = "\ue000"  # a private-use character: where a tracked render printed a value
 
+_MARKED = Markup(MARK)  # what a tracked render prints for a value (markup: not escaped again)
+
 _state = threading.local()
 
 
@@ -422,7 +424,7 @@ def _finalize(value: Any) -> Any:
     if tracked.size > MAX_VALUE:
         raise tracked.doubted("printed more than the bound")
     tracked.values.append(printed)
-    return Markup(MARK)
+    return _MARKED
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))

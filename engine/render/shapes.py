@@ -14,7 +14,7 @@ back to inlining the email's own page:
   a double-quoted attribute value (not in a ``<style>``, a comment, a tag or attribute name, an
   unquoted value); an attribute only when it is one whose value no CSS or parser rule reads
   (:data:`ATTRIBUTES`, outside :data:`ELEMENTS`), in a page with no attribute selector and no
-  linked stylesheet;
+  linked or imported stylesheet;
 - a shape is checked once against the first email of it, inlined on its own, byte for byte;
 - a value is filled in only when the parser treats it as it treated the probe: text that starts
   with a visible character (an empty or blank value can be dropped, kept or moved by the
@@ -159,7 +159,9 @@ class Shape:
         if where is None or where[0] in ELEMENTS or where[1] not in ATTRIBUTES:
             return False
         lowered = page.lower()
-        return "<link" not in lowered and not any("[" in css for css in _STYLE.findall(page))
+        return "<link" not in lowered and not any(
+            "[" in css or "@import" in css for css in _STYLE.findall(lowered)
+        )
 
     def fill(self, values: Sequence[str]) -> str | None:
         """The inlined email for these values, or None when one of them cannot be trusted to

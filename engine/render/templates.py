@@ -288,12 +288,14 @@ class Renderer:
                     self.env.handle_exception()
         except RecursionError:
             if track:
+                self.shapes.missed(file)
                 return self._draft(file, template, variables)
             return TemplateError(
                 "templates nested too deeply (does a template include itself?)", file
             )
         except Exception as error:  # whatever a template raises holds this email, not the batch
             if track:
+                self.shapes.missed(file)
                 return self._draft(file, template, variables)
             return _failure(error, self.folder, file)
         page: str | Marked = html
