@@ -5,7 +5,9 @@
 hundreds of emails a second that is most of the cost, and thousands of sockets in TIME-WAIT.
 :class:`PooledClient` keeps the library's URL building, headers, response and error classes;
 its requests go over a connection taken from a :class:`ConnectionPool` and put back once the
-answer is read. A host reached through a proxy (``HTTPS_PROXY`` and the like) keeps the
+answer is read. The pool writes each request and reads each answer itself, as ``http.client``
+would (``tests/test_send_pool.py`` holds them equal), at a fraction of its CPU. A host reached
+through a proxy (``HTTPS_PROXY`` and the like) keeps the
 library's own transport, which honours it (:func:`proxied`).
 """
 
