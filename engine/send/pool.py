@@ -5,18 +5,19 @@
 hundreds of emails a second that is most of the cost, and thousands of sockets in TIME-WAIT.
 :class:`PooledClient` keeps the library's URL building, headers, response and error classes;
 its requests go over a connection taken from a :class:`ConnectionPool` and put back once the
-answer is read. The pool writes each request and reads each answer itself, as ``http.client``
-would (``tests/test_send_pool.py`` holds them equal), at a fraction of its CPU. A host reached
-through a proxy (``HTTPS_PROXY`` and the like) keeps the
-library's own transport, which honours it (:func:`proxied`).
+answer is read. Requests are written and answers read by ``h11`` (one state machine per
+socket, which also says whether the socket may be reused), not ``http.client``: its header
+checks, e-mail header parser and objects per request cost a sender about three times the CPU.
+A host reached through a proxy (``HTTPS_PROXY`` and the like) keeps the library's own
+transport, which honours it (:func:`proxied`).
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import json
-import re
 import socket
 import ssl
 import threading
@@ -28,6 +29,7 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
+import h11
 import python_http_client
 from python_http_client.client import Response
 from python_http_client.exceptions import handle_error
@@ -37,12 +39,8 @@ from python_http_client.exceptions import handle_error
 MAX_IDLE = 64
 # Errors of a kept-alive connection the server closed while it was idle: the request never
 # reached it, so it is sent again on a new connection.
-_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
-_MAX_LINE = 65536  # bytes of an answer's status or header line, as http.client allows
-_MAX_HEADERS = 100  # headers of an answer, as http.client allows
-_NOT_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")  # what http.client refuses in a request line
-_NOT_IN_HEADER = re.compile(r"[\r\n\x00]")  # in a header value (http.client allows folding)
-_HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII but the colon, as e-mail headers
+_STALE = (BrokenPipeError, ConnectionResetError)
+_READ = 65536  # bytes asked of the socket at a time
 _WITH_BODY = frozenset({"PATCH", "POST", "PUT"})  # those get a Content-Length even without one
 
 
@@ -66,14 +64,13 @@ class Answer:
 
 class _Connection:
     """One kept-alive HTTP/1.1 connection: a request written in one ``sendall`` (one packet on
-    the loopback, the GIL released while the kernel sends it), its answer read through one
-    buffered reader. What ``http.client`` does for a request and its answer, without its header
-    validation, its e-mail parser for the answer's headers and its objects per request: ~110
-    µs of a sender's CPU a request, held against the GIL the other senders wait for."""
+    the loopback, the GIL released while the kernel sends it), its answer read by ``h11``. An
+    answer's head (status line and headers, or a chunk's size line) still incomplete past h11's
+    ``max_incomplete_event_size`` (16 KiB) is refused."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.answers = sock.makefile("rb")
+        self.http = h11.Connection(h11.CLIENT)
         self.timeout = sock.gettimeout()
 
     def settimeout(self, timeout: float | None) -> None:
@@ -84,96 +81,50 @@ class _Connection:
             self.timeout = timeout
 
     def close(self) -> None:
-        self.answers.close()
         self.sock.close()
 
-    def exchange(self, request: bytes, head_only: bool) -> tuple[int, str, Message, bytes, bool]:
-        """``request`` sent, and its answer as ``http.client`` reads it: status, reason,
-        headers, body, and whether the connection must be closed after it. Header lines that
-        are not ``name: value`` (folded, or without a colon) are refused rather than mended."""
-        self.sock.sendall(request)
-        answers = self.answers
+    def exchange(self, request: h11.Request, body: bytes | None) -> tuple[h11.Response, bytes]:
+        """``request`` sent, and its answer (after any interim 1xx answer) with its body. A server
+        that closes the connection before a byte of the answer raises ``ConnectionResetError``
+        (a kept-alive connection it closed while idle), a broken answer ``h11``'s
+        ``RemoteProtocolError``."""
+        http = self.http
+        out = http.send(request)
+        if body:
+            out += http.send(h11.Data(data=body))
+        self.sock.sendall(out + http.send(h11.EndOfMessage()))
+        answer, parts, received = None, [], False
         while True:
-            status, reason, version, headers = _read_head(answers)
-            if status != 100:  # "100 Continue" is followed by the answer
-                break
-        connection = (headers.get("Connection") or "").lower()
-        if version == "HTTP/1.0":
-            close = not headers.get("Keep-Alive") and "keep-alive" not in connection
-        else:
-            close = "close" in connection
-        if head_only:
-            return status, reason, headers, b"", close
-        if (headers.get("Transfer-Encoding") or "").lower() == "chunked":
-            return status, reason, headers, _read_chunks(answers), close
-        if status in (204, 304) or 100 <= status < 200:
-            return status, reason, headers, b"", close
-        length = headers.get("Content-Length")
-        if length is None:  # the body runs to the end of the connection
-            return status, reason, headers, answers.read(), True
-        if not length.strip().isdigit():
-            raise http.client.HTTPException(f"bad Content-Length: {length[:20]!r}")
-        expected = int(length)
-        body = answers.read(expected)
-        if len(body) < expected:
-            raise http.client.IncompleteRead(body, expected - len(body))
-        return status, reason, headers, body, close
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                data = self.sock.recv(_READ)
+                if not data and not received:
+                    raise ConnectionResetError("the server closed the connection without an answer")
+                received = True
+                http.receive_data(data)
+            elif isinstance(event, h11.Response):
+                answer = event
+            elif isinstance(event, h11.Data):
+                parts.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                assert answer is not None  # h11 reads a body only after its head
+                return answer, b"".join(parts)
+            elif not isinstance(event, h11.InformationalResponse):  # a protocol switch
+                raise h11.RemoteProtocolError(f"not an HTTP answer: {event!r}")
 
-
-def _line(answers: io.BufferedReader) -> bytes:
-    line = answers.readline(_MAX_LINE + 1)
-    if len(line) > _MAX_LINE:
-        raise http.client.LineTooLong("answer line")
-    return line
-
-
-def _read_head(answers: io.BufferedReader) -> tuple[int, str, str, Message]:
-    """An answer's status line (as ``http.client`` splits it) and headers."""
-    line = _line(answers)
-    if not line:
-        raise http.client.RemoteDisconnected("the server closed the connection without an answer")
-    text = line.decode("iso-8859-1")
-    version, code, reason = ([*text.split(None, 2), "", ""])[:3]
-    if not version.startswith("HTTP/"):
-        raise http.client.BadStatusLine(text)
-    if version not in ("HTTP/1.0", "HTTP/0.9") and not version.startswith("HTTP/1."):
-        raise http.client.UnknownProtocol(version)
-    try:
-        status = int(code)
-    except ValueError:
-        raise http.client.BadStatusLine(text) from None
-    if not 100 <= status <= 999:
-        raise http.client.BadStatusLine(text)
-    headers = http.client.HTTPMessage()
-    for _ in range(_MAX_HEADERS + 1):
-        field = _line(answers)
-        if field in (b"\r\n", b"\n", b""):
-            return status, reason.strip(), "HTTP/1.0" if version == "HTTP/0.9" else version, headers
-        name, colon, value = field.decode("iso-8859-1").partition(":")
-        if not colon or not _HEADER_NAME.fullmatch(name):  # folded, or not a header
-            raise http.client.HTTPException(f"bad header line: {field[:80]!r}")
-        headers[name] = value.lstrip(" \t").rstrip("\r\n")
-    raise http.client.HTTPException(f"got more than {_MAX_HEADERS} headers")
-
-
-def _read_chunks(answers: io.BufferedReader) -> bytes:
-    """A chunked body (its trailer read and dropped)."""
-    parts: list[bytes] = []
-    while True:
-        size = _line(answers).split(b";", 1)[0]
-        try:
-            left = int(size, 16)
-        except ValueError:
-            raise http.client.HTTPException(f"bad chunk size: {size[:20]!r}") from None
-        if left == 0:
-            while _line(answers) not in (b"\r\n", b"\n", b""):
-                pass
-            return b"".join(parts)
-        chunk = answers.read(left)
-        if len(chunk) < left:
-            raise http.client.IncompleteRead(b"".join(parts) + chunk)
-        parts.append(chunk)
-        answers.read(2)  # the CRLF after the chunk
+    def reusable(self) -> bool:
+        """Whether another request may follow on this connection (made ready for it if so):
+        not if either side asked to close it, the answer was HTTP/1.0 or its body ran to the
+        end of the connection (which h11 reads as a complete answer, its state ``DONE``)."""
+        http = self.http
+        if (
+            http.our_state is h11.DONE
+            and http.their_state is h11.DONE
+            and not http.trailing_data[1]
+        ):
+            http.start_next_cycle()
+            return True
+        return False
 
 
 class ConnectionPool:
@@ -235,7 +186,8 @@ class ConnectionPool:
         """The request sent and its answer read; a 4xx/5xx answer raised as ``urllib`` raises
         it (an ``HTTPError``), a connection failure as ``URLError``, a timeout as
         ``TimeoutError``."""
-        request = self._request(method, url, body, headers)
+        length = None if body is None else len(body)
+        request = _request(method, url, length, tuple(headers.items()))
         for attempt in range(2):
             connection = self._take()
             reused = connection is not None
@@ -244,9 +196,7 @@ class ConnectionPool:
                     connection = self._new(timeout)
                 else:
                     connection.settimeout(timeout)
-                status, reason, answer_headers, data, close = connection.exchange(
-                    request, method == "HEAD"
-                )
+                answer, data = connection.exchange(request, body)
             except _STALE as error:
                 if connection is not None:
                     connection.close()
@@ -257,41 +207,49 @@ class ConnectionPool:
                 if connection is not None:
                     connection.close()
                 raise
-            except (OSError, ValueError, http.client.HTTPException) as error:
+            except (OSError, h11.ProtocolError) as error:
                 if connection is not None:
                     connection.close()
                 raise URLError(error) from None
-            if close:
-                connection.close()
-            else:
+            if connection.reusable():
                 self._give_back(connection)
-            if status >= 400:
-                raise HTTPError(url, status, reason, answer_headers, io.BytesIO(data))
-            return Answer(status, data, answer_headers)
+            else:
+                connection.close()
+            # The headers as urllib gives them: an e-mail message, names in the server's case.
+            answer_headers = http.client.HTTPMessage()
+            for name, value in answer.headers.raw_items():
+                answer_headers[name.decode("latin-1")] = value.decode("latin-1")
+            if answer.status_code >= 400:
+                reason = answer.reason.decode("latin-1")
+                raise HTTPError(url, answer.status_code, reason, answer_headers, io.BytesIO(data))
+            return Answer(answer.status_code, data, answer_headers)
         raise AssertionError("unreachable")
 
-    def _request(
-        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str]
-    ) -> bytes:
-        """The request's bytes: the headers as given, ``Host``, ``Accept-Encoding`` and
-        ``Content-Length`` added as ``http.client`` adds them, refused as it refuses them."""
-        parts = urlsplit(url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if _NOT_IN_TARGET.search(method + target):
-            raise ValueError(f"a space or control character in {method} {target!r}")
-        lines = [f"{method} {target} HTTP/1.1"]
-        names = {name.lower() for name in headers}
-        if "accept-encoding" not in names:
-            lines.append("Accept-Encoding: identity")
-        if "content-length" not in names and (body is not None or method in _WITH_BODY):
-            lines.append(f"Content-Length: {len(body or b'')}")
-        for name, value in headers.items():
-            if not _HEADER_NAME.fullmatch(name) or _NOT_IN_HEADER.search(value):
-                raise ValueError(f"a bad header name or a line break in {name!r}")
-            lines.append(f"{name}: {value}")
-        if "host" not in names:
-            lines.append(f"Host: {parts.netloc}")
-        return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (body or b"")
+
+# Requests differ mostly by their body, of which only the length is in the request itself: the
+# same request (immutable) serves every send of a length, h11's checks of each header done
+# once, not on every send (they were a fifth of its CPU per request).
+@functools.lru_cache(maxsize=1024)
+def _request(
+    method: str, url: str, length: int | None, headers: tuple[tuple[str, str], ...]
+) -> h11.Request:
+    """The request for a body of ``length`` bytes (``None``: no body): the headers as given,
+    and ``Host``, ``Accept-Encoding`` and ``Content-Length`` as ``http.client`` adds them.
+    ``h11`` refuses (``LocalProtocolError``) a method, target or header that would break it (a
+    space in the target, a line break in a value, a colon in a name)."""
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    names = {name.lower() for name, _ in headers}
+    fields = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    if "host" not in names:
+        fields.append((b"Host", parts.netloc.encode("latin-1")))
+    if "accept-encoding" not in names:
+        fields.append((b"Accept-Encoding", b"identity"))
+    if "content-length" not in names and (length is not None or method in _WITH_BODY):
+        fields.append((b"Content-Length", b"%d" % (length or 0)))
+    return h11.Request(
+        method=method.encode("latin-1"), target=target.encode("latin-1"), headers=fields
+    )
 
 
 def proxied(base_url: str) -> bool:
