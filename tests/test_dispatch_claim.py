@@ -293,7 +293,7 @@ def test_a_failed_claim_still_settles_what_was_sent(db: sa.Engine, db_url: str) 
     mailer = Recording()
     settings = Settings(database_url=db_url, dispatch_batch=20, send_concurrency=4)
     with pytest.raises(sa.exc.DBAPIError, match="claim refused"):
-        Dispatcher(db, settings, mailer).run(NOW)  # type: ignore[arg-type]
+        Dispatcher(db, settings, mailer).run(NOW)
     with db.connect() as conn:
         rows = {row.id: row for row in conn.execute(sa.select(OUTBOX))}
     sent = set(mailer.sent)

@@ -53,6 +53,9 @@ class SendGridMailer:
                 timeout=timeout,
                 pool=ConnectionPool(self.client.host),
             )
+        # The Mail Send endpoint's client, built once: ``SendGridAPIClient.send`` builds it
+        # anew from each URL segment (``client.mail.send``) on every call.
+        self.mail_send = self.client.client.mail.send
 
     @staticmethod
     def payload(email: Email) -> Mail:
@@ -108,7 +111,7 @@ class SendGridMailer:
 
     def send(self, email: Email) -> str | None:
         try:
-            response = self.client.send(self.body(email))
+            response = self.mail_send.post(request_body=self.body(email))
         except HTTPError as error:
             status = int(error.status_code)
             reason = f"SendGrid {status}: {_detail(error.body)}"
