@@ -110,7 +110,9 @@ def json_lines(draw: st.DrawFn) -> str:
 @st.composite
 def csv_files(draw: st.DrawFn) -> str:
     """A CSV file: a header naming an email column (or not), rows with hostile cells."""
-    header = draw(st.sampled_from(["E-mail,type,page", "x"])) if sometimes(draw) else "Email,type,page"
+    header = (
+        draw(st.sampled_from(["E-mail,type,page", "x"])) if sometimes(draw) else "Email,type,page"
+    )
     rows = []
     for _ in range(draw(st.integers(0, 12))):
         email = draw(EMAILS) if sometimes(draw) else draw(PLAIN)
@@ -165,9 +167,7 @@ def test_the_workers_together_answer_as_one_parse(
 @pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(csv_files(), st.integers(2, 3), st.booleans())
-def test_csv_workers_together_answer_as_one_parse(
-    text: str, workers: int, by_domain: bool
-) -> None:
+def test_csv_workers_together_answer_as_one_parse(text: str, workers: int, by_domain: bool) -> None:
     def parse(mine: Slice | None = None) -> list[Parsed]:
         return list(parse_stream(io.StringIO(text, newline=""), "leads.csv", mine))
 
