@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -354,7 +353,7 @@ def test_execute_many_stores_what_sqlalchemy_stores(db: sa.Engine) -> None:
         datetime(2026, 3, 2, 5, tzinfo=timezone(timedelta(hours=2)))
     ]
 
-    def stored(bulk: bool) -> Sequence[sa.Row[Any]]:
+    def stored(bulk: bool) -> list[tuple[Any, ...]]:
         with db.connect() as conn, conn.begin() as transaction:
             ids = _leads(conn, 30)
             rows = [
@@ -371,10 +370,13 @@ def test_execute_many_stores_what_sqlalchemy_stores(db: sa.Engine) -> None:
             else:
                 conn.execute(statement, rows)
             # As the driver reads them: text on SQLite, as each bind processor wrote it.
-            found = conn.exec_driver_sql(
-                "SELECT email, attributes, stage_entered_at, temperature, version, "
-                "ruleset_version FROM lead ORDER BY id"
-            ).all()
+            found = [
+                tuple(row)
+                for row in conn.exec_driver_sql(
+                    "SELECT email, attributes, stage_entered_at, temperature, version, "
+                    "ruleset_version FROM lead ORDER BY id"
+                )
+            ]
             transaction.rollback()
         return found
 
