@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from engine import db as database
 from engine.db import among, update_rows, upsert_rows
+from engine.db.bulk import execute_many
 from engine.db.schema import ENROLLMENTS, LEADS, MOVE_DAYS, NAMED_SCORES, SCORES
 from engine.ingest.batch import ingest
 from engine.ingest.outcome import Rows
@@ -331,3 +332,56 @@ def test_unchanged_components_skipped_store_what_one_batch_stores(
     # Versions differ (one write per batch); what was scored does not.
     assert [row[:4] for row in per_record["leads"]] == [row[:4] for row in whole["leads"]]
     assert any(row[3] for row in whole["scores"])  # decay state was exercised
+
+
+def test_execute_many_stores_what_sqlalchemy_stores(db: sa.Engine) -> None:
+    # Its values taken column by column, through each type's bind processor (times repeated,
+    # JSON, None), and the statement's own constants, against SQLAlchemy's per-row assembly.
+    statement = (
+        sa.update(LEADS)
+        .where(LEADS.c.id == sa.bindparam("b_id"))
+        .values(
+            attributes=sa.bindparam("b_attributes"),
+            stage_entered_at=sa.bindparam("b_at"),
+            temperature=sa.bindparam("b_temperature"),
+            version=LEADS.c.version + 1,
+            ruleset_version="w",
+        )
+    )
+    rng = random.Random(16)
+    times = [START + timedelta(hours=h) for h in range(3)] + [
+        datetime(2026, 3, 2, 5, tzinfo=timezone(timedelta(hours=2)))
+    ]
+
+    def stored(bulk: bool) -> list[tuple[Any, ...]]:
+        with db.connect() as conn, conn.begin() as transaction:
+            ids = _leads(conn, 30)
+            rows = [
+                {
+                    "b_id": lead,
+                    "b_attributes": rng.choice([{"n": n, "é": [1, None]}, None, {}]),
+                    "b_at": rng.choice(times),
+                    "b_temperature": rng.choice(["hot", "cold"]),
+                }
+                for n, lead in enumerate(ids[::2])
+            ]
+            if bulk:
+                assert execute_many(conn, statement, rows).rowcount == len(rows)
+            else:
+                conn.execute(statement, rows)
+            # As the driver reads them: text on SQLite, as each bind processor wrote it.
+            found = [
+                tuple(row)
+                for row in conn.exec_driver_sql(
+                    "SELECT email, attributes, stage_entered_at, temperature, version, "
+                    "ruleset_version FROM lead ORDER BY id"
+                )
+            ]
+            transaction.rollback()
+        return found
+
+    state = rng.getstate()
+    bulk = stored(True)
+    rng.setstate(state)
+    assert bulk == stored(False)
+    assert {row[4] for row in bulk} == {0, 1}

@@ -66,6 +66,44 @@ def test_workers_score_a_file_exactly_as_one_process_does(
     assert (again["accepted"], again["duplicates"]) == (0, records)
 
 
+# Lines no worker can read a key off plainly (each is parsed by every worker and kept by its
+# lead's), and bad lines with and without a plain key (each reported once, by one worker).
+SPELLINGS = [
+    lambda r: json.dumps({**r, "email": r["email"].upper()}, default=str),
+    lambda r: json.dumps({**r, "email": f" {r['email']} "}, default=str),
+    lambda r: json.dumps({**r, "note": "café"} if "type" not in r else r, default=str),
+    lambda r: json.dumps(r, default=str).replace('"email"', '"\\u0065mail"', 1),
+    lambda r: '{"email": "decoy@x.io", ' + json.dumps(r, default=str)[1:],  # JSON keeps the last
+]
+BAD_LINES = [
+    BAD,
+    BAD.replace("zed@zeta.io", "Zed@Zeta.io"),
+    '{"type": "page_view", "lead": {"email": "bob@y.io"}}',
+    '{"email": "ann@x.io", "email": "bob@',
+]
+
+
+@pytest.mark.slow
+def test_workers_split_hostile_lines_as_one_process_reads_them(
+    cli_home: Path, db_url: str, tmp_path: Path
+) -> None:
+    records = list(sample_records(leads=60, seed=5))
+    lines = [
+        SPELLINGS[n % 10](r) if n % 10 < len(SPELLINGS) else json.dumps(r, default=str)
+        for n, r in enumerate(records)
+    ]
+    for n, bad in enumerate(BAD_LINES):
+        lines.insert(len(lines) * (n + 1) // (len(BAD_LINES) + 1), bad)
+    path = cli_home / "hostile.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    parallel = run(db_url, str(path), "--workers", "3")
+    assert len(parallel["rejected"]) == len(BAD_LINES)  # type: ignore[arg-type]
+    with another_database(db_url, tmp_path) as other:
+        assert run(other, str(path)) == parallel
+        alone = lead_state(database.connect(other))
+    assert lead_state(database.connect(db_url)) == alone
+
+
 @pytest.mark.slow
 def test_workers_read_stdin(cli_home: Path, db_url: str) -> None:
     path, _ = sample_file(cli_home, leads=40)

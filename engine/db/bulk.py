@@ -291,7 +291,9 @@ def execute_many(
         columns.append(column if kind == "plain" else map(process, column))
     if positional:
         return conn.exec_driver_sql(sql, list(zip(*columns, strict=True)))
-    return conn.exec_driver_sql(sql, [dict(zip(names, row)) for row in zip(*columns, strict=True)])
+    return conn.exec_driver_sql(
+        sql, [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
+    )
 
 
 @functools.lru_cache(maxsize=256)
