@@ -60,8 +60,6 @@ MEMO_SIZE = 50_000
 _to_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 # Stands in for a value no rule can equal: rule values are stripped, this one is not.
 UNCOMPARABLE = " (no comparable value) "
-# The types of value whose members a plan remembers by the value alone (see `_Plan.parts`).
-_KEYED = frozenset((str, int, type(None)))
 
 
 class History(Protocol):
@@ -951,12 +949,12 @@ class CompiledRuleset:
         """The fact keys of ``plans`` as JSON members, each followed by ", " (see
         :meth:`match_text`). A plan's members depend on its field's value alone, so each value's
         are serialised once and remembered: most leads share titles, countries, stages."""
-        memo, text, get = self._texts, "", fields.get
+        memo, text = self._texts, ""
         for plan in plans:
             view_key = plan.view_key
-            raw = get(view_key) if view_key is not None else plan.get(fields, properties)
+            raw = fields.get(view_key) if view_key is not None else plan.get(fields, properties)
             kind = type(raw)
-            if kind in _KEYED:
+            if kind is str or kind is int or raw is None:
                 part = plan.parts.get(raw)
                 if part is None:
                     part = _members(plan, raw, plan.parts, raw)
