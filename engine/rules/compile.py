@@ -929,7 +929,7 @@ class CompiledRuleset:
         self.event_plan = [plan for plan in plans if not plan.path.startswith("lead.")]
         # Whether a round's fact needs what ``evaluate.state_fields`` derives beyond the lead's
         # own values (``evaluate.own_fields``): named scores' totals and bands, the account's
-        # figures. Most rulesets read none of them, and working them out cost every round.
+        # figures. Most rulesets read none of them, and working them out costs every round.
         self.reads_derived = any(_derived(ruleset, plan.path) for plan in self.lead_plan)
 
     def encode(

@@ -17,9 +17,10 @@ import pytest
 
 from engine.rules import reference
 from engine.rules.account import Peers
-from engine.rules.compile import CompiledRuleset
+from engine.rules.compile import CompiledRuleset, compile_ruleset
 from engine.rules.evaluate import ChainError, Event, LeadState, Outcome, evaluate, new_lead
 from engine.rules.history import MemoryHistory
+from engine.rules.load import parse_ruleset
 from tests.helpers import compiled, ruleset_text
 
 SHIPPED = Path(__file__).resolve().parents[2] / "rulesets" / "b2b-saas.yaml"
@@ -68,9 +69,21 @@ PLANS: list[Any] = [42, "42", 42.0, True, False, "true", 7.5, "7.50", 7.500001, 
 PLANS += ["Pro", " PRO ", 4.2, 420, None, ["pro"], "", "false", 1000, 1e3, "1E3", 1, 0, "t", -0.5]
 URLS = ["/pricing", "/PRICING/plans", "/careers", "/blog", "", None, ["/pricing"]]
 AMOUNTS: list[Any] = [10, 99.99, 500, 1500, "2,500", 1e-7, 0.0005, 2e6, -40, None, float("inf")]
+# Attributes named as the values the ``lead.*`` view puts beside them, which must hide them.
+SHADOWING: list[tuple[str, Any]] = [
+    ("score", 999),
+    ("temperature", "hot"),
+    ("stage", "customer"),
+    ("tags", ["student"]),
+    ("scores", {"health": 99, "engagement": 99}),
+    ("bands", {"health": "loyal"}),
+    ("account.leads", 10),
+    ("account.score", 99),
+    ("event.type", "purchase"),
+]
 
 
-def attributes(rng: random.Random) -> dict[str, Any]:
+def attributes(rng: random.Random, shadowing: bool = False) -> dict[str, Any]:
     fields = {
         "job_title": rng.choice(TITLES),
         "industry": rng.choice(INDUSTRIES),
@@ -82,6 +95,8 @@ def attributes(rng: random.Random) -> dict[str, Any]:
         "vip": rng.choice([None, True, False, "true", 1]),
         "plan": rng.choice(PLANS),
     }
+    if shadowing:
+        fields.update(rng.sample(SHADOWING, 3))
     return {key: value for key, value in fields.items() if rng.random() < 0.7}
 
 
@@ -98,15 +113,18 @@ def properties(rng: random.Random, kind: str) -> dict[str, Any]:
     return found
 
 
-def records(seed: int, count: int, leads: int) -> Iterator[tuple[int, Event, dict[str, Any]]]:
-    """(lead, event, attributes to merge first): profile updates and events in time order."""
+def records(
+    seed: int, count: int, leads: int, shadowing: bool = False
+) -> Iterator[tuple[int, Event, dict[str, Any]]]:
+    """(lead, event, attributes to merge first): profile updates and events in time order
+    (``shadowing``: profiles also set attributes named as ``lead.*`` values, see SHADOWING)."""
     rng = random.Random(seed)
     at = START
     for index in range(count):
         at += timedelta(minutes=rng.choice([1, 30, 600, 3000, 20000]))
         lead = rng.randrange(leads)
         if rng.random() < 0.15:
-            yield lead, Event(f"e{index}", "profile_update", at), attributes(rng)
+            yield lead, Event(f"e{index}", "profile_update", at), attributes(rng, shadowing)
         else:
             kind = rng.choice(EVENTS)
             yield lead, Event(f"e{index}", kind, at, properties(rng, kind)), {}
@@ -122,13 +140,15 @@ def outcome_or_error(
     return result
 
 
-def compare(rules: CompiledRuleset, seed: int, count: int, leads: int) -> int:
+def compare(
+    rules: CompiledRuleset, seed: int, count: int, leads: int, shadowing: bool = False
+) -> int:
     """Evaluate ``count`` generated records both ways; returns how many fired something."""
     rng = random.Random(seed + 1)
     states: dict[int, LeadState] = {}
     histories: dict[int, MemoryHistory] = {}
     fired = 0
-    for lead, event, changes in records(seed, count, leads):
+    for lead, event, changes in records(seed, count, leads, shadowing):
         state = states.get(lead) or new_lead(rules.ruleset, {"email": f"l{lead}@x.io"})
         state.attributes.update(changes)
         if rng.random() < 0.3:
@@ -221,3 +241,77 @@ def test_exhausted_limits_and_aggregates_without_events_take_their_shortcuts_and
     monkeypatch.setattr(MemoryHistory, "has_events", spying)
     compare(shapes, seed=6, count=600, leads=40)
     assert limits and omitted > 100 and skipped > 100, (omitted, skipped)
+
+
+# The rules of evaluator-shapes that read a value derived beyond the lead's own: a named score's
+# band (healthy) or total (at-risk), the account's figures (account-busy).
+DERIVED_READERS = {"healthy", "at-risk", "account-busy"}
+
+
+@pytest.fixture(scope="module")
+def own() -> CompiledRuleset:
+    """evaluator-shapes without the rules that read derived values; it still has a named score
+    and an account aggregate, and reads a component by ``lead.scores.<component>``."""
+    shaped = parse_ruleset(ruleset_text("evaluator-shapes"), "evaluator-own.yaml")
+    rules = tuple(rule for rule in shaped.rules if rule.name not in DERIVED_READERS)
+    assert len(rules) == len(shaped.rules) - len(DERIVED_READERS)
+    return compile_ruleset(replace(shaped, name="evaluator-own", rules=rules))
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_a_ruleset_reading_no_derived_value_builds_facts_from_the_leads_own_values_and_agrees(
+    own: CompiledRuleset, seed: int
+) -> None:
+    """The fast path leaves named scores' totals and bands and the account's figures out of the
+    lead's view when no rule reads them (``evaluate.own_fields``); the plain path builds the
+    whole view each round. Attributes named as view values (SHADOWING) are hidden alike."""
+    assert not own.reads_derived
+    assert compare(own, seed=seed, count=600, leads=40, shadowing=True) > 200
+
+
+@pytest.mark.parametrize("seed", [9, 10])
+def test_a_ruleset_reading_derived_values_builds_the_whole_view_and_agrees(
+    shapes: CompiledRuleset, seed: int
+) -> None:
+    assert shapes.reads_derived
+    assert compare(shapes, seed=seed, count=600, leads=40, shadowing=True) > 200
+
+
+def test_the_comparison_notices_derived_values_left_out(
+    shapes: CompiledRuleset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests above can fail: with the lead's own values alone for a ruleset that reads
+    derived ones, the outcomes differ from the plain path's."""
+    monkeypatch.setattr(shapes, "reads_derived", False)
+    with pytest.raises(AssertionError):
+        compare(shapes, seed=9, count=600, leads=40, shadowing=True)
+
+
+@pytest.mark.parametrize(
+    ("when", "derived"),
+    [
+        ("{lead.score: {gte: 10}, lead.temperature: hot, lead.tags: x, lead.stage: a}", False),
+        ("{lead.scores.fit: {gte: 10}}", False),  # a component's own score
+        ("{lead.health: {gte: 10}}", False),  # an attribute named as a score
+        ("{lead.scores.health: {gte: 10}}", True),  # a named score's total
+        ("{lead.bands.health: loyal}", True),
+        ("{lead.account.leads: {gte: 2}}", True),
+        ("{lead.account.score: {gte: 2}}", True),
+    ],
+)
+def test_which_reads_are_derived(when: str, derived: bool) -> None:
+    # One name: a ruleset's version is its text's digest, so each compiles on its own.
+    text = f"""
+ruleset: derived
+components: {{fit: {{min: 0, max: 100}}, value: {{min: 0, max: 100}}}}
+temperature: {{cold: 0, hot: 50}}
+scores:
+  health: {{components: [value], bands: {{at_risk: 0, loyal: 10}}}}
+account: {{aggregate: max}}
+stages: [a, b]
+rules:
+  - name: r
+    when: {when}
+    then: {{stage: b}}
+"""
+    assert compiled(text).reads_derived is derived
