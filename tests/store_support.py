@@ -33,7 +33,8 @@ def pg_schema() -> AbstractContextManager[str]:
 
 @contextmanager
 def another_database(url: str, folder: Path) -> Iterator[str]:
-    """A second, empty database of the same kind as ``url`` (migrated)."""
+    """A second, empty database of the same kind as ``url`` (migrated): SQLite when it starts
+    with ``sqlite``, else a scratch schema on the test PostgreSQL."""
     if url.startswith("sqlite"):
         other = f"sqlite:///{folder / f'other-{uuid.uuid4().hex[:8]}.db'}"
         database.upgrade(other)

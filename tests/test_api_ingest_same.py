@@ -14,9 +14,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,7 @@ from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
 from engine.settings import Settings
 from tests.helpers import API_TOKEN, ROOT, compiled
-from tests.store_support import lead_state, pg_schema
+from tests.store_support import another_database, lead_state
 
 RULESET = ROOT / "rulesets" / "b2b-saas.yaml"
 RULES = compiled(RULESET.read_text(), "b2b-saas.yaml")
@@ -75,20 +72,6 @@ def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
     return events
 
 
-@contextmanager
-def fresh(kind: str, folder: Path) -> Iterator[str]:
-    """An empty database of ``kind``, migrated."""
-    if kind == "sqlite":
-        url = f"sqlite:///{folder / f'{uuid.uuid4().hex[:8]}.db'}"
-        database.upgrade(url)
-        yield url
-        database.connect(url).dispose()
-        return
-    with pg_schema() as url:
-        database.upgrade(url)
-        yield url
-
-
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_events_posted_one_by_one_score_as_one_ingest_batch(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -108,7 +91,10 @@ def test_events_posted_one_by_one_score_as_one_ingest_batch(
     )
     @given(streams(), st.lists(st.integers(1, 3), min_size=1, max_size=8))
     def same(stream: list[dict[str, Any]], sizes: list[int]) -> None:
-        with fresh(kind, tmp_path) as posted_url, fresh(kind, tmp_path) as ingested_url:
+        with (
+            another_database(kind, tmp_path) as posted_url,
+            another_database(kind, tmp_path) as ingested_url,
+        ):
             app = create_app(Settings(home=home, database_url=posted_url, api_token=API_TOKEN))
             auth = {"Authorization": f"Bearer {API_TOKEN}"}
             with TestClient(app, headers=auth) as client:
