@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -265,7 +265,7 @@ def load_history(
     if history.empty or not ids:
         return
     times = [r.occurred_at or now for r in records]
-    values = {"ids": ids, "since": window_start(min(times), history.window)}
+    values = {**history.names, "ids": ids, "since": window_start(min(times), history.window)}
     by_id = {lead.id: lead for lead in leads.values()}
     if history.events is not None:
         for lead_id, kind, at, *properties in conn.execute(history.events, values):
@@ -283,9 +283,12 @@ def load_history(
 @dataclass(frozen=True)
 class _History:
     """The statements :func:`load_history` runs for one ruleset, each taking ``ids`` (the
-    leads) and ``since`` (the window's start); None where the ruleset needs no such rows."""
+    leads) and ``since`` (the window's start), and the ruleset's event types and rule names in
+    ``names`` (parameters like the ids: a list written into the statement would have it
+    rendered again on every execution); None where the ruleset needs no such rows."""
 
     window: timedelta
+    names: dict[str, list[str]] = field(default_factory=dict)
     events: Select[Any] | None = None
     bounds: Select[Any] | None = None
     firings: Select[Any] | None = None
@@ -305,6 +308,12 @@ def _history(dialect: str, compiled: CompiledRuleset) -> _History:
     if not types and not limited:
         return _History(window)
     events = bounds = firings = None
+    names: dict[str, list[str]] = {}
+
+    def among_names(column: Any, name: str, values: list[str]) -> Any:
+        names[name] = values
+        return among_param(dialect, column, name)
+
     if types:
         since = bindparam("since", type_=EVENTS.c.occurred_at.type)
         ids = among_param(dialect, EVENTS.c.lead_id, "ids")
@@ -314,7 +323,9 @@ def _history(dialect: str, compiled: CompiledRuleset) -> _History:
         )
         columns = [EVENTS.c.lead_id, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties]
         events = select(*columns if summed else columns[:3]).where(
-            ids, EVENTS.c.type.in_(types), (EVENTS.c.occurred_at > since) | EVENTS.c.type.in_(ever)
+            ids,
+            among_names(EVENTS.c.type, "types", types),
+            (EVENTS.c.occurred_at > since) | among_names(EVENTS.c.type, "ever", ever),
         )
         before = sorted(
             {a.type for a in compiled.aggregates if isinstance(a, DaysSince)} - set(ever)
@@ -328,18 +339,22 @@ def _history(dialect: str, compiled: CompiledRuleset) -> _History:
                     func.min(EVENTS.c.occurred_at),
                     func.max(EVENTS.c.occurred_at),
                 )
-                .where(ids, EVENTS.c.type.in_(before), EVENTS.c.occurred_at <= since)
+                .where(
+                    ids,
+                    among_names(EVENTS.c.type, "before", before),
+                    EVENTS.c.occurred_at <= since,
+                )
                 .group_by(EVENTS.c.lead_id, EVENTS.c.type)
             )
     if limited:
         ever_limited = [r.name for r in limited if r.limit and r.limit.per is None]
         firings = select(FIRINGS.c.lead_id, FIRINGS.c.rule, FIRINGS.c.at).where(
             among_param(dialect, FIRINGS.c.lead_id, "ids"),
-            FIRINGS.c.rule.in_([r.name for r in limited]),
+            among_names(FIRINGS.c.rule, "limited", [r.name for r in limited]),
             (FIRINGS.c.at > bindparam("since", type_=FIRINGS.c.at.type))
-            | FIRINGS.c.rule.in_(ever_limited),
+            | among_names(FIRINGS.c.rule, "ever_limited", ever_limited),
         )
-    return _History(window, events, bounds, firings)
+    return _History(window, names, events, bounds, firings)
 
 
 def load_accounts(
