@@ -167,8 +167,9 @@ def plain_changes(
             leave.setdefault(name, "exit_when")
     if not subscribed:
         leave = {name: "unsubscribed" for name in campaigns.campaigns} | leave
+    barred = enrolled.keys() | leave.keys()
     return Changes(
-        {n: why for n, why in enroll.items() if n not in enrolled and n not in leave and subscribed},
+        {n: why for n, why in enroll.items() if subscribed and n not in barred},
         {n: why for n, why in leave.items() if enrolled.get(n) == EnrollmentStatus.ACTIVE},
     )
 
