@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from engine.campaigns.spec import Campaign
 from engine.rules import spec as rules
 from engine.rules.compile import CompiledRuleset, compile_ruleset
-from engine.rules.evaluate import LeadState, state_fields
+from engine.rules.evaluate import LeadState, own_fields, state_fields
 from engine.status import EnrollmentStatus
 
 MEMO_SIZE = 4096
@@ -58,6 +58,7 @@ class CompiledCampaigns:
         )
         self.compiled: CompiledRuleset | None = None
         self._memo: dict[str, frozenset[str]] = {}
+        self._split: dict[frozenset[str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         if synthetic:
             self.compiled = compile_ruleset(
                 replace(
@@ -74,7 +75,12 @@ class CompiledCampaigns:
         if self.compiled is None:
             return frozenset()
         compiled = self.compiled
-        fields = state_fields(self.ruleset, state, "")
+        # The lead's own values unless a campaign condition reads a derived one (named scores'
+        # totals and bands, the account's figures): working those out costs every evaluation.
+        if compiled.reads_derived:
+            fields = state_fields(self.ruleset, state, "")
+        else:
+            fields = own_fields(self.ruleset, state)
         # The fact as the engine reads it (its JSON members, built from remembered pieces).
         # Most leads share a handful of facts (temperature × stage …): ask the engine once each.
         fact = compiled.text(fields, {}, compiled.lead_plan)
@@ -97,16 +103,18 @@ class CompiledCampaigns:
         enrollments (active, exited, completed); ``requested``: (kind, campaign, rule) from rule
         ``enroll`` / ``exit`` actions. A lead is enrolled in a campaign at most once, never while
         unsubscribed, and an exit (its exit_when, or a rule) wins over an enrollment."""
-        holding = self.holding(state)
+        audiences, exits = self._campaigns_of(self.holding(state))
+        if not requested and not exits and subscribed:
+            # Most evaluations: nothing to leave, so entering is the audiences not yet joined.
+            return Changes({name: "audience" for name in audiences if name not in enrolled}, {})
         enroll: dict[str, str] = {}
         leave: dict[str, str] = {}
         for kind, campaign, rule in requested:
             (enroll if kind == "enroll" else leave).setdefault(campaign, f"rule {rule}")
-        for name in self.campaigns:
-            if f"{name}#audience" in holding:
-                enroll.setdefault(name, "audience")
-            if f"{name}#exit" in holding:
-                leave.setdefault(name, "exit_when")
+        for name in audiences:
+            enroll.setdefault(name, "audience")
+        for name in exits:
+            leave.setdefault(name, "exit_when")
         if not subscribed:
             leave = {name: "unsubscribed" for name in self.campaigns} | leave
         return Changes(
@@ -121,6 +129,19 @@ class CompiledCampaigns:
                 if enrolled.get(name) == EnrollmentStatus.ACTIVE
             },
         )
+
+    def _campaigns_of(self, holding: frozenset[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The campaigns (in file order) whose audience holds and those whose exit_when holds,
+        remembered per ``holding`` (few distinct sets, each the same object from ``holding``'s
+        memo, its hash kept)."""
+        found = self._split.get(holding)
+        if found is None:
+            if len(self._split) >= MEMO_SIZE:
+                self._split.clear()
+            audiences = tuple(name for name in self.campaigns if f"{name}#audience" in holding)
+            exits = tuple(name for name in self.campaigns if f"{name}#exit" in holding)
+            found = self._split[holding] = (audiences, exits)
+        return found
 
     def step_holds(self, campaign: str, index: int, holding: frozenset[str]) -> bool:
         step = self.campaigns[campaign].steps[index]
