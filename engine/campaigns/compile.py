@@ -104,9 +104,6 @@ class CompiledCampaigns:
         ``enroll`` / ``exit`` actions. A lead is enrolled in a campaign at most once, never while
         unsubscribed, and an exit (its exit_when, or a rule) wins over an enrollment."""
         audiences, exits = self._campaigns_of(self.holding(state))
-        if not requested and not exits and subscribed:
-            # Most evaluations: nothing to leave, so entering is the audiences not yet joined.
-            return Changes({name: "audience" for name in audiences if name not in enrolled}, {})
         enroll: dict[str, str] = {}
         leave: dict[str, str] = {}
         for kind, campaign, rule in requested:
