@@ -186,6 +186,12 @@ class Renderer:
         spreads over the cores. Each template is looked up (its file checked for edits) once per
         call, not once per email."""
         self.loader.epoch += 1
+        with self.env.batch():
+            return self._render_many(jobs)
+
+    def _render_many(
+        self, jobs: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Rendered | TemplateError]:
         templates: dict[str, tuple[str, Template | TemplateError]] = {}
         drafts: list[_Draft | TemplateError] = []
         for name, variables in jobs:
@@ -243,7 +249,7 @@ class Renderer:
             return TemplateError(f"no text part can be derived from the HTML: {error}", file)
         if len(draft.subject) + len(page) + len(text) > MAX_OUTPUT:
             return TemplateError(f"the email is longer than {MAX_OUTPUT:,} characters", file)
-        if any("\x00" in part for part in (draft.subject, page, text)):
+        if "\x00" in draft.subject or "\x00" in page or "\x00" in text:
             # PostgreSQL stores no NUL in text: the batch's transaction would fail.
             return TemplateError("the email contains a NUL character", file)
         return Rendered(draft.subject, page, text)
