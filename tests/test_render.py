@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.render.templates import Renderer, TemplateError, context, lead_context, sample_context
 
@@ -372,3 +374,14 @@ def test_attribute_lookups_on_dicts_take_a_shortcut_that_answers_as_the_sandbox_
                     assert got._undefined_hint == want._undefined_hint, (obj, name)
                 else:
                     assert got == want, (obj, name)
+
+
+@given(st.text())
+def test_a_printed_text_is_escaped_as_markupsafe_escapes_it(text: str) -> None:
+    """A tracked render escapes a plain text itself, without markupsafe's Markup."""
+    from markupsafe import escape
+
+    from engine.render.sandbox import _escaped
+
+    assert _escaped(text) == str(escape(text))
+    assert _escaped(text + "&<>'\"") == str(escape(text + "&<>'\""))

@@ -418,13 +418,27 @@ def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
+def _escaped(text: str) -> str:
+    """``str(markupsafe.escape(text))`` for a plain ``str``: markupsafe's own replacements, in
+    its order (``&`` first)."""
+    return (
+        text.replace("&", "&amp;")
+        .replace(">", "&gt;")
+        .replace("<", "&lt;")
+        .replace("'", "&#39;")
+        .replace('"', "&#34;")
+    )
+
+
 def _finalize(value: Any) -> Any:
     """A printed value (Jinja2 escapes what this returns); in a tracked render, its mark."""
     value = "" if value is None else _bounded(value, "an output")
     tracked = _tracked()
     if tracked is None:
         return value
-    printed = str(escape(value))
+    # A plain text as markupsafe escapes it, without building Markup on the way (its
+    # constructor's `__html__` check raises and catches an AttributeError for every text).
+    printed = _escaped(value) if type(value) is str else str(escape(value))
     if MARK in printed:
         raise tracked.doubted("printed a mark")
     tracked.size += len(printed)
