@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine.render.templates import Renderer, TemplateError, context, lead_context, sample_context
 
@@ -299,6 +301,48 @@ def test_an_edit_of_a_template_or_its_layout_reaches_the_next_batch(tmp_path: Pa
     assert second.html == "<html><head></head><body><p>two</p> v2</body></html>"
 
 
+def test_templates_looked_up_once_per_batch_render_as_looked_up_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within a batch a template (a layout, an include, an import) is looked up once and then
+    given as found: the emails are those of a renderer that looks every one up each time, and
+    outside a batch nothing is kept."""
+    from contextlib import nullcontext
+
+    from jinja2.sandbox import SandboxedEnvironment
+
+    write(
+        tmp_path,
+        "layout",
+        "<html><body>{% block html %}{% endblock %} {{ now.year }}</body></html>",
+    )
+    write(tmp_path, "part", "<i>{{ lead.first_name }}</i>")
+    write(tmp_path, "macros", "{% macro b(x) %}<b>{{ x }}</b>{% endmacro %}")
+    child = '{% extends "layout.j2" %}{% import "macros.j2" as m %}'
+    write(tmp_path, "a", child + email("Hi {{ lead.first_name }}",
+          '{% include "part.j2" %}{{ m.b(lead.company) }}'))  # fmt: skip
+    write(tmp_path, "b", email("Yo", '{% include "part.j2" %}{% include "part.j2" %}'))
+    jobs = [(name, variables(first_name=f"N{i}", company=f"C{i}")) for i in range(20)
+            for name in ("a", "b")]  # fmt: skip
+    loads: list[str] = []
+    original = SandboxedEnvironment._load_template
+
+    def counted(self: SandboxedEnvironment, name: str, globals: object) -> object:
+        loads.append(name)
+        return original(self, name, globals)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SandboxedEnvironment, "_load_template", counted)
+    each_time = Renderer(tmp_path)
+    each_time.env.batch = nullcontext  # type: ignore[method-assign, assignment]
+    want = each_time.render_many(jobs)
+    looked_up_each_time, loads[:] = len(loads), []
+    renderer = Renderer(tmp_path)
+    assert renderer.render_many(jobs) == want
+    assert renderer.render_many(jobs[:3]) == want[:3]
+    assert len(loads) < looked_up_each_time / 10  # the shortcut was taken
+    assert renderer.env.batch_templates is None  # nothing kept between batches
+
+
 def test_attribute_lookups_on_dicts_take_a_shortcut_that_answers_as_the_sandbox_does() -> None:
     """`lead.x` on a plain dict is read as its key when dict has no attribute ``x``: for keys
     that shadow dict methods, dunders, missing keys, dict subclasses and other objects, the
@@ -330,3 +374,14 @@ def test_attribute_lookups_on_dicts_take_a_shortcut_that_answers_as_the_sandbox_
                     assert got._undefined_hint == want._undefined_hint, (obj, name)
                 else:
                     assert got == want, (obj, name)
+
+
+@given(st.text())
+def test_a_printed_text_is_escaped_as_markupsafe_escapes_it(text: str) -> None:
+    """A tracked render escapes a plain text itself, without markupsafe's Markup."""
+    from markupsafe import escape
+
+    from engine.render.sandbox import _escaped
+
+    assert _escaped(text) == str(escape(text))
+    assert _escaped(text + "&<>'\"") == str(escape(text + "&<>'\""))

@@ -86,13 +86,17 @@ class Tracked:
         return SecurityError(f"a tracked render {why}")
 
 
-@contextmanager
-def tracking() -> Iterator[Tracked]:
-    """Within it, this thread's renders print :data:`MARK` for each value and collect it."""
-    tracked = _state.track = Tracked()
-    try:
-        yield tracked
-    finally:
+class tracking:
+    """Within it, this thread's renders print :data:`MARK` for each value and collect it. A
+    class rather than a generator context manager, which costs a few µs each email."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Tracked:
+        tracked = _state.track = Tracked()
+        return tracked
+
+    def __exit__(self, *_exc: object) -> None:
         _state.track = None
 
 
@@ -108,13 +112,20 @@ def _marked(parts: Iterable[str]) -> None:
         raise tracked.doubted("captured a printed value")
 
 
-@contextmanager
-def budget(seconds: float = RENDER_SECONDS) -> Iterator[None]:
-    """The time budget and macro nesting of one render, in this thread."""
-    _state.until, _state.depth = time.monotonic() + seconds, 0
-    try:
-        yield
-    finally:
+class budget:
+    """The time budget and macro nesting of one render, in this thread. A class rather than a
+    generator context manager: it is entered for every email (~4 µs as a generator, ~1.5 µs
+    so)."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float = RENDER_SECONDS) -> None:
+        self.seconds = seconds
+
+    def __enter__(self) -> None:
+        _state.until, _state.depth = time.monotonic() + self.seconds, 0
+
+    def __exit__(self, *_exc: object) -> None:
         _state.until = float("inf")
 
 
@@ -411,13 +422,27 @@ def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
+def _escaped(text: str) -> str:
+    """``str(markupsafe.escape(text))`` for a plain ``str``: markupsafe's own replacements, in
+    its order (``&`` first)."""
+    return (
+        text.replace("&", "&amp;")
+        .replace(">", "&gt;")
+        .replace("<", "&lt;")
+        .replace("'", "&#39;")
+        .replace('"', "&#34;")
+    )
+
+
 def _finalize(value: Any) -> Any:
     """A printed value (Jinja2 escapes what this returns); in a tracked render, its mark."""
     value = "" if value is None else _bounded(value, "an output")
     tracked = _tracked()
     if tracked is None:
         return value
-    printed = str(escape(value))
+    # A plain text as markupsafe escapes it, without building Markup on the way (its
+    # constructor's `__html__` check raises and catches an AttributeError for every text).
+    printed = _escaped(value) if type(value) is str else str(escape(value))
     if MARK in printed:
         raise tracked.doubted("printed a mark")
     tracked.size += len(printed)
@@ -439,6 +464,8 @@ class BoundedEnvironment(SandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=_finalize, autoescape=True, **options)
+        # Within a batch (see :meth:`batch`), each template as first looked up in it.
+        self.batch_templates: dict[str, Any] | None = None
         self.filters = {name: _guarded_filter(name, f) for name, f in self.filters.items()}
         self.filters.pop("safe", None)
         self.globals.update(_budgeted=_budgeted, range=_range, lipsum=lipsum)
@@ -448,6 +475,26 @@ class BoundedEnvironment(SandboxedEnvironment):
         every render copies them (ChainMap's iteration was 5 % of a render), and nothing
         changes the environment's globals once templates are loaded."""
         return {**self.globals, **(d or {})}
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Within it, a template is looked up once (its cache entry found, its file checked
+        for edits) and then given as found: a layout is looked up by every email that extends
+        it (~3 % of a render), and the loader checks a file once per batch anyway."""
+        self.batch_templates = {}
+        try:
+            yield
+        finally:
+            self.batch_templates = None
+
+    def _load_template(self, name: str, globals: MutableMapping[str, Any] | None) -> Any:
+        found = self.batch_templates
+        if found is None or globals:
+            return super()._load_template(name, globals)
+        template = found.get(name)
+        if template is None:
+            template = found[name] = super()._load_template(name, globals)
+        return template
 
     def compile(self, *args: Any, **kwargs: Any) -> Any:
         """Jinja2's, never tracked: the compiler evaluates constant output (``{{ "x" }}``)

@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from typing import NamedTuple
 
 from markupsafe import escape
 
@@ -91,6 +92,12 @@ class Marked:
         pieces = self.page.split(MARK)
         probe = str(escape(PROBE)) + CLOSE
         return pieces[0] + "".join(f"{OPEN}{i}{probe}{piece}" for i, piece in enumerate(pieces[1:]))
+
+
+def jinja_unescaped(value: str) -> str:
+    """``value`` as Jinja2 printed it (escaped), with Jinja2's escapes undone: the text the
+    parser reads back from a value that :func:`_as_written` writes."""
+    return _replaced(value, _JINJA_ESCAPES)
 
 
 def _as_written(value: str, attribute: bool) -> str | None:
@@ -179,6 +186,13 @@ class Shape:
         return sum(map(len, self.pieces))
 
 
+class Shaped(NamedTuple):
+    """An email's page as its shape filled with its values (as Jinja2 printed them)."""
+
+    shape: Shape
+    values: Sequence[str]
+
+
 _NEW = object()
 
 
@@ -198,7 +212,15 @@ class Shapes:
     def inline(self, pages: Sequence[tuple[str, str | Marked]]) -> list[str | Exception]:
         """Each (template, page) inlined: a tracked page from its shape where it can be, any
         other (and the first of each new shape) by the inliner."""
+        return [page for page, _shaped in self.inline_shaped(pages)]
+
+    def inline_shaped(
+        self, pages: Sequence[tuple[str, str | Marked]]
+    ) -> list[tuple[str | Exception, Shaped | None]]:
+        """:meth:`inline`, each page with the shape and values it is (None when it is none:
+        inlined on its own, and not the first of a shape that checked out)."""
         done: list[str | Exception | None] = [None] * len(pages)
+        shaped: list[Shaped | None] = [None] * len(pages)
         alone: dict[int, str] = {}  # inlined per email
         new: dict[str, int] = {}  # a new shape's page → its first email
         waiting: list[int] = []  # emails of a new shape after its first
@@ -219,6 +241,8 @@ class Shapes:
             done[i] = self._filled(template, shape, page)  # type: ignore[arg-type]
             if done[i] is None:
                 alone[i] = page.plain()
+            else:
+                shaped[i] = Shaped(shape, page.values)  # type: ignore[arg-type]
         sketches = [pages[i][1].sketch() for i in new.values()]  # type: ignore[union-attr]
         inlined = self.inline_many([*alone.values(), *sketches])
         for i, result in zip(alone, inlined[: len(alone)], strict=True):
@@ -235,6 +259,8 @@ class Shapes:
                 continue
             learnt[key] = shape if filled == done[first] else None
             self._learn(key, learnt[key])
+            if shape is not None and learnt[key] is shape:
+                shaped[first] = Shaped(shape, page.values)
         later: dict[int, str] = {}
         for i in waiting:
             page = pages[i][1]
@@ -243,9 +269,11 @@ class Shapes:
             done[i] = shape.fill(page.values) if shape is not None else None
             if done[i] is None:
                 later[i] = page.plain()
+            else:
+                shaped[i] = Shaped(shape, page.values)  # type: ignore[arg-type]
         for i, result in zip(later, self.inline_many(list(later.values())), strict=True):
             done[i] = result
-        return done  # type: ignore[return-value]
+        return list(zip(done, shaped, strict=True))  # type: ignore[arg-type]
 
     def missed(self, template: str) -> None:
         """A render of ``template`` that could not be tracked."""

@@ -6,7 +6,8 @@ time, macro nesting and the size of every value and text), undefined variables a
 is autoescaped and cannot be un-escaped (no ``safe`` filter, no ``{% autoescape false %}``), and
 the email has an output bound. CSS is inlined (css-inline), once per page shape where that gives
 the same page (:mod:`engine.render.shapes`), and a text part is derived from the HTML
-(inscriptis) when the template has none. Templates are compiled once and cached by Jinja2;
+(inscriptis) when the template has none, once per page shape where that gives the same text
+(:mod:`engine.render.texts`). Templates are compiled once and cached by Jinja2;
 an edit on disk is picked up by the next batch rendered (files are checked once per batch, not
 once per email).
 
@@ -35,7 +36,8 @@ from jinja2.loaders import split_template_path
 
 from engine.errors import NurtureError
 from engine.render.sandbox import MARK, MAX_VALUE, BoundedEnvironment, budget, joined, tracking
-from engine.render.shapes import Marked, Shapes
+from engine.render.shapes import Marked, Shaped, Shapes
+from engine.render.texts import TextShapes
 
 SUFFIX = ".j2"
 # Profile attributes every lead has in a template (None when unknown), so `lead.first_name or
@@ -158,6 +160,7 @@ class Renderer:
         )
         self.inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
         self.shapes = Shapes(self._inline)
+        self.texts = TextShapes(html_to_text)
 
     def names(self) -> list[str]:
         """Every template in the folder as campaigns name it (``warm/case-study``)."""
@@ -183,6 +186,12 @@ class Renderer:
         spreads over the cores. Each template is looked up (its file checked for edits) once per
         call, not once per email."""
         self.loader.epoch += 1
+        with self.env.batch():
+            return self._render_many(jobs)
+
+    def _render_many(
+        self, jobs: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Rendered | TemplateError]:
         templates: dict[str, tuple[str, Template | TemplateError]] = {}
         drafts: list[_Draft | TemplateError] = []
         for name, variables in jobs:
@@ -195,10 +204,12 @@ class Renderer:
             else:
                 drafts.append(self._draft(file, template, variables, self.shapes.tracks(file)))
         good = [(i, draft) for i, draft in enumerate(drafts) if isinstance(draft, _Draft)]
-        pages = self.shapes.inline([(templates[jobs[i][0]][0], draft.page) for i, draft in good])
+        pages = self.shapes.inline_shaped(
+            [(templates[jobs[i][0]][0], draft.page) for i, draft in good]
+        )
         finished = {
-            i: self._finish(templates[jobs[i][0]][0], draft, page)
-            for (i, draft), page in zip(good, pages, strict=True)
+            i: self._finish(templates[jobs[i][0]][0], draft, page, shaped)
+            for (i, draft), (page, shaped) in zip(good, pages, strict=True)
         }
         return [
             draft if isinstance(draft, TemplateError) else finished[i]
@@ -220,18 +231,25 @@ class Renderer:
                 inlined.append(error)
         return inlined
 
-    @staticmethod
-    def _finish(file: str, draft: _Draft, page: str | Exception) -> Rendered | TemplateError:
-        """The email from its draft and inlined page, or why it cannot go."""
+    def _finish(
+        self, file: str, draft: _Draft, page: str | Exception, shaped: Shaped | None = None
+    ) -> Rendered | TemplateError:
+        """The email from its draft and inlined page (``shaped``: the shape and values it is
+        made of, if it is), or why it cannot go."""
         if isinstance(page, Exception):
             return TemplateError(f"the CSS cannot be inlined: {page}", file)
         try:
-            text = draft.text or html_to_text(page)
+            if draft.text:
+                text = draft.text
+            elif shaped is not None:
+                text = self.texts.text(shaped.shape, shaped.values, page)
+            else:
+                text = html_to_text(page)
         except Exception as error:  # the text part is derived: its failure is this email's
             return TemplateError(f"no text part can be derived from the HTML: {error}", file)
         if len(draft.subject) + len(page) + len(text) > MAX_OUTPUT:
             return TemplateError(f"the email is longer than {MAX_OUTPUT:,} characters", file)
-        if any("\x00" in part for part in (draft.subject, page, text)):
+        if "\x00" in draft.subject or "\x00" in page or "\x00" in text:
             # PostgreSQL stores no NUL in text: the batch's transaction would fail.
             return TemplateError("the email contains a NUL character", file)
         return Rendered(draft.subject, page, text)

@@ -81,11 +81,21 @@ class Share(NamedTuple):
 WHOLE = Share(0, 1)
 
 
+class _Due(NamedTuple):
+    """A due enrollment as read. A plain tuple: SQLAlchemy's row answers an attribute only
+    after its own lookup failed with an exception (~4 µs a message over a batch's reads)."""
+
+    id: int
+    lead_id: int
+    campaign: str
+    step: int
+
+
 @dataclass(frozen=True)
 class _Loaded:
     """A batch as read: due enrollments, their leads, and the leads' recent email times."""
 
-    rows: Sequence[Any]
+    rows: Sequence[_Due]
     leads: dict[int, dict[str, Any]]
     sent: dict[int, list[datetime]]
 
@@ -225,7 +235,7 @@ class StepRunner:
             due = due.where(ENROLLMENTS.c.lead_id % share.of == share.slot)
         if conn.dialect.name == "postgresql":
             due = due.with_for_update(skip_locked=True)
-        rows = conn.execute(due).all()
+        rows = list(map(_Due._make, conn.execute(due).all()))
         if not rows:
             return None
         leads = self._leads(conn, {row.lead_id for row in rows})
@@ -322,7 +332,7 @@ class StepRunner:
 
     def _decide(
         self,
-        row: Any,
+        row: _Due,
         lead: dict[str, Any],
         campaign: Campaign | None,
         sent: list[datetime],
@@ -379,7 +389,7 @@ class StepRunner:
         return advance(row.step + 1)
 
     def _message(
-        self, row: Any, lead: dict[str, Any], campaign: Campaign, state: LeadState, now: datetime
+        self, row: _Due, lead: dict[str, Any], campaign: Campaign, state: LeadState, now: datetime
     ) -> Pending:
         step = campaign.steps[row.step]
         url, variables = self._variables(lead, campaign.name, row.step, state, now)
