@@ -2,9 +2,10 @@
 condition over the outbox: on generated outboxes (queued, sending with a lapsed or live lease,
 settled; several kinds; due before and after now) each claim takes exactly the messages the
 plain condition, ordered by due time, names; and the suppression check the claim makes names
-what reading the leads and events names. Outcomes are written in one statement (arrays on
-PostgreSQL): on generated settlements with hostile text the rows end as one plain ``UPDATE``
-per row leaves them. A claim that fails still settles what was sent before it."""
+what reading the leads and events names; the claim statement, kept for every dispatcher and
+size, takes what the plain condition names at each size. Outcomes are written in one statement
+(arrays on PostgreSQL): on generated settlements with hostile text the rows end as one plain
+``UPDATE`` per row leaves them. A claim that fails still settles what was sent before it."""
 
 from __future__ import annotations
 
@@ -89,6 +90,42 @@ def test_a_claim_takes_what_the_plain_condition_names(db: sa.Engine, db_url: str
     with db.connect() as conn:
         left = conn.execute(sa.select(sa.func.count()).where(dispatcher.due(moment))).scalar()
     assert left == 0 and rounds > 50
+
+
+def test_the_kept_claim_statement_takes_what_the_plain_condition_names_at_every_size(
+    db: sa.Engine, db_url: str
+) -> None:
+    """The claim statement is built once per process for a dialect and set of kinds, its size a
+    parameter: dispatchers of different kinds, each a new one or an old one, claiming at
+    random sizes in random turns, each take exactly what the plain condition names at that
+    size (a statement kept with a size baked in, or shared between kinds, takes other rows)."""
+    draw = random.Random(17)
+    seed(db, draw, 1200)
+    settings = Settings(database_url=db_url, lease_seconds=60)
+    groups = [("campaign",), ("alert", "webhook"), ("alert",)]
+    dispatchers = [Dispatcher(db, settings, mailer=None, kinds=k) for k in groups]  # type: ignore[arg-type]
+    moment, empty, rounds = NOW, 0, 0
+    while empty < 12:
+        kinds = draw.choice(groups)
+        if draw.random() < 0.5:  # a new dispatcher, as each scheduled run makes
+            dispatcher = Dispatcher(db, settings, mailer=None, kinds=kinds)  # type: ignore[arg-type]
+        else:
+            dispatcher = dispatchers[groups.index(kinds)]
+        size = draw.randrange(1, 60)
+        plain = (
+            sa.select(OUTBOX.c.id)
+            .where(dispatcher.due(moment))
+            .order_by(OUTBOX.c.next_attempt_at)
+            .limit(size)
+        )
+        with db.connect() as conn:
+            expected = list(conn.execute(plain).scalars())
+        assert [row.id for row in dispatcher.claim(moment, size)] == expected
+        rounds += 1
+        if not expected:
+            empty += 1
+            moment += timedelta(hours=draw.randrange(1, 30))  # leases lapse, more falls due
+    assert rounds > 50
 
 
 def test_a_claim_names_what_the_plain_suppression_check_names(db: sa.Engine, db_url: str) -> None:
