@@ -20,6 +20,7 @@ from engine.db.connect import (
     reading,
     scratch_schema,
     upgrade,
+    writer_lock,
 )
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "upgrade",
     "upsert",
     "upsert_rows",
+    "writer_lock",
 ]
