@@ -4,7 +4,7 @@ loopback, on SQLite and PostgreSQL. Figures are printed, not asserted.
     python bench/api.py              # 4,000 events, 8 clients, 1 and 50 events per request
     python bench/api.py --events 20000 --clients 16 --batch 1,100 --skip-pg
     python bench/api.py --pg-workers 2       # PostgreSQL served by `nurture serve --workers 2`
-    python bench/api.py --sqlite-workers 1   # SQLite served by one process (default 2)
+    python bench/api.py --sqlite-workers 2   # SQLite served by `nurture serve --workers 2`
 
 Each client is an asyncio task with its own keep-alive connection (raw HTTP/1.1, cheap enough
 not to be what is measured), sending its next request as soon as its last one is answered. The
@@ -336,7 +336,7 @@ def main() -> None:
         "--pg-workers", type=int, default=2, help="HTTP processes serving PostgreSQL"
     )
     parser.add_argument(
-        "--sqlite-workers", type=int, default=2, help="HTTP processes serving SQLite"
+        "--sqlite-workers", type=int, default=1, help="HTTP processes serving SQLite"
     )
     parser.add_argument(
         "--pg-url",
