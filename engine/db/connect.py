@@ -157,8 +157,15 @@ def writer_lock(path: str | None) -> Iterator[None]:
     except ImportError:  # no flock (Windows): SQLite's busy handler alone
         yield
         return
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-    descriptor = os.open(path + WRITER_LOCK_SUFFIX, flags, 0o600)
+    # Read-only is enough for flock: a user who can write the database but did not make the
+    # lock file (mode 0644, empty) still takes it. Where it cannot be had at all, SQLite's own
+    # locking still serialises the writers, only with its busy handler's sleeps.
+    flags = os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path + WRITER_LOCK_SUFFIX, flags, 0o644)
+    except OSError:
+        yield
+        return
     _HELD.add(descriptor)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
