@@ -1,8 +1,9 @@
-"""``fetch_rows`` (ingest's cached reads, on SQLite run on the DB-API cursor with SQLAlchemy's
-type processors) returns what ``conn.execute`` returns: every cached read of
-:mod:`engine.ingest.state` over a database ingest filled, generated leads (JSON attributes,
-times, text) read back, a statement with an error raising SQLAlchemy's error; and SQLAlchemy
-still sees every statement when something listens (cursor events, echo)."""
+"""``fetch_rows`` and ``write_rows`` (ingest's cached reads and its bulk writes, on SQLite run
+on the DB-API cursor with SQLAlchemy's type processors) do what SQLAlchemy's execution does:
+every cached read of :mod:`engine.ingest.state` over a database ingest filled, generated leads
+(JSON attributes, times, text) read back, ingest storing the same rows either way, the same
+row counts, an error raised as SQLAlchemy's; outside a transaction SQLAlchemy begins one;
+and SQLAlchemy still sees every statement when something listens (cursor events, echo)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.db import fetch_rows, upsert_rows
-from engine.db.schema import LEADS
+from engine import db as database
+from engine.db import append_rows, bulk, fetch_rows, update_rows, upsert_rows
+from engine.db.schema import EVENTS, LEADS
 from engine.ingest import state
 from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
 from tests.helpers import compiled
-from tests.test_bulk_among import TEXT, _history_stream
+from tests.store_support import another_database
+from tests.test_bulk_among import TEXT, _history_stream, _outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 AT = datetime(2026, 3, 1, tzinfo=UTC)
@@ -163,3 +166,73 @@ def test_generated_leads_read_back_alike(
         assert mine == [tuple(row) for row in conn.execute(query, params)]
         assert len(mine) == len(leads)
         conn.rollback()
+
+
+def test_ingest_stores_what_it_stores_through_sqlalchemy(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups of a few records, as the API commits them: leads, events, scores, ledger,
+    firings the same whether reads and writes take the cursor or SQLAlchemy's execution."""
+    rules = compiled((ROOT / "rulesets" / "b2b-saas.yaml").read_text(), "b2b-saas.yaml")
+    lines = _history_stream(21)
+
+    def run(url: str) -> tuple[dict[str, list[tuple[Any, ...]]], list[tuple[Any, ...]]]:
+        engine = database.connect(url)
+        for n in range(0, len(lines), 6):
+            group = lines[n : n + 6]
+            ingest(engine, rules, parse_jsonl(io.StringIO("\n".join(group) + "\n")), 6)
+        with engine.connect() as conn:
+            columns = (EVENTS.c.event_id, EVENTS.c.type, EVENTS.c.occurred_at, EVENTS.c.properties)
+            events = sorted(tuple(row) for row in conn.execute(sa.select(*columns)))
+        found = _outcome(engine), events
+        engine.dispose()
+        return found
+
+    database.upgrade(db_url)
+    fast = run(db_url)
+    monkeypatch.setattr(bulk, "_plain_sqlite", lambda _conn: False)
+    with another_database(db_url, tmp_path) as url:
+        plain = run(url)
+    assert fast == plain
+    assert len(fast[1]) > 250 and fast[0]["firings"]
+
+
+def _lead(email: str, version: int = 0) -> dict[str, Any]:
+    row = {"email": email, "attributes": {"k": [1, "é"]}, "score": 3, "temperature": "cold"}
+    row |= {"stage": "subscriber", "stage_entered_at": AT, "tags": ["t"], "subscribed": True}
+    return row | {"version": version, "ruleset_version": "v", "created_at": AT, "updated_at": AT}
+
+
+def test_row_counts_and_errors_are_sqlalchemys(
+    db: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def counts() -> list[int]:
+        with db.begin() as conn:
+            found = [upsert_rows(conn, LEADS, [_lead("a@x.io"), _lead("b@x.io")], ["email"])]
+            found.append(upsert_rows(conn, LEADS, [_lead("a@x.io"), _lead("c@x.io")], ["email"]))
+            ids = dict(conn.execute(sa.select(LEADS.c.email, LEADS.c.id)).all())
+            rows = [{"id": ids["a@x.io"], "version": 0, "score": 9},
+                    {"id": ids["b@x.io"], "version": 5, "score": 9}]  # fmt: skip
+            found.append(update_rows(conn, LEADS, rows, ["id", "version"], increment="version"))
+            found.append(upsert_rows(conn, LEADS, [_lead("c@x.io", 7)], ["email"], ["version"]))
+            if conn.dialect.name == "sqlite":  # PostgreSQL appends by COPY, psycopg's error
+                with pytest.raises(sa.exc.IntegrityError):
+                    append_rows(conn, LEADS, [_lead("d@x.io"), _lead("d@x.io")])
+            conn.rollback()
+        return found
+
+    fast = counts()
+    monkeypatch.setattr(bulk, "_plain_sqlite", lambda _conn: False)
+    assert fast == counts() == [2, 1, 1, 1]
+
+
+def test_outside_a_transaction_sqlalchemy_begins_one(db: sa.Engine) -> None:
+    with db.connect() as conn:
+        assert not conn.in_transaction()
+        fetch_rows(conn, state._ids_query(db.dialect.name), {"emails": ["a@x.io"]})
+        assert conn.in_transaction()
+        conn.rollback()
+        upsert_rows(conn, LEADS, [_lead("a@x.io")], ["email"])
+        assert conn.in_transaction()
+        conn.rollback()
+        assert fetch_rows(conn, state._ids_query(db.dialect.name), {"emails": ["a@x.io"]}) == []
