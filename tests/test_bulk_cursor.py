@@ -236,3 +236,18 @@ def test_outside_a_transaction_sqlalchemy_begins_one(db: sa.Engine) -> None:
         assert conn.in_transaction()
         conn.rollback()
         assert fetch_rows(conn, state._ids_query(db.dialect.name), {"emails": ["a@x.io"]}) == []
+
+
+def test_events_counted_alike_with_noughts_skipped() -> None:
+    """The ingested-events counter moves as three unconditional increments move it."""
+    from engine import metrics
+
+    def values() -> list[float]:
+        return [
+            metrics.EVENTS.labels(o)._value.get() for o in ("accepted", "duplicate", "rejected")
+        ]
+
+    before = values()
+    for counts in [(0, 0, 0), (3, 0, 0), (0, 2, 0), (0, 0, 4), (1, 1, 1), (0, 0, 0)]:
+        metrics.events_ingested(*counts)
+    assert [after - was for after, was in zip(values(), before, strict=True)] == [4, 3, 5]

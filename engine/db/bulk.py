@@ -329,8 +329,9 @@ def _columns(
             columns.append(itertools.repeat(value, len(rows)))
             continue
         column = map(itemgetter(name), rows)
-        # A batch's rows share few times (a record's rows all have its time): format each once.
-        process = functools.cache(value) if kind == "time" else value
+        # A batch's rows share few times (a record's rows all have its time): format each once
+        # (a cache costs more to make than a row or two to format).
+        process = functools.cache(value) if kind == "time" and len(rows) > 2 else value
         columns.append(column if kind == "plain" else map(process, column))
     return columns
 
