@@ -4,6 +4,7 @@ loopback, on SQLite and PostgreSQL. Figures are printed, not asserted.
     python bench/api.py              # 4,000 events, 8 clients, 1 and 50 events per request
     python bench/api.py --events 20000 --clients 16 --batch 1,100 --skip-pg
     python bench/api.py --pg-workers 2       # PostgreSQL served by `nurture serve --workers 2`
+    python bench/api.py --sqlite-workers 2   # SQLite served by `nurture serve --workers 2`
 
 Each client is an asyncio task with its own keep-alive connection (raw HTTP/1.1, cheap enough
 not to be what is measured), sending its next request as soon as its last one is answered. The
@@ -30,8 +31,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +63,27 @@ class Server:
         the thread pool."""
         return _cpu(self.pid, f"/proc/{self.pid}/task/{self.pid}/stat")
 
+    def connections(self) -> list[int]:
+        """Open client connections held by each of the server's HTTP processes (``--workers``:
+        the kernel hands each new connection to whichever process accepts first, so 8
+        keep-alive clients may land 4/4 or 8/0)."""
+        port = f"{int(urlsplit(self.url).port or 0):04X}"
+        sockets: set[str] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[1].endswith(f":{port}") and fields[3] == "01":  # established
+                    sockets.add(fields[9])
+        counts = []
+        for pid in _family(self.pid):
+            held = 0
+            with suppress(OSError):
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with suppress(OSError):
+                        held += os.readlink(fd).removeprefix("socket:[").rstrip("]") in sockets
+            counts.append(held)
+        return [n for n in counts if n]
+
     def transactions(self) -> tuple[float, float]:
         """Ingest transactions committed so far and their seconds, from ``/metrics`` (with
         ``--workers``, the share of the process that answers)."""
@@ -85,6 +107,7 @@ class Figures:
     loop_cpu: float = 0.0  # of which its main thread's (the event loop's, one process)
     transactions: float = 0.0  # ingest transactions meanwhile (group commits)
     transaction_seconds: float = 0.0  # their time, from begin to commit
+    split: list[int] = field(default_factory=list)  # client connections per HTTP process
 
     def groups(self) -> str:
         """Events per transaction and the mean time of one (a single server process only)."""
@@ -260,8 +283,13 @@ async def load(server: Server, requests: list[list[dict[str, Any]]], clients: in
         finally:
             await http.close()
 
+    async def spread() -> list[int]:
+        await asyncio.sleep(0.5)  # the clients have connected
+        return server.connections()
+
     groups = server.transactions()
     started, cpu, loop = time.perf_counter(), server.cpu_seconds(), server.loop_cpu_seconds()
+    split = asyncio.ensure_future(spread())
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu
     loop = server.loop_cpu_seconds() - loop
@@ -270,6 +298,7 @@ async def load(server: Server, requests: list[list[dict[str, Any]]], clients: in
     figures = Figures(sum(map(len, requests)), len(requests), seconds, latencies, failures, cpu)
     figures.transactions, figures.transaction_seconds = count, total
     figures.loop_cpu = loop
+    figures.split = split.result() if split.done() else []
     return figures
 
 
@@ -284,7 +313,10 @@ def bench(label: str, database_url: str, args: argparse.Namespace, workers: int 
             if workers > 1:  # /metrics is one process's share: no figure of the whole
                 figures.transactions = 0
                 figures.loop_cpu = 0  # the main process only supervises
-            print(figures.line(f"{label}, {size}/request"), flush=True)
+            line = figures.line(f"{label}, {size}/request")
+            if workers > 1:
+                line += f", connections per process {'/'.join(map(str, figures.split))}"
+            print(line, flush=True)
 
 
 def main() -> None:
@@ -304,6 +336,9 @@ def main() -> None:
         "--pg-workers", type=int, default=2, help="HTTP processes serving PostgreSQL"
     )
     parser.add_argument(
+        "--sqlite-workers", type=int, default=1, help="HTTP processes serving SQLite"
+    )
+    parser.add_argument(
         "--pg-url",
         default=os.environ.get(
             "NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -313,7 +348,9 @@ def main() -> None:
     print(f"POST /api/events: {args.events:,} events per size, {args.clients} clients, loopback")
     if not args.skip_sqlite:
         with tempfile.TemporaryDirectory() as folder:
-            bench("SQLite", f"sqlite:///{folder}/bench.db", args)
+            workers = args.sqlite_workers
+            label = "SQLite" + (f", {workers} workers" if workers > 1 else "")
+            bench(label, f"sqlite:///{folder}/bench.db", args, args.sqlite_workers)
     if not args.skip_pg:
         with scratch_schema(args.pg_url, "bench") as url:
             bench(f"PostgreSQL, {args.pg_workers} workers", url, args, args.pg_workers)

@@ -430,14 +430,3 @@ def test_an_applied_ruleset_scores_api_events_within_seconds(
     time.sleep(3.5)  # each process re-reads the version in force every RECHECK (2 s) seconds
     # The two earlier views rescored under the applied version, then a third scored under it.
     assert score_after("p3") == 75
-
-
-def test_serve_with_several_workers_is_refused_on_sqlite(
-    home: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NURTURE_HOME", str(home))
-    monkeypatch.setenv("NURTURE_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("NURTURE_API_TOKEN", TOKEN)
-    result = nurture("serve", "--workers", "2")
-    assert result.exit_code != 0
-    assert "--workers: needs PostgreSQL" in result.output

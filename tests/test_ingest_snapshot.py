@@ -95,3 +95,28 @@ def test_a_batch_that_meets_no_change_is_written_as_read(sqlite_url: str) -> Non
     # Read again: all duplicates, found in the snapshot without taking the write lock.
     again = run(db, BATCH)
     assert (again.accepted, again.duplicates) == (0, len(BATCH))
+
+
+def test_the_write_takes_the_write_lock_on_the_connection_that_read(sqlite_url: str) -> None:
+    """The batch reads in a deferred transaction (no write lock) and writes, on the same
+    connection, in one that takes the write lock first (BEGIN IMMEDIATE): a write begun as a
+    deferred read (the connection left read-only) would let another writer in between its
+    reads and its first write."""
+    database.upgrade(sqlite_url)
+    db = database.connect(sqlite_url)
+    run(db, FIRST)
+    seen: list[tuple[int, str]] = []
+
+    def statement(conn: sa.Connection, _cursor: Any, text: str, *_args: Any) -> None:
+        seen.append((id(conn.connection.dbapi_connection), " ".join(text.split())))
+
+    sa.event.listen(db, "before_cursor_execute", statement)
+    try:
+        run(db, BATCH)
+    finally:
+        sa.event.remove(db, "before_cursor_execute", statement)
+    begins = [text for _, text in seen if text.startswith("BEGIN")]
+    assert begins == ["BEGIN", "BEGIN IMMEDIATE"], seen
+    writes = [n for n, (_, text) in enumerate(seen) if text.startswith(("INSERT", "UPDATE"))]
+    immediate = next(n for n, (_, text) in enumerate(seen) if text == "BEGIN IMMEDIATE")
+    assert writes and min(writes) > immediate

@@ -93,8 +93,8 @@ def serve_command(
         int,
         typer.Option(
             min=1,
-            help="HTTP server processes (PostgreSQL only: SQLite has one writer). The "
-            "scheduler runs once, in the parent process.",
+            help="HTTP server processes. The scheduler runs once, in the parent process. "
+            "On SQLite the processes write one at a time (a lock file beside the database).",
         ),
     ] = 1,
 ) -> None:
@@ -108,8 +108,6 @@ def serve_command(
     settings = get_settings()
     configure_logging(settings)
     db = open_db(settings)
-    if workers > 1 and db.dialect.name != "postgresql":
-        raise fail("--workers: needs PostgreSQL (SQLite admits one writer at a time)")
     scoring(db, settings)
     # Both secrets made (or refused) now, not on the first request: the kept token file exists
     # before anyone is told to read it.

@@ -6,6 +6,7 @@ from engine.db.bulk import (
     among_param,
     append_rows,
     execute_many,
+    fetch_rows,
     update_rows,
     upsert,
     upsert_rows,
@@ -20,6 +21,7 @@ from engine.db.connect import (
     reading,
     scratch_schema,
     upgrade,
+    writer_lock,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "connect",
     "execute_many",
     "failure",
+    "fetch_rows",
     "normalise_url",
     "open_database",
     "reading",
@@ -39,4 +42,5 @@ __all__ = [
     "upgrade",
     "upsert",
     "upsert_rows",
+    "writer_lock",
 ]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -156,6 +157,61 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
         # Readers (see `reading`) must not queue for the write lock behind a long ingest.
         read_only = connection.get_execution_options().get("nurture_read_only", False)
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+# Beside a SQLite database ``PATH``: the file whose lock (``flock``) nurture's writers of
+# scored records take, one process at a time (engine.ingest.batch._one_writer).
+WRITER_LOCK_SUFFIX = "-writer.lock"
+
+
+@contextmanager
+def writer_lock(path: str | None) -> Iterator[None]:
+    """Hold the writer lock of the SQLite database at ``path`` (none for an in-memory one)
+    until the block ends. Processes wait on it in the kernel, woken in turn as it is released,
+    where SQLite's busy handler would have them poll with sleeps of up to 100 ms. A separate
+    file, not the database's: SQLite's own locks on it are ``fcntl`` locks, which some systems
+    merge with ``flock``. Opened per hold, so a forked process never shares its parent's."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): SQLite's busy handler alone
+        yield
+        return
+    # Read-only is enough for flock: a user who can write the database but did not make the
+    # lock file (mode 0644, empty) still takes it. Where it cannot be had at all, SQLite's own
+    # locking still serialises the writers, only with its busy handler's sleeps.
+    flags = os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path + WRITER_LOCK_SUFFIX, flags, 0o644)
+    except OSError:
+        yield
+        return
+    _HELD.add(descriptor)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        _HELD.discard(descriptor)
+        os.close(descriptor)  # releases the lock, unless a forked child still has it open
+
+
+# The lock files this process has open. A child forked meanwhile closes its copies at once:
+# the lock belongs to the open file, so the parent's release would not end it while the child
+# kept one, and the child's own next take would wait for itself.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for descriptor in _HELD:
+        with suppress(OSError):
+            os.close(descriptor)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 def reading(engine: Engine) -> Connection:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, bindparam, func, select
 
-from engine.db import among, among_param, upsert_rows
+from engine.db import among, among_param, fetch_rows, upsert_rows
 from engine.db.schema import ENROLLMENTS, EVENTS, FIRINGS, LEADS, SCORES
 from engine.ingest.outcome import LoadedLead
 from engine.ingest.parse import Record
@@ -110,8 +110,8 @@ def _lock_query(dialect: str) -> Select[Any]:
 def lock(conn: Connection, emails: list[str]) -> dict[str, LoadedLead]:
     """The leads of ``emails``, locked until the transaction ends (PostgreSQL; SQLite's write
     lock is the transaction's), or only read in a snapshot (SQLite's read transactions)."""
-    found = conn.execute(_lock_query(conn.dialect.name), {"emails": list(emails)})
-    return {row["email"]: _loaded(row) for row in found.mappings()}
+    found = fetch_rows(conn, _lock_query(conn.dialect.name), {"emails": list(emails)})
+    return {row[1]: _loaded(dict(zip(_READ, row, strict=True))) for row in found}
 
 
 def stored_ids(leads: Mapping[str, LoadedLead]) -> list[int]:
@@ -156,7 +156,7 @@ def create_provisional(
         return {}
     if create_missing(conn, ruleset, first_seen, now) != len(first_seen):
         return None
-    found = conn.execute(_ids_query(conn.dialect.name), {"emails": list(first_seen)})
+    found = fetch_rows(conn, _ids_query(conn.dialect.name), {"emails": list(first_seen)})
     stored = {email: id_ for email, id_ in found}
     return {lead.id: stored[lead.email] for lead in leads}
 
@@ -192,7 +192,7 @@ def _events_query(dialect: str) -> Select[Any]:
 def stored_events(conn: Connection, ids: list[str]) -> dict[str, Stored]:
     """The batch's event ids already stored, with their content, in one query: a record whose
     id is here is a duplicate when its content matches, else an id reused for other content."""
-    found = conn.execute(_events_query(conn.dialect.name), {"ids": list(ids)})
+    found = fetch_rows(conn, _events_query(conn.dialect.name), {"ids": list(ids)})
     return {
         key: Stored(content_digest(email, kind, properties), at)
         for key, kind, at, properties, email in found
@@ -207,7 +207,7 @@ def load_scores(
 ) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
     ids = stored_ids(leads)
-    found = conn.execute(_scores_query(conn.dialect.name), {"ids": ids}) if ids else ()
+    found = fetch_rows(conn, _scores_query(conn.dialect.name), {"ids": ids}) if ids else ()
     for lead_id, component, value, rose_at, peak, steps in found:
         lead = by_id[lead_id]
         lead.state.scores[component] = value
@@ -268,15 +268,15 @@ def load_history(
     values = {**history.names, "ids": ids, "since": window_start(min(times), history.window)}
     by_id = {lead.id: lead for lead in leads.values()}
     if history.events is not None:
-        for lead_id, kind, at, *properties in conn.execute(history.events, values):
+        for lead_id, kind, at, *properties in fetch_rows(conn, history.events, values):
             amounts = compiled.amounts(kind, properties[0]) if properties else None
             by_id[lead_id].history.add_event(kind, at, amounts)
     if history.bounds is not None:
-        for lead_id, kind, first, latest in conn.execute(history.bounds, values):
+        for lead_id, kind, first, latest in fetch_rows(conn, history.bounds, values):
             for at in {first, latest}:
                 by_id[lead_id].history.add_event(kind, at)
     if history.firings is not None:
-        for lead_id, rule, at in conn.execute(history.firings, values):
+        for lead_id, rule, at in fetch_rows(conn, history.firings, values):
             by_id[lead_id].history.add_firing(rule, at)
 
 
@@ -409,7 +409,7 @@ def prime_models(ruleset: Ruleset, leads: dict[str, LoadedLead], records: list[R
 def load_enrollments(conn: Connection, leads: dict[str, LoadedLead]) -> None:
     by_id = {lead.id: lead for lead in leads.values()}
     ids = stored_ids(leads)
-    found = conn.execute(_enrollments_query(conn.dialect.name), {"ids": ids}) if ids else ()
+    found = fetch_rows(conn, _enrollments_query(conn.dialect.name), {"ids": ids}) if ids else ()
     for lead_id, campaign, status in found:
         by_id[lead_id].enrolled[campaign] = status
 
