@@ -62,6 +62,18 @@ def a_lead(conn: sa.Connection) -> int:
     )
 
 
+def plainly_due(db: sa.Engine, dispatcher: Dispatcher, moment: datetime, size: int) -> list[int]:
+    """The ids a claim of ``size`` should take: the plain due condition, soonest first."""
+    plain = (
+        sa.select(OUTBOX.c.id)
+        .where(dispatcher.due(moment))
+        .order_by(OUTBOX.c.next_attempt_at)
+        .limit(size)
+    )
+    with db.connect() as conn:
+        return list(conn.execute(plain).scalars())
+
+
 def test_a_claim_takes_what_the_plain_condition_names(db: sa.Engine, db_url: str) -> None:
     draw = random.Random(15)
     seed(db, draw, 1500)
@@ -72,14 +84,7 @@ def test_a_claim_takes_what_the_plain_condition_names(db: sa.Engine, db_url: str
         moment = NOW
         while True:
             size = draw.choice([1, 7, 25, 50])
-            plain = (
-                sa.select(OUTBOX.c.id)
-                .where(dispatcher.due(moment))
-                .order_by(OUTBOX.c.next_attempt_at)
-                .limit(size)
-            )
-            with db.connect() as conn:
-                expected = list(conn.execute(plain).scalars())
+            expected = plainly_due(db, dispatcher, moment, size)
             claimed = [row.id for row in dispatcher.claim(moment, size)]
             assert claimed == expected
             rounds += 1
@@ -112,14 +117,7 @@ def test_the_kept_claim_statement_takes_what_the_plain_condition_names_at_every_
         else:
             dispatcher = dispatchers[groups.index(kinds)]
         size = draw.randrange(1, 60)
-        plain = (
-            sa.select(OUTBOX.c.id)
-            .where(dispatcher.due(moment))
-            .order_by(OUTBOX.c.next_attempt_at)
-            .limit(size)
-        )
-        with db.connect() as conn:
-            expected = list(conn.execute(plain).scalars())
+        expected = plainly_due(db, dispatcher, moment, size)
         assert [row.id for row in dispatcher.claim(moment, size)] == expected
         rounds += 1
         if not expected:

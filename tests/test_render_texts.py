@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import given
 
 from engine.render import texts
 from engine.render.templates import Rendered, Renderer, TemplateError, html_to_text
-from tests.test_render_shapes import ROOT, generated, per_email, same, variables
+from tests.test_render_shapes import (
+    GENERATED,
+    ROOT,
+    generated,
+    hazard_cases,
+    per_email,
+    render_alike,
+    same,
+    variables,
+)
 
 # Each prints `v` (and some `w`) where the layout as text might depend on the value.
 HAZARDS = {
@@ -133,25 +141,12 @@ def test_a_weakened_check_is_caught_by_the_comparison(
     )
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(sorted(HAZARDS)), st.text(max_size=14), st.text(max_size=14)),
-        min_size=1,
-        max_size=12,
-    )
-)
+@GENERATED
+@given(hazard_cases(HAZARDS, 14))
 def test_generated_values_in_hazard_templates(
     tmp_path: Path, cases: list[tuple[str, str, str]]
 ) -> None:
-    folder = tmp_path / "t"
-    if not folder.exists():
-        write(folder)
-    jobs = [(name, variables("Ana", "Bo")) for name, _, _ in cases]
-    jobs += [(name, variables(v, w)) for name, v, w in cases]
-    same(Renderer(folder).render_many(jobs), per_email(folder).render_many(jobs))
+    render_alike(tmp_path / "t", write, cases)
 
 
 def test_generated_jobs_over_the_shipped_templates_without_a_text_block() -> None:
