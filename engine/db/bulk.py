@@ -398,7 +398,7 @@ def fetch_rows(
             ]
         finally:
             cursor.close()
-    return [tuple(row) for row in conn.execute(statement, dict(params))]
+    return [tuple(row) for row in conn.execute(statement, dict(params)).all()]
 
 
 def _plain_sqlite(conn: Connection) -> bool:

@@ -140,7 +140,7 @@ def _refresh(
     """Recompute these leads' stays from those stored and the moves added, write the ones that
     changed; the rollups' difference (table → key → delta)."""
     query = select(STAYS).where(among(conn, STAYS.c.lead_id, added))
-    stored = {(row.lead_id, row.seq): row for row in conn.execute(query)}
+    stored = {(row.lead_id, row.seq): row for row in conn.execute(query).all()}
     moves: dict[int, list[tuple[datetime, int, int, str]]] = {lead: [] for lead in added}
     for (lead, seq), row in stored.items():
         moves[lead].append((_aware(row.entered_at), 0, seq, row.stage))

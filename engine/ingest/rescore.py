@@ -135,16 +135,18 @@ def load_stored(conn: Connection, ids: Sequence[int], lock: bool = True) -> list
     ]
     by_id = {lead.id: lead for lead in found}
     named = select(NAMED_SCORES).where(NAMED_SCORES.c.lead_id.in_(list(by_id)))
-    for row in conn.execute(named).mappings():
+    for row in conn.execute(named).mappings().all():
         by_id[row["lead_id"]].bands[row["name"]] = row["band"]
         by_id[row["lead_id"]].totals[row["name"]] = row["total"]
-    for row in conn.execute(select(SCORES).where(SCORES.c.lead_id.in_(list(by_id)))).mappings():
+    for row in (
+        conn.execute(select(SCORES).where(SCORES.c.lead_id.in_(list(by_id)))).mappings().all()
+    ):
         state = [row["rose_at"], row["peak"], row["decay_steps"]]
         by_id[row["lead_id"]].components[row["component"]] = (row["value"], state)
     enrolled = select(ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.status)
     for lead_id, campaign, status in conn.execute(
         enrolled.where(ENROLLMENTS.c.lead_id.in_(list(by_id)))
-    ):
+    ).all():
         by_id[lead_id].enrolled[campaign] = status
     return found
 
@@ -175,7 +177,7 @@ def replay(
     if until is not None:
         query = query.where(EVENTS.c.occurred_at <= until)
     events: dict[int, list[Any]] = {lead.id: [] for lead in stored}
-    for row in conn.execute(query):
+    for row in conn.execute(query).all():
         events[row[0]].append(row)
     accounts = None
     if compiled.all_reads & ACCOUNT_FIELDS:

@@ -388,7 +388,7 @@ def stored_peers(
         .where(among(conn, LEADS.c.account_domain, domains), ~among(conn, LEADS.c.id, exclude))
         .group_by(LEADS.c.account_domain)
     )
-    for domain, count, total, top in conn.execute(query):
+    for domain, count, total, top in conn.execute(query).all():
         found[domain] = Peers(int(count), int(total), int(top))
     return found
 

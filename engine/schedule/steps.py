@@ -271,7 +271,7 @@ class StepRunner:
             )
         )
         read = {(row.id, row.step, loaded.leads[row.lead_id]["version"]) for row in loaded.rows}
-        if {tuple(row) for row in conn.execute(query)} != read:
+        if {tuple(row) for row in conn.execute(query).all()} != read:
             return False
         return self._recent(conn, loaded.leads, now) == loaded.sent
 
