@@ -32,6 +32,7 @@ from typing import Any
 from scratch import data_file
 
 from engine.db import scratch_schema
+from engine.db.connect import WRITER_LOCK_SUFFIX
 from engine.home import load_ruleset
 from engine.ingest.parse import LeadRecord, Parsed, Rejection, parse_jsonl
 from engine.rules import reference
@@ -205,7 +206,7 @@ def scratch_database(pg_url: str | None, out: Path) -> Iterator[str]:
     try:
         yield f"sqlite:///{db_file}"
     finally:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", WRITER_LOCK_SUFFIX):
             Path(f"{db_file}{suffix}").unlink(missing_ok=True)
 
 
