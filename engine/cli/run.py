@@ -133,12 +133,14 @@ def serve_command(
     # scheduler is this process's, so the jobs run once however many workers serve.
     # A worker answers uvicorn's health check only once it has imported and built its app:
     # seconds on a busy machine, where the default 5 s had workers killed and restarted.
+    # The workers' loop spreads connections evenly over them (engine.api.spread).
     with scheduled(db, settings):
         uvicorn.run(
             f"{__name__}:worker_app",
             factory=True,
             workers=workers,
             timeout_worker_healthcheck=60,
+            loop="engine.api.spread:new_event_loop",
             **options,  # type: ignore[arg-type]
         )
 
