@@ -133,7 +133,8 @@ def serve_command(
     # scheduler is this process's, so the jobs run once however many workers serve.
     # A worker answers uvicorn's health check only once it has imported and built its app:
     # seconds on a busy machine, where the default 5 s had workers killed and restarted.
-    # The workers' loop spreads connections evenly over them (engine.api.spread).
+    # Each worker listens on a socket of its own, the kernel spreading connections over them
+    # (engine.api.spread).
     with scheduled(db, settings):
         uvicorn.run(
             f"{__name__}:worker_app",
