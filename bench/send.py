@@ -58,6 +58,10 @@ from engine.send.sendgrid import SendGridMailer  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)  # a Monday, inside every shipped send window
+WARM_UP = 2_000  # the early leads: a batch or more for each step process
+# When their steps are taken: the Friday before at 16:00, inside the send window, and their next
+# step (three days on) not due yet at NOW.
+WARM_AT = NOW - timedelta(days=2, hours=18)
 PG_URL = os.environ.get("NURTURE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -71,8 +75,9 @@ def jinja_alone(count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def seed(db: sa.Engine, count: int) -> None:
-    """``count`` warm leads, each with a warm-nurture enrollment due now: set-based SQL."""
+def seed(db: sa.Engine, count: int, due: datetime = NOW, name: str = "lead") -> None:
+    """``count`` warm leads more (``name``0@example.com, …), each with a warm-nurture enrollment
+    due at ``due``: set-based SQL."""
     with db.begin() as conn:
         conn.execute(
             sa.text(
@@ -82,7 +87,7 @@ def seed(db: sa.Engine, count: int) -> None:
             ),
             [
                 {
-                    "email": f"lead{i}@example.com",
+                    "email": f"{name}{i}@example.com",
                     "now": NOW,
                     "yes": True,
                     "attrs": json.dumps({"first_name": f"Lead {i}", "company": f"Co {i % 997}"}),
@@ -93,15 +98,17 @@ def seed(db: sa.Engine, count: int) -> None:
         conn.execute(
             sa.text(
                 "INSERT INTO lead_score (lead_id, component, value, peak, decay_steps) "
-                "SELECT id, 'engagement', 45, 45, 0 FROM lead"
+                "SELECT id, 'engagement', 45, 45, 0 FROM lead "
+                "WHERE id NOT IN (SELECT lead_id FROM lead_score)"
             )
         )
         conn.execute(
             sa.text(
                 "INSERT INTO enrollment (lead_id, campaign, step, status, enrolled_at, "
-                "next_due_at) SELECT id, 'warm-nurture', 0, 'active', :now, :now FROM lead"
+                "next_due_at) SELECT id, 'warm-nurture', 0, 'active', :due, :due FROM lead "
+                "WHERE id NOT IN (SELECT lead_id FROM enrollment)"
             ),
-            {"now": NOW},
+            {"due": due},
         )
 
 
@@ -110,6 +117,9 @@ def render_and_enqueue(url: str, count: int, processes: int) -> tuple[float, flo
     processes' peak RSS in MB (0 with one runner, which is this process)."""
     database.upgrade(url)
     db = database.connect(url)
+    # A worker's step runners are long-lived: what each does once (statements compiled, the
+    # template and its page shapes laid out) is done before the clock, on leads of their own.
+    seed(db, WARM_UP, WARM_AT, "early")
     seed(db, count)
     ruleset = load_ruleset(ROOT / "rulesets" / "b2b-saas.yaml")
     renderer = Renderer(ROOT / "templates")
@@ -123,16 +133,19 @@ def render_and_enqueue(url: str, count: int, processes: int) -> tuple[float, flo
         step_processes=processes,
     )
     if processes == 1:
+        runner = StepRunner(db, settings, campaigns, renderer)
+        runner.run(WARM_AT)
         start, cpu = time.perf_counter(), time.process_time()
-        report = StepRunner(db, settings, campaigns, renderer).run(NOW)
+        report = runner.run(NOW)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         peak = 0.0
     else:
         # The worker's path (NURTURE_STEP_PROCESSES): its processes are started once, so they
-        # are started (and the ruleset adopted, as `nurture worker` does) before the clock.
+        # are started (and the ruleset adopted, as `nurture worker` does) before the clock, and
+        # take the early leads' steps.
         ruleset_in_force(db, settings)
         jobs = Jobs(db, settings, FileMailer(Path(tempfile.mkdtemp())))
-        jobs.steps(NOW - timedelta(days=1))
+        jobs.steps(WARM_AT)
         pids = children()
         start, cpu = time.perf_counter(), time.process_time() + sum(map(cpu_seconds, pids))
         report = jobs.steps(NOW)
