@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from typer.testing import CliRunner, Result
@@ -120,3 +125,34 @@ def side_by_side(work: Callable[[], object], count: int) -> list[BaseException]:
     for thread in threads:
         thread.join()
     return failures
+
+
+@contextmanager
+def serving_workers(
+    folder: Path, env: Mapping[str, str], port: int, workers: int = 2
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``nurture serve --workers N`` on ``port`` with ``env``, once it answers its health check
+    (its output in ``folder/serve.log``), stopped when the block ends."""
+    nurture = str(Path(sys.executable).with_name("nurture"))
+    with (folder / "serve.log").open("w") as log:
+        server = subprocess.Popen(
+            [nurture, "serve", "--port", str(port), "--workers", str(workers)],
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert server.poll() is None, (folder / "serve.log").read_text()
+                assert time.monotonic() < deadline, f"serve --workers {workers} did not start"
+                time.sleep(0.2)
+            yield server
+        finally:
+            server.terminate()
+            server.wait(timeout=30)

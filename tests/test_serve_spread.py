@@ -10,18 +10,16 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 
-import httpx
 import pytest
 
 from engine.api.spread import own_socket
-from tests.helpers import api_home
+from tests.helpers import api_home, serving_workers
 from tests.mail_support import free_port
 
 # Connections, and the fewest a process may get: the kernel spreads them at random, 32 over two
@@ -111,45 +109,25 @@ def test_serve_workers_spread_connections(tmp_path: Path, db_url: str, burst: bo
     port = free_port()
     env = {**os.environ, "NURTURE_HOME": str(home), "NURTURE_DATABASE_URL": db_url,
            "NURTURE_API_TOKEN": TOKEN}  # fmt: skip
-    nurture = str(Path(sys.executable).with_name("nurture"))
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(
-        [nurture, "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     conns: list[socket.socket] = []
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve --workers 2 did not start"
-            time.sleep(0.2)
-        time.sleep(1)  # the health check's connection closed
-        for _ in range(CONNECTIONS):
-            conn = socket.socket()
-            conn.setblocking(not burst)  # a burst: all connecting before any is accepted
-            conn.connect_ex(("127.0.0.1", port))
-            conns.append(conn)
-        for conn in conns:
-            conn.setblocking(True)
-            conn.settimeout(60)
-        for n, conn in enumerate(conns):
-            event = {"id": f"e{n}", "email": f"lead{n}@acme.io", "type": "page_view",
-                     "properties": {"url": "/pricing"}}  # fmt: skip
-            assert _post(conn, port, event)["accepted"] == 1
-        held = sorted(_held(server.pid, port))
-    finally:
-        for conn in conns:
-            conn.close()
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+    with serving_workers(tmp_path, env, port) as server:
+        try:
+            time.sleep(1)  # the health check's connection closed
+            for _ in range(CONNECTIONS):
+                conn = socket.socket()
+                conn.setblocking(not burst)  # a burst: all connecting before any is accepted
+                conn.connect_ex(("127.0.0.1", port))
+                conns.append(conn)
+            for conn in conns:
+                conn.setblocking(True)
+                conn.settimeout(60)
+            for n, conn in enumerate(conns):
+                event = {"id": f"e{n}", "email": f"lead{n}@acme.io", "type": "page_view",
+                         "properties": {"url": "/pricing"}}  # fmt: skip
+                assert _post(conn, port, event)["accepted"] == 1
+            held = sorted(_held(server.pid, port))
+        finally:
+            for conn in conns:
+                conn.close()
     assert sum(held) == CONNECTIONS, held
     assert len(held) == 2 and held[0] >= MOST_UNEVEN, held

@@ -27,7 +27,7 @@ from engine.db.connect import WRITER_LOCK_SUFFIX, writer_lock
 from engine.db.schema import EVENTS, LEADS, LEDGER
 from engine.ingest.batch import ingest
 from engine.ingest.parse import parse_jsonl
-from tests.helpers import api_home, compiled, ruleset_text
+from tests.helpers import api_home, compiled, ruleset_text, serving_workers
 from tests.mail_support import free_port
 
 HOLD = 0.6  # seconds the other process holds the lock
@@ -121,26 +121,8 @@ def test_serve_with_workers_on_sqlite_scores_every_event_once(tmp_path: Path) ->
     token = "workers-token-0123456789abcdef0123456789"
     env = {**os.environ, "NURTURE_HOME": str(home), "NURTURE_DATABASE_URL": url,
            "NURTURE_API_TOKEN": token}  # fmt: skip
-    nurture = str(Path(sys.executable).with_name("nurture"))
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(
-        [nurture, "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve --workers 2 did not start"
-            time.sleep(0.2)
+    with serving_workers(tmp_path, env, port):
         events = [
             {"id": f"v{n}", "email": f"lead{n % LEADS_N}@acme.io", "type": "page_view",
              "properties": {"url": "/pricing"}}
@@ -161,10 +143,6 @@ def test_serve_with_workers_on_sqlite_scores_every_event_once(tmp_path: Path) ->
             thread.start()
         for thread in threads:
             thread.join()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
     assert answers == [1] * len(events)
     db = database.connect(url)
     with db.connect() as conn:
