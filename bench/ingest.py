@@ -5,7 +5,8 @@
 
 Figures, with the load average before and after (2 cores are shared: compare ratios):
 - the raw engine: durable-rules' C core asked about one pre-serialised fact (assert, take the
-  queued actions, retract), measured before and after the evaluations and averaged;
+  queued actions, retract), measured before and after the evaluations and averaged; through
+  durable's Python host, measured between five slices of the evaluations and its median taken;
 - ``evaluate()`` on the first ``--baseline-records`` records in memory (no database): records/s,
   CPU µs per record, its ratio to the raw engine through durable's Python host (the issue's "raw
   engine"; aim 0.5x) and to the C core, the facts it asked about per record and the C core's own

@@ -9,6 +9,7 @@ Figures:
   behind ``nurture tick``), messages/s on SQLite and PostgreSQL (aim 10,000/s), and the CPU per
   message; in this process, and with each count of --step-processes the worker's step job
   spreading them over that many processes (NURTURE_STEP_PROCESSES, started before the clock);
+  before the clock the runners also take other leads' steps once, as a long-lived worker's have;
 - dispatch: M queued messages (beside --history messages sent before) through the official
   SendGrid client to the fake SendGrid (NURTURE_DISPATCH_BATCH --batch),
   running in its own process on 127.0.0.1 (each request answered after --latency seconds, at
