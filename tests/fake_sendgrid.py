@@ -12,12 +12,12 @@ which costs about 0.5 ms of CPU a request; ``--realtime`` runs it at the lowest 
 priority, SCHED_RR 1, where the system permits it and at normal priority otherwise, so that on
 a busy machine its answers leave at their deadline rather than when the scheduler gets round to
 it): it prints its URL, serves until its standard input closes, and answers ``GET /stats`` with
-its counts. That one serves from a uvloop event loop rather than a thread per connection, each
-connection an ``asyncio.Protocol`` and each delay a timer at the answer's deadline (no task or
-sleeping thread per request), so 32 connections get their answers on time (threads reached
-~1,250 of the 1,600 answers/s that 32 connections at 20 ms allow; a stream task sleeping 20 ms
-per request ~1,370 on a quiet machine) for about half the CPU. Both answer through
-:meth:`FakeSendGrid.answer`.
+its counts; it keeps no bodies. That one serves from a uvloop event loop rather than a thread
+per connection, each connection an ``asyncio.Protocol`` whose answers one clock thread sends
+at their deadlines (no task or sleeping thread per request). So 32 connections at 20 ms get
+their answers on time: threads reached ~1,250 of the 1,600 answers/s those allow, a task
+sleeping per request ~1,370, the loop's own timers (whole milliseconds) ~1,520. Both answer
+through :meth:`FakeSendGrid.answer`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
+import heapq
+import itertools
 import json
 import os
 import sys
@@ -76,6 +79,7 @@ class FakeSendGrid:
         self.calls = 0
         self.connections = 0  # TCP connections accepted
         self.messages: list[dict[str, Any]] = []
+        self.keep = True  # whether accepted bodies are kept in ``messages``
         self.invalid: list[tuple[dict[str, Any], str]] = []
         self.delay = 0.0
         self.validator = mail_send_validator()
@@ -129,8 +133,9 @@ class FakeSendGrid:
                 with self._lock:
                     self.invalid.append((body, problem.message))
                 return _json(400, {"errors": [{"message": problem.message}]})
-        with self._lock:
-            self.messages.append(body)
+        if self.keep:
+            with self._lock:
+                self.messages.append(body)
         return 202, b"", {"X-Message-Id": uuid.uuid4().hex}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -172,28 +177,74 @@ class FakeSendGrid:
         until ``stop`` is done."""
         loop = asyncio.get_running_loop()
         connections: set[asyncio.Transport] = set()
+        clock = _Clock(loop)
         server = await loop.create_server(
-            lambda: _Connection(self, loop, connections), "127.0.0.1", 0, backlog=256
+            lambda: _Connection(self, clock, connections), "127.0.0.1", 0, backlog=256
         )
-        async with server:
-            ready(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-            await stop
-            for transport in list(connections):  # kept-alive connections end with the server
-                transport.close()
+        clock.start()
+        try:
+            async with server:
+                ready(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+                await stop
+                for transport in list(connections):  # kept-alive connections end with it
+                    transport.close()
+        finally:
+            clock.stop()
+
+
+class _Clock(threading.Thread):
+    """Calls back on the loop at deadlines (``time.monotonic()``), to within the time a thread
+    takes to wake: it sleeps on a condition until the earliest one. The loop's own timers count
+    whole milliseconds and start each round from a clock read at its beginning, so an answer
+    left ~0.9 ms late on average."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(daemon=True)
+        self.loop = loop
+        self._due: list[tuple[float, int, Callable[[float], None]]] = []  # a heap
+        self._count = itertools.count()  # ties broken by arrival, never by the callbacks
+        self._changed = threading.Condition()
+        self._stopped = False
+
+    def at(self, deadline: float, callback: Callable[[float], None]) -> None:
+        with self._changed:
+            heapq.heappush(self._due, (deadline, next(self._count), callback))
+            if self._due[0][0] == deadline:  # sooner than the clock sleeps until
+                self._changed.notify()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify()
+        self.join()
+
+    def run(self) -> None:
+        due = self._due
+        while True:
+            with self._changed:
+                while not self._stopped and (not due or (wait := due[0][0] - time.monotonic()) > 0):
+                    self._changed.wait(wait if due else None)
+                if self._stopped:
+                    return
+                now = time.monotonic()
+                ready = []
+                while due and due[0][0] <= now:
+                    deadline, _, callback = heapq.heappop(due)
+                    ready.append((callback, deadline))
+            for callback, deadline in ready:
+                self.loop.call_soon_threadsafe(callback, deadline)
 
 
 class _Connection(asyncio.Protocol):
     """One client connection of :meth:`FakeSendGrid.serve`: requests parsed as their bytes
-    arrive, each answer written by a timer at its deadline, ``delay`` after the request came
-    in (answers leave in the order of their requests). A timer at a deadline rather than a
+    arrive, each answer written at its deadline, ``delay`` after the request came in, by the
+    :class:`_Clock` (answers leave in the order of their requests). A deadline rather than a
     task that sleeps: no task per request, and the parsing, the answer's building and the
     loop's rounds do not add to the delay (a 20 ms sleep cycled in 20.4 ms)."""
 
-    def __init__(
-        self, fake: FakeSendGrid, loop: asyncio.AbstractEventLoop, open: set[asyncio.Transport]
-    ) -> None:
+    def __init__(self, fake: FakeSendGrid, clock: _Clock, open: set[asyncio.Transport]) -> None:
         self.fake = fake
-        self.loop = loop
+        self.clock = clock
         self.open = open
         self.transport: asyncio.Transport | None = None
         self.received = bytearray()
@@ -232,15 +283,11 @@ class _Connection(asyncio.Protocol):
             answer = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
             deadline = arrived + (self.fake.delay if method == "POST" else 0.0)
             self.answers.append((deadline, answer))
-            self.loop.call_at(deadline, self._due, deadline)
+            self.clock.at(deadline, self._due)
 
     def _due(self, deadline: float) -> None:
         """Write the answers due by ``deadline``, oldest first; an answer behind one not yet due
-        waits for that one's timer. The loop may run a timer a little before its time (it
-        rounds to its clock's resolution): one that is early comes back at its deadline."""
-        if time.monotonic() < deadline:
-            self.loop.call_at(deadline, self._due, deadline)
-            return
+        waits for that one's turn."""
         assert self.transport is not None
         while self.answers and self.answers[0][0] <= deadline:
             if not self.transport.is_closing():
@@ -268,8 +315,12 @@ def main() -> None:
         realtime()
     fake = FakeSendGrid()  # its threaded server is never started: the loop serves
     fake.delay = args.delay
+    # Nobody reads the bodies of this one, and a list of them growing by thousands a second
+    # made each full collection longer: pauses of 30-100 ms that held every answer due meanwhile.
+    fake.keep = False
     if not args.validate:
         fake.validator = None
+    gc.freeze()  # what is loaded by now is never garbage: collections need not walk it
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
