@@ -1,5 +1,7 @@
-"""The pooled transport behind the SendGrid client writes requests and reads answers through
-``h11`` rather than ``http.client`` (the library's own transport before it). What a server or
+"""The pooled transport behind the SendGrid client writes requests through ``h11`` and reads
+answers through ``httptools`` when they are plain, ``h11`` otherwise, rather than
+``http.client`` (the library's own transport before it). A plain answer reads the same through
+either parser, and does not reach ``h11``. What a server or
 the client code could notice stays the same: on generated requests (methods, paths and queries,
 header names and values, bodies) the server reads the request ``http.client`` would have sent
 (whether the request was built or taken from the pool's cache of built requests),
@@ -25,7 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.send.pool import ConnectionPool, _Connection
+from engine.send.pool import ConnectionPool, _Connection, _Read, _request
 
 
 class Wire:
@@ -342,3 +344,44 @@ def test_a_switch_of_protocol_is_refused_rather_than_waited_on() -> None:
     with pytest.raises(URLError):
         pool.request("GET", "http://fake.test/", None, upgrade, 5.0)
     assert pool.used[0].closed
+
+
+class Strict(_Connection):
+    """A connection that counts the answers it leaves to ``h11``."""
+
+    strictly = 0
+
+    def _strictly(self, *args: Any) -> _Read:
+        self.strictly += 1
+        return super()._strictly(*args)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    status=st.sampled_from([200, 202, 204, 304, 400, 401, 429, 500, 503]),
+    reason=st.sampled_from(["", "OK", "Accepted", "Too Many Requests"]),
+    headers=ANSWER_HEADERS,
+    body=st.binary(max_size=400),
+    connection=st.sampled_from([None, "close", "keep-alive", "Keep-Alive", " close "]),
+    piece=st.sampled_from([1, 7, 100, 65536]),
+)
+def test_a_plain_answer_is_read_by_httptools_as_h11_reads_it(
+    status: int,
+    reason: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    connection: str | None,
+    piece: int,
+) -> None:
+    fields = [*headers, ("Content-Length", str(len(body)))]
+    if connection is not None:
+        fields.insert(len(headers) // 2, ("Connection", connection))
+    if status in (204, 304):
+        body = b""  # what follows such an answer is not its body: no longer a plain answer
+    answer = f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")
+    answer += b"".join(f"{n}: {v}\r\n".encode("latin-1") for n, v in fields) + b"\r\n" + body
+    request = _request("POST", "http://fake.test/v3/mail/send", 2, ())
+    plain = Strict(Wire(answer, piece))  # type: ignore[arg-type]
+    strict = Strict(Wire(answer, piece))  # type: ignore[arg-type]
+    assert plain.exchange(request, b"{}") == strict.exchange(request._replace(plain=False), b"{}")
+    assert (plain.strictly, strict.strictly) == (0, 1)

@@ -5,9 +5,12 @@
 hundreds of emails a second that is most of the cost, and thousands of sockets in TIME-WAIT.
 :class:`PooledClient` keeps the library's URL building, headers, response and error classes;
 its requests go over a connection taken from a :class:`ConnectionPool` and put back once the
-answer is read. Requests are written and answers read by ``h11`` (one state machine per
-socket, which also says whether the socket may be reused), not ``http.client``: its header
-checks, e-mail header parser and objects per request cost a sender about three times the CPU.
+answer is read. Requests are written by ``h11``, once per body length (:func:`_request`);
+answers are read by ``httptools`` (llhttp, in C) when they are plain (HTTP/1.1, a final status,
+one ``Content-Length``, nothing after them), and by ``h11`` otherwise, which then decides: h11's
+state machine was over half of a send's CPU and cost the dispatcher ~3 % of its rate. Not
+``http.client``: its header checks, e-mail header parser and objects per request cost a sender
+about three times the CPU.
 A host reached through a proxy (``HTTPS_PROXY`` and the like) keeps the library's own
 transport, which honours it (:func:`proxied`).
 """
@@ -24,12 +27,13 @@ import threading
 import weakref
 from collections.abc import Mapping
 from email.message import Message
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
 import h11
+import httptools
 import python_http_client
 from python_http_client.client import Response
 from python_http_client.exceptions import handle_error
@@ -41,6 +45,7 @@ MAX_IDLE = 64
 # reached it, so it is sent again on a new connection.
 _STALE = (BrokenPipeError, ConnectionResetError)
 _READ = 65536  # bytes asked of the socket at a time
+_PLAIN_MAX = 65536  # bytes of an answer :class:`_Plain` reads before leaving it to h11
 _WITH_BODY = frozenset({"PATCH", "POST", "PUT"})  # those get a Content-Length even without one
 
 
@@ -64,14 +69,15 @@ class Answer:
 
 class _Connection:
     """One kept-alive HTTP/1.1 connection: a request written in one ``sendall`` (one packet on
-    the loopback, the GIL released while the kernel sends it), its answer read by ``h11``. An
-    answer's head (status line and headers, or a chunk's size line) still incomplete past h11's
-    ``max_incomplete_event_size`` (16 KiB) is refused."""
+    the loopback, the GIL released while the kernel sends it), its answer read by
+    :class:`_Plain` or, where that declines, ``h11``. An answer's head (status line and headers,
+    or a chunk's size line) still incomplete past h11's ``max_incomplete_event_size`` (16 KiB)
+    is refused."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.http = h11.Connection(h11.CLIENT)
         self.timeout = sock.gettimeout()
+        self.pending = b""  # bytes read after an answer
 
     def settimeout(self, timeout: float | None) -> None:
         # Only when it changes: setting a socket's timeout is a system call (its blocking mode),
@@ -83,24 +89,51 @@ class _Connection:
     def close(self) -> None:
         self.sock.close()
 
-    def exchange(self, request: h11.Request, body: bytes | None) -> tuple[h11.Response, bytes]:
-        """``request`` sent, and its answer (after any interim 1xx answer) with its body. A server
-        that closes the connection before a byte of the answer raises ``ConnectionResetError``
-        (a kept-alive connection it closed while idle), a broken answer ``h11``'s
-        ``RemoteProtocolError``."""
-        http = self.http
-        out = http.send(request)
-        if body:
-            out += http.send(h11.Data(data=body))
-        self.sock.sendall(out + http.send(h11.EndOfMessage()))
-        answer, parts, received = None, [], False
-        while True:
-            event = http.next_event()
-            if event is h11.NEED_DATA:
+    def exchange(self, request: _Prepared, body: bytes | None) -> _Read:
+        """``request`` sent, and its answer (after any interim 1xx answer) with its body, and
+        whether another request may follow on this connection. A server that closes the
+        connection before a byte of the answer raises ``ConnectionResetError`` (a kept-alive
+        connection it closed while idle), a broken answer ``h11``'s ``RemoteProtocolError``."""
+        self.sock.sendall(request.head + body if body else request.head)
+        received: list[bytes] = []
+        if self.pending:  # what came after the last answer is the start of this one
+            received.append(self.pending)
+            self.pending = b""
+        elif request.plain:
+            plain = _Plain()
+            while True:
                 data = self.sock.recv(_READ)
                 if not data and not received:
                     raise ConnectionResetError("the server closed the connection without an answer")
-                received = True
+                received.append(data)
+                if not data or not plain.feed(data):
+                    break
+                if plain.answer is not None:
+                    return plain.answer
+        return self._strictly(request, body, received)
+
+    def _strictly(self, request: _Prepared, body: bytes | None, received: list[bytes]) -> _Read:
+        """The answer read by ``h11`` from what :meth:`exchange` has received so far on."""
+        http = h11.Connection(h11.CLIENT)
+        http.send(request.request)
+        if body:
+            http.send(h11.Data(data=body))
+        http.send(h11.EndOfMessage())
+        answer, parts, replayed = None, [], 0
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                # What was read already, a read at a time (h11 bounds a head by what is
+                # incomplete after a read), then the socket.
+                if replayed < len(received):
+                    http.receive_data(received[replayed])
+                    replayed += 1
+                    continue
+                data = self.sock.recv(_READ)
+                if not data and not received:
+                    raise ConnectionResetError("the server closed the connection without an answer")
+                received.append(data)
+                replayed += 1
                 http.receive_data(data)
             elif isinstance(event, h11.Response):
                 answer = event
@@ -108,23 +141,103 @@ class _Connection:
                 parts.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 assert answer is not None  # h11 reads a body only after its head
-                return answer, b"".join(parts)
+                # Another request may follow unless either side asked to close, the answer was
+                # HTTP/1.0 or its body ran to the end of the connection (which h11 reads as a
+                # complete answer, its state ``DONE``).
+                reusable = (
+                    http.our_state is h11.DONE
+                    and http.their_state is h11.DONE
+                    and not http.trailing_data[1]
+                )
+                self.pending = http.trailing_data[0]
+                return _Read(
+                    answer.status_code,
+                    answer.reason,
+                    list(answer.headers.raw_items()),
+                    b"".join(parts),
+                    reusable,
+                )
             elif not isinstance(event, h11.InformationalResponse):  # a protocol switch
                 raise h11.RemoteProtocolError(f"not an HTTP answer: {event!r}")
 
-    def reusable(self) -> bool:
-        """Whether another request may follow on this connection (made ready for it if so):
-        not if either side asked to close it, the answer was HTTP/1.0 or its body ran to the
-        end of the connection (which h11 reads as a complete answer, its state ``DONE``)."""
-        http = self.http
-        if (
-            http.our_state is h11.DONE
-            and http.their_state is h11.DONE
-            and not http.trailing_data[1]
-        ):
-            http.start_next_cycle()
-            return True
-        return False
+
+class _Read(NamedTuple):
+    """An answer as read: status, reason, headers (raw names and values, in order), body, and
+    whether its connection may carry another request."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    reusable: bool
+
+
+class _Plain:
+    """``httptools``' reading of an answer, kept only when it is plain: HTTP/1.1, a final
+    status (not 1xx), framed by one ``Content-Length`` (no ``Transfer-Encoding``), a
+    ``Connection`` header absent or ``keep-alive`` or ``close``, and no byte after it. What
+    else it meets (an error, another framing, an interim answer, a head past 64 KiB) it leaves
+    to ``h11``, which may refuse what llhttp would take or take what llhttp refuses (a bare LF,
+    a folded header): h11's reading is the one that counts."""
+
+    __slots__ = ("answer", "begun", "body", "done", "headers", "parser", "reason", "size")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.begun = 0  # answers begun: a second one is bytes after the first
+        self.size = 0
+        self.done = False  # an answer read to its end
+        self.answer: _Read | None = None  # once read, and plain
+
+    def feed(self, data: bytes) -> bool:
+        """``data`` read; False once the answer is not plain (or past this reader's bound)."""
+        self.size += len(data)
+        if self.size > _PLAIN_MAX:
+            return False
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return False
+        if self.begun > 1:
+            return False
+        return self.answer is not None or not self.done
+
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value.strip(b" \t")))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        status = self.parser.get_status_code()
+        if status < 200 or self.parser.get_http_version() != "1.1":
+            return
+        lengths = connection = 0
+        reusable = True
+        for name, value in self.headers:
+            name = name.lower()
+            if name == b"content-length":
+                lengths += 1
+            elif name == b"transfer-encoding":
+                return
+            elif name == b"connection":
+                connection += 1
+                token = value.lower()
+                if token not in (b"keep-alive", b"close"):
+                    return
+                reusable = token == b"keep-alive"
+        if lengths == 1 and connection <= 1:
+            self.answer = _Read(status, self.reason, self.headers, b"".join(self.body), reusable)
 
 
 class ConnectionPool:
@@ -196,7 +309,7 @@ class ConnectionPool:
                     connection = self._new(timeout)
                 else:
                     connection.settimeout(timeout)
-                answer, data = connection.exchange(request, body)
+                answer = connection.exchange(request, body)
             except _STALE as error:
                 if connection is not None:
                     connection.close()
@@ -211,28 +324,38 @@ class ConnectionPool:
                 if connection is not None:
                     connection.close()
                 raise URLError(error) from None
-            if connection.reusable():
+            if answer.reusable:
                 self._give_back(connection)
             else:
                 connection.close()
             # The headers as urllib gives them: an e-mail message, names in the server's case.
             answer_headers = http.client.HTTPMessage()
-            for name, value in answer.headers.raw_items():
+            for name, value in answer.headers:
                 answer_headers[name.decode("latin-1")] = value.decode("latin-1")
-            if answer.status_code >= 400:
+            if answer.status >= 400:
                 reason = answer.reason.decode("latin-1")
-                raise HTTPError(url, answer.status_code, reason, answer_headers, io.BytesIO(data))
-            return Answer(answer.status_code, data, answer_headers)
+                raise HTTPError(url, answer.status, reason, answer_headers, io.BytesIO(answer.body))
+            return Answer(answer.status, answer.body, answer_headers)
         raise AssertionError("unreachable")
 
 
+class _Prepared(NamedTuple):
+    """A request as :meth:`_Connection.exchange` sends it: h11's, its head as h11 writes it, and
+    whether its answer may be read by :class:`_Plain` (not a ``HEAD``'s, which has no body
+    whatever its headers say)."""
+
+    request: h11.Request
+    head: bytes
+    plain: bool
+
+
 # Requests differ mostly by their body, of which only the length is in the request itself: the
-# same request (immutable) serves every send of a length, h11's checks of each header done
-# once, not on every send (they were a fifth of its CPU per request).
+# same request (immutable) serves every send of a length, h11's checks of each header and its
+# writing done once, not on every send (they were a fifth of its CPU per request).
 @functools.lru_cache(maxsize=1024)
 def _request(
     method: str, url: str, length: int | None, headers: tuple[tuple[str, str], ...]
-) -> h11.Request:
+) -> _Prepared:
     """The request for a body of ``length`` bytes (``None``: no body): the headers as given,
     and ``Host``, ``Accept-Encoding`` and ``Content-Length`` as ``http.client`` adds them.
     ``h11`` refuses (``LocalProtocolError``) a method, target or header that would break it (a
@@ -247,9 +370,12 @@ def _request(
         fields.append((b"Accept-Encoding", b"identity"))
     if "content-length" not in names and (length is not None or method in _WITH_BODY):
         fields.append((b"Content-Length", b"%d" % (length or 0)))
-    return h11.Request(
+    request = h11.Request(
         method=method.encode("latin-1"), target=target.encode("latin-1"), headers=fields
     )
+    head = h11.Connection(h11.CLIENT).send(request)
+    assert head is not None
+    return _Prepared(request, head, method != "HEAD")
 
 
 def proxied(base_url: str) -> bool:
