@@ -14,6 +14,7 @@ taken again), so runners render side by side. Runners may split the leads betwee
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -22,12 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, select, update
 
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
-from engine.db import among, append_rows, reading, update_rows
+from engine.db import among_param, append_rows, fetch_rows, reading, update_rows
 from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.render.templates import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
@@ -146,6 +147,51 @@ def cap_frees_at(cap: FrequencyCap, sent: Sequence[datetime], now: datetime) -> 
     return recent[len(recent) - cap.max] + cap.per
 
 
+# -- the batch's reads: built once, so neither built nor compiled again per batch (see
+# engine.db.fetch_rows), each with its batch's ids in one parameter (engine.db.among_param)
+_LEAD_COLUMNS = ("id", "email", "attributes", "score", "stage", "tags", "subscribed", "created_at",
+                 "version")  # fmt: skip
+
+
+@functools.cache
+def _leads_query(dialect: str) -> Select[Any]:
+    columns = (LEADS.c[name] for name in _LEAD_COLUMNS)
+    return select(*columns).where(among_param(dialect, LEADS.c.id, "ids"))
+
+
+@functools.cache
+def _scores_query(dialect: str) -> Select[Any]:
+    query = select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value)
+    return query.where(among_param(dialect, SCORES.c.lead_id, "ids"))
+
+
+@functools.cache
+def _recent_query(dialect: str) -> Select[Any]:
+    # Status is checked in Python rather than in SQL: a status condition leads SQLite to scan
+    # every queued or sent message instead of reading each lead's few from the index.
+    return (
+        select(OUTBOX.c.lead_id, OUTBOX.c.created_at, OUTBOX.c.status)
+        .where(
+            among_param(dialect, OUTBOX.c.lead_id, "ids"),
+            OUTBOX.c.created_at > bindparam("since"),
+        )
+        .order_by(OUTBOX.c.created_at)
+    )
+
+
+@functools.cache
+def _unchanged_query(dialect: str) -> Select[Any]:
+    return (
+        select(ENROLLMENTS.c.id, ENROLLMENTS.c.step, LEADS.c.version)
+        .join_from(ENROLLMENTS, LEADS, LEADS.c.id == ENROLLMENTS.c.lead_id)
+        .where(
+            among_param(dialect, ENROLLMENTS.c.id, "ids"),
+            ENROLLMENTS.c.status == bindparam("active"),
+            ENROLLMENTS.c.next_due_at <= bindparam("now"),
+        )
+    )
+
+
 # -- the job -------------------------------------------------------------------------------------
 class StepRunner:
     """Runs due steps for one set of campaigns, renderer and settings."""
@@ -261,17 +307,10 @@ class StepRunner:
         moves them before it commits. A write that moves none of them (a decay lowering scores
         leaves versions as they are) reads nothing a batch writes: the batch stands as if it
         had committed first."""
-        query = (
-            select(ENROLLMENTS.c.id, ENROLLMENTS.c.step, LEADS.c.version)
-            .join_from(ENROLLMENTS, LEADS, LEADS.c.id == ENROLLMENTS.c.lead_id)
-            .where(
-                ENROLLMENTS.c.id.in_([row.id for row in loaded.rows]),
-                ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
-                ENROLLMENTS.c.next_due_at <= now,
-            )
-        )
         read = {(row.id, row.step, loaded.leads[row.lead_id]["version"]) for row in loaded.rows}
-        if {tuple(row) for row in conn.execute(query).all()} != read:
+        params = {"ids": [row.id for row in loaded.rows], "active": EnrollmentStatus.ACTIVE,
+                  "now": now}  # fmt: skip
+        if set(fetch_rows(conn, _unchanged_query(conn.dialect.name), params)) != read:
             return False
         return self._recent(conn, loaded.leads, now) == loaded.sent
 
@@ -288,25 +327,10 @@ class StepRunner:
 
     def _leads(self, conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
         leads: dict[int, dict[str, Any]] = {}
-        query = select(
-            LEADS.c.id,
-            LEADS.c.email,
-            LEADS.c.attributes,
-            LEADS.c.score,
-            LEADS.c.stage,
-            LEADS.c.tags,
-            LEADS.c.subscribed,
-            LEADS.c.created_at,
-            LEADS.c.version,
-        ).where(among(conn, LEADS.c.id, ids))
-        keys = [column.name for column in query.selected_columns]
-        # Rows fetched at once (.all()): iterating a result fetches them one call at a time.
-        for row in conn.execute(query).all():
-            leads[row[0]] = dict(zip(keys, row, strict=True), scores={})
-        scores = select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value)
-        for lead_id, component, value in conn.execute(
-            scores.where(among(conn, SCORES.c.lead_id, ids))
-        ).all():
+        dialect, params = conn.dialect.name, {"ids": list(ids)}
+        for row in fetch_rows(conn, _leads_query(dialect), params):
+            leads[row[0]] = dict(zip(_LEAD_COLUMNS, row, strict=True), scores={})
+        for lead_id, component, value in fetch_rows(conn, _scores_query(dialect), params):
             leads[lead_id]["scores"][component] = value
         return leads
 
@@ -318,14 +342,8 @@ class StepRunner:
         sent: dict[int, list[datetime]] = defaultdict(list)
         if not caps:
             return sent
-        # Status is checked here rather than in SQL: a status condition leads SQLite to scan
-        # every queued or sent message instead of reading each lead's few from the index.
-        query = (
-            select(OUTBOX.c.lead_id, OUTBOX.c.created_at, OUTBOX.c.status)
-            .where(among(conn, OUTBOX.c.lead_id, leads), OUTBOX.c.created_at > now - max(caps))
-            .order_by(OUTBOX.c.created_at)
-        )
-        for lead_id, at, status in conn.execute(query).all():
+        params = {"ids": list(leads), "since": now - max(caps)}
+        for lead_id, at, status in fetch_rows(conn, _recent_query(conn.dialect.name), params):
             if status in COUNTED:
                 sent[lead_id].append(at)
         return sent
