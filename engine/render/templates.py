@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import unescape
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import css_inline
 from inscriptis import get_text
@@ -81,9 +81,9 @@ class Rendered:
     text: str
 
 
-@dataclass(frozen=True)
-class _Draft:
-    """An email before its CSS is inlined: the page as rendered, or tracked."""
+class _Draft(NamedTuple):
+    """An email before its CSS is inlined: the page as rendered, or tracked. A tuple: a frozen
+    dataclass sets each field through ``object.__setattr__``, for every email."""
 
     subject: str
     page: str | Marked
@@ -388,6 +388,9 @@ def html_to_text(html: str) -> str:
     return text.strip()
 
 
+_PROFILE = dict.fromkeys(PROFILE)
+
+
 def lead_context(
     email: str,
     attributes: Mapping[str, Any],
@@ -401,7 +404,7 @@ def lead_context(
     """What a template sees as ``lead``: the profile (standard attributes always present),
     custom attributes, and the lead's score, temperature and stage."""
     return {
-        **dict.fromkeys(PROFILE),
+        **_PROFILE,
         **attributes,
         "email": email,
         "score": score,

@@ -61,9 +61,9 @@ class StepReport:
         self.errors.extend(other.errors)
 
 
-@dataclass(frozen=True)
-class Pending:
-    """An email decided on, waiting for the batch to be rendered."""
+class Pending(NamedTuple):
+    """An email decided on, waiting for the batch to be rendered. A tuple, as :class:`_Due`
+    is: a frozen dataclass sets each field through ``object.__setattr__``."""
 
     message: dict[str, Any]
     template: str
@@ -136,6 +136,17 @@ def next_opening(window: SendWindow, now: datetime, zone: ZoneInfo) -> datetime:
         if local < start:
             return start.astimezone(now.tzinfo)
     raise AssertionError("a send window has at least one day")  # pragma: no cover
+
+
+def _opening(window: SendWindow, now: datetime, zone: ZoneInfo) -> datetime:
+    """:func:`next_opening`, remembered: a batch's emails share ``now`` and a few zones."""
+    # Keyed by `now`'s zone too: an equal moment in another zone is answered in that zone.
+    return _openings(window, now, now.tzinfo, zone)
+
+
+@functools.lru_cache(maxsize=1024)
+def _openings(window: SendWindow, now: datetime, _zone: Any, zone: ZoneInfo) -> datetime:
+    return next_opening(window, now, zone)
 
 
 def cap_frees_at(cap: FrequencyCap, sent: Sequence[datetime], now: datetime) -> datetime | None:
@@ -395,7 +406,7 @@ class StepRunner:
             return advance(row.step + 1)
         if campaign.send_window is not None:
             zone = lead_zone(lead["attributes"], self.settings.default_timezone)
-            opening = next_opening(campaign.send_window, now, zone)
+            opening = _opening(campaign.send_window, now, zone)
             if opening > now:
                 return wait_until(opening)
         if campaign.frequency_cap is not None:
