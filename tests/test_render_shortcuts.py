@@ -11,12 +11,13 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from jinja2.compiler import CodeGenerator
 from markupsafe import Markup, escape
 
-from engine.render import sandbox
+from engine.render import sandbox, shapes, templates
 from engine.render.sandbox import MARK, _finalize, _printed, tracking
 from engine.render.shapes import _NEW, Shape, Shapes
 from engine.render.templates import Renderer
@@ -76,30 +77,41 @@ def test_templates_print_as_with_jinja2s_output_code(tmp_path: Path) -> None:
 SMALL = st.text(alphabet=["a", "b", MARK, "\x00"], max_size=4)
 
 
-@given(
-    st.lists(
-        st.tuples(st.booleans(), st.sampled_from(["t1", "t2"]), SMALL, st.booleans()), max_size=40
-    )
-)
+TEMPLATES = st.sampled_from(["t1", "t2", "t3"])
+# The bounds on what is remembered, as shipped and small enough to be reached.
+BOUNDS = st.sampled_from([(shapes.MAX_LAST_CHARS, shapes.MAX_LAST), (2, 2), (0, 1)])
+
+
+@given(st.lists(st.tuples(st.booleans(), TEMPLATES, SMALL, st.booleans()), max_size=40), BOUNDS)
 def test_a_templates_last_page_finds_what_a_lookup_finds(
-    steps: list[tuple[bool, str, str, bool]],
+    steps: list[tuple[bool, str, str, bool]], bounds: tuple[int, int]
 ) -> None:
-    shapes = Shapes(lambda pages: list(pages))
-    for learn, template, text, usable in steps:
-        page = "".join(list(text))  # a string of its own, as each email's page is
-        if learn:
-            if page not in shapes.known:
-                shapes._learn(page, Shape((page,), ()) if usable else None)
-        else:
-            assert shapes._known(template, page) is shapes.known.get(page, _NEW)
+    found = Shapes(lambda pages: list(pages))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(shapes, "MAX_LAST_CHARS", bounds[0])
+        patch.setattr(shapes, "MAX_LAST", bounds[1])
+        for learn, template, text, usable in steps:
+            page = "".join(list(text))  # a string of its own, as each email's page is
+            if learn:
+                if page not in found.known:
+                    found._learn(page, Shape((page,), ()) if usable else None)
+            else:
+                assert found._known(template, page) is found.known.get(page, _NEW)
+            assert len(found.last) <= bounds[1]
 
 
-@given(st.lists(st.tuples(st.sampled_from(["a.j2", "b.j2"]), SMALL), max_size=40))
-def test_the_marks_remembered_for_the_last_page_are_counted(pages: list[tuple[str, str]]) -> None:
+@given(st.lists(st.tuples(TEMPLATES, SMALL), max_size=40), BOUNDS)
+def test_the_marks_remembered_for_the_last_page_are_counted(
+    pages: list[tuple[str, str]], bounds: tuple[int, int]
+) -> None:
     renderer = Renderer(Path("templates"))
-    for file, text in pages:
-        html = "".join(list(text))
-        assert renderer._marks(file, html) == html.count(MARK)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(templates, "MAX_LAST_CHARS", bounds[0])
+        patch.setattr(templates, "MAX_LAST", bounds[1])
+        for file, text in pages:
+            html = "".join(list(text))
+            assert renderer._marks(file, html) == html.count(MARK)
+            assert len(renderer.counted) <= bounds[1]
 
 
 @given(

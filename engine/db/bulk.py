@@ -390,12 +390,15 @@ def fetch_rows(
         except conn.dialect.loaded_dbapi.Error:
             pass  # SQLAlchemy's own execution says what went wrong, as its error
         else:
-            if not any(results):
+            if not found or not any(results):
                 return found
-            return [
-                tuple(v if f is None else f(v) for f, v in zip(results, row, strict=True))
-                for row in found
-            ]
+            # Column by column, each processed one in C (map): a generator over every value
+            # of every row cost ~1 µs a row more (the step job reads a lead a message).
+            columns = list(zip(*found, strict=True))
+            for i, process in enumerate(results):
+                if process is not None:
+                    columns[i] = tuple(map(process, columns[i]))
+            return list(zip(*columns, strict=True))
         finally:
             cursor.close()
     return [tuple(row) for row in conn.execute(statement, dict(params)).all()]

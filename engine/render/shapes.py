@@ -42,6 +42,9 @@ OPEN, CLOSE = "\ue001", "\ue002"  # around each probe in a sketch
 PROBE = "p &<>\"'\xa0"  # everything the serializer escapes, a space and a quote
 MAX_CHARS = 4_000_000  # characters of shapes (pages and pieces) kept
 MAX_MISSES = 64  # new or unusable shapes of a template before it is no longer tracked
+# A template's last page is remembered (see Shapes.last) up to this many characters, for at
+# most this many templates at a time: a few emails' worth of memory, not a batch's.
+MAX_LAST_CHARS, MAX_LAST = 100_000, 64
 # Attributes whose value no CSS selector without `[…]` and no tree-building rule reads.
 ATTRIBUTES = frozenset({"href", "src", "alt", "title"})
 # Elements whose attributes load or change something.
@@ -293,7 +296,9 @@ class Shapes:
         if last is not None and last[0] == page:
             return last[1]
         shape = self.known.get(page, _NEW)
-        if shape is not _NEW:
+        if shape is not _NEW and len(page) <= MAX_LAST_CHARS:
+            if len(self.last) >= MAX_LAST and template not in self.last:
+                self.last.clear()
             self.last[template] = (page, shape)  # type: ignore[assignment]
         return shape
 

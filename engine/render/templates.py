@@ -36,7 +36,7 @@ from jinja2.loaders import split_template_path
 
 from engine.errors import NurtureError
 from engine.render.sandbox import MARK, MAX_VALUE, BoundedEnvironment, budget, joined, tracking
-from engine.render.shapes import Marked, Shaped, Shapes
+from engine.render.shapes import MAX_LAST, MAX_LAST_CHARS, Marked, Shaped, Shapes
 from engine.render.texts import TextShapes
 
 SUFFIX = ".j2"
@@ -352,7 +352,10 @@ class Renderer:
         if counted is not None and counted[0] == html:
             return counted[1]
         marks = html.count(MARK)
-        self.counted[file] = (html, marks)
+        if len(html) <= MAX_LAST_CHARS:  # bounded as the shapes' last pages are
+            if len(self.counted) >= MAX_LAST and file not in self.counted:
+                self.counted.clear()
+            self.counted[file] = (html, marks)
         return marks
 
     def check(self) -> list[TemplateError]:
