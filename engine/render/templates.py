@@ -291,7 +291,9 @@ class Renderer:
                     # One context for the blocks and the page: rendering a block changes nothing
                     # in its context (only the page's top level sets variables), and the page is
                     # rendered last, with the blocks already taken out of it.
-                    scope = template.new_context(dict(variables))
+                    # Jinja2 copies the variables into the context: a dict needs no copy.
+                    given = variables if type(variables) is dict else dict(variables)
+                    scope = template.new_context(given)
                     parts = {
                         block: joined(template.blocks[block](scope))
                         for block in ("subject", "text")

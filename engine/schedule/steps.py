@@ -308,8 +308,7 @@ class StepRunner:
         for row in loaded.rows:
             lead = loaded.leads[row.lead_id]
             campaign = self.campaigns.campaigns.get(row.campaign)
-            move = self._decide(row, lead, campaign, sent[row.lead_id], now, pending, report)
-            moves.append({"id": row.id, **move})
+            moves.append(self._decide(row, lead, campaign, sent[row.lead_id], now, pending, report))
         return _Plan(report, self._render(pending, report), moves)
 
     def _unchanged(self, conn: Connection, loaded: _Loaded, now: datetime) -> bool:
@@ -369,27 +368,28 @@ class StepRunner:
         pending: list[Pending],
         report: StepReport,
     ) -> dict[str, Any]:
-        """What happens to one due enrollment; appends the email to send to ``pending``."""
+        """What happens to one due enrollment (its row as written); appends the email to send to
+        ``pending``."""
 
         def end(status: str, reason: str) -> dict[str, Any]:
             if status == EnrollmentStatus.EXITED:
                 report.exited += 1
             else:
                 report.completed += 1
-            return {"step": row.step, "status": status, "next_due_at": None, "ended_at": now,
-                    "reason": reason}  # fmt: skip
+            return {"id": row.id, "step": row.step, "status": status, "next_due_at": None,
+                    "ended_at": now, "reason": reason}  # fmt: skip
 
         def advance(step: int) -> dict[str, Any]:
             if campaign is None or step >= len(campaign.steps):
                 return end(EnrollmentStatus.COMPLETED, "all steps done")
             due = now + campaign.steps[step].wait
-            return {"step": step, "status": EnrollmentStatus.ACTIVE, "next_due_at": due,
-                    "ended_at": None, "reason": None}  # fmt: skip
+            return {"id": row.id, "step": step, "status": EnrollmentStatus.ACTIVE,
+                    "next_due_at": due, "ended_at": None, "reason": None}  # fmt: skip
 
         def wait_until(moment: datetime) -> dict[str, Any]:
             report.deferred += 1
-            return {"step": row.step, "status": EnrollmentStatus.ACTIVE, "next_due_at": moment,
-                    "ended_at": None, "reason": None}  # fmt: skip
+            return {"id": row.id, "step": row.step, "status": EnrollmentStatus.ACTIVE,
+                    "next_due_at": moment, "ended_at": None, "reason": None}  # fmt: skip
 
         if campaign is None:
             return end(EnrollmentStatus.EXITED, "campaign removed")
@@ -502,11 +502,12 @@ class StepRunner:
             if isinstance(result, TemplateError):
                 report.held += 1
                 report.errors.append(f"{message['campaign']} step {message['step'] + 1}: {result}")
-                rows.append({**message, "status": OutboxStatus.HELD, "last_error": str(result),
-                             "subject": None, "html": None, "text": None})  # fmt: skip
+                message |= {"status": OutboxStatus.HELD, "last_error": str(result),
+                            "subject": None, "html": None, "text": None}  # fmt: skip
             else:
                 report.queued += 1
-                rows.append({**message, "status": OutboxStatus.QUEUED, "last_error": None,
-                             "subject": result.subject, "html": result.html,
-                             "text": result.text})  # fmt: skip
+                message |= {"status": OutboxStatus.QUEUED, "last_error": None,
+                            "subject": result.subject, "html": result.html,
+                            "text": result.text}  # fmt: skip
+            rows.append(message)  # each pending email's own, completed in place
         return rows
