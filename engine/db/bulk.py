@@ -231,7 +231,7 @@ def _arrays(
 
     arrays: dict[str, list[Any]] = {}
     for c in columns:
-        values = [row[c] for row in rows]
+        values = list(map(itemgetter(c), rows))  # in C: a batch's rows times its columns
         if isinstance(table.c[c].type, JSON):
             values = [Json(v) for v in values]  # None too: JSON null, as SQLAlchemy stores it
         arrays[c] = values
@@ -250,11 +250,17 @@ def append_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
 
     columns = tuple(rows[0])
     sql, types, json_columns = _copy(table, columns)
+    # Each row's values taken in C (itemgetter), only its JSON ones wrapped in Python.
+    values = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    wrapped = [i for i, c in enumerate(columns) if c in json_columns]
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     with cursor.copy(sql) as copy:
         copy.set_types(types)
         for row in rows:
-            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])
+            line = list(values(row))
+            for i in wrapped:
+                line[i] = Json(line[i])
+            copy.write_row(line)
 
 
 @functools.cache
