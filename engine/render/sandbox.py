@@ -139,8 +139,10 @@ def weight(value: Any, limit: int = MAX_VALUE) -> int:
     item shared by several places counted at each: about the length of its text and the work of
     copying it. Stops counting once past ``limit``, so the cost is bounded (also for a list that
     contains itself)."""
-    if type(value) is str or isinstance(value, str | bytes | bytearray):  # most values: what
-        return len(value)  # the loop would count (a type check first: ~3x cheaper on a str)
+    # Most values: what the loop would count. A plain text is told by its type first, which
+    # costs a seventh of building the union and checking against it (~0.2 µs) on each call.
+    if type(value) is str or isinstance(value, str | bytes | bytearray):
+        return len(value)
     total, stack = 0, [value]
     while stack and total <= limit:
         item = stack.pop()
@@ -467,8 +469,8 @@ def _finalize(value: Any) -> Any:
 def _printed(value: Any) -> Markup:
     """``escape(_finalize(value))``, what a template prints for a value, in one call: the
     code of ``{{ … }}`` (see :class:`_CodeGenerator`). A tracked render's mark is markup
-    already, which escaping would only copy (a Python call and a new Markup, ~5 % of a
-    render)."""
+    already, which escaping would only copy (~1.5 µs a printed value: a Python call, an
+    ``__html__`` lookup and a new Markup)."""
     value = "" if value is None else _bounded(value, "an output")
     tracked = _tracked()
     if tracked is None:
