@@ -231,7 +231,7 @@ def _arrays(
 
     arrays: dict[str, list[Any]] = {}
     for c in columns:
-        values = [row[c] for row in rows]
+        values = list(map(itemgetter(c), rows))  # in C: a batch's rows times its columns
         if isinstance(table.c[c].type, JSON):
             values = [Json(v) for v in values]  # None too: JSON null, as SQLAlchemy stores it
         arrays[c] = values
@@ -250,11 +250,17 @@ def append_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> N
 
     columns = tuple(rows[0])
     sql, types, json_columns = _copy(table, columns)
+    # Each row's values taken in C (itemgetter), only its JSON ones wrapped in Python.
+    values = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    wrapped = [i for i, c in enumerate(columns) if c in json_columns]
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     with cursor.copy(sql) as copy:
         copy.set_types(types)
         for row in rows:
-            copy.write_row([Json(row[c]) if c in json_columns else row[c] for c in columns])
+            line = list(values(row))
+            for i in wrapped:
+                line[i] = Json(line[i])
+            copy.write_row(line)
 
 
 @functools.cache
@@ -390,12 +396,15 @@ def fetch_rows(
         except conn.dialect.loaded_dbapi.Error:
             pass  # SQLAlchemy's own execution says what went wrong, as its error
         else:
-            if not any(results):
+            if not found or not any(results):
                 return found
-            return [
-                tuple(v if f is None else f(v) for f, v in zip(results, row, strict=True))
-                for row in found
-            ]
+            # Column by column, each processed one in C (map): a generator over every value
+            # of every row cost ~1 µs a row more (the step job reads a lead a message).
+            columns = list(zip(*found, strict=True))
+            for i, process in enumerate(results):
+                if process is not None:
+                    columns[i] = tuple(map(process, columns[i]))
+            return list(zip(*columns, strict=True))
         finally:
             cursor.close()
     return [tuple(row) for row in conn.execute(statement, dict(params)).all()]

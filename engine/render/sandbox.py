@@ -139,7 +139,9 @@ def weight(value: Any, limit: int = MAX_VALUE) -> int:
     item shared by several places counted at each: about the length of its text and the work of
     copying it. Stops counting once past ``limit``, so the cost is bounded (also for a list that
     contains itself)."""
-    if isinstance(value, str | bytes | bytearray):  # most values: what the loop would count
+    # Most values: what the loop would count. A plain text is told by its type first, which
+    # costs a seventh of building the union and checking against it (~0.2 µs) on each call.
+    if type(value) is str or isinstance(value, str | bytes | bytearray):
         return len(value)
     total, stack = 0, [value]
     while stack and total <= limit:
@@ -229,8 +231,29 @@ class _Text(list[str]):
 
 
 class _CodeGenerator(CodeGenerator):
-    """Jinja2's compiler with two changes: output buffers are :class:`_Text`, and ``a ~ b``
-    goes through :meth:`_Environment.tilde`, which checks the size before joining."""
+    """Jinja2's compiler with three changes: output buffers are :class:`_Text`, ``a ~ b``
+    goes through :meth:`_Environment.tilde`, which checks the size before joining, and a
+    printed value through :func:`_printed`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.printing: list[bool] = []  # per output being written: through environment.printed
+
+    def _output_child_pre(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        # `{{ x }}` as `environment.printed(x)`, not `escape(environment.finalize(x))`, where
+        # autoescaping is fixed on (everywhere: templates cannot change it).
+        printing = frame.eval_ctx.autoescape and not frame.eval_ctx.volatile
+        self.printing.append(printing)
+        if printing:
+            self.write("environment.printed(")
+        else:
+            super()._output_child_pre(node, frame, finalize)
+
+    def _output_child_post(self, node: nodes.Expr, frame: Frame, finalize: Any) -> None:
+        if self.printing.pop():
+            self.write(")")
+        else:
+            super()._output_child_post(node, frame, finalize)
 
     def buffer(self, frame: Frame) -> None:
         frame.buffer = self.temporary_identifier()
@@ -440,6 +463,23 @@ def _finalize(value: Any) -> Any:
     tracked = _tracked()
     if tracked is None:
         return value
+    return _mark(tracked, value)
+
+
+def _printed(value: Any) -> Markup:
+    """``escape(_finalize(value))``, what a template prints for a value, in one call: the
+    code of ``{{ … }}`` (see :class:`_CodeGenerator`). A tracked render's mark is markup
+    already, which escaping would only copy (~1.5 µs a printed value: a Python call, an
+    ``__html__`` lookup and a new Markup)."""
+    value = "" if value is None else _bounded(value, "an output")
+    tracked = _tracked()
+    if tracked is None:
+        return escape(value)
+    return _mark(tracked, value)
+
+
+def _mark(tracked: Tracked, value: Any) -> Markup:
+    """The mark printed for ``value`` in a tracked render, the value collected as printed."""
     # A plain text as markupsafe escapes it, without building Markup on the way (its
     # constructor's `__html__` check raises and catches an AttributeError for every text).
     printed = _escaped(value) if type(value) is str else str(escape(value))
@@ -461,6 +501,7 @@ class BoundedEnvironment(SandboxedEnvironment):
     code_generator_class = _CodeGenerator
     intercepted_binops = frozenset({"*", "**", "%", "+"})
     concat = staticmethod(_concat)
+    printed = staticmethod(_printed)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(finalize=_finalize, autoescape=True, **options)

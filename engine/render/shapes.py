@@ -27,6 +27,7 @@ back to inlining the email's own page:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ OPEN, CLOSE = "\ue001", "\ue002"  # around each probe in a sketch
 PROBE = "p &<>\"'\xa0"  # everything the serializer escapes, a space and a quote
 MAX_CHARS = 4_000_000  # characters of shapes (pages and pieces) kept
 MAX_MISSES = 64  # new or unusable shapes of a template before it is no longer tracked
+# A template's last page is remembered (see Shapes.last) up to this many characters, for at
+# most this many templates at a time: a few emails' worth of memory, not a batch's.
+MAX_LAST_CHARS, MAX_LAST = 100_000, 64
 # Attributes whose value no CSS selector without `[…]` and no tree-building rule reads.
 ATTRIBUTES = frozenset({"href", "src", "alt", "title"})
 # Elements whose attributes load or change something.
@@ -185,6 +189,12 @@ class Shape:
     def size(self) -> int:
         return sum(map(len, self.pieces))
 
+    @functools.cached_property
+    def nul(self) -> bool:
+        """Whether an email :meth:`fill` makes has a NUL: only from the pieces (a value with
+        one is not filled in)."""
+        return any("\x00" in piece for piece in self.pieces)
+
 
 class Shaped(NamedTuple):
     """An email's page as its shape filled with its values (as Jinja2 printed them)."""
@@ -202,6 +212,11 @@ class Shapes:
     def __init__(self, inline_many: Callable[[list[str]], list[str | Exception]]) -> None:
         self.inline_many = inline_many
         self.known: dict[str, Shape | None] = {}
+        # Each template's last page found in `known`, and its shape: most emails of a template
+        # are of one shape, and a page is a new string each email, which a lookup in `known`
+        # hashes whole (~2 % of a batch) where comparing it with the last one is a memcmp.
+        # `known` only grows, its entries unchanged, so the pair stays what a lookup finds.
+        self.last: dict[str, tuple[str, Shape | None]] = {}
         self.chars = 0
         self.misses: dict[str, int] = {}
 
@@ -228,7 +243,7 @@ class Shapes:
             if isinstance(page, str):
                 alone[i] = page
                 continue
-            shape = self.known.get(page.page, _NEW)
+            shape = self._known(template, page.page)
             if shape is _NEW:
                 if page.page in new:
                     waiting.append(i)
@@ -274,6 +289,18 @@ class Shapes:
         for i, result in zip(later, self.inline_many(list(later.values())), strict=True):
             done[i] = result
         return list(zip(done, shaped, strict=True))  # type: ignore[arg-type]
+
+    def _known(self, template: str, page: str) -> Shape | object | None:
+        """``known.get(page, _NEW)``, the template's last page first."""
+        last = self.last.get(template)
+        if last is not None and last[0] == page:
+            return last[1]
+        shape = self.known.get(page, _NEW)
+        if shape is not _NEW and len(page) <= MAX_LAST_CHARS:
+            if len(self.last) >= MAX_LAST and template not in self.last:
+                self.last.clear()
+            self.last[template] = (page, shape)  # type: ignore[assignment]
+        return shape
 
     def missed(self, template: str) -> None:
         """A render of ``template`` that could not be tracked."""

@@ -14,6 +14,7 @@ taken again), so runners render side by side. Runners may split the leads betwee
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -22,12 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, Select, bindparam, select, update
 
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
 from engine.campaigns.spec import Campaign, FrequencyCap, SendWindow
-from engine.db import among, append_rows, reading, update_rows
+from engine.db import among_param, append_rows, fetch_rows, reading, update_rows
 from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.render.templates import Renderer, TemplateError, context, lead_context
 from engine.rules.evaluate import LeadState
@@ -60,9 +61,9 @@ class StepReport:
         self.errors.extend(other.errors)
 
 
-@dataclass(frozen=True)
-class Pending:
-    """An email decided on, waiting for the batch to be rendered."""
+class Pending(NamedTuple):
+    """An email decided on, waiting for the batch to be rendered. A tuple, as :class:`_Due`
+    is: a frozen dataclass sets each field through ``object.__setattr__``."""
 
     message: dict[str, Any]
     template: str
@@ -137,6 +138,17 @@ def next_opening(window: SendWindow, now: datetime, zone: ZoneInfo) -> datetime:
     raise AssertionError("a send window has at least one day")  # pragma: no cover
 
 
+def _opening(window: SendWindow, now: datetime, zone: ZoneInfo) -> datetime:
+    """:func:`next_opening`, remembered: a batch's emails share ``now`` and a few zones."""
+    # Keyed by `now`'s zone too: an equal moment in another zone is answered in that zone.
+    return _openings(window, now, now.tzinfo, zone)
+
+
+@functools.lru_cache(maxsize=1024)
+def _openings(window: SendWindow, now: datetime, _zone: Any, zone: ZoneInfo) -> datetime:
+    return next_opening(window, now, zone)
+
+
 def cap_frees_at(cap: FrequencyCap, sent: Sequence[datetime], now: datetime) -> datetime | None:
     """None when one more email fits under the cap at ``now`` (``sent``: times of the lead's
     emails, ascending), else when the oldest one counted leaves the window."""
@@ -144,6 +156,51 @@ def cap_frees_at(cap: FrequencyCap, sent: Sequence[datetime], now: datetime) -> 
     if len(recent) < cap.max:
         return None
     return recent[len(recent) - cap.max] + cap.per
+
+
+# -- the batch's reads: built once, so neither built nor compiled again per batch (see
+# engine.db.fetch_rows), each with its batch's ids in one parameter (engine.db.among_param)
+_LEAD_COLUMNS = ("id", "email", "attributes", "score", "stage", "tags", "subscribed", "created_at",
+                 "version")  # fmt: skip
+
+
+@functools.cache
+def _leads_query(dialect: str) -> Select[Any]:
+    columns = (LEADS.c[name] for name in _LEAD_COLUMNS)
+    return select(*columns).where(among_param(dialect, LEADS.c.id, "ids"))
+
+
+@functools.cache
+def _scores_query(dialect: str) -> Select[Any]:
+    query = select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value)
+    return query.where(among_param(dialect, SCORES.c.lead_id, "ids"))
+
+
+@functools.cache
+def _recent_query(dialect: str) -> Select[Any]:
+    # Status is checked in Python rather than in SQL: a status condition leads SQLite to scan
+    # every queued or sent message instead of reading each lead's few from the index.
+    return (
+        select(OUTBOX.c.lead_id, OUTBOX.c.created_at, OUTBOX.c.status)
+        .where(
+            among_param(dialect, OUTBOX.c.lead_id, "ids"),
+            OUTBOX.c.created_at > bindparam("since"),
+        )
+        .order_by(OUTBOX.c.created_at)
+    )
+
+
+@functools.cache
+def _unchanged_query(dialect: str) -> Select[Any]:
+    return (
+        select(ENROLLMENTS.c.id, ENROLLMENTS.c.step, LEADS.c.version)
+        .join_from(ENROLLMENTS, LEADS, LEADS.c.id == ENROLLMENTS.c.lead_id)
+        .where(
+            among_param(dialect, ENROLLMENTS.c.id, "ids"),
+            ENROLLMENTS.c.status == bindparam("active"),
+            ENROLLMENTS.c.next_due_at <= bindparam("now"),
+        )
+    )
 
 
 # -- the job -------------------------------------------------------------------------------------
@@ -251,8 +308,7 @@ class StepRunner:
         for row in loaded.rows:
             lead = loaded.leads[row.lead_id]
             campaign = self.campaigns.campaigns.get(row.campaign)
-            move = self._decide(row, lead, campaign, sent[row.lead_id], now, pending, report)
-            moves.append({"id": row.id, **move})
+            moves.append(self._decide(row, lead, campaign, sent[row.lead_id], now, pending, report))
         return _Plan(report, self._render(pending, report), moves)
 
     def _unchanged(self, conn: Connection, loaded: _Loaded, now: datetime) -> bool:
@@ -261,17 +317,10 @@ class StepRunner:
         moves them before it commits. A write that moves none of them (a decay lowering scores
         leaves versions as they are) reads nothing a batch writes: the batch stands as if it
         had committed first."""
-        query = (
-            select(ENROLLMENTS.c.id, ENROLLMENTS.c.step, LEADS.c.version)
-            .join_from(ENROLLMENTS, LEADS, LEADS.c.id == ENROLLMENTS.c.lead_id)
-            .where(
-                ENROLLMENTS.c.id.in_([row.id for row in loaded.rows]),
-                ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
-                ENROLLMENTS.c.next_due_at <= now,
-            )
-        )
         read = {(row.id, row.step, loaded.leads[row.lead_id]["version"]) for row in loaded.rows}
-        if {tuple(row) for row in conn.execute(query).all()} != read:
+        params = {"ids": [row.id for row in loaded.rows], "active": EnrollmentStatus.ACTIVE,
+                  "now": now}  # fmt: skip
+        if set(fetch_rows(conn, _unchanged_query(conn.dialect.name), params)) != read:
             return False
         return self._recent(conn, loaded.leads, now) == loaded.sent
 
@@ -288,25 +337,10 @@ class StepRunner:
 
     def _leads(self, conn: Connection, ids: set[int]) -> dict[int, dict[str, Any]]:
         leads: dict[int, dict[str, Any]] = {}
-        query = select(
-            LEADS.c.id,
-            LEADS.c.email,
-            LEADS.c.attributes,
-            LEADS.c.score,
-            LEADS.c.stage,
-            LEADS.c.tags,
-            LEADS.c.subscribed,
-            LEADS.c.created_at,
-            LEADS.c.version,
-        ).where(among(conn, LEADS.c.id, ids))
-        keys = [column.name for column in query.selected_columns]
-        # Rows fetched at once (.all()): iterating a result fetches them one call at a time.
-        for row in conn.execute(query).all():
-            leads[row[0]] = dict(zip(keys, row, strict=True), scores={})
-        scores = select(SCORES.c.lead_id, SCORES.c.component, SCORES.c.value)
-        for lead_id, component, value in conn.execute(
-            scores.where(among(conn, SCORES.c.lead_id, ids))
-        ).all():
+        dialect, params = conn.dialect.name, {"ids": list(ids)}
+        for row in fetch_rows(conn, _leads_query(dialect), params):
+            leads[row[0]] = dict(zip(_LEAD_COLUMNS, row, strict=True), scores={})
+        for lead_id, component, value in fetch_rows(conn, _scores_query(dialect), params):
             leads[lead_id]["scores"][component] = value
         return leads
 
@@ -318,14 +352,8 @@ class StepRunner:
         sent: dict[int, list[datetime]] = defaultdict(list)
         if not caps:
             return sent
-        # Status is checked here rather than in SQL: a status condition leads SQLite to scan
-        # every queued or sent message instead of reading each lead's few from the index.
-        query = (
-            select(OUTBOX.c.lead_id, OUTBOX.c.created_at, OUTBOX.c.status)
-            .where(among(conn, OUTBOX.c.lead_id, leads), OUTBOX.c.created_at > now - max(caps))
-            .order_by(OUTBOX.c.created_at)
-        )
-        for lead_id, at, status in conn.execute(query).all():
+        params = {"ids": list(leads), "since": now - max(caps)}
+        for lead_id, at, status in fetch_rows(conn, _recent_query(conn.dialect.name), params):
             if status in COUNTED:
                 sent[lead_id].append(at)
         return sent
@@ -340,27 +368,28 @@ class StepRunner:
         pending: list[Pending],
         report: StepReport,
     ) -> dict[str, Any]:
-        """What happens to one due enrollment; appends the email to send to ``pending``."""
+        """What happens to one due enrollment (its row as written); appends the email to send to
+        ``pending``."""
 
         def end(status: str, reason: str) -> dict[str, Any]:
             if status == EnrollmentStatus.EXITED:
                 report.exited += 1
             else:
                 report.completed += 1
-            return {"step": row.step, "status": status, "next_due_at": None, "ended_at": now,
-                    "reason": reason}  # fmt: skip
+            return {"id": row.id, "step": row.step, "status": status, "next_due_at": None,
+                    "ended_at": now, "reason": reason}  # fmt: skip
 
         def advance(step: int) -> dict[str, Any]:
             if campaign is None or step >= len(campaign.steps):
                 return end(EnrollmentStatus.COMPLETED, "all steps done")
             due = now + campaign.steps[step].wait
-            return {"step": step, "status": EnrollmentStatus.ACTIVE, "next_due_at": due,
-                    "ended_at": None, "reason": None}  # fmt: skip
+            return {"id": row.id, "step": step, "status": EnrollmentStatus.ACTIVE,
+                    "next_due_at": due, "ended_at": None, "reason": None}  # fmt: skip
 
         def wait_until(moment: datetime) -> dict[str, Any]:
             report.deferred += 1
-            return {"step": row.step, "status": EnrollmentStatus.ACTIVE, "next_due_at": moment,
-                    "ended_at": None, "reason": None}  # fmt: skip
+            return {"id": row.id, "step": row.step, "status": EnrollmentStatus.ACTIVE,
+                    "next_due_at": moment, "ended_at": None, "reason": None}  # fmt: skip
 
         if campaign is None:
             return end(EnrollmentStatus.EXITED, "campaign removed")
@@ -377,7 +406,7 @@ class StepRunner:
             return advance(row.step + 1)
         if campaign.send_window is not None:
             zone = lead_zone(lead["attributes"], self.settings.default_timezone)
-            opening = next_opening(campaign.send_window, now, zone)
+            opening = _opening(campaign.send_window, now, zone)
             if opening > now:
                 return wait_until(opening)
         if campaign.frequency_cap is not None:
@@ -473,11 +502,12 @@ class StepRunner:
             if isinstance(result, TemplateError):
                 report.held += 1
                 report.errors.append(f"{message['campaign']} step {message['step'] + 1}: {result}")
-                rows.append({**message, "status": OutboxStatus.HELD, "last_error": str(result),
-                             "subject": None, "html": None, "text": None})  # fmt: skip
+                message |= {"status": OutboxStatus.HELD, "last_error": str(result),
+                            "subject": None, "html": None, "text": None}  # fmt: skip
             else:
                 report.queued += 1
-                rows.append({**message, "status": OutboxStatus.QUEUED, "last_error": None,
-                             "subject": result.subject, "html": result.html,
-                             "text": result.text})  # fmt: skip
+                message |= {"status": OutboxStatus.QUEUED, "last_error": None,
+                            "subject": result.subject, "html": result.html,
+                            "text": result.text}  # fmt: skip
+            rows.append(message)  # each pending email's own, completed in place
         return rows

@@ -35,6 +35,7 @@ from engine.errors import NurtureError
 SALT = "nurture.unsubscribe"
 MAX_TOKEN = 1000  # characters; ours are 60, Fernet ones from before about 120
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _PAYLOAD = struct.Struct(">qq")  # lead id, creation in microseconds since the epoch
 _VERSION = b"\x01"  # first byte of a token (a Fernet token's is 0x80)
 _NONCE = 12
@@ -63,7 +64,7 @@ class Token:
 def _stamp(moment: datetime) -> int:
     """Microseconds since the epoch (a database without time zones returns naive UTC)."""
     aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return (aware - _EPOCH) // timedelta(microseconds=1)
+    return (aware - _EPOCH) // _MICROSECOND
 
 
 @lru_cache(maxsize=8)
