@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine import db as database  # noqa: E402
+from engine import heap  # noqa: E402
 from engine.active import ruleset_in_force  # noqa: E402
 from engine.campaigns.compile import CompiledCampaigns  # noqa: E402
 from engine.home import load_campaigns, load_ruleset  # noqa: E402
@@ -291,6 +292,7 @@ def dispatch(
     with fake_sendgrid(latency) as (fake, pid):
         settings = Settings(database_url=url, send_concurrency=concurrency, dispatch_batch=batch)
         mailer = SendGridMailer("SG.bench", fake, timeout=10)
+        heap.settle()  # as `nurture worker` does once started
         start, cpu, served = time.perf_counter(), time.process_time(), cpu_seconds(pid)
         report = Dispatcher(db, settings, mailer).run(NOW)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from engine import heap
 from engine.cli.app import app, db_app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, err, fail, out
 from engine.errors import NurtureError
@@ -77,6 +78,7 @@ def worker_command() -> None:
     scoring(db, settings)
     scheduler = BlockingScheduler(timezone="UTC")
     Jobs(db, settings).schedule(scheduler)
+    heap.settle()
     err.print(
         f"worker: decay, campaign steps, dispatch and alerts via the {settings.mail_backend} "
         "backend"
@@ -127,7 +129,9 @@ def serve_command(
     options = {"host": host, "port": port, "log_config": None,
                "log_level": settings.log_level.lower()}  # fmt: skip
     if workers == 1:
-        uvicorn.run(create_app(settings, db, scheduler=True), **options)  # type: ignore[arg-type]
+        served = create_app(settings, db, scheduler=True)
+        heap.settle()
+        uvicorn.run(served, **options)  # type: ignore[arg-type]
         return
     # Each worker process builds its app from the same environment (worker_app); the
     # scheduler is this process's, so the jobs run once however many workers serve.
@@ -136,6 +140,7 @@ def serve_command(
     # Each worker listens on a socket of its own, the kernel spreading connections over them
     # (engine.api.spread).
     with scheduled(db, settings):
+        heap.settle()
         uvicorn.run(
             f"{__name__}:worker_app",
             factory=True,
@@ -152,7 +157,9 @@ def worker_app() -> object:
 
     settings = get_settings()
     configure_logging(settings)
-    return create_app(settings)
+    served = create_app(settings)
+    heap.settle()
+    return served
 
 
 @db_app.command("upgrade")

@@ -19,7 +19,6 @@ time, but a batch there reads and evaluates in a snapshot and takes the write lo
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import queue
 import zlib
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from engine import heap
 from engine.campaigns.compile import CompiledCampaigns
 from engine.errors import NurtureError
 from engine.ingest.batch import IngestResult, ingest
@@ -79,19 +79,12 @@ def slice_keeper(index: int, workers: int, by_domain: bool) -> Slice:
     return mine
 
 
-# A worker's collector: its young objects are collected 14× less often (each collection walks
-# every young object; a batch allocates hundreds of thousands), and what was alive when the
-# worker started (modules, the compiled ruleset) is never walked again.
-_YOUNG_COLLECTION = 10_000
-
-
 def _work(
     job: _Job, index: int, results: multiprocessing.Queue[object], done: Synchronized[int]
 ) -> None:
     # The parent's pooled connections came along with the fork: leave them to the parent.
     job.db.dispose(close=False)
-    gc.freeze()
-    gc.set_threshold(_YOUNG_COLLECTION, 10, 10)
+    heap.settle()
     mine = slice_keeper(index, job.workers, bool(job.compiled.all_reads & ACCOUNT_FIELDS))
 
     def advance(count: int) -> None:

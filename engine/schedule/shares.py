@@ -13,13 +13,12 @@ idempotency key (enrollment, step) is unique.
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 
-from engine import metrics
+from engine import heap, metrics
 from engine.db import connect
 from engine.render.templates import Renderer
 from engine.schedule.steps import Share, StepReport
@@ -30,12 +29,7 @@ _PROCESS: dict[str, object] = {}
 
 
 def _prepare_process(settings: Settings) -> None:
-    # A batch makes many short-lived containers per email (rows, contexts, drafts, rows to
-    # write): at the default threshold (700 allocations) the collector ran every few emails,
-    # ~10 % of the process's CPU. What is loaded now (modules, settings) lives as long as the
-    # process: frozen out of every collection.
-    gc.set_threshold(10_000, 10, 10)
-    gc.freeze()
+    heap.settle()
     configure_logging(settings)  # as the worker logs: its level and format, secrets redacted
     _PROCESS.update(
         db=connect(settings.database_url),
