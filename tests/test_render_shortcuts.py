@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from jinja2.compiler import CodeGenerator
 from markupsafe import Markup, escape
 
-from engine.render import sandbox, shapes, templates
+from engine.render import sandbox, shapes
 from engine.render.sandbox import MARK, _finalize, _printed, tracking
 from engine.render.shapes import _NEW, Shape, Shapes
 from engine.render.templates import Renderer
@@ -97,7 +97,7 @@ def test_a_templates_last_page_finds_what_a_lookup_finds(
                     found._learn(page, Shape((page,), ()) if usable else None)
             else:
                 assert found._known(template, page) is found.known.get(page, _NEW)
-            assert len(found.last) <= bounds[1]
+            assert len(found.last.last) <= bounds[1]
 
 
 @given(st.lists(st.tuples(TEMPLATES, SMALL), max_size=40), BOUNDS)
@@ -106,12 +106,12 @@ def test_the_marks_remembered_for_the_last_page_are_counted(
 ) -> None:
     renderer = Renderer(Path("templates"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(templates, "MAX_LAST_CHARS", bounds[0])
-        patch.setattr(templates, "MAX_LAST", bounds[1])
+        patch.setattr(shapes, "MAX_LAST_CHARS", bounds[0])
+        patch.setattr(shapes, "MAX_LAST", bounds[1])
         for file, text in pages:
             html = "".join(list(text))
             assert renderer._marks(file, html) == html.count(MARK)
-            assert len(renderer.counted) <= bounds[1]
+            assert len(renderer.counted.last) <= bounds[1]
 
 
 @given(

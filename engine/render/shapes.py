@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from markupsafe import escape
 
@@ -204,6 +204,31 @@ class Shaped(NamedTuple):
 
 
 _NEW = object()
+T = TypeVar("T")
+
+
+class LastPages(Generic[T]):
+    """What was found for each template's last page, found again only for another page: most
+    emails of a template are of one page (tracked, its values marked), a new string each email,
+    which comparing with the last one tells (a memcmp) for a fraction of hashing or scanning it.
+    Pages up to :data:`MAX_LAST_CHARS` are kept, for at most :data:`MAX_LAST` templates."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[str, T]] = {}
+
+    def find(
+        self, template: str, page: str, find: Callable[[str], T], keep: Callable[[T], bool]
+    ) -> T:
+        """``find(page)``, remembered for ``template`` when ``keep`` says it may be."""
+        last = self.last.get(template)
+        if last is not None and last[0] == page:
+            return last[1]
+        found = find(page)
+        if keep(found) and len(page) <= MAX_LAST_CHARS:
+            if len(self.last) >= MAX_LAST and template not in self.last:
+                self.last.clear()
+            self.last[template] = (page, found)
+        return found
 
 
 class Shapes:
@@ -212,11 +237,9 @@ class Shapes:
     def __init__(self, inline_many: Callable[[list[str]], list[str | Exception]]) -> None:
         self.inline_many = inline_many
         self.known: dict[str, Shape | None] = {}
-        # Each template's last page found in `known`, and its shape: most emails of a template
-        # are of one shape, and a page is a new string each email, which a lookup in `known`
-        # hashes whole (~2 % of a batch) where comparing it with the last one is a memcmp.
-        # `known` only grows, its entries unchanged, so the pair stays what a lookup finds.
-        self.last: dict[str, tuple[str, Shape | None]] = {}
+        # A lookup in `known` hashed each page whole (~2 % of a batch). `known` only grows, its
+        # entries unchanged, so a page found there stays what a lookup finds.
+        self.last = LastPages[Shape | object | None]()
         self.chars = 0
         self.misses: dict[str, int] = {}
 
@@ -292,15 +315,9 @@ class Shapes:
 
     def _known(self, template: str, page: str) -> Shape | object | None:
         """``known.get(page, _NEW)``, the template's last page first."""
-        last = self.last.get(template)
-        if last is not None and last[0] == page:
-            return last[1]
-        shape = self.known.get(page, _NEW)
-        if shape is not _NEW and len(page) <= MAX_LAST_CHARS:
-            if len(self.last) >= MAX_LAST and template not in self.last:
-                self.last.clear()
-            self.last[template] = (page, shape)  # type: ignore[assignment]
-        return shape
+        return self.last.find(
+            template, page, lambda page: self.known.get(page, _NEW), lambda shape: shape is not _NEW
+        )
 
     def missed(self, template: str) -> None:
         """A render of ``template`` that could not be tracked."""

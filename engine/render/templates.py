@@ -36,7 +36,7 @@ from jinja2.loaders import split_template_path
 
 from engine.errors import NurtureError
 from engine.render.sandbox import MARK, MAX_VALUE, BoundedEnvironment, budget, joined, tracking
-from engine.render.shapes import MAX_LAST, MAX_LAST_CHARS, Marked, Shaped, Shapes
+from engine.render.shapes import LastPages, Marked, Shaped, Shapes
 from engine.render.texts import TextShapes
 
 SUFFIX = ".j2"
@@ -161,9 +161,7 @@ class Renderer:
         self.inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
         self.shapes = Shapes(self._inline)
         self.texts = TextShapes(html_to_text)
-        # Each template's last tracked page (as rendered) and the marks in it: most are the
-        # same page, which a comparison (a memcmp) tells for a fraction of counting them.
-        self.counted: dict[str, tuple[str, int]] = {}
+        self.counted = LastPages[int]()  # the marks in each template's last tracked page
 
     def names(self) -> list[str]:
         """Every template in the folder as campaigns name it (``warm/case-study``)."""
@@ -350,15 +348,7 @@ class Renderer:
 
     def _marks(self, file: str, html: str) -> int:
         """``html.count(MARK)``, remembered for the template's last page."""
-        counted = self.counted.get(file)
-        if counted is not None and counted[0] == html:
-            return counted[1]
-        marks = html.count(MARK)
-        if len(html) <= MAX_LAST_CHARS:  # bounded as the shapes' last pages are
-            if len(self.counted) >= MAX_LAST and file not in self.counted:
-                self.counted.clear()
-            self.counted[file] = (html, marks)
-        return marks
+        return self.counted.find(file, html, lambda html: html.count(MARK), lambda _: True)
 
     def check(self) -> list[TemplateError]:
         """Every template compiles, and every email template (one with a subject block)

@@ -101,12 +101,10 @@ class _Connection:
             self.pending = b""
         elif request.plain:
             plain = _Plain()
-            while True:
-                data = self.sock.recv(_READ)
-                if not data and not received:
-                    raise ConnectionResetError("the server closed the connection without an answer")
+            # Until the end of the connection, which h11 then reads (and says what it means).
+            while data := self.sock.recv(_READ):
                 received.append(data)
-                if not data or not plain.feed(data):
+                if not plain.feed(data):
                     break
                 if plain.answer is not None:
                     return plain.answer
