@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from engine.db import reading
 from engine.db.schema import ENROLLMENTS, LEADS, OUTBOX, SCORES
 from engine.render.templates import Renderer
-from engine.schedule.steps import COUNTED, StepRunner, _Due, _Loaded
+from engine.schedule.steps import COUNTED, Share, StepRunner, _Due, _due_query, _Loaded
 from engine.status import EnrollmentStatus
 from tests.campaign_support import CAMPAIGN_HOME, campaigns_in, settings_for
 
@@ -174,3 +174,62 @@ def test_the_batch_reads_read_what_plain_queries_read(
                 want = plain_unchanged(conn, [row.id for row in rows]) == read
                 assert want or not only_due
                 assert runner._unchanged(conn, loaded, NOW) == want
+
+
+def plain_due(conn: sa.Connection, size: int, share: Share) -> list[_Due]:
+    query = (
+        sa.select(
+            ENROLLMENTS.c.id, ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.step
+        )
+        .where(ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE, ENROLLMENTS.c.next_due_at <= NOW)
+        .order_by(ENROLLMENTS.c.next_due_at, ENROLLMENTS.c.id)
+    )
+    rows = [_Due(*row) for row in conn.execute(query).all()]
+    return [row for row in rows if row.lead_id % share.of == share.slot][:size]
+
+
+@pytest.mark.parametrize("share", [Share(0, 1), Share(0, 2), Share(1, 2), Share(2, 3)])
+def test_a_batch_takes_the_first_due_steps_of_its_share(
+    db: sa.Engine, db_url: str, home: Path, share: Share
+) -> None:
+    seed(db, random.Random(3), 80)
+    runner = StepRunner(db, settings_for(home, db_url), campaigns_in(home), Renderer(home))
+    with reading(db) as conn, conn.begin():
+        for size in (1, 7, 500):
+            loaded = runner._load(conn, NOW, size, share)
+            want = plain_due(conn, size, share)
+            assert want  # some steps of the share are due
+            assert loaded is not None and list(loaded.rows) == want
+
+
+def test_a_batch_is_read_from_the_due_index_in_order_not_sorted(db: sa.Engine) -> None:
+    """Many steps due at one moment (a campaign enrolling many leads at once): a batch reads
+    its own rows from the due index, where PostgreSQL read and sorted every due step for each
+    batch. (A share's ``lead_id % n = slot`` is estimated by PostgreSQL at 0.5 % of the rows, so
+    its plan depends on the table's size: not asserted.)"""
+    with db.begin() as conn:
+        conn.execute(
+            sa.insert(LEADS),
+            [{"email": f"l{i}@example.com", "attributes": {}, "score": 0,
+              "temperature": "cold", "stage": "lead", "stage_entered_at": NOW, "tags": [],
+              "subscribed": True, "version": 0, "created_at": NOW, "updated_at": NOW}
+             for i in range(4000)],
+        )  # fmt: skip
+        lead_ids = [row[0] for row in conn.execute(sa.select(LEADS.c.id)).all()]
+        conn.execute(
+            sa.insert(ENROLLMENTS),
+            [{"lead_id": lead, "campaign": "warm-nurture", "step": 0, "status": "active",
+              "enrolled_at": NOW, "next_due_at": NOW} for lead in lead_ids],
+        )  # fmt: skip
+    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE")  # as autovacuum keeps a live database
+    sqlite = db.dialect.name == "sqlite"
+    compiled = _due_query(db.dialect.name, False).compile(dialect=db.dialect)
+    params = compiled.construct_params({"active": "active", "now": NOW.isoformat(), "size": 50})
+    args: Any = tuple(params[n] for n in compiled.positiontup or ()) if sqlite else params
+    explain = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN "
+    with db.connect() as conn:
+        rows = conn.exec_driver_sql(explain + str(compiled), args).all()
+    plan = " | ".join(str(row[-1]) for row in rows)
+    assert "ix_enrollment_due" in plan, plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan

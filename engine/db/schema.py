@@ -315,7 +315,8 @@ class Enrollment(SQLModel, table=True):
     __tablename__ = "enrollment"
     __table_args__ = (
         UniqueConstraint("lead_id", "campaign"),
-        Index("ix_enrollment_due", "status", "next_due_at"),
+        # The step job's order: a batch of due steps is read from it, not sorted (0012).
+        Index("ix_enrollment_due", "status", "next_due_at", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, Select, bindparam, select, update
+from sqlalchemy import Connection, Engine, Integer, Select, bindparam, select, update
 
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
@@ -165,6 +165,28 @@ _LEAD_COLUMNS = ("id", "email", "attributes", "score", "stage", "tags", "subscri
 
 
 @functools.cache
+def _due_query(dialect: str, shared: bool) -> Select[Any]:
+    """The first ``:size`` enrollments due at ``:now``, in the order of their index (0012): a
+    batch reads its own rows, not every due one. Shared, those of the leads of one
+    :class:`Share`; on PostgreSQL locked, skipping those another runner holds."""
+    columns = (ENROLLMENTS.c.id, ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.step)
+    query = (
+        select(*columns)
+        .where(
+            ENROLLMENTS.c.status == bindparam("active"),
+            ENROLLMENTS.c.next_due_at <= bindparam("now"),
+        )
+        .order_by(ENROLLMENTS.c.next_due_at, ENROLLMENTS.c.id)
+        .limit(bindparam("size", type_=Integer))
+    )
+    if shared:
+        query = query.where(ENROLLMENTS.c.lead_id % bindparam("of") == bindparam("slot"))
+    if dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return query
+
+
+@functools.cache
 def _leads_query(dialect: str) -> Select[Any]:
     columns = (LEADS.c[name] for name in _LEAD_COLUMNS)
     return select(*columns).where(among_param(dialect, LEADS.c.id, "ids"))
@@ -278,21 +300,11 @@ class StepRunner:
     def _load(self, conn: Connection, now: datetime, size: int, share: Share) -> _Loaded | None:
         """A batch of due enrollments, their leads and the leads' recent emails; None when
         nothing is due."""
-        due = (
-            select(
-                ENROLLMENTS.c.id, ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.step
-            )
-            .where(
-                ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE, ENROLLMENTS.c.next_due_at <= now
-            )
-            .order_by(ENROLLMENTS.c.next_due_at, ENROLLMENTS.c.id)
-            .limit(size)
-        )
+        params: dict[str, Any] = {"active": EnrollmentStatus.ACTIVE, "now": now, "size": size}
         if share.of > 1:
-            due = due.where(ENROLLMENTS.c.lead_id % share.of == share.slot)
-        if conn.dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        rows = list(map(_Due._make, conn.execute(due).all()))
+            params |= {"of": share.of, "slot": share.slot}
+        due = _due_query(conn.dialect.name, share.of > 1)
+        rows = list(map(_Due._make, fetch_rows(conn, due, params)))
         if not rows:
             return None
         leads = self._leads(conn, {row.lead_id for row in rows})
