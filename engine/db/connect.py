@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from engine import status
+from engine import jsontext, status
 from engine.errors import NurtureError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -47,13 +47,13 @@ def connect(url: str) -> Engine:
     """One engine per URL per process."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60})
+        engine = create_engine(url, connect_args={"timeout": 60}, json_deserializer=jsontext.stored)
         _sqlite_serialised_writes(engine)
     else:
         engine = create_engine(
             url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT}
         )
-        _binary_arrays(engine)
+        _psycopg_adapters(engine)
     return engine
 
 
@@ -106,16 +106,19 @@ def scratch_schema(url: str, prefix: str = "scratch") -> Iterator[str]:
         admin.dispose()
 
 
-def _binary_arrays(engine: Engine) -> None:
+def _psycopg_adapters(engine: Engine) -> None:
     """Lists go to PostgreSQL as binary arrays (a batch's array parameters, see
     :mod:`engine.db.bulk`): psycopg writes a text array element by element in Python, ~2 µs a
-    time and ~0.6 µs a string; the binary form ~0.1 µs, for the same values on the server."""
+    time and ~0.6 µs a string; the binary form ~0.1 µs, for the same values on the server. JSON
+    columns are read by :func:`engine.jsontext.stored` (2.2 → ~0.6 µs a lead's attributes)."""
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         from psycopg.types.array import ListBinaryDumper
+        from psycopg.types.json import set_json_loads
 
         dbapi_connection.adapters.register_dumper(list, ListBinaryDumper)
+        set_json_loads(jsontext.stored, dbapi_connection)
 
 
 def _same(value: Any) -> Any:

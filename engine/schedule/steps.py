@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, Engine, Integer, Select, bindparam, select, update
+from sqlalchemy import Connection, Engine, Integer, Select, bindparam, func, select, update
 
 from engine import metrics
 from engine.campaigns.compile import CompiledCampaigns
@@ -180,7 +180,11 @@ def _due_query(dialect: str, shared: bool) -> Select[Any]:
         .limit(bindparam("size", type_=Integer))
     )
     if shared:
-        query = query.where(ENROLLMENTS.c.lead_id % bindparam("of") == bindparam("slot"))
+        # As a plain boolean expression (it is never NULL): PostgreSQL has no statistics for
+        # `lead_id % of = slot`, takes such an equality for 0.5 % of the rows, and then sorts
+        # every due step rather than read the index in order until a batch is full.
+        mine = ENROLLMENTS.c.lead_id % bindparam("of") == bindparam("slot")
+        query = query.where(func.coalesce(mine, False))
     if dialect == "postgresql":
         query = query.with_for_update(skip_locked=True)
     return query
