@@ -162,6 +162,11 @@ def cap_frees_at(cap: FrequencyCap, sent: Sequence[datetime], now: datetime) -> 
 # engine.db.fetch_rows), each with its batch's ids in one parameter (engine.db.among_param)
 _LEAD_COLUMNS = ("id", "email", "attributes", "score", "stage", "tags", "subscribed", "created_at",
                  "version")  # fmt: skip
+# An enrollment due at `:now` (status `:active`): what a batch takes, and checks is still so.
+_IS_DUE = (
+    ENROLLMENTS.c.status == bindparam("active"),
+    ENROLLMENTS.c.next_due_at <= bindparam("now"),
+)
 
 
 @functools.cache
@@ -172,10 +177,7 @@ def _due_query(dialect: str, shared: bool) -> Select[Any]:
     columns = (ENROLLMENTS.c.id, ENROLLMENTS.c.lead_id, ENROLLMENTS.c.campaign, ENROLLMENTS.c.step)
     query = (
         select(*columns)
-        .where(
-            ENROLLMENTS.c.status == bindparam("active"),
-            ENROLLMENTS.c.next_due_at <= bindparam("now"),
-        )
+        .where(*_IS_DUE)
         .order_by(ENROLLMENTS.c.next_due_at, ENROLLMENTS.c.id)
         .limit(bindparam("size", type_=Integer))
     )
@@ -221,11 +223,7 @@ def _unchanged_query(dialect: str) -> Select[Any]:
     return (
         select(ENROLLMENTS.c.id, ENROLLMENTS.c.step, LEADS.c.version)
         .join_from(ENROLLMENTS, LEADS, LEADS.c.id == ENROLLMENTS.c.lead_id)
-        .where(
-            among_param(dialect, ENROLLMENTS.c.id, "ids"),
-            ENROLLMENTS.c.status == bindparam("active"),
-            ENROLLMENTS.c.next_due_at <= bindparam("now"),
-        )
+        .where(among_param(dialect, ENROLLMENTS.c.id, "ids"), *_IS_DUE)
     )
 
 
