@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py --leads 50000
 	$(BIN)/python bench/tick.py --leads 10000
 	$(BIN)/python bench/alerts.py --events 50
+	$(BIN)/python bench/alert_backlog.py --leads 20000
 	$(BIN)/python bench/rescore.py --leads 2000 --events 20000
 	@uptime
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
+from sqlalchemy import Connection, Engine, Select, bindparam, func, select, text, update
 
 from engine.alerts.content import AlertView, display_name, email_parts, lead_url, slack_payload
 from engine.alerts.context import (
@@ -55,6 +55,18 @@ def any_pending(conn: Connection) -> bool:
         ACTIONS.c.kind == "alert", ACTIONS.c.status == ActionStatus.PENDING
     )
     return conn.execute(query.limit(1)).first() is not None
+
+
+def pending(size: int) -> Select[Any]:
+    """The first ``size`` pending alert actions, oldest first: read in the order of their index
+    (``ix_lead_action_kind_status_at``), so a batch costs the same however long the backlog."""
+    return (
+        select(ACTIONS.c.id, ACTIONS.c.lead_id, ACTIONS.c.rule, ACTIONS.c.event_id)
+        .add_columns(ACTIONS.c.at, ACTIONS.c.target)
+        .where(ACTIONS.c.kind == "alert", ACTIONS.c.status == ActionStatus.PENDING)
+        .order_by(ACTIONS.c.at, ACTIONS.c.id)
+        .limit(size)
+    )
 
 
 def enqueue(
@@ -95,13 +107,7 @@ class _Batch:
         conn = self.conn
         if self.pg:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-        actions = conn.execute(
-            select(ACTIONS.c.id, ACTIONS.c.lead_id, ACTIONS.c.rule, ACTIONS.c.event_id)
-            .add_columns(ACTIONS.c.at, ACTIONS.c.target)
-            .where(ACTIONS.c.kind == "alert", ACTIONS.c.status == ActionStatus.PENDING)
-            .order_by(ACTIONS.c.at, ACTIONS.c.id)
-            .limit(size)
-        ).all()
+        actions = conn.execute(pending(size)).all()
         if not actions:
             return EnqueueReport()
         lead_ids = sorted({a.lead_id for a in actions})

@@ -262,8 +262,9 @@ class LeadAction(SQLModel, table=True):
     """An alert, enrollment or exit a rule asked for; the scheduler acts on pending ones."""
 
     __tablename__ = "lead_action"
-    # The alerts job polls for pending alerts every second: an index lookup when there are none.
-    __table_args__ = (Index("ix_lead_action_kind_status", "kind", "status"),)
+    # The alerts job polls for pending alerts every second (an index lookup when there are none)
+    # and takes them in this order, a batch at a time, however long the backlog.
+    __table_args__ = (Index("ix_lead_action_kind_status_at", "kind", "status", "at", "id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     lead_id: int = Field(foreign_key="lead.id", index=True)
@@ -272,7 +273,7 @@ class LeadAction(SQLModel, table=True):
     rule: str = Field(max_length=200)
     event_id: str | None = Field(default=None, max_length=200)
     at: datetime
-    status: str = Field(default=ActionStatus.PENDING, max_length=16, index=True)
+    status: str = Field(default=ActionStatus.PENDING, max_length=16)
 
 
 class RulesetVersion(SQLModel, table=True):
