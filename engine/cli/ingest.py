@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from engine import heap
 from engine.cli.app import app, open_db, scoring
 from engine.cli.output import JsonFlag, emit_json, err, fail, out, progress_bar
 from engine.ingest.batch import IngestResult, ingest
@@ -105,6 +106,7 @@ def ingest_command(
                 alert_max_age=settings.alert_max_age,
             )
         else:
+            heap.settle()  # as each worker does: its collections are ~10 % of scoring's CPU
             result = ingest(
                 db,
                 active.compiled,
