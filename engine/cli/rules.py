@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from engine import heap
 from engine.active import DIFFER, NoRuleset, apply_history, choose_file
 from engine.cli.app import in_force as current
 from engine.cli.app import open_db, rules_app
@@ -246,6 +247,7 @@ def plan_command(
     in_force = current(db, settings).compiled.ruleset
     total = remaining(db, "")
     started = time.monotonic()
+    heap.settle()  # a replay scores like ingest: see engine.heap
     with progress_bar(total, err.is_terminal and not as_json) as advance:
         summary = plan(db, settings, compiled, workers, advance, str(file))
     seconds = time.monotonic() - started
@@ -279,6 +281,7 @@ def _apply(
     settings = get_settings()
     db = open_db(settings)
     total = remaining(db, compiled.ruleset.version)
+    heap.settle()
     with progress_bar(total, err.is_terminal) as advance:
         result = apply(db, settings, compiled, kind, note, commit, alert, workers, advance, path)
     rate = result.summary.events / result.seconds if result.seconds else 0.0

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, func, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine import db as database
+from engine import heap
 from engine.active import (
     RECHECK,
     Applied,
@@ -165,6 +166,7 @@ def _work(job: Job) -> Summary:
     db = database.connect(job.url)
     try:
         compiled = compile_text(job.source, job.path, settings.home)
+        heap.settle()
         return run_slice(db, compiled, campaigns_for(db, settings, compiled), job)
     finally:
         db.dispose()
