@@ -1,5 +1,6 @@
 """The garbage collector of a long-lived process (``nurture worker`` and ``serve``, the step
-and ingest processes), set once what it keeps for its life is loaded.
+processes, ``ingest`` and ``rules plan/apply`` and their workers), set once what it keeps for its
+life is loaded.
 
 What is loaded by then (modules, compiled rulesets and templates, settings) is frozen out of
 every collection: a full collection walked all of it while holding the GIL, 30-60 ms in the
