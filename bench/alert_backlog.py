@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from alerts import RULESET
-from scratch import run
+from scratch import analyze, run
 
 from engine import db as database
 from engine.alerts.enqueue import enqueue
@@ -33,7 +33,13 @@ from engine.timeutil import utcnow
 
 
 def bench(url: str, name: str, args: argparse.Namespace) -> None:
-    home = Path(tempfile.mkdtemp(prefix="nurture-bench-backlog-"))
+    with tempfile.TemporaryDirectory(prefix="nurture-bench-backlog-") as folder:
+        drain(url, name, args.leads, Path(folder))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak RSS {peak:.0f} MiB")
+
+
+def drain(url: str, name: str, leads: int, home: Path) -> None:
     (home / "rulesets").mkdir()
     path = home / "rulesets" / "alert-bench.yaml"
     path.write_text(RULESET)
@@ -47,15 +53,14 @@ def bench(url: str, name: str, args: argparse.Namespace) -> None:
     database.upgrade(url)
     db = database.connect(url)
     compiled = compile_ruleset(ruleset)
-    for size, offset in ((args.leads // 5, 0), (args.leads, args.leads)):
+    for size, offset in ((leads // 5, 0), (leads, leads)):
         started = time.perf_counter()
         lines = (
             json.dumps({"id": f"e{i}", "email": f"lead{i}@example.com", "type": "demo_request"})
             for i in range(offset, offset + size)
         )
         imported = ingest(db, compiled, parse_jsonl(lines))
-        with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("ANALYZE")  # as autovacuum keeps a live database
+        analyze(db)
         print(
             f"{name}: {imported.accepted:,} leads made hot in {time.perf_counter() - started:.1f} s"
         )
@@ -67,8 +72,6 @@ def bench(url: str, name: str, args: argparse.Namespace) -> None:
             f"suppressed) in {took:.1f} s, {size / took:,.0f} alerts/s"
         )
     db.dispose()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"  peak RSS {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from sqlalchemy import Engine
+
 from engine import db as database
 from engine.demo.sample import sample_records, write_jsonl
 
@@ -71,3 +73,10 @@ def data_file(events: int, leads: int, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(sample_records(leads=leads, events_per_lead=events / leads, seed=11), path)
     return path
+
+
+def analyze(db: Engine) -> None:
+    """Statistics of the tables as autovacuum keeps them in a live database: the planner of a
+    table just filled, never analyzed, takes it for a few pages and scans it whole."""
+    with db.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")

@@ -46,6 +46,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scratch import analyze  # noqa: E402
+
 from engine import db as database  # noqa: E402
 from engine import heap  # noqa: E402
 from engine.active import ruleset_in_force  # noqa: E402
@@ -161,13 +163,6 @@ def render_and_enqueue(url: str, count: int, processes: int) -> tuple[float, flo
     assert report.queued == count, report
     db.dispose()
     return count / elapsed, cpu / count * 1000, peak
-
-
-def analyze(db: sa.Engine) -> None:
-    """Statistics of the tables as autovacuum keeps them in a live database: the planner of a
-    table just filled, never analyzed, takes it for a few pages and scans it whole."""
-    with db.begin() as conn:
-        conn.exec_driver_sql("ANALYZE")
 
 
 def children() -> list[int]:

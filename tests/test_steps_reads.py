@@ -21,6 +21,7 @@ from engine.render.templates import Renderer
 from engine.schedule.steps import COUNTED, Share, StepRunner, _Due, _due_query, _Loaded
 from engine.status import EnrollmentStatus
 from tests.campaign_support import CAMPAIGN_HOME, campaigns_in, settings_for
+from tests.plans import analyze, bare_leads, query_plan
 
 pytestmark = CAMPAIGN_HOME
 
@@ -206,31 +207,16 @@ def test_a_batch_is_read_from_the_due_index_in_order_not_sorted(db: sa.Engine) -
     """Many steps due at one moment (a campaign enrolling many leads at once): a batch reads
     its own rows from the due index, where PostgreSQL read and sorted every due step for each
     batch; a share's rows too (its condition as PostgreSQL estimates it)."""
+    lead_ids = bare_leads(db, 4000, NOW)
     with db.begin() as conn:
-        conn.execute(
-            sa.insert(LEADS),
-            [{"email": f"l{i}@example.com", "attributes": {}, "score": 0,
-              "temperature": "cold", "stage": "lead", "stage_entered_at": NOW, "tags": [],
-              "subscribed": True, "version": 0, "created_at": NOW, "updated_at": NOW}
-             for i in range(4000)],
-        )  # fmt: skip
-        lead_ids = [row[0] for row in conn.execute(sa.select(LEADS.c.id)).all()]
         conn.execute(
             sa.insert(ENROLLMENTS),
             [{"lead_id": lead, "campaign": "warm-nurture", "step": 0, "status": "active",
               "enrolled_at": NOW, "next_due_at": NOW} for lead in lead_ids],
         )  # fmt: skip
-    with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("ANALYZE")  # as autovacuum keeps a live database
-    sqlite = db.dialect.name == "sqlite"
+    analyze(db)
     for shared in (False, True):
-        compiled = _due_query(db.dialect.name, shared).compile(dialect=db.dialect)
         values = {"active": "active", "now": NOW.isoformat(), "size": 500, "of": 2, "slot": 1}
-        params = compiled.construct_params(values)
-        args: Any = tuple(params[n] for n in compiled.positiontup or ()) if sqlite else params
-        explain = "EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN "
-        with db.connect() as conn:
-            rows = conn.exec_driver_sql(explain + str(compiled), args).all()
-        plan = " | ".join(str(row[-1]) for row in rows)
+        plan = query_plan(db, _due_query(db.dialect.name, shared), values)
         assert "ix_enrollment_due" in plan, plan
         assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan

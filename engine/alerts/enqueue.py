@@ -51,10 +51,7 @@ class EnqueueReport:
 
 def any_pending(conn: Connection) -> bool:
     """One index lookup: is there an alert action to decide?"""
-    query = select(ACTIONS.c.id).where(
-        ACTIONS.c.kind == "alert", ACTIONS.c.status == ActionStatus.PENDING
-    )
-    return conn.execute(query.limit(1)).first() is not None
+    return conn.execute(pending(1)).first() is not None
 
 
 def pending(size: int) -> Select[Any]:
